@@ -1,0 +1,33 @@
+# Quick start: `make demo` and `make test` set everything up from a bare Python 3.10+.
+# TORCH selects the torch requirement (default: the CPU wheel 2.13.0), e.g. `make test TORCH=torch`.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml Makefile
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[diffusion,test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m gapdiff_core.cli demo --out demo_out
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/protect.py
+	$(PY) bench/preprocess_fidelity.py
+
+clean:
+	rm -rf $(VENV) demo_out bench_out
