@@ -1,0 +1,567 @@
+"""Robust image decoding and safe encoding (the only place PIL/NumPy meet the core).
+
+Decoding (`load_image`) refuses what it cannot read honestly: empty, text or
+truncated files, tiny images and decompression bombs (checked from the header,
+before any pixel is decoded). Everything it had to change to get an 8-bit RGB
+image (EXIF orientation, 16-bit reduction, CMYK, palettes, animation) is listed
+in `LoadedImage.notes`.
+
+Encoding (`save_image`) is atomic (temp file in the destination folder, fsync,
+then rename), never replaces an existing file unless asked, never replaces a
+protected input even when asked, and strips EXIF (GPS included), XMP and
+comments unless `keep_metadata=True`. The ICC colour profile is kept by default:
+it carries no personal data and without it colours shift on wide-gamut photos.
+JPEG cannot store transparency, so saving an alpha channel as JPEG raises
+instead of silently dropping it.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 150_000_000  # a 100 MP photo passes, a 30000x30000 bomb does not
+MIN_SIDE = 16
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+DECODE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "DIB", "GIF")
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+_ORIENTATION_TAG = 0x0112
+_TRUNCATION_LOCK = threading.Lock()
+
+
+class ImageError(ValueError):
+    """An image could not be read or written; the message names the file, the problem and the fix."""
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image: 8-bit RGB pixels in display orientation, optional alpha, and what was done."""
+
+    path: Path
+    rgb: np.ndarray  # H x W x 3 uint8
+    alpha: np.ndarray | None  # H x W uint8, as stored in the file
+    format: str
+    notes: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)  # exif (orientation removed), icc_profile, xmp
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the decoded, oriented image."""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+    def tensor(self) -> torch.Tensor:
+        """The RGB pixels as a 1x3xHxW float32 tensor in [0, 1]."""
+        return torch.from_numpy(np.ascontiguousarray(self.rgb)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode a JPEG/PNG/WebP/TIFF/BMP/GIF file into 8-bit RGB (+ alpha), or raise ImageError.
+
+    Pillow's own bomb guard (2 x Image.MAX_IMAGE_PIXELS) still applies above
+    `max_pixels`; raise `PIL.Image.MAX_IMAGE_PIXELS` to allow larger images.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
+            im = Image.open(path, formats=DECODE_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: refused as a possible decompression bomb ({exc}); "
+                         "if the image is genuine, downscale it first") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{path}: {_describe_unreadable(path)}") from exc
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read the file ({exc})") from exc
+    with im:
+        fmt = im.format or "unknown"
+        _check_dimensions(path, im.size, max_pixels)
+        notes: list[str] = []
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            kind = "multi-page TIFF: first page" if fmt == "TIFF" else f"animated {fmt}: first frame"
+            notes.append(f"{kind} of {frames} used")
+        exif = im.getexif()
+        orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
+        metadata = _metadata_of(im, exif)
+        rgb, alpha = _decode_pixels(im, path, notes, metadata)
+    if orientation in _ORIENT_OPS and orientation != 1:
+        rgb = np.ascontiguousarray(_ORIENT_OPS[orientation](rgb))
+        alpha = None if alpha is None else np.ascontiguousarray(_ORIENT_OPS[orientation](alpha))
+        notes.append(f"EXIF orientation {orientation} applied")
+    if min(rgb.shape[:2]) < MIN_SIDE:  # e.g. a strip that only became too thin after a crop-free rotate
+        raise ImageError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]} px, smaller than the "
+                         f"{MIN_SIDE} px minimum side; use a larger photo")
+    return LoadedImage(path=path, rgb=rgb, alpha=alpha, format=fmt, notes=notes, metadata=metadata)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ImageError(f"{path}: file not found; check the path")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image file; pass the files inside it")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: file is empty (0 bytes); re-copy or re-export the image")
+
+
+def _check_dimensions(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+    """Refuse bombs and tiny images using the size declared in the header (nothing decoded yet)."""
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageError(f"{path}: header declares {width}x{height} = {width * height:,} pixels, over the "
+                         f"{max_pixels:,} pixel limit (possible decompression bomb); downscale the image "
+                         "or raise max_pixels if it is genuine")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"{path}: image is {width}x{height} px, smaller than the {MIN_SIDE} px minimum "
+                         "side; use a larger photo")
+
+
+def _describe_unreadable(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif", b"ftyphevc"):
+        return "HEIC/AVIF images are not supported; convert the photo to JPEG or PNG first"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "is a text file, not an image; check that the right file was given"
+        except UnicodeDecodeError:
+            pass
+    return ("not a recognised image (supported: JPEG, PNG, WebP, TIFF, BMP, GIF); "
+            "the file may be damaged or in another format")
+
+
+def _metadata_of(im: Image.Image, exif: Image.Exif) -> dict:
+    """EXIF (orientation removed: pixels are already upright), ICC profile and XMP, for keep_metadata."""
+    metadata: dict = {}
+    if len(exif):
+        exif = Image.Exif()
+        exif.load(im.getexif().tobytes())
+        exif.pop(_ORIENTATION_TAG, None)
+        metadata["exif"] = exif.tobytes()
+    if im.info.get("icc_profile"):
+        metadata["icc_profile"] = im.info["icc_profile"]
+    xmp = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
+    if xmp:
+        metadata["xmp"] = xmp.encode("utf-8") if isinstance(xmp, str) else bytes(xmp)
+    return metadata
+
+
+def _load_pixels(im: Image.Image, path: Path) -> None:
+    """im.load(), refusing truncated files even if someone set LOAD_TRUNCATED_IMAGES globally."""
+    with _TRUNCATION_LOCK:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageError(f"{path}: image data is truncated or corrupt ({exc}); "
+                             "re-download or re-export the file") from exc
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _scale16(a: np.ndarray) -> np.ndarray:
+    """0..65535 -> 0..255 with rounding (65535 -> 255, 32768 -> 128), not clipping."""
+    a = np.clip(a.astype(np.int64), 0, 65535)
+    return ((a * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _decode_pixels(im: Image.Image, path: Path, notes: list[str], metadata: dict):
+    mode = im.mode
+    if im.format == "PNG" and mode in ("RGB", "RGBA") and _png_bit_depth(im) == 16:
+        return _decode_png16(im, path, notes)
+    _load_pixels(im, path)
+    if im.format == "TIFF" and mode in ("RGB", "RGBA") and _tiff_bits(im) == 16:
+        notes.append("16-bit TIFF reduced to 8 bits (high byte kept)")
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(im)
+        if mode == "I" and (grey.min() < 0 or grey.max() > 65535):
+            notes.append(f"32-bit integer image ({grey.min()}..{grey.max()}) stretched to 8 bits")
+            grey = _stretch(grey)
+        else:
+            notes.append("16-bit image reduced to 8 bits")
+            grey = _scale16(grey)
+        return _grey_to_rgb(grey), None
+    if mode == "F":
+        grey = np.asarray(im, dtype=np.float64)
+        if np.isfinite(grey).all() and grey.min() >= 0.0 and grey.max() <= 1.0:
+            notes.append("floating-point image in [0, 1] converted to 8 bits")
+            grey = np.rint(grey * 255.0).astype(np.uint8)
+        else:
+            notes.append("floating-point image stretched to 8 bits")
+            grey = _stretch(np.nan_to_num(grey))
+        return _grey_to_rgb(grey), None
+    if mode == "CMYK":
+        return _cmyk_to_rgb(im, notes, metadata), None
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode in ("P", "L", "RGB") and "transparency" in im.info):
+        if mode == "P":
+            notes.append("palette image with transparency: alpha channel taken from the palette")
+        rgba = np.asarray(im.convert("RGBA"))
+        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
+    if mode != "RGB":
+        if mode in ("L", "1"):
+            notes.append("greyscale image converted to RGB")
+        elif mode != "P":
+            notes.append(f"{mode} image converted to RGB")
+        im = im.convert("RGB")
+    return np.asarray(im).copy(), None
+
+
+def _png_bit_depth(im: Image.Image) -> int:
+    rawmode = getattr(getattr(im, "png", None), "im_rawmode", "") or ""
+    return 16 if rawmode.endswith(";16B") else 8
+
+
+def _tiff_bits(im: Image.Image) -> int:
+    bits = getattr(im, "tag_v2", {}).get(258, (8,))
+    return int(bits[0] if isinstance(bits, tuple) else bits)
+
+
+def _decode_png16(im: Image.Image, path: Path, notes: list[str]):
+    """Decode 16-bit RGB(A) PNG twice (high, then low bytes) and round to 8 bits in NumPy.
+
+    Pillow has no 48-bit mode and keeps only the high byte (a floor); the PNG
+    unfiltering is identical for both passes, so hi*256+lo is the exact sample.
+    """
+    tile = im.tile[0] if len(im.tile) == 1 else None
+    with open(path, "rb") as f:
+        data = f.read()
+    high = _decode_png_variant(data, path, None)
+    low = None
+    if tile is not None and isinstance(tile.args, str) and tile.args.endswith(";16B"):
+        try:
+            low = _decode_png_variant(data, path, tile.args[:-1] + "L")
+        except ImageError:
+            low = None
+    if low is None:
+        _load_pixels(im, path)
+        notes.append("16-bit PNG reduced to 8 bits (high byte kept)")
+        arr = high
+    else:
+        notes.append("16-bit PNG reduced to 8 bits")
+        arr = _scale16(high.astype(np.int64) * 256 + low)
+    if arr.shape[-1] == 4:
+        return np.ascontiguousarray(arr[..., :3]), np.ascontiguousarray(arr[..., 3])
+    return np.ascontiguousarray(arr), None
+
+
+def _decode_png_variant(data: bytes, path: Path, rawmode: str | None) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(io.BytesIO(data), formats=("PNG",))
+    if rawmode is not None:
+        im.tile = [im.tile[0]._replace(args=rawmode)]
+    _load_pixels(im, path)
+    return np.asarray(im)
+
+
+def _stretch(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8)
+    return np.rint((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+
+
+def _cmyk_to_rgb(im: Image.Image, notes: list[str], metadata: dict) -> np.ndarray:
+    icc = metadata.pop("icc_profile", None)  # a CMYK profile must not be attached to RGB pixels
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            out = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            notes.append("CMYK converted to RGB (sRGB) with the embedded ICC profile")
+            return np.asarray(out).copy()
+        except Exception as exc:  # ImageCms missing, or a broken profile
+            notes.append(f"CMYK ICC profile unusable ({type(exc).__name__}); converted without colour management")
+    else:
+        notes.append("CMYK converted to RGB without colour management (no ICC profile)")
+    return np.asarray(im.convert("RGB")).copy()
+
+
+_ORIENT_OPS = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def to_uint8(t: torch.Tensor) -> np.ndarray:
+    """1x3xHxW or 3xHxW tensor in [0, 1] -> HxWx3 uint8, rounded to nearest (values clamped to [0, 1])."""
+    if t.dim() == 4:
+        if t.shape[0] != 1:
+            raise ValueError(f"to_uint8 expects one image, got a batch of {t.shape[0]}; convert each image")
+        t = t[0]
+    if t.dim() != 3 or t.shape[0] != 3:
+        raise ValueError(f"to_uint8 expects 1x3xHxW or 3xHxW, got shape {tuple(t.shape)}")
+    t = t.detach().to("cpu", torch.float32)
+    if torch.isnan(t).any():
+        raise ValueError("to_uint8: tensor contains NaN values")
+    return t.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def save_image(
+    path: str | Path,
+    rgb_uint8: np.ndarray,
+    alpha: np.ndarray | None = None,
+    *,
+    quality: int = 95,
+    keep_metadata: bool = False,
+    metadata: dict | None = None,
+    lossless_webp: bool = True,
+    overwrite: bool = False,
+    protect_paths: Iterable[str | Path] = (),
+) -> Path:
+    """Write an image atomically; return the path written.
+
+    Format from the suffix (.png, .jpg/.jpeg, .webp, .tif/.tiff; no suffix -> .png
+    is appended). EXIF/GPS/XMP are written only with keep_metadata=True; the ICC
+    profile from `metadata` is always kept. Refuses to replace an existing file
+    unless overwrite=True, and any path in `protect_paths` even then.
+    """
+    path = Path(path)
+    if path.suffix == "":
+        path = path.with_name(path.name + ".png")
+    fmt = SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"{path}: cannot write '{path.suffix}' files; use .png, .jpg, .webp or .tif")
+    image = _to_pil(path, rgb_uint8, alpha, fmt)
+    _check_destination(path, overwrite, protect_paths)
+    options = _save_options(fmt, quality, lossless_webp, keep_metadata, metadata or {})
+    if not path.parent.is_dir():
+        raise ImageError(f"{path}: output folder {path.parent} does not exist; create it first")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=fmt, **options)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_current_umask())
+        _commit(tmp, path, overwrite, protect_paths)
+        _fsync_dir(path.parent)
+    except ImageError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{path}: could not write the image ({exc}); check free space and permissions") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _to_pil(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, fmt: str) -> Image.Image:
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ImageError(f"{path}: expected HxWx3 uint8 pixels, got {rgb.dtype} {rgb.shape}; "
+                         "convert tensors with to_uint8 first")
+    if alpha is None:
+        return Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    alpha = np.asarray(alpha)
+    if alpha.dtype != np.uint8 or alpha.shape != rgb.shape[:2]:
+        raise ImageError(f"{path}: alpha must be HxW uint8 matching the image {rgb.shape[:2]}, "
+                         f"got {alpha.dtype} {alpha.shape}")
+    if fmt == "JPEG":
+        raise ImageError(f"{path}: JPEG cannot store transparency; save as .png or .webp, "
+                         "or drop the alpha channel explicitly (alpha=None)")
+    return Image.fromarray(np.ascontiguousarray(np.dstack([rgb, alpha])), "RGBA")
+
+
+def _save_options(fmt: str, quality: int, lossless_webp: bool, keep: bool, metadata: dict) -> dict:
+    options: dict = {}
+    icc = metadata.get("icc_profile")
+    if icc and (fmt == "PNG" or bytes(icc[16:20]) == b"RGB "):  # only RGB profiles fit RGB pixels
+        options["icc_profile"] = icc
+    if keep:
+        if metadata.get("exif"):
+            options["exif"] = metadata["exif"]
+        if metadata.get("xmp") and fmt in ("JPEG", "WEBP", "PNG"):
+            options["xmp"] = metadata["xmp"]
+    if fmt == "JPEG":
+        options.update(quality=int(quality), subsampling=0)  # 4:4:4 keeps the chroma of the perturbation
+    elif fmt == "WEBP":
+        options.update(lossless=lossless_webp, quality=int(quality), exact=True)
+    elif fmt == "TIFF":
+        options.update(compression="tiff_adobe_deflate")
+    elif fmt == "PNG" and "xmp" in options:
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        xmp = options.pop("xmp")
+        info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else xmp)
+        options["pnginfo"] = info
+    return options
+
+
+def _is_protected(path: Path, protect_paths: Iterable[str | Path]) -> Path | None:
+    target = path.resolve()
+    for p in protect_paths:
+        p = Path(p)
+        if p.resolve() == target:
+            return p
+        try:
+            if path.exists() and p.exists() and os.path.samefile(path, p):
+                return p
+        except OSError:
+            pass
+    return None
+
+
+def _check_destination(path: Path, overwrite: bool, protect_paths: Iterable[str | Path]) -> None:
+    protected = _is_protected(path, protect_paths)
+    if protected is not None:
+        raise ImageError(f"{path}: refusing to write over the input image {protected}; "
+                         "choose another output folder or name")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder; give a file name to write")
+    if path.exists() and not overwrite:
+        raise ImageError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+
+
+def _commit(tmp: Path, path: Path, overwrite: bool, protect_paths) -> None:
+    """Move the finished temp file into place; without overwrite, never clobber a file that appeared meanwhile."""
+    protect_paths = list(protect_paths)
+    _check_destination(path, overwrite, protect_paths)
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic create-if-absent
+    except FileExistsError:
+        raise ImageError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it") from None
+    except OSError:  # file system without hard links
+        if path.exists():
+            raise ImageError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it") from None
+        os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # e.g. Windows: directories cannot be opened
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---------------------------------------------------------------- batches
+
+
+class ExpandedInputs(NamedTuple):
+    """Image files found, and one message per input entry that yielded nothing."""
+
+    paths: list[Path]
+    problems: list[str]
+
+
+def iter_image_paths(inputs: Iterable[str | Path], recursive: bool = False) -> ExpandedInputs:
+    """Expand files, folders (images by extension, sorted) and glob patterns; never raises for a bad entry.
+
+    Explicit files are kept whatever their extension (load_image reports them);
+    folders and patterns keep image extensions only and skip hidden files.
+    Duplicates are removed, first occurrence wins.
+    """
+    paths: list[Path] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            paths.append(p)
+
+    for entry in inputs:
+        p = Path(entry)
+        if p.is_file():
+            add(p)
+        elif p.is_dir():
+            found = _images_in(p, recursive)
+            if not found:
+                where = "or its subfolders " if recursive else ""
+                problems.append(f"{p}: folder {where}contains no images "
+                                f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            for f in found:
+                add(f)
+        elif any(ch in str(entry) for ch in "*?["):
+            found = sorted(Path(m) for m in glob.glob(str(entry), recursive=recursive)
+                           if Path(m).is_file() and _is_image_name(Path(m)))
+            if not found:
+                problems.append(f"{entry}: no image file matches this pattern")
+            for f in found:
+                add(f)
+        else:
+            problems.append(f"{entry}: no such file or folder")
+    return ExpandedInputs(paths, problems)
+
+
+def _is_image_name(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _images_in(folder: Path, recursive: bool) -> list[Path]:
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in candidates if _is_image_name(p) and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]))
+
+
+def output_path_for(input_path: str | Path, out_dir: str | Path, suffix: str = ".png", tag: str = "",
+                    root: str | Path | None = None) -> Path:
+    """Where the processed copy of `input_path` goes: out_dir/[relative dirs/]{stem}_{ext}{tag}{suffix}.
+
+    The source extension is always part of the name, so `a.jpg` and `a.png`
+    map to `a_jpg.png` and `a_png.png`. With `root` (the folder that was
+    expanded), the input's subfolders below root are mirrored under out_dir, so
+    `x/a.jpg` and `y/a.jpg` do not collide either.
+    """
+    input_path = Path(input_path)
+    if not suffix.startswith("."):
+        suffix = "." + suffix
+    ext = input_path.suffix.lstrip(".") or "noext"
+    name = f"{input_path.stem}_{ext}{tag}{suffix}"
+    out_dir = Path(out_dir)
+    if root is not None:
+        try:
+            rel_parent = input_path.resolve().parent.relative_to(Path(root).resolve())
+        except ValueError:
+            rel_parent = Path()
+        out_dir = out_dir / rel_parent
+    return out_dir / name
