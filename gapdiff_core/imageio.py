@@ -34,7 +34,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 150_000_000  # a 100 MP photo passes, a 30000x30000 bomb does not
 MIN_SIDE = 16
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
-DECODE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "DIB", "GIF")
+DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "DIB", "GIF")
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 _ORIENTATION_TAG = 0x0112
@@ -77,6 +77,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     """
     path = Path(path)
     _check_file(path)
+    Image.init()  # register every plugin (WebP, TIFF) before restricting formats
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
@@ -94,7 +95,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         notes: list[str] = []
         frames = getattr(im, "n_frames", 1)
         if frames > 1:
-            kind = "multi-page TIFF: first page" if fmt == "TIFF" else f"animated {fmt}: first frame"
+            kind = {"TIFF": "multi-page TIFF: first page", "MPO": "multi-picture JPEG: first image"}.get(
+                fmt, f"animated {fmt}: first frame")
             notes.append(f"{kind} of {frames} used")
         exif = im.getexif()
         orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
@@ -264,7 +266,7 @@ def _decode_png16(im: Image.Image, path: Path, notes: list[str]):
 def _decode_png_variant(data: bytes, path: Path, rawmode: str | None) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        im = Image.open(io.BytesIO(data), formats=("PNG",))
+        im = Image.open(io.BytesIO(data), formats=("PNG",))  # header already checked by load_image
     if rawmode is not None:
         im.tile = [im.tile[0]._replace(args=rawmode)]
     _load_pixels(im, path)
