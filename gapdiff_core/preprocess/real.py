@@ -110,15 +110,22 @@ def quantize(x: torch.Tensor, levels: int = 64) -> torch.Tensor:
     return quantize_8bit(torch.floor(quantize_8bit(x) * int(levels)) / int(levels))
 
 
-def resize(x: torch.Tensor, size: Union[int, Sequence[int]] = 256) -> torch.Tensor:
-    """Pillow bilinear resize, not scaled back. int: the short side becomes `size` (aspect kept; a
-    square 512 image becomes 256×256, the official setting); (H, W): exactly that size."""
+def resize(x: torch.Tensor, size: Union[int, Sequence[int]] = 256, method: str = "pillow") -> torch.Tensor:
+    """Bilinear resize, not scaled back. int: the short side becomes `size` (aspect kept; a square
+    512 image becomes 256×256, the official setting); (H, W): exactly that size.
+    method 'pillow': Image.BILINEAR (antialiased: a triangle filter widened by the scale);
+    'opencv': cv2.INTER_LINEAR semantics (plain 2-tap bilinear, no antialias; within 1 grey level)."""
     h, w = x.shape[-2:]
     if isinstance(size, int):
         s = size / min(h, w)
         th, tw = (size, max(1, round(w * s))) if h <= w else (max(1, round(h * s)), size)
     else:
         th, tw = int(size[0]), int(size[1])
+    if method == "opencv":
+        y = torch.nn.functional.interpolate(quantize_8bit(x), size=(th, tw), mode="bilinear", align_corners=False)
+        return quantize_8bit(y)
+    if method != "pillow":
+        raise ValueError(f"gapdiff_core/preprocess/real.py: resize method must be 'pillow' or 'opencv', got {method!r}")
     out = [np.asarray(Image.fromarray(a).resize((tw, th), Image.BILINEAR)) for a in to_uint8(x)]
     return from_uint8(np.stack(out), x)
 
