@@ -1,0 +1,8 @@
+"""gapdiff: one-step, JPEG-robust protection of face photos against diffusion fine-tuning (GAP-Diff, NDSS 2025)."""
+from .checkpoint import CheckpointError, GeneratorInfo, load_generator, save_generator
+from .generator import Discriminator, Generator
+from .protect import Protector, protect
+
+__version__ = "0.1.0"
+__all__ = ["CheckpointError", "Discriminator", "Generator", "GeneratorInfo", "Protector", "load_generator",
+           "protect", "save_generator"]

@@ -1,0 +1,222 @@
+"""Protector: photos in, protected photos out, in one forward pass of a trained generator.
+
+Images are float32 tensors B x 3 x H x W in [0, 1]. Outputs are exactly 8-bit values (k / 255) and, relative to
+the 8-bit input, never move a pixel by more than `budget` grey levels.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import GeneratorInfo, load_generator
+from .generator import MIN_SIZE, SIZE_MULTIPLE, Generator
+
+MODES = ("working", "native")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_precision(device: torch.device) -> str:
+    """The fastest precision that keeps the 8-bit output within 1 grey level of fp32 (bench/protect.py measures it).
+
+    CPUs with native bf16 (AVX512-BF16 / AMX) run bf16; CUDA runs fp16; everything else fp32.
+    """
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def working_size(h: int, w: int, resolution: int) -> tuple[int, int]:
+    """The size a fine-tuner trains at: `resolution` on the short side, aspect kept."""
+    scale = resolution / min(h, w)
+    return max(resolution, round(h * scale)), max(resolution, round(w * scale))
+
+
+def padded_size(n: int) -> int:
+    """The smallest side the generator accepts that is >= n."""
+    return max(MIN_SIZE, math.ceil(n / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
+def pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Pad at the bottom/right to h x w, reflecting where the image is large enough, else replicating."""
+    ph, pw = h - x.shape[-2], w - x.shape[-1]
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def apply_budget(x: torch.Tensor, delta: torch.Tensor, budget: float) -> torch.Tensor:
+    """Add `delta` (in [0,1] units) to `x`, round to 8 bits, and keep every pixel within `budget` grey levels.
+
+    The bound holds after rounding, relative to the 8-bit version of `x` (the official code truncates instead,
+    which biases the image darker and can exceed the budget by one level).
+    """
+    x8 = torch.round(x * 255)
+    limit = math.floor(budget + 1e-6)
+    out = torch.round(x8 + delta * 255)
+    out = torch.minimum(torch.maximum(out, x8 - limit), x8 + limit).clamp_(0, 255)
+    return out.div_(255)
+
+
+@dataclass
+class ProtectStats:
+    """Visibility of a protection: largest change in grey levels and PSNR (dB) against the input."""
+
+    max_change: float
+    psnr: float
+
+
+def protection_stats(original: torch.Tensor, protected: torch.Tensor) -> ProtectStats:
+    diff = (protected.float() - original.float()) * 255
+    mse = diff.pow(2).mean().item()
+    psnr = float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+    return ProtectStats(max_change=diff.abs().max().item(), psnr=psnr)
+
+
+class Protector:
+    """Protect photos of any size with a trained GAP-Diff generator.
+
+    mode="working" computes the perturbation at the resolution a fine-tuner trains at (`working_resolution` on the
+    short side, padded to a multiple of 256), resizes it to the photo and clips it to the budget; mode="native"
+    runs the generator at full resolution, tiled with overlap for large photos so memory stays bounded.
+    official_mode=True reproduces the authors' generate.py: BatchNorm batch statistics and dropout on, one image
+    per batch, seeded.
+    """
+
+    def __init__(self, generator: Generator | str | os.PathLike, *, budget: float | None = None,
+                 mode: str = "working", working_resolution: int | None = None, device: str = "auto",
+                 precision: str = "auto", official_mode: bool = False, seed: int = 0, batch_size: int = 4,
+                 tile_size: int = 1024, tile_overlap: int = 256):
+        self.device = resolve_device(device)
+        if not isinstance(generator, torch.nn.Module):
+            generator = load_generator(generator)
+        self.info: GeneratorInfo = getattr(generator, "info", GeneratorInfo())
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        self.precision = default_precision(self.device) if precision == "auto" else precision
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, not {precision!r}")
+        self.budget = float(self.info.budget if budget is None else budget)
+        if not 0 < self.budget <= 255:
+            raise ValueError(f"budget must be in (0, 255] grey levels, not {self.budget}")
+        if tile_size % SIZE_MULTIPLE or tile_size < MIN_SIZE or not 0 <= tile_overlap < tile_size:
+            raise ValueError(f"tile_size must be a multiple of {SIZE_MULTIPLE} >= {MIN_SIZE} and "
+                             f"0 <= tile_overlap < tile_size (got {tile_size}, {tile_overlap})")
+        self.mode, self.official_mode, self.seed = mode, official_mode, seed
+        self.working_resolution = int(working_resolution or self.info.working_resolution)
+        self.batch_size = 1 if official_mode else max(1, batch_size)
+        self.tile_size, self.tile_overlap = tile_size, tile_overlap
+        self.dtype = PRECISIONS[self.precision]
+        model = copy.deepcopy(generator) if official_mode else generator
+        self.model = model.to(self.device, self.dtype).train(official_mode)
+        if self.device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def __call__(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """Protect a B x 3 x H x W batch (or a list of 1 x 3 x H x W / 3 x H x W images of different sizes)."""
+        if isinstance(images, torch.Tensor):
+            _check_images(images)
+            return torch.cat([self._protect_batch(chunk) for chunk in images.split(self.batch_size)])
+        return [self(img if img.dim() == 4 else img.unsqueeze(0)) for img in images]
+
+    def perturbation(self, images: torch.Tensor) -> torch.Tensor:
+        """The generator's raw perturbation (tanh output, in [-1, 1]) at the size of `images`."""
+        _check_images(images)
+        with torch.inference_mode():
+            return self._raw(images.to(self.device)).float()
+
+    def _protect_batch(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            x = x.to(self.device, torch.float32)
+            delta = self._raw(x).float().mul_(self.budget / 255)
+            return apply_budget(x, delta, self.budget).cpu()
+
+    def _raw(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if self.mode == "native":
+            return self._tiled(x)
+        wh, ww = working_size(h, w, self.working_resolution)
+        small = x if (wh, ww) == (h, w) else F.interpolate(x, (wh, ww), mode="bilinear", antialias=True,
+                                                            align_corners=False)
+        raw = self._run(pad_to(small, padded_size(wh), padded_size(ww)))[..., :wh, :ww]
+        if (wh, ww) != (h, w):
+            raw = F.interpolate(raw.float(), (h, w), mode="bilinear", antialias=True, align_corners=False)
+        return raw
+
+    def _tiled(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        t, stride = self.tile_size, self.tile_size - self.tile_overlap
+        ph, pw = padded_size(h), padded_size(w)
+        if ph <= t and pw <= t:
+            return self._run(pad_to(x, ph, pw))[..., :h, :w]
+        th, tw = min(t, ph), min(t, pw)
+        ph = max(ph, (_tile_count(ph, th, stride) - 1) * stride + th)
+        pw = max(pw, (_tile_count(pw, tw, stride) - 1) * stride + tw)
+        xp = pad_to(x, ph, pw)
+        acc = torch.zeros(x.shape[0], 3, ph, pw, device=x.device)
+        weight = torch.zeros(1, 1, ph, pw, device=x.device)
+        ramp = _feather(th, tw, self.tile_overlap, x.device)
+        for y0 in _tile_starts(ph, th, stride):
+            for x0 in _tile_starts(pw, tw, stride):
+                tile = xp[..., y0:y0 + th, x0:x0 + tw]
+                acc[..., y0:y0 + th, x0:x0 + tw] += self._run(tile).float() * ramp
+                weight[..., y0:y0 + th, x0:x0 + tw] += ramp
+        return (acc / weight)[..., :h, :w]
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x * 2 - 1).to(self.dtype)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.official_mode:
+            return self.model(x)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            return self.model(x)
+
+
+def protect(images: torch.Tensor, generator: Generator | str | os.PathLike, **options) -> torch.Tensor:
+    """One-call protection: `protect(batch, "G.safetensors", budget=8)`; options as for `Protector`."""
+    return Protector(generator, **options)(images)
+
+
+def _check_images(x: torch.Tensor) -> None:
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected images of shape B x 3 x H x W, got {tuple(x.shape)}")
+    if x.is_floating_point() and (x.min() < 0 or x.max() > 1):
+        raise ValueError("expected pixel values in [0, 1]")
+
+
+def _tile_count(n: int, t: int, stride: int) -> int:
+    return 1 if n <= t else math.ceil((n - t) / stride) + 1
+
+
+def _tile_starts(n: int, t: int, stride: int) -> Iterable[int]:
+    return range(0, max(n - t, 0) + 1, stride)
+
+
+def _feather(h: int, w: int, overlap: int, device) -> torch.Tensor:
+    """Blend weights for a tile: 1 inside, rising linearly across the overlap at each edge, never zero."""
+    def ramp(n):
+        i = torch.arange(n, device=device, dtype=torch.float32)
+        edge = torch.minimum(i + 1, n - i) / max(overlap, 1)
+        return edge.clamp(1e-3, 1)
+    return ramp(h)[:, None] * ramp(w)[None, :]
