@@ -98,10 +98,13 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
             kind = {"TIFF": "multi-page TIFF: first page", "MPO": "multi-picture JPEG: first image"}.get(
                 fmt, f"animated {fmt}: first frame")
             notes.append(f"{kind} of {frames} used")
-        exif = im.getexif()
+        bit_depth = _png_bit_depth(im) if fmt == "PNG" else 8  # before load(): Pillow drops im.png then
+        rgb, alpha = _decode_pixels(im, path, notes, bit_depth)
+        exif = im.getexif()  # after decoding: for PNG this may load the file, which must be checked first
         orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
         metadata = _metadata_of(im, exif)
-        rgb, alpha = _decode_pixels(im, path, notes, metadata)
+        if im.mode == "CMYK":  # a CMYK profile must not be attached to the RGB pixels
+            metadata.pop("icc_profile", None)
     if orientation in _ORIENT_OPS and orientation != 1:
         rgb = np.ascontiguousarray(_ORIENT_OPS[orientation](rgb))
         alpha = None if alpha is None else np.ascontiguousarray(_ORIENT_OPS[orientation](alpha))
@@ -184,11 +187,13 @@ def _scale16(a: np.ndarray) -> np.ndarray:
     return ((a * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _decode_pixels(im: Image.Image, path: Path, notes: list[str], metadata: dict):
+def _decode_pixels(im: Image.Image, path: Path, notes: list[str], bit_depth: int):
+    """(rgb, alpha) as uint8 arrays; loads `im` (so truncation is always checked)."""
     mode = im.mode
-    if im.format == "PNG" and mode in ("RGB", "RGBA") and _png_bit_depth(im) == 16:
-        return _decode_png16(im, path, notes)
+    tile_args = im.tile[0].args if len(im.tile) == 1 else None  # load() clears the tile list
     _load_pixels(im, path)
+    if bit_depth == 16 and mode in ("RGB", "RGBA"):
+        return _decode_png16(im, path, notes, tile_args)
     if im.format == "TIFF" and mode in ("RGB", "RGBA") and _tiff_bits(im) == 16:
         notes.append("16-bit TIFF reduced to 8 bits (high byte kept)")
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -210,7 +215,7 @@ def _decode_pixels(im: Image.Image, path: Path, notes: list[str], metadata: dict
             grey = _stretch(np.nan_to_num(grey))
         return _grey_to_rgb(grey), None
     if mode == "CMYK":
-        return _cmyk_to_rgb(im, notes, metadata), None
+        return _cmyk_to_rgb(im, notes), None
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode in ("P", "L", "RGB") and "transparency" in im.info):
         if mode == "P":
             notes.append("palette image with transparency: alpha channel taken from the palette")
@@ -235,24 +240,21 @@ def _tiff_bits(im: Image.Image) -> int:
     return int(bits[0] if isinstance(bits, tuple) else bits)
 
 
-def _decode_png16(im: Image.Image, path: Path, notes: list[str]):
-    """Decode 16-bit RGB(A) PNG twice (high, then low bytes) and round to 8 bits in NumPy.
+def _decode_png16(im: Image.Image, path: Path, notes: list[str], tile_args):
+    """Round 16-bit RGB(A) PNG samples to 8 bits in NumPy from the full 16-bit values.
 
-    Pillow has no 48-bit mode and keeps only the high byte (a floor); the PNG
-    unfiltering is identical for both passes, so hi*256+lo is the exact sample.
+    Pillow has no 48-bit mode and keeps only the high byte (a floor). Decoding
+    the file again with the little-endian raw mode yields the low bytes (the
+    PNG unfiltering is identical), so hi*256+lo is the exact sample.
     """
-    tile = im.tile[0] if len(im.tile) == 1 else None
-    with open(path, "rb") as f:
-        data = f.read()
-    high = _decode_png_variant(data, path, None)
+    high = np.asarray(im)  # already loaded by the caller
     low = None
-    if tile is not None and isinstance(tile.args, str) and tile.args.endswith(";16B"):
+    if isinstance(tile_args, str) and tile_args.endswith(";16B"):
         try:
-            low = _decode_png_variant(data, path, tile.args[:-1] + "L")
-        except ImageError:
+            low = _decode_png_variant(path, tile_args[:-1] + "L")
+        except (ImageError, OSError, ValueError, KeyError):
             low = None
-    if low is None:
-        _load_pixels(im, path)
+    if low is None or low.shape != high.shape:
         notes.append("16-bit PNG reduced to 8 bits (high byte kept)")
         arr = high
     else:
@@ -263,14 +265,16 @@ def _decode_png16(im: Image.Image, path: Path, notes: list[str]):
     return np.ascontiguousarray(arr), None
 
 
-def _decode_png_variant(data: bytes, path: Path, rawmode: str | None) -> np.ndarray:
+def _decode_png_variant(path: Path, rawmode: str) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        im = Image.open(io.BytesIO(data), formats=("PNG",))  # header already checked by load_image
-    if rawmode is not None:
+        im = Image.open(path, formats=("PNG",))  # header already checked by load_image
+    with im:
+        if len(im.tile) != 1:
+            raise ImageError(f"{path}: unexpected PNG layout")
         im.tile = [im.tile[0]._replace(args=rawmode)]
-    _load_pixels(im, path)
-    return np.asarray(im)
+        _load_pixels(im, path)
+        return np.asarray(im)
 
 
 def _stretch(a: np.ndarray) -> np.ndarray:
@@ -285,8 +289,8 @@ def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
 
 
-def _cmyk_to_rgb(im: Image.Image, notes: list[str], metadata: dict) -> np.ndarray:
-    icc = metadata.pop("icc_profile", None)  # a CMYK profile must not be attached to RGB pixels
+def _cmyk_to_rgb(im: Image.Image, notes: list[str]) -> np.ndarray:
+    icc = im.info.get("icc_profile")
     if icc:
         try:
             from PIL import ImageCms
