@@ -1,0 +1,136 @@
+"""Face detection failure rate (FDFR) and identity score matching (ISM), Anti-DreamBooth protocol.
+
+Detection and embedding run once per image (``analyze_faces``); FDFR, ISM and SER-FIQ can share
+that analysis, which is what ``evaluate_images`` does.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .faces import Face, align_face, get_detector, get_embedder
+from .images import ImageBatch, to_uint8_rgb
+
+
+@dataclass
+class FaceAnalysis:
+    """One image: all faces above the threshold, the largest one, its embedding and (SFace) trunk features."""
+
+    faces: list[Face]
+    largest: Optional[Face] = None
+    embedding: Optional[np.ndarray] = None
+    trunk: Optional[np.ndarray] = None
+
+    @property
+    def detected(self) -> bool:
+        return self.largest is not None
+
+
+@dataclass
+class Analyses:
+    """Face analyses of a batch, with the backends and threshold that produced them."""
+
+    items: list[FaceAnalysis]
+    detector: str
+    embedder: Optional[str]
+    threshold: float
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def analyze_faces(images: ImageBatch, detector: str = "yunet", embedder: Optional[str] = "sface",
+                  threshold: float = 0.9, keep_trunk: bool = False) -> Analyses:
+    """Detect faces (confidence >= threshold) in every image; embed the largest face's aligned crop.
+    ``embedder=None`` only detects. ``keep_trunk`` keeps SFace's pre-dropout features for SER-FIQ."""
+    det = get_detector(detector, float(threshold))
+    emb = get_embedder(embedder) if embedder else None
+    items = []
+    for rgb in to_uint8_rgb(images):
+        faces = det.detect(rgb)
+        item = FaceAnalysis(faces)
+        if faces:
+            item.largest = max(faces, key=lambda f: f.area)
+            if emb is not None:
+                crop = align_face(rgb, item.largest)[None]
+                if keep_trunk and hasattr(emb, "forward"):
+                    e, t = emb.forward(crop)
+                    item.embedding, item.trunk = e[0], t[0]
+                else:
+                    item.embedding = emb.embed(crop)[0]
+        items.append(item)
+    return Analyses(items, detector, embedder, float(threshold))
+
+
+@dataclass
+class FDFRResult:
+    """Face detection failure rate in [0, 1] (higher = stronger protection)."""
+
+    value: float
+    n_images: int
+    n_failed: int
+    backend: str
+    threshold: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ISMResult:
+    """Identity score matching: mean cosine similarity to the reference identity (lower = stronger
+    protection); ``value`` is None when no face was found in any image."""
+
+    value: Optional[float]
+    n_images: int
+    n_detected: int
+    backend: str
+    detector: str
+    threshold: float
+    per_image: list = field(default_factory=list)  # cosine, or None where no face was found
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fdfr(images: ImageBatch, backend: str = "yunet", threshold: float = 0.9,
+         analyses: Optional[Analyses] = None) -> FDFRResult:
+    """Share of images in which ``backend`` finds no face with confidence >= ``threshold``."""
+    a = analyses or analyze_faces(images, detector=backend, embedder=None, threshold=threshold)
+    if len(a) == 0:
+        raise ValueError("fdfr: no images given")
+    failed = sum(not it.detected for it in a.items)
+    return FDFRResult(failed / len(a), len(a), failed, a.detector, a.threshold)
+
+
+def reference_embedding(references: ImageBatch, backend: str = "sface", detector: str = "yunet",
+                        threshold: float = 0.9) -> np.ndarray:
+    """Mean raw embedding of the largest face of each clean reference photo (set_C in the protocol);
+    references without a detected face are skipped (that only rescales the mean)."""
+    a = analyze_faces(references, detector=detector, embedder=backend, threshold=threshold)
+    embs = [it.embedding for it in a.items if it.detected]
+    if not embs:
+        raise ValueError(f"ism: {detector} found no face in any of the {len(a)} reference photos")
+    return np.mean(embs, axis=0)
+
+
+def ism(images: ImageBatch, references: ImageBatch | np.ndarray, backend: str = "sface",
+        detector: str = "yunet", threshold: float = 0.9, analyses: Optional[Analyses] = None) -> ISMResult:
+    """Cosine similarity between the largest face's embedding and the mean reference embedding,
+    averaged over the images where a face was found. ``references`` are photos or a precomputed
+    ``reference_embedding`` (1-D array)."""
+    a = analyses or analyze_faces(images, detector=detector, embedder=backend, threshold=threshold)
+    if a.embedder != backend:
+        raise ValueError(f"ism: analyses were embedded with {a.embedder!r}, not {backend!r}")
+    if isinstance(references, np.ndarray) and references.ndim == 1:
+        ref = references
+    else:
+        ref = reference_embedding(references, backend, a.detector, a.threshold)
+    ref_unit = ref / np.linalg.norm(ref)
+    sims = [None if not it.detected else float(it.embedding @ ref_unit / np.linalg.norm(it.embedding))
+            for it in a.items]
+    found = [s for s in sims if s is not None]
+    return ISMResult(float(np.mean(found)) if found else None, len(a), len(found), backend,
+                     a.detector, a.threshold, sims)
