@@ -93,26 +93,39 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         fmt = im.format or "unknown"
         _check_dimensions(path, im.size, max_pixels)
         notes: list[str] = []
-        frames = getattr(im, "n_frames", 1)
-        if frames > 1:
-            kind = {"TIFF": "multi-page TIFF: first page", "MPO": "multi-picture JPEG: first image"}.get(
-                fmt, f"animated {fmt}: first frame")
-            notes.append(f"{kind} of {frames} used")
-        bit_depth = _png_bit_depth(im) if fmt == "PNG" else 8  # before load(): Pillow drops im.png then
-        rgb, alpha = _decode_pixels(im, path, notes, bit_depth)
-        exif = im.getexif()  # after decoding: for PNG this may load the file, which must be checked first
-        orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
-        metadata = _metadata_of(im, exif)
-        if im.mode == "CMYK":  # a CMYK profile must not be attached to the RGB pixels
-            metadata.pop("icc_profile", None)
+        try:
+            rgb, alpha, orientation, metadata = _decode(im, path, fmt, notes)
+        except ImageError:
+            raise
+        except (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError) as exc:
+            raise ImageError(f"{path}: could not decode the {fmt} image ({type(exc).__name__}: {exc}); "
+                             "re-export it as PNG or JPEG") from exc
     if orientation in _ORIENT_OPS and orientation != 1:
         rgb = np.ascontiguousarray(_ORIENT_OPS[orientation](rgb))
         alpha = None if alpha is None else np.ascontiguousarray(_ORIENT_OPS[orientation](alpha))
         notes.append(f"EXIF orientation {orientation} applied")
-    if min(rgb.shape[:2]) < MIN_SIDE:  # e.g. a strip that only became too thin after a crop-free rotate
-        raise ImageError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]} px, smaller than the "
-                         f"{MIN_SIDE} px minimum side; use a larger photo")
     return LoadedImage(path=path, rgb=rgb, alpha=alpha, format=fmt, notes=notes, metadata=metadata)
+
+
+def _decode(im: Image.Image, path: Path, fmt: str, notes: list[str]):
+    """Pixels, EXIF orientation and metadata of an opened (not yet loaded) image."""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        kind = {"TIFF": "multi-page TIFF: first page", "MPO": "multi-picture JPEG: first image"}.get(
+            fmt, f"animated {fmt}: first frame")
+        notes.append(f"{kind} of {frames} used")
+    bit_depth = _png_bit_depth(im) if fmt == "PNG" else 8  # before load(): Pillow drops im.png then
+    rgb, alpha = _decode_pixels(im, path, notes, bit_depth)
+    try:
+        exif = im.getexif()  # after decoding: for PNG this may load the file, which must be checked first
+        orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
+        metadata = _metadata_of(im, exif)
+    except Exception as exc:  # a damaged EXIF block must not make a good photo unreadable
+        notes.append(f"EXIF block unreadable ({type(exc).__name__}); orientation and EXIF ignored")
+        orientation, metadata = 1, _metadata_of(im, Image.Exif())
+    if im.mode == "CMYK":  # a CMYK profile must not be attached to the RGB pixels
+        metadata.pop("icc_profile", None)
+    return rgb, alpha, orientation, metadata
 
 
 def _check_file(path: Path) -> None:
