@@ -230,6 +230,15 @@ def test_rgba_png_alpha_bit_exact_through_load_save(tmp_path):
     np.testing.assert_array_equal(back[..., :3], rgb)
 
 
+def test_rgba_webp_keeps_colour_under_transparent_pixels(tmp_path):
+    rgb = pattern(seed=12)
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:8] = 0
+    back = load_image(save_image(tmp_path / "a.webp", rgb, alpha))
+    np.testing.assert_array_equal(back.rgb, rgb)
+    np.testing.assert_array_equal(back.alpha, alpha)
+
+
 def test_exif_orientation_6_rotates_pixels(tmp_path):
     stored = pattern(20, 40, seed=5)  # as stored: 40 wide, 20 high
     p = tmp_path / "rot.png"  # PNG keeps pixels exact; EXIF orientation applies the same as in JPEG
