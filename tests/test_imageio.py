@@ -288,9 +288,8 @@ def test_greyscale(tmp_path, mode):
         np.testing.assert_array_equal(img.alpha, 255 - grey)
 
 
-@pytest.mark.parametrize("suffix,fmt,exact", [(".webp", "WEBP", True), (".tif", "TIFF", True),
-                                               (".bmp", "BMP", True)])
-def test_other_formats(tmp_path, suffix, fmt, exact):
+@pytest.mark.parametrize("suffix,fmt", [(".webp", "WEBP"), (".tif", "TIFF"), (".bmp", "BMP")])
+def test_other_formats(tmp_path, suffix, fmt):
     rgb = pattern(seed=6)
     p = tmp_path / f"img{suffix}"
     Image.fromarray(rgb).save(p, **({"lossless": True} if fmt == "WEBP" else {}))
