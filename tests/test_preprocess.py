@@ -76,7 +76,7 @@ def test_block_dct_and_full_mask_round_trip(shape):
 
 
 def test_jpeg_mask_rejects_bad_shape():
-    with pytest.raises(ValueError, match="jpeg_mask.py"):
+    with pytest.raises(ValueError, match="jpeg_masking.py"):
         P.jpeg_mask(torch.rand(3, 16, 16))
 
 

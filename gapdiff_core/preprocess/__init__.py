@@ -5,8 +5,8 @@ Simulators take B×3×H×W in [0, 1]; `jpeg_mask` alone works in the generator d
 """
 from . import real
 from .dct import block_dct, block_idct, dct_matrix
-from .diff_jpeg import DiffJPEG, diff_jpeg, quantization_tables
-from .jpeg_mask import JpegMask, jpeg_mask, jpeg_mask01
+from .differentiable_jpeg import DiffJPEG, diff_jpeg, quantization_tables
+from .jpeg_masking import JpegMask, jpeg_mask, jpeg_mask01
 from .real import REAL_TRANSFORMS, parse_transform
 from .sampler import DEFAULT_CONFIG, SIMULATOR_NAMES, PreprocessSampler, official_prelayer, official_prelayer_config
 from .simulators import (

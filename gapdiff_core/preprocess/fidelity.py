@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from . import real
-from .diff_jpeg import diff_jpeg
-from .jpeg_mask import jpeg_mask01
+from .differentiable_jpeg import diff_jpeg
+from .jpeg_masking import jpeg_mask01
 from .simulators import gaussian_blur, gaussian_noise, quantize, resize_bilinear
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"

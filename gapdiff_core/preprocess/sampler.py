@@ -6,8 +6,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .diff_jpeg import diff_jpeg
-from .jpeg_mask import jpeg_mask01
+from .differentiable_jpeg import diff_jpeg
+from .jpeg_masking import jpeg_mask01
 from .simulators import bicubic_upscale_unsharp, gaussian_blur, gaussian_noise, quantize, resize_down_up
 
 DEFAULT_CONFIG: list[dict[str, Any]] = [

@@ -10,7 +10,7 @@ import kornia
 import torch
 import torch.nn.functional as F
 
-from .diff_jpeg import st
+from .differentiable_jpeg import st
 
 Pair = Union[float, Sequence[float]]
 
