@@ -79,14 +79,14 @@ def apply_budget(x: torch.Tensor, delta: torch.Tensor, budget: float) -> torch.T
 
 @dataclass
 class ProtectStats:
-    """Visibility of a protection: largest change in grey levels and PSNR (dB) against the input."""
+    """Visibility of a protection on the 8-bit images: largest change in grey levels and PSNR (dB)."""
 
     max_change: float
     psnr: float
 
 
 def protection_stats(original: torch.Tensor, protected: torch.Tensor) -> ProtectStats:
-    diff = (protected.float() - original.float()) * 255
+    diff = torch.round(protected.float() * 255) - torch.round(original.float() * 255)
     mse = diff.pow(2).mean().item()
     psnr = float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
     return ProtectStats(max_change=diff.abs().max().item(), psnr=psnr)

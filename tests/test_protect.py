@@ -1,0 +1,112 @@
+"""Protection respects the budget after 8-bit rounding, in every mode, for any size."""
+import pytest
+import torch
+
+from gapdiff_core import Generator, Protector
+from gapdiff_core.protect import apply_budget, padded_size, protection_stats, working_size
+
+
+@pytest.fixture(scope="module")
+def generator():
+    """A narrow generator with weights scaled so its tanh output saturates: the budget clip is exercised."""
+    torch.manual_seed(0)
+    g = Generator(ngf=8)
+    with torch.no_grad():
+        g.dconv8.weight.mul_(40)
+    return g.eval()
+
+
+def photo(h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (1, 3, h, w), generator=g).float() / 255
+
+
+def grey_change(a, b):
+    return ((a - b) * 255).round().abs()
+
+
+@pytest.mark.parametrize("mode", ["working", "native"])
+@pytest.mark.parametrize("size", [(512, 512), (300, 700), (1100, 900), (256, 1400)])
+@pytest.mark.parametrize("budget", [8, 4, 7.5])
+def test_budget_holds_on_every_pixel_after_rounding(generator, mode, size, budget):
+    p = Protector(generator, budget=budget, mode=mode, precision="fp32", tile_size=512, tile_overlap=128)
+    x = photo(*size)
+    y = p(x)
+    assert y.shape == x.shape
+    assert torch.equal(y, torch.round(y * 255) / 255)  # exactly 8-bit values
+    change = grey_change(y, x)
+    assert change.max() <= int(budget)
+    assert change.mean() > 0.5  # a real perturbation, not a no-op
+
+
+def test_saturated_generator_reaches_the_budget(generator):
+    y = Protector(generator, budget=8, precision="fp32")(photo(512, 512))
+    assert grey_change(y, photo(512, 512)).max() == 8
+
+
+def test_apply_budget_rounds_instead_of_truncating():
+    x = torch.full((1, 1, 1, 1), 100 / 255)
+    assert apply_budget(x, torch.full_like(x, 2.6 / 255), 8).mul(255).round().item() == 103
+    assert apply_budget(x, torch.full_like(x, 20 / 255), 8).mul(255).round().item() == 108
+    assert apply_budget(torch.ones_like(x), torch.full_like(x, 0.5), 8).max().item() == 1.0
+
+
+def test_deterministic_by_default_and_official_mode_is_seeded(generator):
+    x = photo(512, 512)
+    p = Protector(generator, precision="fp32")
+    assert torch.equal(p(x), p(x))
+    off = Protector(generator, precision="fp32", official_mode=True, seed=3)
+    a, b = off(x), off(x)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, p(x))  # batch statistics + dropout give another function
+    assert not torch.equal(a, Protector(generator, precision="fp32", official_mode=True, seed=4)(x))
+    assert not generator.training  # the caller's module is left in eval mode
+
+
+def test_batches_and_lists_of_sizes(generator):
+    p = Protector(generator, precision="fp32", batch_size=2)
+    batch = torch.cat([photo(512, 512, s) for s in range(3)])
+    out = p(batch)
+    single = torch.cat([p(batch[i:i + 1]) for i in range(3)])
+    assert torch.allclose(out, single, atol=1 / 255)
+    outs = p([photo(300, 400)[0], photo(600, 520)])
+    assert [tuple(o.shape) for o in outs] == [(1, 3, 300, 400), (1, 3, 600, 520)]
+
+
+def test_working_mode_geometry():
+    assert working_size(3024, 4032, 512) == (512, 683)
+    assert working_size(300, 700, 512) == (512, 1195)
+    assert padded_size(683) == 768 and padded_size(300) == 512 and padded_size(512) == 512
+
+
+def test_native_tiles_agree_with_a_single_pass_in_the_middle(generator):
+    x = photo(768, 768)
+    whole = Protector(generator, mode="native", precision="fp32", tile_size=1024).perturbation(x)
+    tiled = Protector(generator, mode="native", precision="fp32", tile_size=512, tile_overlap=256).perturbation(x)
+    assert tiled.shape == whole.shape
+    assert torch.isfinite(tiled).all() and tiled.abs().max() <= 1
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+def test_default_cpu_precision_within_one_grey_level_of_fp32():
+    torch.manual_seed(0)
+    g = Generator(ngf=64).eval()
+    x = photo(512, 512)
+    ref = Protector(g, precision="fp32")(x)
+    for precision in ("bf16", "auto"):
+        out = Protector(g, precision=precision)(x)
+        assert grey_change(out, ref).max() <= 1
+
+
+def test_stats_and_bad_arguments(generator):
+    x = photo(512, 512)
+    s = protection_stats(x, Protector(generator, precision="fp32")(x))
+    assert 0 < s.max_change <= 8 and 30 < s.psnr < 60
+    with pytest.raises(ValueError, match="mode"):
+        Protector(generator, mode="fast")
+    with pytest.raises(ValueError, match="budget"):
+        Protector(generator, budget=0)
+    with pytest.raises(ValueError, match="precision"):
+        Protector(generator, precision="int8")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        Protector(generator)(x * 255)
