@@ -1,7 +1,7 @@
 """Load a :class:`Surrogate` offline: ``"tiny"``, a local diffusers folder, or a single-file SD 1.x/2.x checkpoint.
 
 Nothing here touches the network: folders load with ``local_files_only=True``, and single files use the component
-configs and tokenizer shipped in ``configs/`` (sd15, sd21-base, sd21-v, tiny). ``.ckpt`` pickles are read with
+configs and tokenizer shipped in ``configs/`` (sd15, sd21-base, sd21-v, tiny, tiny-sd2). ``.ckpt`` pickles are read with
 ``torch.load(weights_only=True)`` only, so a file that needs arbitrary code to unpickle is refused.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .surrogate import CONFIG_ROOT, SURROGATE_MARKER, Surrogate
 from .tokenizer import tokenizer_from_config
 
 SINGLE_FILE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
-BUNDLED_CONFIGS = ("sd15", "sd21-base", "sd21-v", "tiny")
+BUNDLED_CONFIGS = ("sd15", "sd21-base", "sd21-v", "tiny", "tiny-sd2")
 
 
 class CheckpointError(ValueError):
@@ -26,7 +26,7 @@ class CheckpointError(ValueError):
 
 
 def bundled_config(name: str) -> Path:
-    """Path of a shipped config folder (``sd15``, ``sd21-base``, ``sd21-v``, ``tiny``)."""
+    """Path of a shipped config folder (``sd15``, ``sd21-base``, ``sd21-v``, ``tiny``, ``tiny-sd2``)."""
     if name not in BUNDLED_CONFIGS:
         raise ValueError(f"unknown bundled config {name!r}; choose one of {', '.join(BUNDLED_CONFIGS)} or a folder")
     return CONFIG_ROOT / name
@@ -84,7 +84,7 @@ def load_surrogate(spec: str | Path, device: str | torch.device = "cpu", dtype: 
                    seed: int = 0) -> Surrogate:
     """Load a frozen surrogate from ``spec``:
 
-    - ``"tiny"``: the built-in tiny random model (``seed``);
+    - ``"tiny"`` / ``"tiny-sd2"``: the built-in tiny random model (``seed``), SD 1.x / SD 2.x flavour;
     - a diffusers folder (``unet/``, ``vae/``, ``text_encoder/``, ``scheduler/``, optional ``tokenizer/``);
     - a single-file SD 1.x / 2.x checkpoint (``.safetensors``; ``.ckpt`` weights-only). ``config`` picks the
       component configs (a bundled name or a diffusers folder); default: auto-detected from the keys
@@ -93,8 +93,8 @@ def load_surrogate(spec: str | Path, device: str | torch.device = "cpu", dtype: 
 
     ``prediction_type`` overrides the scheduler's (``"epsilon"`` / ``"v_prediction"``).
     """
-    if isinstance(spec, str) and spec == "tiny":
-        surrogate = Surrogate.tiny(seed)
+    if isinstance(spec, str) and spec in ("tiny", "tiny-sd2"):
+        surrogate = Surrogate.tiny(seed, family="sd1" if spec == "tiny" else "sd2")
     else:
         path = Path(spec)
         if path.is_dir():

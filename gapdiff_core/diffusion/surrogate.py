@@ -47,6 +47,16 @@ SD_DDPM_SCHEDULER = {
 }
 
 
+def tiny_configs(family: str = "sd1") -> tuple[dict, dict, dict]:
+    """(unet, vae, text encoder) configs of the tiny model in the SD 1.x or SD 2.x flavour."""
+    if family == "sd1":
+        return TINY_UNET, TINY_VAE, TINY_TEXT_ENCODER
+    if family == "sd2":
+        return (dict(TINY_UNET, use_linear_projection=True), TINY_VAE,
+                dict(TINY_TEXT_ENCODER, hidden_act="gelu", pad_token_id=0))
+    raise ValueError(f"unknown family {family!r}; expected 'sd1' or 'sd2'")
+
+
 def _no_xformers(model) -> None:
     """Use PyTorch SDPA attention (diffusers' default) wherever an xformers processor was set."""
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -72,19 +82,25 @@ class Surrogate:
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def tiny(cls, seed: int = 0) -> "Surrogate":
-        """Tiny random-weight SD-architecture model (deterministic from ``seed``; 512x512 images -> 64x64 latents)."""
+    def tiny(cls, seed: int = 0, family: str = "sd1") -> "Surrogate":
+        """Tiny random-weight SD-architecture model (deterministic from ``seed``; 512x512 images -> 64x64 latents).
+
+        ``family="sd2"`` gives the SD 2.x flavour (OpenCLIP key layout when saved, ``"!"`` padding, GELU, linear
+        transformer projections); the default is the SD 1.x flavour.
+        """
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
 
+        unet_cfg, vae_cfg, text_cfg = tiny_configs(family)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            unet = UNet2DConditionModel.from_config(_strip(TINY_UNET))
-            vae = AutoencoderKL.from_config(_strip(TINY_VAE))
-            text_encoder = CLIPTextModel(CLIPTextConfig(**_strip(TINY_TEXT_ENCODER)))
+            unet = UNet2DConditionModel.from_config(_strip(unet_cfg))
+            vae = AutoencoderKL.from_config(_strip(vae_cfg))
+            text_encoder = CLIPTextModel(CLIPTextConfig(**_strip(text_cfg)))
         scheduler = DDPMScheduler.from_config(_strip(SD_DDPM_SCHEDULER))
-        return cls(vae, text_encoder, clip_tokenizer("sd1"), unet, scheduler, name=f"tiny-sd (seed {seed})",
-                   is_demo=True, resolution=512, family="sd1", config_dir=CONFIG_ROOT / "tiny")
+        config = "tiny" if family == "sd1" else "tiny-sd2"
+        return cls(vae, text_encoder, clip_tokenizer(family), unet, scheduler, name=f"{config} (seed {seed})",
+                   is_demo=True, resolution=512, family=family, config_dir=CONFIG_ROOT / config)
 
     # ------------------------------------------------------------ properties
     @property
