@@ -52,7 +52,8 @@ class SERFIQResult:
 def serfiq(images: ImageBatch, T: int = 100, alpha: float = 130.0, r: float = 0.88, backend: str = "sface",
            detector: str = "yunet", threshold: float = 0.9, seed: int = 0,
            analyses: Optional[Analyses] = None) -> SERFIQResult:
-    """SER-FIQ of each image's largest face; ``seed`` fixes the dropout masks (deterministic)."""
+    """SER-FIQ of each image's largest face. Every face gets the same ``seed``-ed dropout masks, so a
+    score does not depend on the other images in the batch."""
     if T < 2:
         raise ValueError("serfiq: T must be at least 2")
     a = analyses
@@ -61,14 +62,13 @@ def serfiq(images: ImageBatch, T: int = 100, alpha: float = 130.0, r: float = 0.
     emb = get_embedder(a.embedder)
     if not hasattr(emb, "dropout_embeddings"):
         raise ValueError(f"serfiq: embedder {a.embedder!r} exposes no dropout layer; use 'sface'")
-    rng = np.random.default_rng(seed)
     scores, raws = [], []
     for it in a.items:
         if not it.detected:
             scores.append(0.0)
             raws.append(None)
             continue
-        s, q = serfiq_from_embeddings(emb.dropout_embeddings(it.trunk, T, rng), alpha, r)
+        s, q = serfiq_from_embeddings(emb.dropout_embeddings(it.trunk, T, np.random.default_rng(seed)), alpha, r)
         scores.append(s)
         raws.append(q)
     found = [s for s, q in zip(scores, raws) if q is not None]

