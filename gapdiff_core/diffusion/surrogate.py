@@ -141,7 +141,8 @@ class Surrogate:
         for m in (self.unet, self.vae):
             m.enable_gradient_checkpointing() if on else m.disable_gradient_checkpointing()
         te = self.text_encoder
-        te.gradient_checkpointing_enable() if on else te.gradient_checkpointing_disable()
+        prefix = "activation" if hasattr(te, "activation_checkpointing_enable") else "gradient"  # transformers >= 5.x
+        getattr(te, f"{prefix}_checkpointing_{'enable' if on else 'disable'}")()
         return self
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "Surrogate":
