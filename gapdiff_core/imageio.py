@@ -357,6 +357,7 @@ def save_image(
     keep_metadata: bool = False,
     metadata: dict | None = None,
     lossless_webp: bool = True,
+    jpeg_subsampling: str = "4:4:4",
     overwrite: bool = False,
     protect_paths: Iterable[str | Path] = (),
 ) -> Path:
@@ -364,7 +365,8 @@ def save_image(
 
     Format from the suffix (.png, .jpg/.jpeg, .webp, .tif/.tiff; no suffix -> .png
     is appended). EXIF/GPS/XMP are written only with keep_metadata=True; the ICC
-    profile from `metadata` is always kept. Refuses to replace an existing file
+    profile from `metadata` is always kept. JPEG keeps full chroma (4:4:4) unless
+    `jpeg_subsampling` says otherwise ("4:2:0" is what platforms use). Refuses to replace an existing file
     unless overwrite=True, and any path in `protect_paths` even then.
     """
     path = Path(path)
@@ -375,7 +377,7 @@ def save_image(
         raise ImageError(f"{path}: cannot write '{path.suffix}' files; use .png, .jpg, .webp or .tif")
     image = _to_pil(path, rgb_uint8, alpha, fmt)
     _check_destination(path, overwrite, protect_paths)
-    options = _save_options(fmt, quality, lossless_webp, keep_metadata, metadata or {})
+    options = _save_options(fmt, quality, lossless_webp, keep_metadata, metadata or {}, jpeg_subsampling)
     if not path.parent.is_dir():
         raise ImageError(f"{path}: output folder {path.parent} does not exist; create it first")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -414,7 +416,8 @@ def _to_pil(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, fmt: str) -> 
     return Image.fromarray(np.ascontiguousarray(np.dstack([rgb, alpha])), "RGBA")
 
 
-def _save_options(fmt: str, quality: int, lossless_webp: bool, keep: bool, metadata: dict) -> dict:
+def _save_options(fmt: str, quality: int, lossless_webp: bool, keep: bool, metadata: dict,
+                  jpeg_subsampling: str) -> dict:
     options: dict = {}
     icc = metadata.get("icc_profile")
     if icc and (fmt == "PNG" or bytes(icc[16:20]) == b"RGB "):  # only RGB profiles fit RGB pixels
@@ -425,7 +428,7 @@ def _save_options(fmt: str, quality: int, lossless_webp: bool, keep: bool, metad
         if metadata.get("xmp") and fmt in ("JPEG", "WEBP", "PNG"):
             options["xmp"] = metadata["xmp"]
     if fmt == "JPEG":
-        options.update(quality=int(quality), subsampling=0)  # 4:4:4 keeps the chroma of the perturbation
+        options.update(quality=int(quality), subsampling=jpeg_subsampling)
     elif fmt == "WEBP":
         options.update(lossless=lossless_webp, quality=int(quality), exact=True)
     elif fmt == "TIFF":

@@ -99,6 +99,7 @@ def format_table(rows: Sequence[dict]) -> str:
     head = f"{'real transform':<26} {'simulator':<38} {'PSNR sim vs real':>17} {'real vs clean':>14}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['transform']:<26} {r['simulator']:<38} {r['psnr_sim_vs_real']:>14.2f} dB "
-                     f"{r['psnr_real_vs_clean']:>11.2f} dB")
+        clean = r["psnr_real_vs_clean"]
+        clean_text = f"{clean:>11.2f} dB" if clean == clean else f"{'n/a (size)':>14}"
+        lines.append(f"{r['transform']:<26} {r['simulator']:<38} {r['psnr_sim_vs_real']:>14.2f} dB {clean_text}")
     return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Sub-commands of the `gapdiff` console script (see gapdiff_core.cli)."""

@@ -1,0 +1,53 @@
+"""`gapdiff compress`: JPEG-compress photos the way social networks do (libjpeg through Pillow)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HELP = "JPEG-compress photos as a platform would (to test robustness)"
+DESCRIPTION = """JPEG-compress photos with libjpeg (through Pillow) at a given quality, with 4:2:0 chroma subsampling
+as platforms and Pillow's defaults use. This is the transform GAP-Diff protections are built to survive; use it
+to check a protection, not to publish (publish the lossless PNG and let the platform compress it).
+
+Writes NAME_EXT_qQ.jpg files into OUTDIR (never over an input), metadata stripped unless --keep-metadata.
+Exit code 1 when any input failed (the others are still written)."""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders or glob patterns")
+    p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder (created if missing)")
+    p.add_argument("-q", "--quality", type=int, default=70, help="JPEG quality 1-100 (default 70, the paper's)")
+    p.add_argument("--subsampling", choices=("4:2:0", "4:2:2", "4:4:4"), default="4:2:0",
+                   help="chroma subsampling (default 4:2:0, as platforms do)")
+    p.add_argument("--keep-metadata", action="store_true", help="keep EXIF/GPS/XMP (stripped by default)")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..imageio import ImageError, iter_image_paths, load_image, output_path_for, save_image
+
+    if not 1 <= args.quality <= 100:
+        print(f"gapdiff compress: --quality must be 1-100, not {args.quality}", file=sys.stderr)
+        return 2
+    paths, failures = iter_image_paths(args.inputs, recursive=args.recursive)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = 0
+    for path in tqdm(paths, desc=f"JPEG q{args.quality}", unit="photo", disable=not paths):
+        try:
+            image = load_image(path)
+            if image.alpha is not None:
+                tqdm.write(f"{path}: transparency dropped (JPEG has none)")
+            dest = output_path_for(path, out_dir, suffix=".jpg", tag=f"_q{args.quality}")
+            save_image(dest, image.rgb, None, quality=args.quality, jpeg_subsampling=args.subsampling,
+                       keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=paths)
+            done += 1
+        except (ImageError, OSError, ValueError) as exc:
+            failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            tqdm.write(f"FAILED {failures[-1]}")
+    print(f"{done} compressed, {len(failures)} failed")
+    for message in failures:
+        print(f"  failed: {message}", file=sys.stderr)
+    return 1 if failures else 0
