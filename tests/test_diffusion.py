@@ -27,14 +27,14 @@ def tiny():
 @pytest.fixture(scope="module")
 def probe():
     g = torch.Generator().manual_seed(123)
-    return torch.randn(2, 4, 16, 16, generator=g), torch.tensor([10, 900]), torch.rand(1, 3, 64, 64, generator=g)
+    return torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 900]), torch.rand(1, 3, 32, 32, generator=g)
 
 
 def _outputs(s, probe):
     z, t, x = probe
     with torch.no_grad():
         emb = s.encode_prompt([PROMPT, "a photo of a person"])
-        return [emb, s.predict(z, t, emb), s.encode_images(x, sample=False), s.decode_latents(z[:1])]
+        return [emb, s.predict(z, t, emb), s.encode_images(x, sample=False), s.decode_latents(z[:1, :, :4, :4])]
 
 
 @pytest.fixture
@@ -54,9 +54,10 @@ def test_tiny_is_deterministic_and_seed_dependent(tiny, probe):
         a, b, c = module.state_dict(), again.modules()[name].state_dict(), other.modules()[name].state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
         assert any(not torch.equal(a[k], c[k]) for k in a if a[k].numel() > 1), name
-    for x, y in zip(_outputs(tiny, probe), _outputs(again, probe)):
+    ref = _outputs(tiny, probe)
+    for x, y in zip(ref, _outputs(again, probe)):
         assert torch.equal(x, y)
-    assert not torch.allclose(_outputs(tiny, probe)[1], _outputs(other, probe)[1])
+    assert not torch.allclose(ref[1], _outputs(other, probe)[1])
 
 
 def test_tiny_properties_and_frozen(tiny):
@@ -69,15 +70,15 @@ def test_tiny_properties_and_frozen(tiny):
     assert type(tiny.scheduler).__name__ == "DDPMScheduler"
 
 
-def test_tiny_512_image_gives_64_latents_and_back(tiny):
+def test_tiny_512_image_gives_64_latents(tiny):
     with torch.no_grad():
         z = tiny.encode_images(torch.rand(1, 3, 512, 512), generator=torch.Generator().manual_seed(0))
         assert z.shape == (1, 4, 64, 64)
         emb = tiny.encode_prompt([PROMPT])
         assert emb.shape == (1, 77, TINY_TEXT_ENCODER["hidden_size"])
         assert tiny.predict(z, torch.tensor([500]), emb).shape == z.shape
-        x = tiny.decode_latents(z)
-    assert x.shape == (1, 3, 512, 512) and 0 <= x.min() and x.max() <= 1
+        x = tiny.decode_latents(z[:, :, :8, :8])
+    assert x.shape == (1, 3, 64, 64) and 0 <= x.min() and x.max() <= 1
 
 
 def test_shipped_tiny_configs_match_code():
@@ -113,7 +114,7 @@ def test_prompt_embeddings_are_cached(tiny):
 
 
 def test_encode_images_is_differentiable(tiny):
-    x = torch.rand(1, 3, 64, 64, requires_grad=True)
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
     z = tiny.encode_images(x, generator=torch.Generator().manual_seed(0))
     loss = tiny.predict(z, torch.tensor([300]), tiny.encode_prompt([PROMPT])).pow(2).mean()
     loss.backward()
@@ -161,9 +162,10 @@ def test_single_file_round_trip(family, probe, tmp_path, no_network):
     loaded = load_surrogate(path, config=config)
     assert loaded.is_demo and loaded.family == family
     assert loaded.tokenizer.pad_token_id == (49407 if family == "sd1" else 0)
-    for x, y in zip(_outputs(model, probe), _outputs(loaded, probe)):
+    ref = _outputs(model, probe)
+    for x, y in zip(ref, _outputs(loaded, probe)):
         assert torch.equal(x, y)
-    assert torch.equal(_outputs(load_surrogate(path), probe)[1], _outputs(model, probe)[1])  # recorded config
+    assert load_surrogate(path).config_dir.name == config  # the config recorded in the file's metadata
 
 
 def test_weights_only_ckpt_loads(tiny, probe, tmp_path):
