@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("protect", "compress", "convert", "info", "demo")
+COMMANDS = ("protect", "compress", "convert", "info", "demo", "comfyui_demo_assets")
 
 BUDGET_UNITS = ("Budgets are L-infinity bounds in grey levels on the 0-255 scale: 8 means no pixel moves by more "
                 "than 8/255 (the paper's noise_budget=16 on [-1, 1]).")
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f".commands.{name}", __package__)
-        p = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION,
+        p = sub.add_parser(name.replace("_", "-"), help=module.HELP, description=module.DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(run=module.run)

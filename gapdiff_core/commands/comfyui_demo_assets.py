@@ -1,0 +1,103 @@
+"""`gapdiff comfyui-demo-assets`: demo models (and sample photos) that make the shipped ComfyUI workflows run."""
+from __future__ import annotations
+
+HELP = "write the demo generator and tiny surrogate into a ComfyUI models folder (demo models, not protection)"
+DESCRIPTION = """Write the files the workflows in workflows/ expect into a ComfyUI installation, so that every
+shipped workflow runs on a CPU-only ComfyUI without real weights:
+
+  MODELS/gapdiff/gapdiff_demo_generator.safetensors      demo GAP-Diff generator (metadata: demo=true)
+  MODELS/checkpoints/gapdiff_demo_tiny_sd.safetensors    tiny random Stable-Diffusion-architecture model
+  INPUT/gapdiff_sample_face_1.jpg ... _3.jpg             public-domain sample face photos
+
+Both models are DEMO models: they show how the graph works and protect nothing real. For real use put the
+authors' G_per16_pretrain.pth (or a trained .safetensors) in models/gapdiff and pick your own SD 1.5 checkpoint."""
+
+GENERATOR_FILE = "gapdiff_demo_generator.safetensors"
+SURROGATE_FILE = "gapdiff_demo_tiny_sd.safetensors"
+SAMPLE_PHOTOS = {"gapdiff_sample_face_1.jpg": "obama.jpg", "gapdiff_sample_face_2.jpg": "obama2.jpg",
+                 "gapdiff_sample_face_3.jpg": "obama3.jpg"}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("models_dir", metavar="COMFYUI_MODELS_DIR", help="ComfyUI's models folder (ComfyUI/models)")
+    p.add_argument("--input-dir", default=None,
+                   help="ComfyUI's input folder for the sample photos (default: input/ beside the models folder, "
+                        "when it exists)")
+    p.add_argument("--ngf", type=int, default=16, help="width of the demo generator (default 16)")
+    p.add_argument("--force", action="store_true", help="overwrite files that already exist")
+
+
+def demo_generator(ngf: int = 16):
+    """The demo generator: the training work's `train_demo_generator` when it exists, else an untrained,
+    seeded random generator. Either way it carries demo=True in its metadata."""
+    import torch
+
+    from ..checkpoint import GeneratorInfo
+    from ..generator import Generator
+
+    try:
+        from ..training import train_demo_generator
+    except ImportError:
+        train_demo_generator = None
+    if train_demo_generator is not None:
+        generator = train_demo_generator()
+        info = getattr(generator, "info", None) or GeneratorInfo(ngf=generator.ngf, demo=True,
+                                                                 provenance="train_demo_generator (toy model)")
+        info.demo = True
+        return generator, info
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        generator = Generator(ngf=ngf).eval()
+    info = GeneratorInfo(ngf=ngf, budget=8.0, demo=True, surrogate="none",
+                         provenance="DEMO: untrained, random weights (seed 0) written by `gapdiff "
+                                    "comfyui-demo-assets`; shows the mechanics, protects nothing")
+    return generator, info
+
+
+def run(args) -> int:
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from ..checkpoint import save_generator
+    from ..diffusion import Surrogate
+
+    models = Path(args.models_dir)
+    if not models.is_dir():
+        print(f"{models}: no such folder (give ComfyUI's models folder, e.g. ComfyUI/models)", file=sys.stderr)
+        return 2
+    written, kept = [], []
+
+    target = models / "gapdiff" / GENERATOR_FILE
+    if target.exists() and not args.force:
+        kept.append(target)
+    else:
+        generator, info = demo_generator(args.ngf)
+        written.append(save_generator(generator, target, info))
+
+    target = models / "checkpoints" / SURROGATE_FILE
+    if target.exists() and not args.force:
+        kept.append(target)
+    else:
+        written.append(Surrogate.tiny(seed=0).save_single_file(target))
+
+    input_dir = Path(args.input_dir) if args.input_dir else models.parent / "input"
+    if args.input_dir or input_dir.is_dir():
+        input_dir.mkdir(parents=True, exist_ok=True)
+        samples = Path(__file__).resolve().parent.parent / "samples"
+        for name, source in SAMPLE_PHOTOS.items():
+            target = input_dir / name
+            if target.exists() and not args.force:
+                kept.append(target)
+            else:
+                shutil.copyfile(samples / source, target)
+                written.append(target)
+    else:
+        print(f"note: {input_dir} does not exist; sample photos not copied (use --input-dir)", file=sys.stderr)
+
+    for p in written:
+        print(f"wrote {p}")
+    for p in kept:
+        print(f"kept  {p} (exists; --force overwrites)")
+    print("These are DEMO models: the workflows run with them, but nothing is protected.")
+    return 0

@@ -1,0 +1,29 @@
+"""ComfyUI nodes of GAP-Diff (classic V1 API): thin adapters over gapdiff_core.
+
+Node ids are stable: saved workflows refer to them. Add new inputs at the end or as optional.
+"""
+from .evaluation import EvaluateProtection
+from .host import register_generator_folder
+from .protection import LoadGenerator, ProtectImage
+from .surrogate import LoadSurrogate
+from .transforms import JPEGCompress, Preprocess
+
+register_generator_folder()
+
+NODE_CLASS_MAPPINGS = {
+    "GAPDiffLoadGenerator": LoadGenerator,
+    "GAPDiffProtectImage": ProtectImage,
+    "GAPDiffJPEGCompress": JPEGCompress,
+    "GAPDiffPreprocess": Preprocess,
+    "GAPDiffLoadSurrogate": LoadSurrogate,
+    "GAPDiffEvaluateProtection": EvaluateProtection,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "GAPDiffLoadGenerator": "Load GAP-Diff Generator",
+    "GAPDiffProtectImage": "Protect Image (GAP-Diff)",
+    "GAPDiffJPEGCompress": "JPEG Compress (GAP-Diff)",
+    "GAPDiffPreprocess": "Preprocess (GAP-Diff)",
+    "GAPDiffLoadSurrogate": "Load Surrogate (GAP-Diff)",
+    "GAPDiffEvaluateProtection": "Evaluate Protection (GAP-Diff)",
+}
