@@ -13,7 +13,7 @@ pytest.importorskip("brisque")
 from gapdiff_core import metrics as M  # noqa: E402
 from gapdiff_core.metrics import faces as F  # noqa: E402
 
-SAMPLES = Path(__file__).resolve().parents[1] / "gapdiff_core" / "samples"
+SAMPLES = Path(M.__file__).resolve().parents[1] / "samples"
 FACE_NAMES = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "astronaut.png"]
 
 

@@ -229,6 +229,7 @@ class SFaceEmbedder:
         self.head_bias = ((b.ravel() - mean) * a + beta).astype(np.float32)
         self.head_scale = a.astype(np.float32)  # fc1 BatchNorm folded: emb = scale * (W x) + bias
         self.dropout_p = float(layer(self.dropout_layer).blobs[0].ravel()[0])
+        self._masks, self._masks_key = None, None
 
     def forward(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """N×112×112×3 uint8 RGB crops -> (N×128 embeddings, N×50176 pre-dropout trunk features)."""
@@ -240,12 +241,24 @@ class SFaceEmbedder:
     def embed(self, crops: np.ndarray) -> np.ndarray:
         return self.forward(crops)[0]
 
-    def dropout_embeddings(self, trunk: np.ndarray, T: int, rng: np.random.Generator) -> np.ndarray:
-        """T embeddings of one face with independent inverted-dropout masks on the trunk features."""
-        keep = 1.0 - self.dropout_p
-        weighted = self.head_weight * (trunk.astype(np.float32) / keep)  # 128 × D
-        masks = (rng.random((T, trunk.size), dtype=np.float32) < keep).astype(np.float32)
-        return (masks @ weighted.T) * self.head_scale + self.head_bias
+    def dropout_masks(self, T: int, seed: int):
+        """T×D inverted-dropout keep masks (float32 torch tensor) drawn from ``seed``; the last set is
+        cached, so every face of a batch sees the same T masks (common random numbers)."""
+        import torch
+
+        key = (T, seed)
+        if self._masks_key != key:
+            keep = 1.0 - self.dropout_p
+            draws = np.random.default_rng(seed).random((T, self.head_weight.shape[1]), dtype=np.float32)
+            self._masks, self._masks_key = torch.from_numpy(draws < keep).float(), key
+        return self._masks
+
+    def dropout_embeddings(self, trunk: np.ndarray, T: int, seed: int = 0) -> np.ndarray:
+        """T embeddings of one face, each with its own dropout mask on the pre-dropout trunk features."""
+        import torch  # its matmul; NumPy's OpenBLAS stalls for seconds right after cv2.dnn on small CPUs
+
+        weighted = torch.from_numpy(self.head_weight * (trunk.astype(np.float32) / (1.0 - self.dropout_p)))
+        return (self.dropout_masks(T, seed) @ weighted.T).numpy() * self.head_scale + self.head_bias
 
 
 class ArcFaceOnnxEmbedder:

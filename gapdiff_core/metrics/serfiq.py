@@ -52,8 +52,8 @@ class SERFIQResult:
 def serfiq(images: ImageBatch, T: int = 100, alpha: float = 130.0, r: float = 0.88, backend: str = "sface",
            detector: str = "yunet", threshold: float = 0.9, seed: int = 0,
            analyses: Optional[Analyses] = None) -> SERFIQResult:
-    """SER-FIQ of each image's largest face. Every face gets the same ``seed``-ed dropout masks, so a
-    score does not depend on the other images in the batch."""
+    """SER-FIQ of each image's largest face. Every face gets the same ``seed``-ed set of T dropout
+    masks, so a score does not depend on the other images in the batch (and runs are reproducible)."""
     if T < 2:
         raise ValueError("serfiq: T must be at least 2")
     a = analyses
@@ -68,7 +68,7 @@ def serfiq(images: ImageBatch, T: int = 100, alpha: float = 130.0, r: float = 0.
             scores.append(0.0)
             raws.append(None)
             continue
-        s, q = serfiq_from_embeddings(emb.dropout_embeddings(it.trunk, T, np.random.default_rng(seed)), alpha, r)
+        s, q = serfiq_from_embeddings(emb.dropout_embeddings(it.trunk, T, seed), alpha, r)
         scores.append(s)
         raws.append(q)
     found = [s for s, q in zip(scores, raws) if q is not None]
