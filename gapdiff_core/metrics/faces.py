@@ -95,20 +95,15 @@ def align_face(rgb: np.ndarray, face: Face, size: int = 112) -> np.ndarray:
 
 
 def _umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform (rotation, uniform scale, shift) src -> dst, as a 2×3 matrix."""
+    """Least-squares similarity transform (rotation, uniform scale, shift) src -> dst as a 2×3 matrix:
+    Umeyama's solution in closed form for 2-D points (no BLAS call, see SFaceEmbedder.dropout_embeddings)."""
     mu_s, mu_d = src.mean(0), dst.mean(0)
     s, d = src - mu_s, dst - mu_d
-    cov = d.T @ s / len(src)
-    u, sv, vt = np.linalg.svd(cov)
-    sign = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[1, 1] = -1
-    rot = u @ sign @ vt
-    scale = np.trace(np.diag(sv) @ sign) / s.var(0).sum()
-    m = np.empty((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = mu_d - scale * rot @ mu_s
-    return m
+    norm = (s * s).sum()
+    a = (s[:, 0] * d[:, 0] + s[:, 1] * d[:, 1]).sum() / norm
+    b = (s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum() / norm
+    return np.array([[a, -b, mu_d[0] - (a * mu_s[0] - b * mu_s[1])],
+                     [b, a, mu_d[1] - (b * mu_s[0] + a * mu_s[1])]])
 
 
 # ----------------------------------------------------------------------------- detectors
@@ -179,6 +174,9 @@ class FacexlibRetinaFaceDetector:
                                      "pip install facexlib, then place its weights locally")
         path = Path(weights or os.environ.get("GAPDIFF_FACEXLIB_RETINAFACE", "")
                     or Path(spec.origin).parent / "weights" / self.weights_name)
+        if path.name != self.weights_name:  # facexlib looks the file up by this exact name
+            raise BackendUnavailable(f"detector 'retinaface-facexlib': the weights file must be named "
+                                     f"{self.weights_name}, got {path}")
         if not path.is_file():
             raise BackendUnavailable(
                 f"detector 'retinaface-facexlib': weights file {path} is missing (facexlib would download it; "

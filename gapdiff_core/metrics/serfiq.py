@@ -20,11 +20,11 @@ from .images import ImageBatch
 
 def serfiq_from_embeddings(embeddings: np.ndarray, alpha: float = 130.0, r: float = 0.88) -> tuple[float, float]:
     """(scaled score, raw q) from T stochastic embeddings (T×D) of one face."""
-    x = embeddings.astype(np.float64)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    sq = np.clip(2.0 - 2.0 * (x @ x.T), 0.0, None)  # squared distances of unit vectors
+    x = np.asarray(embeddings, np.float64)
+    x = x / np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
+    gram = np.einsum("ik,jk->ij", x, x)  # einsum, not BLAS: NumPy's BLAS can stall right after cv2.dnn
     iu = np.triu_indices(len(x), k=1)
-    d = float(np.sqrt(sq[iu]).mean())
+    d = float(np.sqrt(np.clip(2.0 - 2.0 * gram[iu], 0.0, None)).mean())  # mean pairwise L2 distance, i<j
     q = 2.0 / (1.0 + np.exp(d))
     return float(1.0 / (1.0 + np.exp(-alpha * (q - r)))), q
 
