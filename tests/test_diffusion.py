@@ -81,6 +81,16 @@ def test_tiny_512_image_gives_64_latents(tiny):
     assert x.shape == (1, 3, 64, 64) and 0 <= x.min() and x.max() <= 1
 
 
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_random_from_shipped_tiny_config_equals_tiny(family):
+    a = Surrogate.tiny(5, family=family)
+    b = Surrogate.random("tiny" if family == "sd1" else "tiny-sd2", seed=5)
+    assert b.family == family and b.resolution == 512 and b.tokenizer.pad_token == a.tokenizer.pad_token
+    for name, module in a.modules().items():
+        sa, sb = module.state_dict(), b.modules()[name].state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
+
+
 def test_shipped_tiny_configs_match_code():
     for sub, cfg in (("unet", TINY_UNET), ("vae", TINY_VAE), ("text_encoder", TINY_TEXT_ENCODER)):
         shipped = json.loads((bundled_config("tiny") / sub / "config.json").read_text())

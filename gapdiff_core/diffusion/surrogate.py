@@ -102,6 +102,31 @@ class Surrogate:
         return cls(vae, text_encoder, clip_tokenizer(family), unet, scheduler, name=f"{config} (seed {seed})",
                    is_demo=True, resolution=512, family=family, config_dir=CONFIG_ROOT / config)
 
+    @classmethod
+    def random(cls, config: str | Path = "sd21-base", seed: int = 0, dtype: torch.dtype | None = None) -> "Surrogate":
+        """Random weights in the architecture of a config folder (a bundled name such as ``"sd15"``, ``"sd21-base"``,
+        ``"sd21-v"``, or a diffusers folder): full-size stand-ins for speed/memory benchmarks and host-loader checks
+        without real weights. Marked ``is_demo``. (SD 2.1 size: about 1.3 G parameters, 5 GB in fp32.)"""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        from .tokenizer import tokenizer_from_config
+
+        folder = CONFIG_ROOT / config if isinstance(config, str) and (CONFIG_ROOT / config).is_dir() else Path(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder, subfolder="unet"))
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
+            text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(
+                folder, subfolder="text_encoder", local_files_only=True))
+        scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
+        family = "sd2" if unet.config.cross_attention_dim == 1024 or text_encoder.config.hidden_act == "gelu" else "sd1"
+        resolution = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+        surrogate = cls(vae, text_encoder, tokenizer_from_config(folder / "tokenizer"), unet, scheduler,
+                        name=f"random {folder.name} (seed {seed})", is_demo=True, resolution=resolution,
+                        family=family, config_dir=folder)
+        return surrogate.to(dtype=dtype) if dtype is not None else surrogate
+
     # ------------------------------------------------------------ properties
     @property
     def prediction_type(self) -> str:
