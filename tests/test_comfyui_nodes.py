@@ -1,0 +1,251 @@
+"""The ComfyUI node pack, loaded as ComfyUI loads it (by path, unique module name) with stand-in host modules."""
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "stubs"))
+import comfy_pack  # noqa: E402
+
+sys.path.remove(str(Path(__file__).parent / "stubs"))
+
+# node id -> (inputs in widget order as (name, type), outputs as (name, type)); saved workflows rely on these
+INTERFACE = {
+    "GAPDiffLoadGenerator": ([("generator_name", "COMBO")], [("generator", "GAPDIFF_GENERATOR"), ("info", "STRING")]),
+    "GAPDiffProtectImage": ([("image", "IMAGE"), ("generator", "GAPDIFF_GENERATOR"), ("budget", "INT"),
+                             ("mode", "COMBO"), ("precision", "COMBO")],
+                            [("protected", "IMAGE"), ("perturbation", "IMAGE")]),
+    "GAPDiffJPEGCompress": ([("image", "IMAGE"), ("quality", "INT")], [("image", "IMAGE")]),
+    "GAPDiffPreprocess": ([("image", "IMAGE"), ("transform", "COMBO"), ("blur_kernel", "INT"),
+                           ("blur_sigma_x", "FLOAT"), ("blur_sigma_y", "FLOAT"), ("noise_std", "FLOAT"),
+                           ("seed", "INT"), ("quantize_levels", "INT"), ("resize_short_side", "INT"),
+                           ("resize_method", "COMBO")], [("image", "IMAGE")]),
+    "GAPDiffLoadSurrogate": ([("model_name", "COMBO")], [("surrogate", "GAPDIFF_SURROGATE"), ("info", "STRING")]),
+    "GAPDiffEvaluateProtection": ([("generated", "IMAGE"), ("references", "IMAGE"), ("serfiq_passes", "INT")],
+                                  [("fdfr", "FLOAT"), ("ism", "FLOAT"), ("brisque", "FLOAT"), ("serfiq", "FLOAT"),
+                                   ("summary", "STRING")]),
+}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    """The loaded pack plus its stand-in ComfyUI tree, with an ngf=8 generator and the tiny surrogate in it."""
+    from gapdiff_core import Generator, GeneratorInfo, save_generator
+    from gapdiff_core.diffusion import Surrogate
+
+    base = tmp_path_factory.mktemp("comfyui")
+    pack, folder_paths = comfy_pack.load_pack(base)
+    torch.manual_seed(0)
+    save_generator(Generator(ngf=8).eval(), Path(folder_paths.models_dir) / "gapdiff" / "tiny.safetensors",
+                   GeneratorInfo(ngf=8, demo=True, provenance="test"))
+    Surrogate.tiny(seed=0).save_single_file(Path(folder_paths.models_dir) / "checkpoints" / "tiny_sd.safetensors")
+    import comfy.model_management
+    import comfy.utils
+    yield pack, folder_paths, comfy.utils, comfy.model_management
+    comfy_pack.unload()
+
+
+def node(pack, node_id):
+    return pack.NODE_CLASS_MAPPINGS[node_id]()
+
+
+def run(pack, node_id, **inputs):
+    obj = node(pack, node_id)
+    out = getattr(obj, obj.FUNCTION)(**inputs)
+    return out["result"] if isinstance(out, dict) else out
+
+
+def faces(n=2, h=64, w=80):
+    g = torch.Generator().manual_seed(1)
+    return (torch.randint(0, 256, (n, h, w, 3), generator=g).float() / 255)
+
+
+def input_type(spec):
+    return "COMBO" if isinstance(spec[0], list) else spec[0]
+
+
+# ---------------------------------------------------------------- loading and declarations
+def test_loads_as_v1_pack_under_path_module_name(comfy):
+    pack, *_ = comfy
+    assert pack.__name__ == str(comfy_pack.ROOT).replace(".", "_x_")
+    assert isinstance(pack.NODE_CLASS_MAPPINGS, dict) and not hasattr(pack, "comfy_entrypoint")
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(pack.NODE_CLASS_MAPPINGS)
+    assert set(pack.NODE_CLASS_MAPPINGS) >= set(INTERFACE)
+    assert all(k.startswith("GAPDiff") for k in pack.NODE_CLASS_MAPPINGS)
+
+
+def test_engine_still_imports_on_its_own_beside_the_pack(comfy):
+    import gapdiff_core
+
+    assert gapdiff_core.__name__ == "gapdiff_core"
+    assert "comfy" not in {m.split(".")[0] for m in vars(gapdiff_core)}
+
+
+@pytest.mark.parametrize("node_id", sorted(INTERFACE))
+def test_declared_inputs_and_outputs(comfy, node_id):
+    pack, *_ = comfy
+    cls = pack.NODE_CLASS_MAPPINGS[node_id]
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional", "hidden"}
+    declared = [(name, input_type(s)) for name, s in {**spec["required"], **spec.get("optional", {})}.items()]
+    inputs, outputs = INTERFACE[node_id]
+    assert declared == inputs
+    assert list(zip(cls.RETURN_NAMES, cls.RETURN_TYPES)) == outputs
+    assert cls.CATEGORY == "GAP-Diff" and cls.DESCRIPTION
+    params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+    assert [p for p in params if p != "self"] == [name for name, _ in inputs]
+    for name, s in spec["required"].items():
+        options = s[1] if len(s) > 1 else {}
+        if input_type(s) in ("INT", "FLOAT"):
+            assert options["min"] <= options["default"] <= options["max"], name
+        if input_type(s) == "COMBO" and "default" in options:
+            assert options["default"] in s[0], name
+
+
+def test_generator_folder_registered_idempotently_with_extensions(comfy):
+    pack, fp, *_ = comfy
+    models = Path(fp.models_dir)
+    (models / "gapdiff" / "notes.txt").write_text("not a model")
+    (models / "gapdiff" / "official.pth").write_bytes(b"")
+    extra = str(models.parent / "elsewhere")
+    fp.folder_names_and_paths["gapdiff"][0].append(extra)  # as if extra_model_paths.yaml had added one
+    for _ in range(3):
+        pack.nodes.host.register_generator_folder()
+    paths, extensions = fp.folder_names_and_paths["gapdiff"]
+    assert paths == [str(models / "gapdiff"), extra] and {".pth", ".safetensors"} <= extensions
+    names = pack.NODE_CLASS_MAPPINGS["GAPDiffLoadGenerator"].INPUT_TYPES()["required"]["generator_name"][0]
+    assert names == ["official.pth", "tiny.safetensors"]
+    (models / "gapdiff" / "official.pth").unlink()
+
+
+def test_surrogate_list_has_checkpoints_and_diffusers_folders(comfy):
+    pack, fp, *_ = comfy
+    folder = Path(fp.models_dir) / "diffusers" / "my-sd15"
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    names = pack.NODE_CLASS_MAPPINGS["GAPDiffLoadSurrogate"].INPUT_TYPES()["required"]["model_name"][0]
+    assert names == ["tiny_sd.safetensors", "[diffusers] my-sd15"]
+    assert pack.nodes.host.surrogate_path("[diffusers] my-sd15") == str(folder)
+    with pytest.raises(FileNotFoundError, match="models/checkpoints"):
+        pack.nodes.host.surrogate_path("missing.safetensors")
+
+
+# ---------------------------------------------------------------- running the nodes
+def test_load_generator_and_protect(comfy):
+    pack, fp, utils, mm = comfy
+    generator, info = run(pack, "GAPDiffLoadGenerator", generator_name="tiny.safetensors")
+    assert generator.ngf == 8 and "DEMO" in info
+    calls = []
+    utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
+    image = faces(3)
+    protected, perturbation = run(pack, "GAPDiffProtectImage", image=image, generator=generator, budget=4,
+                                  mode="working", precision="fp32")
+    utils.set_progress_bar_global_hook(None)
+    assert protected.shape == image.shape == perturbation.shape and protected.dtype == torch.float32
+    assert protected.device.type == "cpu"
+    change = (protected * 255).round() - (image * 255).round()
+    assert change.abs().max() <= 4 and change.abs().max() > 0
+    assert torch.equal(protected * 255, (protected * 255).round())
+    assert torch.allclose(perturbation, (0.5 + change / 255 * 255 / 8).clamp(0, 1), atol=1e-5)
+    assert calls[-1] == (3, 3) and len(calls) == 3
+
+
+def test_protect_stops_when_cancelled(comfy):
+    pack, fp, utils, mm = comfy
+    generator, _ = run(pack, "GAPDiffLoadGenerator", generator_name="tiny.safetensors")
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        run(pack, "GAPDiffProtectImage", image=faces(2), generator=generator, budget=8, mode="native",
+            precision="fp32")
+    assert not mm.processing_interrupted()
+
+
+def test_load_generator_names_the_folder_when_missing(comfy):
+    pack, *_ = comfy
+    with pytest.raises(FileNotFoundError, match="models/gapdiff"):
+        run(pack, "GAPDiffLoadGenerator", generator_name="absent.safetensors")
+
+
+def test_jpeg_compress_is_real_libjpeg(comfy):
+    from gapdiff_core.preprocess import real
+
+    pack, *_ = comfy
+    image = faces(2)
+    (out,) = run(pack, "GAPDiffJPEGCompress", image=image, quality=50)
+    expected = real.jpeg(image.movedim(-1, 1), 50).movedim(1, -1)
+    assert out.shape == image.shape and torch.equal(out, expected)
+    assert not torch.equal(out, (image * 255).round() / 255)
+
+
+@pytest.mark.parametrize("transform,shape", [("gaussian_blur", (2, 64, 80, 3)), ("gaussian_noise", (2, 64, 80, 3)),
+                                             ("quantize", (2, 64, 80, 3)), ("resize", (2, 32, 40, 3))])
+def test_preprocess(comfy, transform, shape):
+    pack, *_ = comfy
+    image = faces(2)
+    (out,) = run(pack, "GAPDiffPreprocess", image=image, transform=transform, blur_kernel=3, blur_sigma_x=0.1,
+                 blur_sigma_y=2.0, noise_std=0.05, seed=0, quantize_levels=8, resize_short_side=32,
+                 resize_method="pillow")
+    assert out.shape == shape and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    assert torch.equal(out * 255, (out * 255).round())
+    if transform == "quantize":
+        assert len(torch.unique(out)) <= 9  # floor(x * 8) / 8: 0, 1/8, ..., 1
+
+
+def test_preprocess_rejects_even_kernel_before_running(comfy):
+    pack, *_ = comfy
+    cls = pack.NODE_CLASS_MAPPINGS["GAPDiffPreprocess"]
+    assert cls.VALIDATE_INPUTS(blur_kernel=3) is True
+    assert "odd" in cls.VALIDATE_INPUTS(blur_kernel=4)
+    assert "odd" in cls.VALIDATE_INPUTS(blur_kernel=33)
+
+
+def test_load_surrogate_is_labelled_demo(comfy):
+    pack, *_ = comfy
+    surrogate, info = run(pack, "GAPDiffLoadSurrogate", model_name="tiny_sd.safetensors")
+    assert surrogate.is_demo and info.startswith("DEMO surrogate")
+    assert surrogate.device.type == "cpu"
+
+
+def sample_photo(name="obama.jpg", size=256):
+    from PIL import Image
+
+    import gapdiff_core
+
+    image = Image.open(Path(gapdiff_core.__file__).parent / "samples" / name).convert("RGB").resize((size, size))
+    return torch.from_numpy(np.asarray(image).copy()).float().div(255)[None]
+
+
+def test_evaluate_protection(comfy):
+    pack, *_ = comfy
+    obj = node(pack, "GAPDiffEvaluateProtection")
+    reference = sample_photo("obama.jpg")
+    generated = torch.cat([sample_photo("obama2.jpg"), faces(1, 256, 256)])
+    out = obj.evaluate(generated=generated, references=reference, serfiq_passes=4)
+    fdfr, ism, brisque, serfiq, summary = out["result"]
+    assert out["ui"]["text"] == [summary]
+    assert fdfr == 0.5  # the photo holds a face, random pixels do not
+    assert 0.3 < ism <= 1 and math.isfinite(brisque) and 0 <= serfiq <= 1
+    assert "FDFR    0.500" in summary and "faces found in 1/2" in summary and "higher = stronger" in summary
+
+
+def test_evaluate_explains_missing_faces(comfy):
+    pack, *_ = comfy
+    out = node(pack, "GAPDiffEvaluateProtection").evaluate(generated=faces(2), references=sample_photo(),
+                                                           serfiq_passes=4)
+    fdfr, ism, brisque, serfiq, summary = out["result"]
+    assert fdfr == 1.0 and math.isnan(ism) and "ISM     n/a" in summary
+
+
+def test_image_conversion_rejects_wrong_layout(comfy):
+    pack, *_ = comfy
+    with pytest.raises(ValueError, match="B x H x W x 3"):
+        pack.nodes.host.image_to_core(torch.zeros(3, 64, 64))
+    x = pack.nodes.host.image_to_core(torch.rand(1, 8, 8, 4))
+    assert x.shape == (1, 3, 8, 8)
