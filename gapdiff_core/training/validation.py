@@ -1,0 +1,99 @@
+"""Validation on a fixed batch: adversarial effect before/after REAL JPEG, fidelity, and an image grid."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..losses import denoising_error
+from ..metrics.fidelity import psnr, ssim
+from ..preprocess import real
+
+VAL_SEED = 1234
+
+
+def fixed_timesteps(count: int, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """``count`` evenly spaced timesteps, centred in their bins (8 -> 62, 187, ..., 937)."""
+    step = num_train_timesteps / count
+    return (torch.arange(count) * step + step / 2).long()
+
+
+@torch.no_grad()
+def mean_denoising_error(surrogate, images01: torch.Tensor, prompt_embeds: torch.Tensor, timesteps: torch.Tensor,
+                         seed: int = VAL_SEED, **kwargs) -> torch.Tensor:
+    """Per-image denoising error averaged over the fixed ``timesteps``, with seeded noise (training RNG untouched).
+
+    Higher means the surrogate denoises the images worse, i.e. a stronger adversarial effect."""
+    devices = [surrogate.device] if surrogate.device.type == "cuda" else []
+    total = torch.zeros(images01.shape[0])
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for t in timesteps.tolist():
+            ts = torch.full((images01.shape[0],), int(t), dtype=torch.long, device=surrogate.device)
+            total += denoising_error(surrogate, images01.to(surrogate.device), prompt_embeds, timesteps=ts,
+                                     **kwargs).float().cpu()
+    return total / len(timesteps)
+
+
+@torch.no_grad()
+def protect_batch(generator, x01: torch.Tensor, budget: float) -> torch.Tensor:
+    """Deterministic (eval-mode) protection, rounded to 8 bits as a saved PNG would be."""
+    was_training = generator.training
+    generator.eval()
+    try:
+        raw = generator(x01 * 2 - 1).float()
+    finally:
+        generator.train(was_training)
+    return real.quantize_8bit(x01 + raw * (budget / 255.0))
+
+
+def random_sign_noise(x01: torch.Tensor, budget: float, seed: int = VAL_SEED) -> torch.Tensor:
+    """The random baseline: ±budget on every pixel (the largest perturbation the same L∞ budget allows)."""
+    g = torch.Generator().manual_seed(seed)
+    sign = torch.randint(0, 2, x01.shape, generator=g).float() * 2 - 1
+    return real.quantize_8bit(x01 + sign.to(x01.device) * (budget / 255.0))
+
+
+def evaluate_generator(generator, surrogate, clean01: torch.Tensor, budget: float, prompt_embeds: torch.Tensor,
+                       timesteps: torch.Tensor, jpeg_quality: int = 70, include_random: bool = True,
+                       **loss_kwargs) -> dict[str, float]:
+    """Adversarial effect (mean denoising error) on clean / protected / protected-then-real-JPEG images, the random
+    baseline, the share of the effect that survives JPEG, and PSNR/SSIM of protected vs clean."""
+    clean01 = clean01.to(surrogate.device)
+    protected = protect_batch(generator, clean01, budget)
+    err = lambda x: float(mean_denoising_error(surrogate, x, prompt_embeds, timesteps, **loss_kwargs).mean())  # noqa: E731
+    out = {"adv_clean": err(clean01), "adv_protected": err(protected)}
+    out["adv_clean_jpeg"] = err(real.jpeg(clean01, jpeg_quality))
+    out["adv_protected_jpeg"] = err(real.jpeg(protected, jpeg_quality))
+    if include_random:
+        out["adv_random"] = err(random_sign_noise(clean01, budget))
+    gain = out["adv_protected"] - out["adv_clean"]
+    out["jpeg_survival"] = (out["adv_protected_jpeg"] - out["adv_clean_jpeg"]) / gain if gain > 0 else float("nan")
+    out["psnr"] = float(psnr(protected.cpu(), clean01.cpu()).mean())
+    out["ssim"] = float(ssim(protected.cpu(), clean01.cpu()).mean())
+    out["max_abs_grey"] = float((protected - clean01).abs().max() * 255)
+    return out
+
+
+def save_grid(path: Path, clean01: torch.Tensor, protected01: torch.Tensor, budget: float, max_side: int = 256) -> Path:
+    """PNG grid, one column per image: clean / protected / perturbation amplified to the full grey range."""
+    amp = ((protected01 - clean01) * (255.0 / (2 * budget)) + 0.5).clamp(0, 1)
+    rows = [clean01, protected01, amp]
+    scale = min(1.0, max_side / clean01.shape[-1])
+    if scale < 1:
+        rows = [torch.nn.functional.interpolate(r, scale_factor=scale, mode="area") for r in rows]
+    grid = torch.cat([torch.cat(list(r.cpu()), dim=-1) for r in rows], dim=-2)
+    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(arr)).save(path)
+    return path
+
+
+def validation_images(paths, resolution: int, limit: Optional[int] = None) -> torch.Tensor:
+    from .data import ImageFolderDataset
+
+    ds = ImageFolderDataset(list(paths)[:limit] if limit else list(paths), resolution)
+    return torch.stack([ds[i] for i in range(len(ds))])
