@@ -1,0 +1,293 @@
+"""The Gradio Blocks shared by the standalone app and the A1111 / Forge tab: Protect, Robustness, Evaluate, About."""
+import functools
+import logging
+import math
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+
+from . import logic
+from .compat import FILE_TYPE, listen, make
+from .logic import UIError, UISettings
+from .text import ABOUT_MARKDOWN
+
+log = logging.getLogger("gapdiff.ui")
+SURROGATE_CHOICES = ("none", "tiny built-in model (DEMO)", "local model (path below)")
+
+
+def _readable(fn: Callable) -> Callable:
+    """Show UIError messages as they are and anything unexpected as one line (traceback only in the log)."""
+    def handle(exc: Exception):
+        if isinstance(exc, gr.Error):
+            return exc
+        if isinstance(exc, UIError):
+            return gr.Error(str(exc))
+        if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+            return gr.Error("Out of memory: use fewer or smaller photos, mode 'working', or a smaller precision.")
+        log.exception("gapdiff UI: unexpected error in %s", fn.__name__)
+        return gr.Error(f"Unexpected error ({type(exc).__name__}: {exc}). Details are in the server log.")
+
+    if getattr(fn, "_is_generator", False):
+        def wrapped_gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - turned into a message for the user
+                raise handle(exc) from None
+        return functools.wraps(fn)(wrapped_gen)
+
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise handle(exc) from None
+    return functools.wraps(fn)(wrapped)
+
+
+def _generator(fn):
+    fn._is_generator = True
+    return fn
+
+
+def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> gr.Blocks:
+    """Build the GAP-Diff Blocks. `settings` may be a callable so a host's settings apply without a restart."""
+    get = settings if callable(settings) else (lambda s=settings or UISettings(): s)
+    initial = get()
+    choices = logic.generator_choices(initial.models_dir)
+
+    with gr.Blocks(analytics_enabled=False, title="GAP-Diff photo protection") as blocks:
+        gr.Markdown("# GAP-Diff photo protection\nAdds a small, JPEG-robust perturbation to face photos so that "
+                    "DreamBooth-style fine-tuning on them fails. Read the **About** tab for what it does and does not do.")
+        with gr.Accordion("Generator", open=True):
+            with gr.Row():
+                generator = make(gr.Dropdown, choices=choices, value=choices[0] if choices else None,
+                                 label=f"Generator in the models folder ({initial.models_dir or 'not set'})",
+                                 elem_id="gapdiff_generator", scale=3)
+                refresh = make(gr.Button, value="Refresh", elem_id="gapdiff_refresh", scale=0)
+                checkpoint = make(gr.File, label="…or upload a checkpoint (.safetensors / .pth)",
+                                  file_types=[".safetensors", ".pth", ".pt"], type=FILE_TYPE,
+                                  elem_id="gapdiff_checkpoint", scale=2)
+            generator_info = gr.Markdown(_describe_choice(choices[0] if choices else None, initial),
+                                         elem_id="gapdiff_generator_info")
+            with gr.Row():
+                budget = make(gr.Slider, minimum=1, maximum=32, step=1, value=float(initial.default_budget),
+                              label="Budget (grey levels on the 0-255 scale; 8 = the paper's setting)",
+                              elem_id="gapdiff_budget")
+                mode = make(gr.Radio, choices=["working", "native"], value="working", label="Mode",
+                            info="working: computed at the fine-tuning resolution (fast); native: full resolution",
+                            elem_id="gapdiff_mode")
+
+        with gr.Tabs():
+            with gr.Tab("Protect", elem_id="gapdiff_tab_protect"):
+                photos = make(gr.File, label="Photos (one or many)", file_count="multiple", file_types=["image"],
+                              type=FILE_TYPE, elem_id="gapdiff_photos")
+                with gr.Row():
+                    protect_btn = make(gr.Button, value="Protect", variant="primary", elem_id="gapdiff_protect")
+                    cancel_btn = make(gr.Button, value="Cancel", variant="stop", elem_id="gapdiff_cancel")
+                status = gr.Markdown("", elem_id="gapdiff_status")
+                gallery = make(gr.Gallery, label="Protected photos (lossless PNG)", columns=4, height="auto",
+                               object_fit="contain", format="png", elem_id="gapdiff_gallery")
+                downloads = make(gr.File, label="Download: each protected PNG (metadata stripped) and all as a zip",
+                                 file_count="multiple", interactive=False, elem_id="gapdiff_downloads")
+                gr.Markdown("Select a photo in the gallery to compare it with its original.")
+                with gr.Row():
+                    before = make(gr.Image, label="Before (original)", type="filepath", interactive=False,
+                                  format="png", elem_id="gapdiff_before")
+                    after = make(gr.Image, label="After (protected)", type="filepath", interactive=False,
+                                 format="png", elem_id="gapdiff_after")
+                    perturbation = make(gr.Image, label="Perturbation, amplified", type="filepath",
+                                        interactive=False, format="png", elem_id="gapdiff_perturbation")
+                photo_stats = gr.Markdown("", elem_id="gapdiff_photo_stats")
+                results_state = gr.State([])
+
+            with gr.Tab("Robustness", elem_id="gapdiff_tab_robustness"):
+                gr.Markdown("Platforms re-compress uploads as JPEG. Compress the clean and the protected photo the "
+                            "same way and see how much of the protection is left.")
+                with gr.Row():
+                    rb_clean = make(gr.File, label="Clean photo", file_types=["image"], type=FILE_TYPE,
+                                    elem_id="gapdiff_rb_clean")
+                    rb_protected = make(gr.File, label="Protected photo (optional: otherwise the generator above "
+                                        "protects the clean one)", file_types=["image"], type=FILE_TYPE,
+                                        elem_id="gapdiff_rb_protected")
+                with gr.Row():
+                    quality = make(gr.Slider, minimum=10, maximum=100, step=1, value=75, label="JPEG quality",
+                                   elem_id="gapdiff_quality")
+                    surrogate = make(gr.Radio, choices=list(SURROGATE_CHOICES), value=SURROGATE_CHOICES[0],
+                                     label="Surrogate model for the adversarial effect", elem_id="gapdiff_surrogate")
+                    surrogate_path = make(gr.Textbox, label="Local surrogate (diffusers folder or .safetensors)",
+                                          elem_id="gapdiff_surrogate_path")
+                rb_btn = make(gr.Button, value="Compress and compare", variant="primary", elem_id="gapdiff_rb_run")
+                with gr.Row():
+                    rb_clean_out = make(gr.Image, label="Clean after JPEG", type="filepath", interactive=False,
+                                        format="png")
+                    rb_prot_out = make(gr.Image, label="Protected after JPEG", type="filepath", interactive=False,
+                                       format="png")
+                    rb_pert_out = make(gr.Image, label="Perturbation left after JPEG, amplified", type="filepath",
+                                       interactive=False, format="png")
+                rb_report = gr.Markdown("", elem_id="gapdiff_rb_report")
+
+            with gr.Tab("Evaluate", elem_id="gapdiff_tab_evaluate"):
+                gr.Markdown("After a DreamBooth / LoRA test attack: upload the person's clean photos and the photos "
+                            "the fine-tuned model generated, and get the protocol metrics (FDFR, ISM, BRISQUE, "
+                            "SER-FIQ) with the backend that computed each.")
+                with gr.Row():
+                    ev_refs = make(gr.File, label="Clean reference photos", file_count="multiple",
+                                   file_types=["image"], type=FILE_TYPE, elem_id="gapdiff_ev_refs")
+                    ev_gen = make(gr.File, label="Generated photos", file_count="multiple", file_types=["image"],
+                                  type=FILE_TYPE, elem_id="gapdiff_ev_gen")
+                ev_btn = make(gr.Button, value="Evaluate", variant="primary", elem_id="gapdiff_ev_run")
+                ev_report = gr.Markdown("", elem_id="gapdiff_ev_report")
+
+            with gr.Tab("About", elem_id="gapdiff_tab_about"):
+                gr.Markdown(ABOUT_MARKDOWN)
+                about_models = gr.Markdown(_models_markdown(initial), elem_id="gapdiff_about_models")
+
+        # ------------------------------------------------------------ events
+        def refresh_generators(current):
+            s = get()
+            new = logic.generator_choices(s.models_dir)
+            value = current if current in new else (new[0] if new else None)
+            return gr.update(choices=new, value=value), _describe_choice(value, s), _models_markdown(s)
+
+        listen(refresh.click, _readable(refresh_generators), inputs=[generator],
+               outputs=[generator, generator_info, about_models], api_name="list_generators", queue=False)
+        listen(generator.change, _readable(lambda c: _describe_choice(c, get())), inputs=[generator],
+               outputs=[generator_info], queue=False, api_name="describe_generator")
+
+        @_generator
+        def protect(uploads, choice, ckpt, budget_value, mode_value, progress=gr.Progress()):
+            s = get()
+            uploads = uploads if isinstance(uploads, list) else ([uploads] if uploads else [])
+            if not uploads:
+                raise UIError("Upload one or more photos first.")
+            if len(uploads) > s.max_photos:
+                raise UIError(f"{len(uploads)} photos uploaded; at most {s.max_photos} at a time.")
+            path = logic.resolve_generator(choice, ckpt, s.models_dir)
+            progress(0, desc="Loading the generator")
+            with s.work_lock():
+                protector = logic.get_protector(path, budget_value, mode_value, s.device, s.precision)
+            demo = protector.info.demo
+            out = logic.new_output_dir()
+            results, failures = [], []
+            skip = gr.update()
+            for i, up in enumerate(uploads):
+                progress(i / len(uploads), desc=f"Protecting photo {i + 1} of {len(uploads)}")
+                yield (skip, skip, skip, skip, skip, f"Protecting photo {i + 1} of {len(uploads)}…", skip, skip)
+                try:
+                    with s.work_lock():
+                        results.append(logic.protect_photo(protector, up, out, i, demo))
+                except UIError as exc:
+                    failures.append(str(exc))
+            if not results:
+                raise UIError("No photo could be protected:\n" + "\n".join(failures))
+            files = [str(r.protected_png) for r in results] + [str(logic.zip_outputs(results, out, demo))]
+            caption = "DEMO — " if demo else ""
+            items = [(str(r.protected_png), f"{caption}{r.name}") for r in results]
+            summary = logic.summary_markdown(results, failures, protector.budget, protector.info)
+            state = [_result_dict(r) for r in results]
+            first = state[0]
+            yield (items, files, first["original"], first["protected"], first["perturbation"], summary,
+                   _photo_markdown(first, demo), state)
+
+        protect_event = listen(
+            protect_btn.click, _readable(protect), inputs=[photos, generator, checkpoint, budget, mode],
+            outputs=[gallery, downloads, before, after, perturbation, status, photo_stats, results_state],
+            api_name="protect", concurrency_limit=1, concurrency_id="gapdiff_gpu")
+        listen(cancel_btn.click, None, cancels=[protect_event], queue=False)
+
+        def select_photo(state, evt: gr.SelectData):
+            if not state or evt.index is None:
+                return gr.update(), gr.update(), gr.update(), ""
+            index = evt.index if isinstance(evt.index, int) else evt.index[0]
+            r = state[min(index, len(state) - 1)]
+            return r["original"], r["protected"], r["perturbation"], _photo_markdown(r, r.get("demo", False))
+
+        listen(gallery.select, _readable(select_photo), inputs=[results_state],
+               outputs=[before, after, perturbation, photo_stats], queue=False, api_name=False)
+
+        def robustness(clean, prot, q, surrogate_choice, surrogate_dir, choice, ckpt, budget_value, mode_value,
+                       progress=gr.Progress()):
+            s = get()
+            if not clean:
+                raise UIError("Upload the clean photo first.")
+            protector = None
+            if not prot:
+                path = logic.resolve_generator(choice, ckpt, s.models_dir)
+                with s.work_lock():
+                    protector = logic.get_protector(path, budget_value, mode_value, s.device, s.precision)
+            sur = None
+            if surrogate_choice == SURROGATE_CHOICES[1]:
+                progress(0.1, desc="Loading the tiny demo surrogate")
+                sur = logic.load_surrogate_cached("tiny", _device_name(s.device))
+            elif surrogate_choice == SURROGATE_CHOICES[2]:
+                if not surrogate_dir or not Path(surrogate_dir).exists():
+                    raise UIError(f"Surrogate path not found: {surrogate_dir!r}. Give a local diffusers folder or "
+                                  "an SD single-file checkpoint.")
+                progress(0.1, desc="Loading the surrogate")
+                sur = logic.load_surrogate_cached(str(surrogate_dir), _device_name(s.device))
+            progress(0.5, desc="Compressing and measuring")
+            with s.work_lock():
+                r = logic.robustness_check(clean, prot or None, int(q), logic.new_output_dir(), protector, sur,
+                                           float(budget_value))
+            demo_note = f"⚠️ {logic.DEMO_WARNING}\n\n" if protector is not None and protector.info.demo else ""
+            return str(r.clean_jpeg_png), str(r.protected_jpeg_png), str(r.perturbation_png), demo_note + r.markdown
+
+        listen(rb_btn.click, _readable(robustness),
+               inputs=[rb_clean, rb_protected, quality, surrogate, surrogate_path, generator, checkpoint, budget,
+                       mode],
+               outputs=[rb_clean_out, rb_prot_out, rb_pert_out, rb_report], api_name="robustness",
+               concurrency_limit=1, concurrency_id="gapdiff_gpu")
+
+        def evaluate(refs, gen, progress=gr.Progress()):
+            progress(0.1, desc="Detecting and embedding faces")
+            return logic.evaluate_uploads(_as_list(gen), _as_list(refs))
+
+        listen(ev_btn.click, _readable(evaluate), inputs=[ev_refs, ev_gen], outputs=[ev_report],
+               api_name="evaluate", concurrency_limit=1, concurrency_id="gapdiff_metrics")
+    return blocks
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _as_list(x):
+    return [] if not x else (x if isinstance(x, list) else [x])
+
+
+def _device_name(device) -> str:
+    from ..protect import resolve_device
+    return str(resolve_device(str(device)))
+
+
+def _result_dict(r: logic.PhotoResult) -> dict:
+    return {"name": r.name, "original": str(r.original_png), "protected": str(r.protected_png),
+            "perturbation": str(r.perturbation_png), "max_change": r.max_change, "psnr": r.psnr_db, "ssim": r.ssim}
+
+
+def _photo_markdown(r: dict, demo: bool) -> str:
+    psnr = "∞" if math.isinf(r["psnr"]) else f"{r['psnr']:.2f} dB"
+    gain = Path(r["perturbation"]).stem.rsplit("_x", 1)[-1]
+    text = (f"**{r['name']}**: largest change {r['max_change']:.0f} grey levels, PSNR {psnr}, SSIM {r['ssim']:.4f}. "
+            f"The perturbation is shown ×{gain}; mid-grey means no change.")
+    return ("DEMO output — not protection. " if demo else "") + text
+
+
+def _describe_choice(choice: str | None, s: UISettings) -> str:
+    if not choice:
+        return (f"No generator found in the models folder ({s.models_dir or 'not set'}). Put a checkpoint there "
+                "(the authors' G_per16_pretrain.pth, or one trained with `gapdiff train`) and press Refresh, or "
+                "upload one.")
+    for e in logic.list_generators(s.models_dir):
+        if e.choice == choice:
+            return e.error or logic.describe_generator(e.info)
+    return "Press Refresh: the models folder changed."
+
+
+def _models_markdown(s: UISettings) -> str:
+    entries = logic.list_generators(s.models_dir)
+    if not entries:
+        return f"No generators in the models folder ({s.models_dir or 'not set'})."
+    lines = [f"Generators in {s.models_dir}:"]
+    for e in entries:
+        lines.append(f"- `{e.path.name}`: " + (e.error or logic.describe_generator(e.info).replace("\n\n", " ")))
+    return "\n".join(lines)
