@@ -1,5 +1,7 @@
 """Protection metrics on real face photos shipped in gapdiff_core/samples (offline backends)."""
+import functools
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ def _jpeg(x: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(buf).convert("RGB"))
 
 
+@functools.lru_cache(maxsize=1)
 def _non_faces() -> list[np.ndarray]:
     yy, xx = np.mgrid[0:512, 0:512]
     gradient = np.stack([xx / 2, yy / 2, (xx + yy) / 4], -1).astype(np.uint8)
@@ -183,6 +186,7 @@ def test_evaluate_images_names_backends_and_matches_parts(faces):
     refs = [faces["obama2.jpg"], faces["obama3.jpg"]]
     out = M.evaluate_images(gen, refs, serfiq_T=20)
     assert out["n_images"] == 3
+    json.loads(json.dumps(out))  # plain JSON, ready for reports
     assert out["fdfr"]["value"] == pytest.approx(1 / 3) and out["fdfr"]["backend"] == "yunet"
     assert out["ism"]["value"] == pytest.approx(M.ism(gen, refs).value, abs=1e-6)
     assert out["ism"]["n_detected"] == 2 and out["ism"]["backend"] == "sface"
