@@ -26,7 +26,7 @@ def serfiq_from_embeddings(embeddings: np.ndarray, alpha: float = 130.0, r: floa
     iu = np.triu_indices(len(x), k=1)
     d = float(np.sqrt(np.clip(2.0 - 2.0 * gram[iu], 0.0, None)).mean())  # mean pairwise L2 distance, i<j
     q = 2.0 / (1.0 + np.exp(d))
-    return float(1.0 / (1.0 + np.exp(-alpha * (q - r)))), q
+    return float(1.0 / (1.0 + np.exp(-alpha * (q - r)))), float(q)
 
 
 @dataclass
