@@ -1,0 +1,100 @@
+"""The `gapdiff` command line: protect, compress, convert, info."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gapdiff_core import Generator, GeneratorInfo, save_generator
+from gapdiff_core.cli import build_parser, main
+from gapdiff_core.imageio import load_image
+
+
+@pytest.fixture(scope="module")
+def demo_generator(tmp_path_factory):
+    torch.manual_seed(0)
+    g = Generator(ngf=8)
+    with torch.no_grad():
+        g.dconv8.weight.mul_(40)  # saturate the output so the budget is reached
+    path = tmp_path_factory.mktemp("models") / "g.safetensors"
+    save_generator(g.eval(), path, GeneratorInfo(ngf=8, budget=8, demo=True, provenance="test"))
+    return path
+
+
+def write_photo(path, size=(300, 200), seed=0, **save_kwargs):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, **save_kwargs)
+    return path
+
+
+def test_help_states_budget_units(capsys):
+    with pytest.raises(SystemExit):
+        main(["protect", "--help"])
+    text = capsys.readouterr().out
+    assert "grey levels" in text and "0-255" in text
+    assert "grey levels" in build_parser().format_help()
+
+
+def test_protect_without_generator_says_where_to_get_one(tmp_path, capsys):
+    photo = write_photo(tmp_path / "a.png")
+    assert main(["protect", str(photo), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "G_per16_pretrain.pth" in err and "gapdiff train" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_protect_batch_goes_on_past_bad_files(tmp_path, demo_generator, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCam"
+    good = [write_photo(src / "a.jpg", exif=exif.tobytes(), quality=95), write_photo(src / "a.png", seed=1),
+            write_photo(src / "sub" / "b.webp", (520, 600), seed=2, lossless=True)]
+    (src / "broken.jpg").write_text("not an image")
+    (src / "empty.png").write_bytes(b"")
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    code = main(["protect", str(src), str(tmp_path / "missing.png"), "-o", str(out), "-g", str(demo_generator),
+                 "--recursive", "--precision", "fp32"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "broken.jpg" in captured.err and "empty.png" in captured.err and "missing.png" in captured.err
+    assert "3 protected, 3 failed" in captured.out and "DEMO" in captured.out
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["a_jpg_demo-protected.png", "a_png_demo-protected.png", "sub/b_webp_demo-protected.png"]
+    for original, name in zip(good, written):
+        a, b = load_image(original), load_image(out / name)
+        change = np.abs(a.rgb.astype(int) - b.rgb.astype(int))
+        assert change.max() <= 8 and change.mean() > 1
+        assert "exif" not in Image.open(out / name).info  # metadata stripped
+    assert before == {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}  # inputs untouched
+
+
+def test_protect_refuses_to_overwrite_existing_outputs(tmp_path, demo_generator):
+    photo = write_photo(tmp_path / "a.png")
+    args = ["protect", str(photo), "-o", str(tmp_path / "out"), "-g", str(demo_generator), "--precision", "fp32"]
+    assert main(args) == 0
+    first = (tmp_path / "out" / "a_png_demo-protected.png").read_bytes()
+    assert main(args) == 1
+    assert (tmp_path / "out" / "a_png_demo-protected.png").read_bytes() == first
+
+
+def test_compress_writes_real_jpeg(tmp_path):
+    photo = write_photo(tmp_path / "a.png", (256, 256))
+    assert main(["compress", str(photo), "-o", str(tmp_path / "out"), "-q", "50"]) == 0
+    jpg = tmp_path / "out" / "a_png_q50.jpg"
+    im = Image.open(jpg)
+    assert im.format == "JPEG" and im.size == (256, 256)
+    assert main(["compress", str(photo), "-o", str(tmp_path / "o2"), "-q", "0"]) == 2
+
+
+def test_convert_official_pth_and_info(tmp_path, capsys):
+    torch.manual_seed(0)
+    g = Generator(ngf=8)
+    torch.save({"generator." + k: v for k, v in g.state_dict().items()}, tmp_path / "G_per16.pth")
+    dest = tmp_path / "G.safetensors"
+    assert main(["convert", str(tmp_path / "G_per16.pth"), str(dest)]) == 0
+    assert main(["info", str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert "budget 8 grey levels" in out and "G_per16.pth" in out and "ngf=8" in out
+    assert main(["convert", str(tmp_path / "G_per16.pth"), str(dest)]) == 2  # never overwrites
+    assert main(["info", str(tmp_path / "nothing.pth")]) == 2
