@@ -276,34 +276,24 @@ def load_surrogate_cached(spec: str, device: str = "cpu"):
         return _SURROGATES[spec]
 
 
-def adversarial_loss(surrogate, x01: torch.Tensor, timesteps=(100, 300, 500, 700, 900), seed: int = 0,
-                     prompt: str = "a photo of sks person") -> float:
-    """The surrogate's mean denoising MSE on `x01` over fixed timesteps and seeded noise (higher = the model
-    learns these photos worse): the quantity GAP-Diff's generator is trained to raise."""
-    try:
-        from .. import losses  # the training loss, when the project has it
-        fn = getattr(losses, "denoising_loss", None)
-    except ImportError:
-        fn = None
+def denoising_effect(surrogate, x01: torch.Tensor, timesteps=(100, 300, 500, 700, 900), seed: int = 0) -> float:
+    """The surrogate's mean denoising error on `x01` (the training objective of `gapdiff_core.losses`, uniform
+    weighting) over fixed timesteps with seeded noise, so clean and protected photos are compared on the same
+    draws. Higher means the model learns these photos worse."""
+    from ..losses import INSTANCE_PROMPT, denoising_error
+
     res = surrogate.resolution
     x = torch.nn.functional.interpolate(x01.float(), (res, res), mode="bilinear", antialias=True,
                                         align_corners=False).to(surrogate.device, surrogate.dtype)
-    with torch.no_grad():
-        if fn is not None:
-            with contextlib.suppress(TypeError):
-                return float(fn(surrogate, x, timesteps=timesteps, seed=seed, prompt=prompt))
-        latents = surrogate.encode_images(x, sample=False)
-        gen = torch.Generator().manual_seed(seed)
-        emb = surrogate.encode_prompt([prompt] * x.shape[0])
-        sched = surrogate.scheduler
-        total = 0.0
-        for t in timesteps:
-            noise = torch.randn(latents.shape, generator=gen).to(latents)
-            ts = torch.full((latents.shape[0],), int(t), device=latents.device, dtype=torch.long)
-            noisy = sched.add_noise(latents, noise, ts)
-            target = sched.get_velocity(latents, noise, ts) if surrogate.prediction_type == "v_prediction" else noise
-            total += torch.nn.functional.mse_loss(surrogate.predict(noisy, ts, emb).float(), target.float()).item()
-        return total / len(timesteps)
+    devices = [surrogate.device] if surrogate.device.type == "cuda" else []
+    values = []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        emb = surrogate.encode_prompt([INSTANCE_PROMPT])
+        for i, t in enumerate(timesteps):
+            torch.manual_seed(seed + i)
+            ts = torch.full((x.shape[0],), int(t), dtype=torch.long)
+            values.append(denoising_error(surrogate, x, emb, timesteps=ts).mean().item())
+    return sum(values) / len(values)
 
 
 def robustness_check(clean_upload: str, protected: torch.Tensor | str | None, quality: int, out_dir: Path,
@@ -349,8 +339,8 @@ def robustness_check(clean_upload: str, protected: torch.Tensor | str | None, qu
              "", f"Perturbation energy kept through JPEG: **{100 * kept:.0f}%** "
                  f"(correlation with the original perturbation {corr:.2f})."]
     if surrogate is not None:
-        l_clean, l_prot = adversarial_loss(surrogate, clean), adversarial_loss(surrogate, prot)
-        l_jc, l_jp = adversarial_loss(surrogate, jc), adversarial_loss(surrogate, jp)
+        l_clean, l_prot = denoising_effect(surrogate, clean), denoising_effect(surrogate, prot)
+        l_jc, l_jp = denoising_effect(surrogate, jc), denoising_effect(surrogate, jp)
         before, after = l_prot - l_clean, l_jp - l_jc
         share = after / before if before > 0 else float("nan")
         name = getattr(surrogate, "name", "surrogate")

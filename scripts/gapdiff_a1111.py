@@ -1,0 +1,76 @@
+"""AUTOMATIC1111 / Forge extension: the GAP-Diff tab (the same Blocks as `gapdiff app`) and a settings section.
+
+A1111 imports this file with the extension root on sys.path, so `gapdiff_core` resolves. Outside A1111 (no
+`modules` package) it does nothing. Host modules are imported here only, never in gapdiff_core.
+"""
+import contextlib
+import os
+
+try:
+    from modules import script_callbacks, shared
+except ImportError:  # not running inside AUTOMATIC1111 / Forge
+    script_callbacks = shared = None
+
+SECTION = ("gapdiff", "GAP-Diff")
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+
+
+def default_models_dir() -> str:
+    """`<webui>/models/gapdiff`, the host's model folder convention."""
+    try:
+        from modules import paths
+        return os.path.join(paths.models_path, "gapdiff")
+    except (ImportError, AttributeError):
+        return os.path.join("models", "gapdiff")
+
+
+def _option(key: str, default):
+    value = shared.opts.data.get(key) if shared is not None else None
+    return default if value in (None, "") else value
+
+
+def _host_lock():
+    """A1111 serialises GPU work with `modules.call_queue.queue_lock`; use it so the tab never races a generation."""
+    try:
+        from modules import call_queue
+        return call_queue.queue_lock
+    except (ImportError, AttributeError):
+        return contextlib.nullcontext()
+
+
+def current_settings():
+    """Settings read afresh on every request, so changes in the Settings tab apply without a restart."""
+    from modules import devices
+
+    from gapdiff_core.ui import UISettings
+
+    lock = _host_lock()
+    return UISettings(models_dir=_option("gapdiff_models_dir", default_models_dir()), device=str(devices.device),
+                      precision=_option("gapdiff_precision", "auto"),
+                      default_budget=float(_option("gapdiff_default_budget", 8)), work_lock=lambda: lock)
+
+
+def on_ui_settings():
+    import gradio as gr
+
+    opts, info = shared.opts, shared.OptionInfo
+    opts.add_option("gapdiff_models_dir", info(
+        default_models_dir(), "Folder with GAP-Diff generator checkpoints (.safetensors / .pth)",
+        section=SECTION).info("demo generators are labelled in the tab; press Refresh there after adding files"))
+    opts.add_option("gapdiff_default_budget", info(
+        8, "Default budget (grey levels on the 0-255 scale; 8 = the paper's setting)", gr.Slider,
+        {"minimum": 1, "maximum": 32, "step": 1}, section=SECTION))
+    opts.add_option("gapdiff_precision", info(
+        "auto", "Generator precision", gr.Radio, {"choices": PRECISIONS}, section=SECTION).info(
+        "auto: the fastest precision within 1 grey level of fp32 on the host's device"))
+
+
+def on_ui_tabs():
+    from gapdiff_core.ui import build_ui
+
+    return [(build_ui(current_settings), "GAP-Diff", "gapdiff")]
+
+
+if script_callbacks is not None:
+    script_callbacks.on_ui_settings(on_ui_settings)
+    script_callbacks.on_ui_tabs(on_ui_tabs)

@@ -1,0 +1,4 @@
+"""A1111 serialises GPU work with this lock."""
+import threading
+
+queue_lock = threading.Lock()

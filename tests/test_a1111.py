@@ -1,0 +1,109 @@
+"""The A1111 / Forge tab script against stand-ins for the `modules.*` it uses (tests/stubs/a1111)."""
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gapdiff_a1111.py"
+STUBS = Path(__file__).parent / "stubs" / "a1111"
+
+
+def load_script(name: str):
+    """Import the script the way A1111's script_loading does (spec_from_file_location with the basename)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def a1111(monkeypatch, tmp_path):
+    """The stand-in `modules` package on sys.path, fresh for each test, removed afterwards."""
+    for name in [m for m in sys.modules if m == "modules" or m.startswith("modules.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(STUBS))
+    import modules.devices
+    import modules.paths
+    import modules.script_callbacks
+    import modules.shared
+    monkeypatch.setattr(modules.paths, "models_path", str(tmp_path / "models"))
+    yield modules
+    for name in [m for m in sys.modules if m == "modules" or m.startswith("modules.")]:
+        sys.modules.pop(name, None)
+
+
+def test_outside_a1111_the_script_does_nothing():
+    code = ("import runpy, sys; g = runpy.run_path(sys.argv[1]); "
+            "assert g['script_callbacks'] is None and 'modules' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code, str(SCRIPT)], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_registers_settings_and_tab_built_from_the_shared_blocks(a1111, tmp_path):
+    import gradio as gr
+    import torch
+
+    script = load_script("gapdiff_a1111")
+    cb = a1111.script_callbacks.callback_map
+    assert len(cb["callbacks_ui_tabs"]) == 1 and len(cb["callbacks_ui_settings"]) == 1
+
+    a1111.script_callbacks.ui_settings_callback()
+    labels = a1111.shared.opts.data_labels
+    assert set(labels) == {"gapdiff_models_dir", "gapdiff_default_budget", "gapdiff_precision"}
+    assert all(info.section == ("gapdiff", "GAP-Diff") for info in labels.values())
+    assert labels["gapdiff_default_budget"].component is gr.Slider
+    assert a1111.shared.opts.gapdiff_models_dir == str(tmp_path / "models" / "gapdiff")
+
+    (blocks, title, elem_id), = a1111.script_callbacks.ui_tabs_callback()
+    assert isinstance(blocks, gr.Blocks) and title == "GAP-Diff" and elem_id == "gapdiff"
+
+    a1111.devices.device = torch.device("meta")  # the host's device is used, whatever it is
+    a1111.shared.opts.gapdiff_models_dir = str(tmp_path / "elsewhere")
+    a1111.shared.opts.gapdiff_precision = "fp16"
+    a1111.shared.opts.gapdiff_default_budget = 4
+    s = script.current_settings()
+    assert (s.device, s.precision, s.default_budget, s.models_dir) == ("meta", "fp16", 4.0, str(tmp_path / "elsewhere"))
+    from modules import call_queue
+    assert s.work_lock() is call_queue.queue_lock
+
+
+def test_tab_protects_with_host_settings(a1111, tmp_path):
+    """One protect call through the tab's settings, serialised by the host's queue lock."""
+    import torch
+
+    import gapdiff_core as gc
+    from gapdiff_core.checkpoint import GeneratorInfo
+    from gapdiff_core.ui import logic
+
+    script = load_script("gapdiff_a1111_protect")
+    a1111.shared.opts.gapdiff_models_dir = str(tmp_path)
+    a1111.shared.opts.gapdiff_precision = "fp32"
+    gc.save_generator(gc.Generator(ngf=8), tmp_path / "g.safetensors", GeneratorInfo(ngf=8, working_resolution=256))
+    s = script.current_settings()
+    path = logic.resolve_generator("g.safetensors", None, s.models_dir)
+    protector = logic.get_protector(path, s.default_budget, "working", s.device, s.precision)
+    assert protector.device == torch.device("cpu") and protector.precision == "fp32"
+
+
+def test_core_never_imports_host_modules():
+    pattern = re.compile(r"^\s*(from|import)\s+(modules|comfy|folder_paths)\b", re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "gapdiff_core").rglob("*.py")
+                 if pattern.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("python", [p for p in os.environ.get("GAPDIFF_GRADIO_PYTHONS", "").split(os.pathsep) if p])
+def test_tab_builds_under_other_gradio_versions(python):
+    """Opt-in: GAPDIFF_GRADIO_PYTHONS=/venv-g4/bin/python:/venv-g3/bin/python (each with gapdiff installed
+    --no-deps) builds the tab through the stubs under that venv's Gradio."""
+    code = (f"import sys; sys.path[:0] = [{str(STUBS)!r}, {str(ROOT)!r}]; import runpy, gradio; "
+            f"runpy.run_path({str(SCRIPT)!r}); from modules import script_callbacks as c; c.ui_settings_callback(); "
+            "(b, t, e), = c.ui_tabs_callback(); print('built', gradio.__version__, type(b).__name__)")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0 and "built" in out.stdout, out.stderr[-3000:]

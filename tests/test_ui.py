@@ -1,0 +1,241 @@
+"""The shared Gradio UI: its logic (lossless outputs bit-identical to the core, demo labels, readable errors), the
+Blocks builder, and the running app on loopback (downloads, errors, ten concurrent requests)."""
+import argparse
+import concurrent.futures
+import io
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import gapdiff_core as gc
+from gapdiff_core.checkpoint import GeneratorInfo
+from gapdiff_core.imageio import load_image, to_uint8
+from gapdiff_core.ui import logic
+from gapdiff_core.ui.logic import UIError
+
+SAMPLE = Path(gc.__file__).parent / "samples" / "obama.jpg"
+BUDGET = 8
+
+
+def make_models(folder: Path) -> Path:
+    """A demo generator and a non-demo one (ngf=8, random weights, small working resolution for speed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    gc.save_generator(gc.Generator(ngf=8), folder / "tiny_demo.safetensors",
+                      GeneratorInfo(ngf=8, demo=True, working_resolution=256, provenance="test"))
+    gc.save_generator(gc.Generator(ngf=8), folder / "tiny_real.safetensors",
+                      GeneratorInfo(ngf=8, demo=False, working_resolution=256, provenance="test"))
+    return folder
+
+
+def make_photo(path: Path, size=(96, 120)) -> Path:
+    """A small face photo carrying EXIF with a GPS block, to check it is stripped."""
+    im = Image.open(SAMPLE).convert("RGB").resize(size)
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 24.0)}
+    im.save(path, quality=95, exif=exif)
+    return path
+
+
+def core_result(gen_path: Path, photo: Path, budget=BUDGET) -> np.ndarray:
+    x = load_image(photo).tensor()
+    p = gc.Protector(gc.load_generator(gen_path), budget=budget, mode="working", device="cpu", precision="fp32")
+    return to_uint8(p(x))
+
+
+def png_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG"
+        assert not im.getexif() and "exif" not in im.info
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return make_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    return make_photo(tmp_path_factory.mktemp("photos") / "face one.jpg")
+
+
+def test_generators_listed_with_demo_label(models, tmp_path):
+    (models / "notes.txt").write_text("not a model")
+    entries = {e.path.name: e for e in logic.list_generators(models)}
+    assert set(entries) == {"tiny_demo.safetensors", "tiny_real.safetensors"}
+    assert "DEMO" in entries["tiny_demo.safetensors"].choice and entries["tiny_demo.safetensors"].demo
+    assert "DEMO" not in entries["tiny_real.safetensors"].choice
+    assert "DEMO" in logic.describe_generator(entries["tiny_demo.safetensors"].info)
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    broken = logic.list_generators(tmp_path)
+    assert broken[0].error and "unreadable" in broken[0].choice
+    with pytest.raises(UIError, match="broken.safetensors"):
+        logic.resolve_generator(broken[0].choice, None, tmp_path)
+    with pytest.raises(UIError, match="No generator selected"):
+        logic.resolve_generator(None, None, tmp_path)
+
+
+def test_protect_photo_is_lossless_core_result_within_budget(models, photo, tmp_path):
+    gen = models / "tiny_demo.safetensors"
+    protector = logic.get_protector(gen, BUDGET, "working", "cpu", "fp32")
+    r = logic.protect_photo(protector, str(photo), tmp_path, 0, demo=True)
+    assert r.protected_png.name == "01_face_one_protected_DEMO.png"
+    out = png_pixels(r.protected_png.read_bytes())
+    np.testing.assert_array_equal(out, core_result(gen, photo))
+    orig = load_image(photo).rgb.astype(int)
+    assert np.abs(out.astype(int) - orig).max() <= BUDGET
+    assert r.max_change <= BUDGET and r.psnr_db > 30 and 0.9 < r.ssim <= 1
+    np.testing.assert_array_equal(png_pixels(r.original_png.read_bytes()), orig)
+    vis = png_pixels(r.perturbation_png.read_bytes()).astype(int)  # 128 + diff * gain
+    gain = 127 / BUDGET
+    np.testing.assert_allclose(vis, np.clip(np.round(128 + (out.astype(int) - orig) * gain), 0, 255), atol=1)
+    zpath = logic.zip_outputs([r], tmp_path, demo=True)
+    assert zpath.name.endswith("_DEMO.zip")
+    with zipfile.ZipFile(zpath) as zf:
+        assert zf.namelist() == [r.protected_png.name]
+        assert zf.read(r.protected_png.name) == r.protected_png.read_bytes()
+
+
+def test_protector_cache_reloads_changed_file_and_checks_options(models, tmp_path):
+    gen = tmp_path / "g.safetensors"
+    gc.save_generator(gc.Generator(ngf=8), gen, GeneratorInfo(ngf=8, working_resolution=256))
+    a = logic.get_protector(gen, 4, "working", "cpu", "fp32")
+    assert logic.get_protector(gen, 4, "working", "cpu", "fp32") is a
+    assert logic.get_protector(gen, 6, "working", "cpu", "fp32") is not a
+    gc.save_generator(gc.Generator(ngf=8), gen, GeneratorInfo(ngf=8, working_resolution=256, demo=True))
+    assert logic.get_protector(gen, 4, "working", "cpu", "fp32").info.demo
+    with pytest.raises(UIError, match="budget"):
+        logic.get_protector(gen, 0, "working", "cpu", "fp32")
+    with pytest.raises(UIError, match="Mode"):
+        logic.get_protector(gen, 4, "fast", "cpu", "fp32")
+
+
+def test_unreadable_photo_is_a_readable_error(models, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("hello")
+    protector = logic.get_protector(models / "tiny_real.safetensors", BUDGET, "working", "cpu", "fp32")
+    with pytest.raises(UIError) as err:
+        logic.protect_photo(protector, str(bad), tmp_path, 0, demo=False)
+    assert str(err.value).startswith("notes.jpg: ") and "Traceback" not in str(err.value)
+
+
+def test_summary_labels_demo_and_lists_failures(models, photo, tmp_path):
+    protector = logic.get_protector(models / "tiny_demo.safetensors", BUDGET, "working", "cpu", "fp32")
+    r = logic.protect_photo(protector, str(photo), tmp_path, 0, demo=True)
+    text = logic.summary_markdown([r], ["x.jpg: broken"], BUDGET, protector.info)
+    assert "DEMO" in text and "x.jpg: broken" in text and "face one.jpg" in text
+
+
+def test_robustness_measures_what_survives_jpeg(models, photo, tmp_path):
+    protector = logic.get_protector(models / "tiny_real.safetensors", 16, "working", "cpu", "fp32")
+    r = logic.robustness_check(str(photo), None, 50, tmp_path, protector)
+    assert "Perturbation energy kept through JPEG" in r.markdown
+    assert png_pixels(r.clean_jpeg_png.read_bytes()).shape == (120, 96, 3)
+    from gapdiff_core.preprocess.real import jpeg
+    expected = to_uint8(jpeg(load_image(photo).tensor(), 50))
+    np.testing.assert_array_equal(png_pixels(r.clean_jpeg_png.read_bytes()), expected)
+    other = tmp_path / "small.png"
+    Image.new("RGB", (40, 40)).save(other)
+    with pytest.raises(UIError, match="matching pair"):
+        logic.robustness_check(str(photo), str(other), 50, tmp_path)
+
+
+def test_denoising_effect_is_deterministic_and_responds_to_the_image():
+    pytest.importorskip("diffusers")
+    sur = logic.load_surrogate_cached("tiny", "cpu")
+    sur.resolution = 64  # a small input keeps the test fast; the measure is the same
+    x = load_image(SAMPLE).tensor()
+    a, b = (logic.denoising_effect(sur, x, timesteps=(200, 700)) for _ in range(2))
+    assert a == b and a > 0
+    assert logic.denoising_effect(sur, torch.rand_like(x), timesteps=(200, 700)) != a
+
+
+def test_builder_builds_blocks_with_api(models):
+    import gradio as gr
+
+    from gapdiff_core.ui import build_ui
+
+    blocks = build_ui(lambda: logic.UISettings(models_dir=models))
+    assert isinstance(blocks, gr.Blocks)
+    names = {getattr(d, "api_name", None) for d in blocks.fns.values()} if isinstance(blocks.fns, dict) else \
+        {d.api_name for d in blocks.fns}
+    assert {"protect", "robustness", "evaluate", "list_generators"} <= names
+
+
+# ---------------------------------------------------------------- the running app on loopback
+
+
+@pytest.fixture(scope="module")
+def app_url(models):
+    pytest.importorskip("gradio")
+    from gapdiff_core import app
+
+    args = argparse.Namespace(host="127.0.0.1", port=0, models_dir=str(models), budget=8.0, device="cpu",
+                              precision="fp32", max_file_size="2mb", max_photos=8, queue_size=64, share=False)
+    blocks = app.serve(args, block=False)
+    yield blocks.local_url
+    blocks.close()
+
+
+def _client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def _protect_args(photo, choice="tiny_demo.safetensors" + logic.DEMO_TAG):
+    from gradio_client import handle_file
+
+    return ([handle_file(str(photo))], choice, None, BUDGET, "working")
+
+
+def test_app_serves_loopback_downloads_bit_identical(app_url, models, photo):
+    assert app_url.startswith("http://127.0.0.1:")
+    result = _client(app_url).predict(*_protect_args(photo), api_name="/protect")
+    gallery, files, before, after, pert, status, photo_md = result[:7]
+    expected = core_result(models / "tiny_demo.safetensors", photo)
+    png, zpath = files
+    assert Path(png).name.endswith("_DEMO.png") and "DEMO" in status and "DEMO" in gallery[0]["caption"]
+    np.testing.assert_array_equal(png_pixels(Path(png).read_bytes()), expected)
+    np.testing.assert_array_equal(png_pixels(Path(gallery[0]["image"]).read_bytes()), expected)
+    np.testing.assert_array_equal(png_pixels(Path(after).read_bytes()), expected)
+    with zipfile.ZipFile(zpath) as zf:
+        assert zf.read(zf.namelist()[0]) == Path(png).read_bytes()
+
+
+def test_app_errors_are_messages_not_tracebacks(app_url, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 50)
+    with pytest.raises(AppError) as err:
+        _client(app_url).predict(*_protect_args(bad), api_name="/protect")
+    msg = str(err.value)
+    assert "broken.png" in msg and "Traceback" not in msg and 'File "' not in msg
+    with pytest.raises(AppError, match="no longer in"):
+        _client(app_url).predict(*_protect_args(bad, choice="gone.safetensors"), api_name="/protect")
+
+
+def test_ten_concurrent_protect_requests_while_server_stays_responsive(app_url, models, photo):
+    expected = core_result(models / "tiny_demo.safetensors", photo)
+    clients = [_client(app_url) for _ in range(3)]
+    jobs = [clients[i % 3].submit(*_protect_args(photo), api_name="/protect") for i in range(10)]
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(app_url.rstrip("/") + "/config", timeout=30) as resp:
+        assert resp.status == 200 and b"gapdiff" in resp.read()
+    light_s = time.perf_counter() - t0
+    pending_at_light_answer = sum(not j.done() for j in jobs)
+    results = [j.result(timeout=120) for j in jobs]
+    assert len(results) == 10
+    for r in results:
+        np.testing.assert_array_equal(png_pixels(Path(r[1][0]).read_bytes()), expected)
+    assert light_s < 10, f"a light request took {light_s:.1f} s under load"
+    assert pending_at_light_answer > 0, "the load had finished before the light request answered"
