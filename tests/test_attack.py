@@ -1,0 +1,193 @@
+"""DreamBooth / LoRA test attack and generation on the tiny model (32 px images, a few steps)."""
+from __future__ import annotations
+
+import argparse
+import copy
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+
+from gapdiff_core.attack import (PAPER_PROMPTS, DreamBoothAttack, GenerationConfig, generate, instance_loss,  # noqa: E402
+                                 load_kohya_lora, preset)
+from gapdiff_core.diffusion import Surrogate  # noqa: E402
+
+RES = 32
+STEPS = 4
+
+
+def _photos() -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    base = torch.rand(1, 3, 6, 6, generator=g)
+    big = torch.nn.functional.interpolate(base, size=(48, 40), mode="bilinear", align_corners=False)
+    return (big + 0.05 * torch.rand(2, 3, 48, 40, generator=g)).clamp(0, 1)
+
+
+def _config(mode: str, **kw):
+    base = dict(resolution=RES, max_train_steps=STEPS, checkpointing_steps=2, num_class_images=2, class_steps=2,
+                class_batch_size=2)
+    if mode == "lora":
+        base["learning_rate"] = 2e-2
+    else:
+        base["learning_rate"] = 1e-3
+    return preset(f"tiny-{mode}", **{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def base():
+    return Surrogate.tiny(0)
+
+
+@pytest.fixture(scope="module")
+def base_loss(base):
+    return instance_loss(base, _photos(), resolution=RES)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("class-cache")
+
+
+@pytest.fixture(scope="module")
+def lora_run(base, cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora")
+    steps = []
+    result = DreamBoothAttack(base, _config("lora"), cache_dir=cache).run(
+        _photos(), out, progress=lambda s, n, loss: steps.append((s, n, loss)))
+    return result, steps
+
+
+@pytest.fixture(scope="module")
+def full_run(base, cache, lora_run, tmp_path_factory):  # after lora_run: the class images are cached by then
+    folder = next((cache / "class-images").iterdir())
+    mtimes = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+    out = tmp_path_factory.mktemp("full")
+    result = DreamBoothAttack(base, _config("full"), cache_dir=cache).run(_photos(), out)
+    return result, mtimes, folder
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_lora_changes_only_attention_projections_and_lowers_loss(base, base_loss, lora_run):
+    result, steps = lora_run
+    assert result.completed and result.steps_done == STEPS
+    assert [s for s, _, _ in steps] == list(range(1, STEPS + 1)) and all(n == STEPS for _, n, _ in steps)
+    fresh = Surrogate.tiny(0)
+    for a, b in zip(base.unet.state_dict().values(), fresh.unet.state_dict().values()):
+        assert torch.equal(a, b), "the base model must not be modified"
+    changed = [k for k, v in result.surrogate.unet.state_dict().items()
+               if not torch.equal(v, fresh.unet.state_dict()[k])]
+    assert changed and all(k.rsplit(".", 2)[-2] in ("to_q", "to_k", "to_v") or ".to_out.0." in k for k in changed)
+    assert all(torch.equal(v, fresh.text_encoder.state_dict()[k])
+               for k, v in result.surrogate.text_encoder.state_dict().items())
+    from safetensors.torch import load_file
+
+    trainable = load_file(str(result.out_dir / "checkpoint" / "trainable.safetensors"))
+    assert trainable and all(".lora_A." in k or ".lora_B." in k for k in trainable)
+    after = instance_loss(result.surrogate, _photos(), resolution=RES)
+    assert after < base_loss - 1e-3, (base_loss, after)
+    assert (result.model_dir / "unet").is_dir() and (result.model_dir / "model_index.json").is_file()
+
+
+def test_full_changes_unet_and_lowers_loss(base_loss, full_run):
+    result = full_run[0]
+    fresh = Surrogate.tiny(0)
+    unet = result.surrogate.unet.state_dict()
+    n_changed = sum(not torch.equal(v, fresh.unet.state_dict()[k]) for k, v in unet.items())
+    assert n_changed > len(unet) // 2
+    assert all(torch.equal(v, fresh.text_encoder.state_dict()[k])
+               for k, v in result.surrogate.text_encoder.state_dict().items())
+    assert result.lora_path is None
+    assert instance_loss(result.surrogate, _photos(), resolution=RES) < base_loss - 1e-3
+
+
+def test_class_images_are_cached_and_reused(lora_run, full_run):
+    assert lora_run[0].class_images_generated == 2
+    result, mtimes, folder = full_run
+    assert result.class_images_generated == 0
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == mtimes and len(mtimes) == 2
+
+
+def test_lora_export_is_kohya_and_round_trips(base, lora_run):
+    result = lora_run[0]
+    state, meta = load_kohya_lora(result.lora_path)
+    key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert {f"{key}.lora_down.weight", f"{key}.lora_up.weight", f"{key}.alpha"} <= set(state)
+    assert all(k.startswith("lora_unet_") for k in state)
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_module"] == "networks.lora"
+    # an independent reader of the kohya format (diffusers' converter) reproduces the attacked model
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+
+    unet = copy.deepcopy(base.unet)
+    converted, alphas = StableDiffusionLoraLoaderMixin.lora_state_dict(dict(state))[:2]
+    unet.load_lora_adapter(converted, prefix="unet", network_alphas=alphas)
+    x = torch.randn(2, 4, RES // 8, RES // 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([100, 700])
+    emb = base.encode_prompt(["a photo of sks person"] * 2)
+    with torch.no_grad():
+        expected = result.surrogate.unet(x, t, encoder_hidden_states=emb).sample
+        loaded = unet(x, t, encoder_hidden_states=emb).sample
+        plain = base.unet(x, t, encoder_hidden_states=emb).sample
+    assert (expected - plain).abs().max() > 1e-3
+    torch.testing.assert_close(loaded, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_cancel_then_resume_reaches_the_same_weights(base, cache, lora_run, tmp_path):
+    stop = threading.Event()
+
+    def progress(step, total, loss):
+        if step == 2:
+            stop.set()
+
+    interrupted = DreamBoothAttack(base, _config("lora"), cache_dir=cache).run(
+        _photos(), tmp_path, progress=progress, should_stop=stop)
+    assert not interrupted.completed and interrupted.steps_done == 2
+    assert interrupted.model_dir is None and (tmp_path / "checkpoint" / "state.json").is_file()
+    resumed = DreamBoothAttack(base, _config("lora"), cache_dir=cache).run(_photos(), tmp_path)
+    assert resumed.completed and resumed.steps_done == STEPS
+    assert resumed.losses == lora_run[0].losses
+    a, _ = load_kohya_lora(resumed.lora_path)
+    b, _ = load_kohya_lora(lora_run[0].lora_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="different attack"):
+        DreamBoothAttack(base, _config("lora", learning_rate=1e-3), cache_dir=cache).run(_photos(), tmp_path)
+
+
+def test_generation_is_deterministic_and_counts_per_prompt(lora_run):
+    model = lora_run[0].surrogate
+    cfg = GenerationConfig(images_per_prompt=2, steps=2, resolution=RES, batch_size=3)
+    done = []
+    first = generate(model, cfg, progress=lambda d, n, _: done.append((d, n)))
+    assert first.images.shape == (8, 3, RES, RES) and first.completed
+    assert first.prompts == [p for p in PAPER_PROMPTS for _ in range(2)] and first.seeds == [0, 1] * 4
+    assert done[-1] == (8, 8) and 0 <= float(first.images.min()) and float(first.images.max()) <= 1
+    again = generate(model, GenerationConfig(images_per_prompt=2, steps=2, resolution=RES, batch_size=8))
+    torch.testing.assert_close(again.images, first.images, atol=1e-5, rtol=0)
+    other = generate(model, GenerationConfig(prompts=("a photo of sks person",), images_per_prompt=1, steps=2,
+                                             resolution=RES, seed=5))
+    assert other.images.shape[0] == 1 and not torch.allclose(other.images[0], first.images[0])
+    batches = []
+    stopped = generate(model, cfg, progress=lambda *a: batches.append(a), should_stop=lambda: len(batches) >= 1)
+    assert not stopped.completed and stopped.images.shape[0] == 3
+
+
+def test_cli_attack_writes_model_lora_and_samples(tmp_path):
+    from gapdiff_core.commands import attack
+    from gapdiff_core.imageio import save_image, to_uint8
+
+    for i, img in enumerate(_photos()):
+        save_image(tmp_path / f"p{i}.png", to_uint8(img))
+    parser = argparse.ArgumentParser()
+    attack.add_arguments(parser)
+    out = tmp_path / "out"
+    args = parser.parse_args([str(tmp_path / "p0.png"), str(tmp_path / "p1.png"), "--model", "tiny", "--out", str(out),
+                              "--steps", "1", "--resolution", str(RES), "--no-prior", "--generate", "1", "--prompt", "a photo of sks person",
+                              "--sample-steps", "1", "--device", "cpu"])
+    assert attack.run(args) == 0
+    assert (out / "lora.safetensors").is_file() and (out / "model" / "unet").is_dir()
+    assert len(list((out / "samples" / "a_photo_of_sks_person").glob("*.png"))) == 1
