@@ -1,0 +1,124 @@
+"""Mist v1 (Liang et al., "Adversarial Example Does Good: Preventing Painting Imitation from Diffusion Models via
+Adversarial Examples", ICML 2023 + Mist technical report; psyker-team/mist) and ACE / Mist-v2 (Zheng et al.,
+"Targeted Attack Improves Protection against Unauthorized Diffusion Customization", ICLR 2025; psyker-team/mist-v2).
+
+**Mist (v1)**, fused mode: L∞ sign-PGD that at once pulls the VAE latent towards a textured target's latent
+(textural loss, minimised) and raises the diffusion loss averaged over t (semantic / AdvDM loss, maximised):
+minimise ‖E(x') − E(target)‖² − w·L_diff(x'). Strength 16 grey levels (recommended), 100 steps.
+Departures: the step (1 grey level) and the fused weight w = 1 are our choices (not verified against the v1 code);
+the target is a procedural high-contrast texture (:func:`target_texture`), not Mist's ``MIST.png``.
+
+**ACE (Mist-v2)**, ``lunet`` mode: ASPL-like alternation with a *LoRA* surrogate — 5 epochs × (30 targeted PGD
+steps + 10 LoRA steps, lr 1e-4). The PGD objective pushes the UNet's noise prediction towards the target's VAE
+latent, min ‖ε̂(x'_t, t) − z_target‖², so every protected photo induces the same error pattern. Budget 8/255 on
+[-1, 1] = 4 grey levels (CLI; the web UI's default strength 12 = 6 grey levels), step 0.005 on [-1, 1] = 0.64.
+Departures: LoRA via peft on the UNet's attention projections (``to_q/k/v/out``, rank 4, alpha 4) — no
+text-encoder LoRA (Mist-v2: lr 5e-6); prior preservation only with ``class_images`` (Mist-v2: weight 0.1, 50
+images); no gradient checkpointing; procedural target texture as above.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..losses import denoising_error
+from .base import IterativeProtection, with_unet
+
+
+def target_texture(h: int, w: int, device=None) -> torch.Tensor:
+    """A deterministic high-contrast texture (1×3×h×w in [0, 1]): oblique stripes × checker at several scales."""
+    yy, xx = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    chans = []
+    for k, (period, angle) in enumerate(((9.0, 0.3), (13.0, 1.2), (6.0, 2.1))):
+        u = xx * math.cos(angle) + yy * math.sin(angle)
+        stripes = torch.sin(2 * math.pi * u / period)
+        checker = torch.sign(torch.sin(math.pi * xx / (period * 2)) * torch.sin(math.pi * yy / (period * 2)))
+        chans.append(0.5 + 0.35 * stripes * checker + 0.15 * torch.cos(2 * math.pi * (xx + 2 * yy) / (4 + k)))
+    return torch.stack(chans).clamp(0, 1).unsqueeze(0)
+
+
+class Mist(IterativeProtection):
+    name = "mist"
+    paper = "Mist v1 (Liang et al., ICML 2023 + tech report): fused textural + semantic PGD, 100 steps, strength 16"
+    defaults = dict(budget=16.0, step=1.0, iterations=100, semantic_weight=1.0)
+    tiny = dict(iterations=3)
+
+    def total_steps(self, n: int) -> int:
+        return self.settings["iterations"]
+
+    def perturb(self, x0: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        with torch.no_grad():
+            target = self.surrogate.encode_images(target_texture(*x0.shape[-2:], x0.device), sample=False)
+        x_adv = x0.clone()
+        for _ in range(int(s["iterations"])):
+            x = x_adv.detach().requires_grad_(True)
+            with self.timed("pgd", x.shape[0]):
+                textural = (self.surrogate.encode_images(x, sample=False) - target).pow(2).mean()
+                semantic = denoising_error(self.surrogate, x, self.embeds(x.shape[0])).mean()
+                loss = textural - float(s["semantic_weight"]) * semantic
+                grad, = torch.autograd.grad(loss, x)
+            x_adv = self.sign_step(x_adv, x0, grad, ascend=False)
+            self.tick(float(loss.detach()))
+        return x_adv
+
+    def schedule_units(self, set_size: int = 4) -> dict[str, float]:
+        return {"pgd": self.settings["iterations"] * set_size}
+
+
+def add_lora(unet, rank: int = 4) -> list[torch.nn.Parameter]:
+    """Attach a rank-``rank`` LoRA (peft) to the UNet's attention projections; returns the trainable parameters."""
+    try:
+        from peft import LoraConfig
+    except ImportError as exc:  # pragma: no cover - peft is in the [diffusion] extra
+        raise ImportError("gapdiff_core/protections/mist.py: ACE needs peft (pip install 'gapdiff[diffusion]')") from exc
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+class ACE(IterativeProtection):
+    name = "ace"
+    paper = ("ACE / Mist-v2 (Zheng et al., ICLR 2025): 5 x (30 targeted PGD + 10 LoRA steps), "
+             "budget 4 grey levels (CLI)")
+    defaults = dict(budget=4.0, step=0.64, epochs=5, pgd_steps=30, lora_steps=10, lr=1e-4, rank=4,
+                    prior_weight=0.1)
+    tiny = dict(epochs=2, pgd_steps=2, lora_steps=1)
+
+    def total_steps(self, n: int) -> int:
+        return self.settings["epochs"] * (self.settings["pgd_steps"] + self.settings["lora_steps"])
+
+    def perturb(self, x0: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        unet = self.clone_unet()
+        lora = add_lora(unet, int(s["rank"]))
+        view = with_unet(self.surrogate, unet)
+        with torch.no_grad():
+            z_target = self.surrogate.encode_images(target_texture(*x0.shape[-2:], x0.device), sample=False)
+        sched = self.surrogate.scheduler
+        x_adv = x0.clone()
+        for _ in range(int(s["epochs"])):
+            for _ in range(int(s["pgd_steps"])):
+                x = x_adv.detach().requires_grad_(True)
+                with self.timed("pgd", x.shape[0]):
+                    z = self.surrogate.encode_images(x)
+                    t = torch.randint(0, sched.config.num_train_timesteps, (x.shape[0],), device=x.device)
+                    noisy = sched.add_noise(z, torch.randn_like(z), t)
+                    pred = view.predict(noisy, t, self.embeds(x.shape[0]))
+                    loss = (pred.float() - z_target.expand_as(pred)).pow(2).mean()
+                    grad, = torch.autograd.grad(loss, x)
+                x_adv = self.sign_step(x_adv, x0, grad, ascend=False)
+                self.tick(float(loss.detach()))
+            self.finetune(unet, x_adv, s["lora_steps"], s["lr"], params=lora, kind="train_lora")
+        return x_adv
+
+    def schedule_units(self, set_size: int = 4) -> dict[str, float]:
+        s = self.settings
+        return {"clone": 1, "pgd": s["epochs"] * s["pgd_steps"] * set_size,
+                "train_lora": s["epochs"] * s["lora_steps"]}
