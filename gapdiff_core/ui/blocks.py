@@ -85,7 +85,7 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                     protect_btn = make(gr.Button, value="Protect", variant="primary", elem_id="gapdiff_protect")
                     cancel_btn = make(gr.Button, value="Cancel", variant="stop", elem_id="gapdiff_cancel")
                 status = gr.Markdown("", elem_id="gapdiff_status")
-                gallery = make(gr.Gallery, label="Protected photos (lossless PNG)", columns=4, height="auto",
+                gallery = make(gr.Gallery, label="Protected photos (lossless PNG)", columns=4, height=420,
                                object_fit="contain", format="png", elem_id="gapdiff_gallery")
                 downloads = make(gr.File, label="Download: each protected PNG (metadata stripped) and all as a zip",
                                  file_count="multiple", interactive=False, elem_id="gapdiff_downloads")

@@ -1,0 +1,96 @@
+"""The real app in headless Debian Chromium (Playwright): upload a photo, protect it, see the protected photo and
+the amplified perturbation, download the PNG and check it against the core. Screenshot: test-artifacts/.
+
+Skipped only when Chromium or Playwright is missing outside CI; with CI=true it must run.
+"""
+import argparse
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import gapdiff_core as gc
+from gapdiff_core.checkpoint import GeneratorInfo
+from gapdiff_core.imageio import load_image, to_uint8
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+SAMPLE = Path(gc.__file__).parent / "samples" / "obama.jpg"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BUDGET = 8
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - the app extra is installed by make setup
+    sync_playwright = None
+
+if not IN_CI and (CHROMIUM is None or sync_playwright is None):
+    pytest.skip("needs Debian's chromium and the playwright package (runs in CI)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from gapdiff_core import app
+
+    models = tmp_path_factory.mktemp("models")
+    torch.manual_seed(1)
+    gen = gc.save_generator(gc.Generator(ngf=8), models / "browser_demo.safetensors",
+                            GeneratorInfo(ngf=8, demo=True, working_resolution=256, provenance="browser test"))
+    photo = tmp_path_factory.mktemp("photos") / "face.jpg"
+    Image.open(SAMPLE).convert("RGB").resize((128, 160)).save(photo, quality=95)
+    args = argparse.Namespace(host="127.0.0.1", port=0, models_dir=str(models), budget=float(BUDGET), device="cpu",
+                              precision="fp32", max_file_size="5mb", max_photos=8, queue_size=16, share=False)
+    blocks = app.serve(args, block=False)
+    yield blocks.local_url, gen, photo
+    blocks.close()
+
+
+def test_protect_in_the_browser_and_download(served, tmp_path):
+    assert CHROMIUM is not None, "CI=true but Debian's chromium is not installed (.ci/run installs it)"
+    assert sync_playwright is not None, "CI=true but playwright is not installed (the app extra)"
+    url, gen, photo = served
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600}, accept_downloads=True)
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            page.locator("#gapdiff_generator_info").get_by_text("DEMO generator").first.wait_for()
+            page.locator("#gapdiff_photos input[type=file]").set_input_files(str(photo))
+            page.locator("#gapdiff_photos").get_by_text("face.jpg").first.wait_for()
+            page.locator("#gapdiff_protect").click()
+            page.locator("#gapdiff_status").get_by_text("Protected 1 photo").first.wait_for()
+            page.locator("#gapdiff_gallery img").first.wait_for(state="visible")
+            page.locator("#gapdiff_perturbation img").first.wait_for(state="visible")
+            page.locator("#gapdiff_after img").first.wait_for(state="visible")
+            assert "DEMO" in page.locator("#gapdiff_status").inner_text()
+            page.wait_for_function("() => [...document.querySelectorAll('#gapdiff_gallery img, #gapdiff_perturbation img')]"
+                                   ".every(i => i.complete && i.naturalWidth > 0)")
+            page.locator("#gapdiff_perturbation").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "browser_protect.png"), full_page=True)
+
+            link = page.locator('#gapdiff_downloads a[download$="_protected_DEMO.png"]').first
+            with page.expect_download() as info:
+                link.click()
+            saved = tmp_path / info.value.suggested_filename
+            info.value.save_as(saved)
+        finally:
+            browser.close()
+
+    data = saved.read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG" and not im.getexif()
+        downloaded = np.asarray(im.convert("RGB"))
+    original = load_image(photo)
+    assert np.abs(downloaded.astype(int) - original.rgb.astype(int)).max() <= BUDGET
+    core = gc.Protector(gc.load_generator(gen), budget=BUDGET, mode="working", device="cpu", precision="fp32")
+    np.testing.assert_array_equal(downloaded, to_uint8(core(original.tensor())))
