@@ -41,7 +41,14 @@ def add_arguments(p) -> None:
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     p.add_argument("--official-mode", action="store_true",
                    help="reproduce the authors' generate.py (BatchNorm batch statistics and dropout on, seeded)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --official-mode")
+    p.add_argument("--seed", type=int, default=0, help="seed for --official-mode (and iterative methods)")
+    p.add_argument("--method", default="gap-diff",
+                   help="gap-diff (default; needs --generator) or an iterative protection: aspl, fsmg, photoguard, "
+                        "mist, ace, metacloak, caat, simac (slow: hundreds of surrogate gradient steps per photo)")
+    p.add_argument("--surrogate", default="tiny", metavar="tiny|PATH",
+                   help="surrogate for iterative methods: tiny (demo model) or a diffusers folder / SD checkpoint")
+    p.add_argument("--schedule", choices=("default", "tiny"), default="default",
+                   help="iterative methods: the authors' schedule (default) or a few-step tiny one (demos, tests)")
 
 
 def run(args) -> int:
@@ -51,6 +58,8 @@ def run(args) -> int:
     from ..imageio import ImageError, iter_image_paths, load_image, output_path_for, save_image, to_uint8
     from ..protect import Protector, protection_stats
 
+    if getattr(args, "method", "gap-diff").lower() not in ("gap-diff", "gapdiff"):
+        return _run_iterative(args)
     if not args.generator:
         print("gapdiff protect: no generator given (--generator CKPT).\n"
               "  Use the authors' released checkpoint G_per16_pretrain.pth (link in the README), or train one:\n"
@@ -99,6 +108,57 @@ def run(args) -> int:
             failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
             tqdm.write(f"FAILED {failures[-1]}")
     print(f"\n{done} protected, {len(failures)} failed" + (" (DEMO outputs, not protection)" if info.demo else ""))
+    for message in failures:
+        print(f"  failed: {message}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _run_iterative(args) -> int:
+    """An iterative protection (gapdiff_core.protections): each photo is computed at the surrogate's resolution
+    and only the perturbation is resized back to the photo (see protections/base.py)."""
+    from tqdm import tqdm
+
+    from ..attack.progress import TqdmProgress
+    from ..imageio import ImageError, iter_image_paths, load_image, output_path_for, save_image, to_uint8
+    from ..protect import protection_stats, resolve_device
+    from ..protections import get_protection
+
+    overrides = {"seed": args.seed} if args.seed else {}
+    if args.budget is not None:
+        overrides["budget"] = args.budget
+    try:
+        method = get_protection(args.method, surrogate=args.surrogate, schedule=args.schedule, **overrides)
+        method.surrogate.to(resolve_device(args.device))
+    except (ValueError, RuntimeError, OSError, ImportError) as exc:
+        print(f"gapdiff protect: {exc}", file=sys.stderr)
+        return 2
+    demo = bool(getattr(method.surrogate, "is_demo", False))
+    tag = f"_{method.name}-demo-protected" if demo else f"_{method.name}-protected"
+    print(method.describe())
+    if demo:
+        print("WARNING: the surrogate is a DEMO model with random weights: these outputs are NOT protection.")
+    paths, failures = iter_image_paths(args.inputs, recursive=args.recursive)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = 0
+    for path in paths:
+        try:
+            image = load_image(path)
+            x = image.tensor()
+            with TqdmProgress(f"{method.name} {path.name}") as bar:
+                method.progress = bar
+                y = method.protect(x)
+            dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag, root=_root_of(path, args.inputs))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            save_image(dest, to_uint8(y), image.alpha if args.format != "jpg" else None, quality=args.quality,
+                       keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=paths)
+            stats = protection_stats(x, y)
+            tqdm.write(f"{path} -> {dest}: max change {stats.max_change:.0f} grey levels, PSNR {stats.psnr:.1f} dB")
+            done += 1
+        except (ImageError, ValueError, RuntimeError, OSError) as exc:
+            failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+            tqdm.write(f"FAILED {failures[-1]}")
+    print(f"\n{done} protected, {len(failures)} failed" + (" (DEMO outputs, not protection)" if demo else ""))
     for message in failures:
         print(f"  failed: {message}", file=sys.stderr)
     return 1 if failures else 0
