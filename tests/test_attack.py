@@ -137,6 +137,26 @@ def test_lora_export_is_kohya_and_round_trips(base, lora_run):
     torch.testing.assert_close(loaded, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_text_encoder_lora_keys_and_merge(base, cache, tmp_path):
+    result = DreamBoothAttack(base, _config("lora", max_train_steps=1, train_text_encoder=True),
+                              cache_dir=cache).run(_photos(), tmp_path)
+    state, _ = load_kohya_lora(result.lora_path)
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in state
+    assert "lora_te_text_model_encoder_layers_1_self_attn_out_proj.alpha" in state
+    # the merged text encoder = base + B·A of the trained peft layers (read from the resumable checkpoint)
+    from safetensors.torch import load_file
+
+    peft = load_file(str(tmp_path / "checkpoint" / "trainable.safetensors"))
+    merged, plain = result.surrogate.text_encoder.state_dict(), base.text_encoder.state_dict()
+    layers = [k[len("text_encoder."):-len(".lora_A.default.weight")] for k in peft
+              if k.startswith("text_encoder.") and k.endswith(".lora_A.default.weight")]
+    assert len(layers) == 8  # 2 layers x q, k, v, out
+    for name in layers:
+        a, b = peft[f"text_encoder.{name}.lora_A.default.weight"], peft[f"text_encoder.{name}.lora_B.default.weight"]
+        torch.testing.assert_close(merged[f"{name}.weight"] - plain[f"{name}.weight"], b @ a, atol=1e-6, rtol=1e-4)
+        assert (b @ a).abs().max() > 0
+
+
 def test_cancel_then_resume_reaches_the_same_weights(base, cache, lora_run, tmp_path):
     stop = threading.Event()
 

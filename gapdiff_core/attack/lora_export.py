@@ -16,6 +16,10 @@ PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 
 
 def kohya_name(prefix: str, module_name: str) -> str:
+    """Kohya key of a module. Text-encoder names are those of transformers' ``CLIPTextModel`` with its
+    ``text_model.`` level, which transformers 5 no longer has: it is put back so the keys match ComfyUI's."""
+    if prefix == PREFIXES["text_encoder"] and not module_name.startswith("text_model."):
+        module_name = "text_model." + module_name
     return prefix + module_name.replace(".", "_")
 
 
