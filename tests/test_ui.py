@@ -148,14 +148,41 @@ def test_robustness_measures_what_survives_jpeg(models, photo, tmp_path):
         logic.robustness_check(str(photo), str(other), 50, tmp_path)
 
 
+class SmallSurrogate:
+    """The Surrogate interface the measure uses (encode_images, encode_prompt, predict, scheduler) on a few
+    convolutions and diffusers' real DDPM scheduler; `load_surrogate("tiny")` is slower to build."""
+
+    resolution, device, dtype, is_demo, name = 32, torch.device("cpu"), torch.float32, True, "small test model"
+
+    def __init__(self):
+        from diffusers import DDPMScheduler
+
+        torch.manual_seed(0)
+        self.scheduler = DDPMScheduler(num_train_timesteps=1000)
+        self.vae = torch.nn.Conv2d(3, 4, 4, stride=4)
+        self.unet = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def encode_images(self, x01, sample=True):
+        z = self.vae(x01 * 2 - 1)
+        return z + 0.1 * torch.randn_like(z) if sample else z
+
+    def encode_prompt(self, prompts):
+        return torch.zeros(len(prompts), 77, 8)
+
+    def predict(self, noisy, t, emb):
+        return self.unet(noisy)
+
+
 def test_denoising_effect_is_deterministic_and_responds_to_the_image():
     pytest.importorskip("diffusers")
-    sur = logic.load_surrogate_cached("tiny", "cpu")
-    sur.resolution = 64  # a small input keeps the test fast; the measure is the same
+    sur = SmallSurrogate()
     x = load_image(SAMPLE).tensor()
-    a, b = (logic.denoising_effect(sur, x, timesteps=(200, 700)) for _ in range(2))
-    assert a == b and a > 0
-    assert logic.denoising_effect(sur, torch.rand_like(x), timesteps=(200, 700)) != a
+    torch.manual_seed(123)
+    a = logic.denoising_effect(sur, x)
+    after = torch.rand(1)  # the measure leaves the global RNG as it was
+    torch.manual_seed(123)
+    assert logic.denoising_effect(sur, x) == a and torch.equal(torch.rand(1), after)
+    assert a > 0 and logic.denoising_effect(sur, torch.rand_like(x)) != a
 
 
 def test_builder_builds_blocks_with_api(models):
@@ -220,8 +247,9 @@ def test_app_errors_are_messages_not_tracebacks(app_url, tmp_path):
         _client(app_url).predict(*_protect_args(bad), api_name="/protect")
     msg = str(err.value)
     assert "broken.png" in msg and "Traceback" not in msg and 'File "' not in msg
-    with pytest.raises(AppError, match="no longer in"):
+    with pytest.raises(AppError) as err:  # Gradio's own choice validation, or ours
         _client(app_url).predict(*_protect_args(bad, choice="gone.safetensors"), api_name="/protect")
+    assert "gone.safetensors" in str(err.value) and "Traceback" not in str(err.value)
 
 
 def test_ten_concurrent_protect_requests_while_server_stays_responsive(app_url, models, photo):
