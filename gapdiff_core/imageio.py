@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from .png_writer import encode_png
+
 DEFAULT_MAX_PIXELS = 150_000_000  # a 100 MP photo passes, a 30000x30000 bomb does not
 MIN_SIDE = 16
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
@@ -384,7 +386,10 @@ def save_image(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt, **options)
+            if fmt == "PNG" and set(options) <= {"icc_profile"}:  # no metadata to carry: the fast encoder
+                f.write(encode_png(np.asarray(image), options.get("icc_profile")))
+            else:
+                image.save(f, format=fmt, **options)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_current_umask())

@@ -65,16 +65,15 @@ def pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def apply_budget(x: torch.Tensor, delta: torch.Tensor, budget: float) -> torch.Tensor:
-    """Add `delta` (in [0,1] units) to `x`, round to 8 bits, and keep every pixel within `budget` grey levels.
+    """Add `delta` (in [0,1] units) to `x` in 8-bit steps, never more than `budget` grey levels per pixel.
 
-    The bound holds after rounding, relative to the 8-bit version of `x` (the official code truncates instead,
-    which biases the image darker and can exceed the budget by one level).
+    The step is rounded to whole grey levels and clipped to the budget before it is added to the 8-bit version
+    of `x`, so the bound holds exactly on the saved image (the official code truncates instead, which biases the
+    image darker and can exceed the budget by one level).
     """
-    x8 = torch.round(x * 255)
     limit = math.floor(budget + 1e-6)
-    out = torch.round(x8 + delta * 255)
-    out = torch.minimum(torch.maximum(out, x8 - limit), x8 + limit).clamp_(0, 255)
-    return out.div_(255)
+    step = torch.round(delta * 255).clamp_(-limit, limit)
+    return step.add_(torch.round(x * 255)).clamp_(0, 255).div_(255)
 
 
 @dataclass
