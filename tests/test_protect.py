@@ -79,12 +79,21 @@ def test_working_mode_geometry():
     assert padded_size(683) == 768 and padded_size(300) == 512 and padded_size(512) == 512
 
 
-def test_native_tiles_agree_with_a_single_pass_in_the_middle(generator):
+def test_native_tiles_blend_to_each_tile_where_it_is_alone(generator):
     x = photo(768, 768)
-    whole = Protector(generator, mode="native", precision="fp32", tile_size=1024).perturbation(x)
-    tiled = Protector(generator, mode="native", precision="fp32", tile_size=512, tile_overlap=256).perturbation(x)
-    assert tiled.shape == whole.shape
-    assert torch.isfinite(tiled).all() and tiled.abs().max() <= 1
+    p = Protector(generator, mode="native", precision="fp32", tile_size=512, tile_overlap=256)
+    tiled = p.perturbation(x)
+    with torch.inference_mode():
+        first = p._run(x[..., :512, :512]).float()
+        last = p._run(x[..., 256:, 256:]).float()
+    assert torch.allclose(tiled[..., :256, :256], first[..., :256, :256], atol=1e-5)
+    assert torch.allclose(tiled[..., 512:, 512:], last[..., 256:, 256:], atol=1e-5)
+    with torch.inference_mode():  # the centre is covered by all four tiles: a blend lies between them
+        centres = torch.stack([p._run(x[..., y:y + 512, z:z + 512]).float()[..., 256 - y:512 - y, 256 - z:512 - z]
+                               for y in (0, 256) for z in (0, 256)])
+    middle = tiled[..., 256:512, 256:512]
+    lo, hi = centres.min(0).values - 1e-5, centres.max(0).values + 1e-5
+    assert ((middle >= lo) & (middle <= hi)).all()
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
