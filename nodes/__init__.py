@@ -2,6 +2,7 @@
 
 Node ids are stable: saved workflows refer to them. Add new inputs at the end or as optional.
 """
+from .attack import DreamBoothTestAttack, Generate
 from .evaluation import EvaluateProtection
 from .host import register_generator_folder
 from .protection import LoadGenerator, ProtectImage
@@ -16,6 +17,8 @@ NODE_CLASS_MAPPINGS = {
     "GAPDiffJPEGCompress": JPEGCompress,
     "GAPDiffPreprocess": Preprocess,
     "GAPDiffLoadSurrogate": LoadSurrogate,
+    "GAPDiffDreamBoothAttack": DreamBoothTestAttack,
+    "GAPDiffGenerate": Generate,
     "GAPDiffEvaluateProtection": EvaluateProtection,
 }
 
@@ -25,5 +28,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "GAPDiffJPEGCompress": "JPEG Compress (GAP-Diff)",
     "GAPDiffPreprocess": "Preprocess (GAP-Diff)",
     "GAPDiffLoadSurrogate": "Load Surrogate (GAP-Diff)",
+    "GAPDiffDreamBoothAttack": "DreamBooth Test Attack (GAP-Diff)",
+    "GAPDiffGenerate": "Generate (GAP-Diff)",
     "GAPDiffEvaluateProtection": "Evaluate Protection (GAP-Diff)",
 }

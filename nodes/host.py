@@ -101,6 +101,22 @@ class Progress:
             self.bar.update_absolute(done, total)
 
 
+class training_mode:
+    """ComfyUI runs every node under torch.inference_mode(); training (and models that will be trained) must be
+    built outside it, with gradients on. Use as `with host.training_mode():`."""
+
+    def __enter__(self):
+        self._modes = [torch.inference_mode(False), torch.enable_grad()]
+        for m in self._modes:
+            m.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for m in reversed(self._modes):
+            m.__exit__(*exc)
+        return False
+
+
 def image_to_core(image: torch.Tensor) -> torch.Tensor:
     """ComfyUI IMAGE (B x H x W x C, C=3 or 4, [0, 1]) -> B x 3 x H x W float32 in [0, 1]."""
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[-1] not in (1, 3, 4):

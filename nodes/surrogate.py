@@ -25,7 +25,8 @@ class LoadSurrogate:
 
     def load(self, model_name):
         progress = host.Progress(1)
-        surrogate = load_surrogate(host.surrogate_path(model_name), device=host.device())
+        with host.training_mode():  # normal (not inference) tensors: the test attack fine-tunes a copy
+            surrogate = load_surrogate(host.surrogate_path(model_name), device=host.device())
         progress.step()
         info = repr(surrogate)
         if surrogate.is_demo:

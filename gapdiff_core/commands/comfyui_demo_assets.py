@@ -5,7 +5,8 @@ HELP = "write the demo generator and tiny surrogate into a ComfyUI models folder
 DESCRIPTION = """Write the files the workflows in workflows/ expect into a ComfyUI installation, so that every
 shipped workflow runs on a CPU-only ComfyUI without real weights:
 
-  MODELS/gapdiff/gapdiff_demo_generator.safetensors      demo GAP-Diff generator (metadata: demo=true)
+  MODELS/gapdiff/gapdiff_demo_generator.safetensors      demo GAP-Diff generator, trained for a minute against
+                                                         the tiny model on the sample faces (metadata: demo=true)
   MODELS/checkpoints/gapdiff_demo_tiny_sd.safetensors    tiny random Stable-Diffusion-architecture model
   INPUT/gapdiff_sample_face_1.jpg ... _3.jpg             public-domain sample face photos
 
@@ -23,34 +24,26 @@ def add_arguments(p) -> None:
     p.add_argument("--input-dir", default=None,
                    help="ComfyUI's input folder for the sample photos (default: input/ beside the models folder, "
                         "when it exists)")
-    p.add_argument("--ngf", type=int, default=16, help="width of the demo generator (default 16)")
+    p.add_argument("--train-minutes", type=float, default=1.0,
+                   help="CPU minutes for training the demo generator on the sample faces (default 1)")
+    p.add_argument("--untrained", action="store_true",
+                   help="write an untrained random generator instead (instant; shows only the mechanics)")
     p.add_argument("--force", action="store_true", help="overwrite files that already exist")
 
 
-def demo_generator(ngf: int = 16):
-    """The demo generator: the training work's `train_demo_generator` when it exists, else an untrained,
-    seeded random generator. Either way it carries demo=True in its metadata."""
+def untrained_generator(ngf: int = 16):
+    """A seeded random generator labelled as a demo (for `--untrained`: instant, shows only the mechanics)."""
     import torch
 
     from ..checkpoint import GeneratorInfo
     from ..generator import Generator
 
-    try:
-        from ..training import train_demo_generator
-    except ImportError:
-        train_demo_generator = None
-    if train_demo_generator is not None:
-        generator = train_demo_generator()
-        info = getattr(generator, "info", None) or GeneratorInfo(ngf=generator.ngf, demo=True,
-                                                                 provenance="train_demo_generator (toy model)")
-        info.demo = True
-        return generator, info
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         generator = Generator(ngf=ngf).eval()
     info = GeneratorInfo(ngf=ngf, budget=8.0, demo=True, surrogate="none",
                          provenance="DEMO: untrained, random weights (seed 0) written by `gapdiff "
-                                    "comfyui-demo-assets`; shows the mechanics, protects nothing")
+                                    "comfyui-demo-assets --untrained`; shows the mechanics, protects nothing")
     return generator, info
 
 
@@ -72,8 +65,14 @@ def run(args) -> int:
     if target.exists() and not args.force:
         kept.append(target)
     else:
-        generator, info = demo_generator(args.ngf)
-        written.append(save_generator(generator, target, info))
+        if args.untrained:
+            generator, info = untrained_generator()
+            written.append(save_generator(generator, target, info))
+        else:
+            from ..training import train_demo_generator
+
+            print(f"training the demo generator for up to {args.train_minutes:g} min ...", file=sys.stderr)
+            written.append(train_demo_generator(target, minutes=args.train_minutes))
 
     target = models / "checkpoints" / SURROGATE_FILE
     if target.exists() and not args.force:
