@@ -261,13 +261,18 @@ def _save_checkpoint(folder: Path, step: int, params: dict, optimizer, fingerpri
              "grad_scaler": scaler.state_dict() if scaler is not None else None}
     (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
     old = folder.with_name(folder.name + ".old")
+    _remove_flat_dir(old)  # left over by a crash between the renames below
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)
-    if old.exists():
-        for f in old.iterdir():
+    _remove_flat_dir(old)
+
+
+def _remove_flat_dir(folder: Path) -> None:
+    if folder.is_dir():
+        for f in folder.iterdir():
             f.unlink()
-        old.rmdir()
+        folder.rmdir()
 
 
 def _load_checkpoint(folder: Path, params: dict, optimizer, fingerprint: str, scaler=None) -> tuple[int, list]:
@@ -329,8 +334,9 @@ class DreamBoothAttack:
     def run(self, images, out_dir: str | Path, *, progress: ProgressFn = None, should_stop: StopFn = None,
             class_progress: ProgressFn = None, resume: bool = True) -> AttackResult:
         """Attack with ``images`` (B×3×H×W in [0, 1] or paths) and write everything under ``out_dir``:
-        ``checkpoint/`` (resumable state), ``model/`` (diffusers folder), ``lora.safetensors`` (LoRA mode,
-        kohya/ComfyUI format), ``attack.json``. ``progress(step, total, loss)`` after every step; ``should_stop``
+        ``checkpoint/`` (resumable state), ``model/`` (diffusers folder) and ``lora.safetensors`` (LoRA mode,
+        kohya/ComfyUI format) once finished, ``attack.json``. A finished run found in ``out_dir`` is loaded, not
+        repeated; a larger ``max_train_steps`` continues it. ``progress(step, total, loss)`` after every step; ``should_stop``
         (callable or Event) ends the run early with a checkpoint saved and ``completed=False``.
         """
         cfg = self.config
@@ -358,8 +364,9 @@ class DreamBoothAttack:
             class_moments, generated = _latent_moments(model, cls.images), cls.generated
 
         params = _set_grad_targets(model, cfg)
-        if cfg.gradient_checkpointing:
-            model.enable_gradient_checkpointing(True)
+        if cfg.gradient_checkpointing:  # on the copies only (the VAE is shared with the base model)
+            model.unet.enable_gradient_checkpointing()
+            model.text_encoder.gradient_checkpointing_enable()
         optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.learning_rate,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
                                       eps=cfg.adam_epsilon)
@@ -434,10 +441,11 @@ class DreamBoothAttack:
                 _save_checkpoint(ckpt, step, params, optimizer, fingerprint, losses, scaler)
         _save_checkpoint(ckpt, step, params, optimizer, fingerprint, losses, scaler)
         if cfg.gradient_checkpointing:
-            model.enable_gradient_checkpointing(False)
+            model.unet.disable_gradient_checkpointing()
+            model.text_encoder.gradient_checkpointing_disable()
 
         result = AttackResult(model, out_dir, step, not stopped, losses, class_images_generated=generated)
-        if cfg.mode == "lora":
+        if cfg.mode == "lora" and result.completed:
             result.lora_path, model = self._export_lora(model, out_dir)
             result.surrogate = model
         model.freeze()
