@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("protect", "compress", "convert", "info", "demo", "comfyui_demo_assets", "app", "attack", "train")
+COMMANDS = ("protect", "compress", "convert", "info", "demo", "comfyui_demo_assets", "app", "attack", "train", "evaluate")
 
 BUDGET_UNITS = ("Budgets are L-infinity bounds in grey levels on the 0-255 scale: 8 means no pixel moves by more "
                 "than 8/255 (the paper's noise_budget=16 on [-1, 1]).")

@@ -1,0 +1,377 @@
+"""Reports of a protocol run (:mod:`gapdiff_core.evaluation`): JSON, Markdown in the paper's layout, and one
+self-contained HTML page (images embedded as base64 PNG, plots as inline SVG; no external files or scripts).
+
+Directions as in the paper's tables: FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓ (the arrow points to stronger protection).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+METRICS = (("fdfr", "FDFR↑"), ("ism", "ISM↓"), ("brisque", "BRISQUE↑"), ("serfiq", "SER-FIQ↓"))
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+DEMO_BANNER = ("DEMO ON A TOY MODEL: the diffusion model is the tiny built-in random model and/or the generator is a "
+               "demo generator trained for about a minute against it. These numbers and images show how the "
+               "protocol runs; they say NOTHING about protection of real photos.")
+
+
+# ---------------------------------------------------------------- aggregation
+def _mean(values):
+    vals = [v for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def aggregate(results: dict) -> list[dict]:
+    """One row per (method, transform): metrics per prompt and their mean, averaged over identities; fidelity of
+    the protected photos (and after the transform) vs the clean ones."""
+    groups: dict = {}
+    for run in results["runs"]:
+        groups.setdefault((run["method"], run["transform"]), []).append(run)
+    rows = []
+    for (method, transform), runs in groups.items():
+        per_prompt = {p: {k: _mean(r["metrics"].get(p, {}).get(k) for r in runs) for k, _ in METRICS}
+                      for p in results["prompts"]}
+        rows.append({
+            "method": method, "transform": transform, "budget": runs[0]["budget"],
+            "method_spec": runs[0]["method_spec"], "identities": [r["identity"] for r in runs],
+            "per_prompt": per_prompt,
+            "mean": {k: _mean(r["mean"].get(k) for r in runs) for k, _ in METRICS},
+            "psnr_db": _mean(r["fidelity"].get("psnr_db") for r in runs),
+            "ssim": _mean(r["fidelity"].get("ssim") for r in runs),
+            "linf": max((r["fidelity"].get("linf_grey_levels") or 0.0) for r in runs),
+            "psnr_after_transform_db": _mean(r["fidelity_after_transform"].get("psnr_db") for r in runs),
+        })
+    return rows
+
+
+def jpeg_quality(spec: str) -> Optional[int]:
+    """'jpeg:70' -> 70; 'none' -> 100 (plotted at the right end, labelled 'none'); anything else -> None."""
+    if spec == "none":
+        return 100
+    name, _, arg = spec.partition(":")
+    if name == "jpeg":
+        return int(arg) if arg else 75
+    return None
+
+
+def _fmt(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–" if v is None else ("∞" if v > 0 else "-∞")
+    return f"{v:.{digits}f}"
+
+
+# ---------------------------------------------------------------- JSON / Markdown
+def json_report(results: dict) -> str:
+    return json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False, default=str)
+
+
+def markdown_report(results: dict) -> str:
+    """The paper's layout: rows method × transform, column groups per prompt (FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓)."""
+    rows = aggregate(results)
+    prompts = results["prompts"]
+    lines = [f"# {results.get('title', 'gapdiff evaluation')}" + (" — DEMO on a toy model" if results["is_demo"] else ""), ""]
+    if results["is_demo"]:
+        lines += [f"> **{DEMO_BANNER}**", ""]
+    lines += ["Prompts: " + "; ".join(f"P{i + 1} = “{p}”" for i, p in enumerate(prompts)), "",
+              "Arrows point to stronger protection. Values are averaged over identities"
+              f" ({', '.join(sorted({r['identity'] for r in results['runs']}))}).", ""]
+    head = ["Method", "Transform"] + [f"P{i + 1} {name}" for i in range(len(prompts)) for _, name in METRICS] + \
+           [f"mean {name}" for _, name in METRICS]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], r["transform"]]
+        cells += [_fmt(r["per_prompt"][p][k]) for p in prompts for k, _ in METRICS]
+        cells += [_fmt(r["mean"][k]) for k, _ in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Visibility of the protection (protected vs clean photos)", "",
+              "| Method | Transform | PSNR (dB) | SSIM | L∞ (grey levels) | PSNR after transform (dB) |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['transform']} | {_fmt(r['psnr_db'], 2)} | {_fmt(r['ssim'], 4)} | "
+                     f"{_fmt(r['linf'], 1)} | {_fmt(r['psnr_after_transform_db'], 2)} |")
+    lines += ["", "## Setup", ""] + [f"- {k}: {v}" for k, v in _setup_items(results)]
+    lines += ["", "## Backends", ""] + [f"- {k}: {v}" for k, v in _backends(results).items()]
+    lines += ["", "## Packages", "", ", ".join(f"{k} {v}" for k, v in
+                                              results["environment"]["packages"].items() if v)]
+    if results["is_demo"]:
+        lines += ["", f"*{DEMO_BANNER}*"]
+    return "\n".join(lines) + "\n"
+
+
+def _setup_items(results: dict) -> list[tuple[str, str]]:
+    c, a, g = results["config"], results["attack_config"], results["generation_config"]
+    t = results["timing"]
+    base = next((r.get("base_model") for r in results["runs"] if r.get("base_model")), c["model"])
+    return [("diffusion model", f"{base}" + (" (toy model, random weights)" if results["is_demo"] else "")),
+            ("attack", f"preset {a.get('preset')} ({a['mode']}, {a['max_train_steps']} steps, lr {a['learning_rate']}, "
+                       f"resolution {a.get('resolution') or 'model default'}, {a['num_class_images']} class images)"),
+            ("generation", f"{g['images_per_prompt']} images per prompt, {g['steps']} {g['scheduler']} steps, "
+                           f"guidance {g['guidance_scale']}, seed {g['seed']}"),
+            ("budgets", ", ".join(f"{b:g}" for b in c["budgets"]) + " grey levels (0–255 scale)"),
+            ("methods", ", ".join(c["methods"])), ("transforms", ", ".join(c["transforms"])),
+            ("wall time", f"{t['total_seconds']:.1f} s (computed stages: " + ", ".join(
+                f"{k} {v:.1f} s" for k, v in t["computed_seconds"].items()) + ")")]
+
+
+def _backends(results: dict) -> dict:
+    out = {}
+    for r in results["runs"]:
+        out.update(r.get("backends") or {})
+        fid = r["fidelity"].get("backend")
+        if fid:
+            out["fidelity"] = fid
+    return out
+
+
+# ---------------------------------------------------------------- SVG plots
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
+
+
+def svg_line_chart(series: dict, title: str, xlabel: str, ylabel: str, *, width: int = 360, height: int = 240,
+                   xtick_labels: Optional[dict] = None) -> str:
+    """An inline SVG line chart: ``series`` maps a label to [(x, y), ...] (points with y None are skipped)."""
+    pts = [(x, y) for s in series.values() for x, y in s if y is not None and math.isfinite(y)]
+    ml, mr, mt, mb = 52, 12, 26, 58
+    pw, ph = width - ml - mr, height - mt - mb
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+           f'<text x="{width / 2}" y="16" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>']
+    if not pts:
+        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no data</text></svg>')
+        return "".join(out)
+    xs = sorted({x for x, _ in pts})
+    x0, x1 = (xs[0] - 1, xs[0] + 1) if len(xs) == 1 else (xs[0], xs[-1])
+    y0, y1 = min(y for _, y in pts), max(y for _, y in pts)
+    pad = (y1 - y0) * 0.1 or max(abs(y0) * 0.1, 0.05)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def px(x):
+        return ml + (x - x0) / (x1 - x0) * pw
+
+    def py(y):
+        return mt + (1 - (y - y0) / (y1 - y0)) * ph
+
+    out.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#888"/>')
+    for t in _ticks(y0, y1):
+        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#ddd"/>'
+                   f'<text x="{ml - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{t:.3g}</text>')
+    for x in xs:
+        label = (xtick_labels or {}).get(x, f"{x:g}")
+        out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#888"/>'
+                   f'<text x="{px(x):.1f}" y="{mt + ph + 15}" text-anchor="middle">{html.escape(label)}</text>')
+    out.append(f'<text x="{ml + pw / 2}" y="{mt + ph + 30}" text-anchor="middle">{html.escape(xlabel)}</text>')
+    out.append(f'<text x="12" y="{mt + ph / 2}" text-anchor="middle" transform="rotate(-90 12 {mt + ph / 2})">'
+               f'{html.escape(ylabel)}</text>')
+    for i, (label, s) in enumerate(series.items()):
+        color = COLORS[i % len(COLORS)]
+        good = sorted((x, y) for x, y in s if y is not None and math.isfinite(y))
+        if len(good) > 1:
+            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in good)
+            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
+        out += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{color}"/>' for x, y in good]
+        lx = ml + (i % 2) * (pw / 2)
+        ly = mt + ph + 44 + (i // 2) * 13
+        out.append(f'<rect x="{lx:.1f}" y="{ly - 8:.1f}" width="10" height="10" fill="{color}"/>'
+                   f'<text x="{lx + 14:.1f}" y="{ly + 1:.1f}">{html.escape(label[:34])}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def robustness_plots(rows: list[dict]) -> list[str]:
+    """Each metric (mean over prompts) and PSNR vs JPEG quality, one line per method (the paper's figure)."""
+    jrows = [r for r in rows if jpeg_quality(r["transform"]) is not None]
+    if len({jpeg_quality(r["transform"]) for r in jrows}) < 2:
+        return []
+    labels = {100: "none"} if any(r["transform"] == "none" for r in jrows) else {}
+    plots = []
+    for key, name in METRICS + (("psnr_after_transform_db", "PSNR vs clean (dB)"),):
+        series: dict = {}
+        for r in jrows:
+            y = r[key] if key.startswith("psnr") else r["mean"][key]
+            series.setdefault(r["method"], []).append((jpeg_quality(r["transform"]), y))
+        plots.append(svg_line_chart(series, f"{name} vs JPEG quality", "JPEG quality", name, xtick_labels=labels))
+    return plots
+
+
+def budget_plots(rows: list[dict]) -> list[str]:
+    """Each metric vs budget, one line per method × transform (only when several budgets were run)."""
+    brows = [r for r in rows if r["budget"] is not None]
+    if len({r["budget"] for r in brows}) < 2:
+        return []
+    plots = []
+    for key, name in METRICS + (("psnr_db", "PSNR (dB)"),):
+        series: dict = {}
+        for r in brows:
+            y = r[key] if key.startswith("psnr") else r["mean"][key]
+            series.setdefault(f"{r['method_spec'].split('/')[-1]} | {r['transform']}", []).append((r["budget"], y))
+        plots.append(svg_line_chart(series, f"{name} vs budget", "budget (grey levels)", name))
+    return plots
+
+
+# ---------------------------------------------------------------- images
+def _resolve(path: str, base_dir: Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else base_dir / p
+
+
+def _load_rgb(path: Path):
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        return ImageOps.exif_transpose(im).convert("RGB")
+
+
+def _png_data_uri(im, max_side: int) -> str:
+    from PIL import Image
+
+    im = im.copy()
+    im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img_tag(im, caption: str, max_side: int = 150) -> str:
+    return (f'<figure><img src="{_png_data_uri(im, max_side)}" alt="{html.escape(caption)}">'
+            f'<figcaption>{html.escape(caption)}</figcaption></figure>')
+
+
+def amplified_perturbation(clean, protected, budget: Optional[float]):
+    """(protected − clean) mapped to the full grey range: ±budget -> 0/255 around mid-grey."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(protected, dtype=np.float32) - np.asarray(clean, dtype=np.float32)
+    scale = 127.5 / max(float(budget or 0) or float(np.abs(a).max()) or 1.0, 1.0)
+    return Image.fromarray(np.clip(127.5 + a * scale, 0, 255).astype(np.uint8))
+
+
+def image_grids(results: dict, base_dir: Path, max_photos: int = 2, max_generated: int = 4) -> str:
+    """Per identity and method: clean / protected / perturbation amplified / after each transform, then the
+    images generated by the model attacked with them (first prompt), per transform."""
+    parts = []
+    by_ident: dict = {}
+    for r in results["runs"]:
+        by_ident.setdefault(r["identity"], {}).setdefault(r["method"], []).append(r)
+    for ident, methods in by_ident.items():
+        parts.append(f"<h3>Identity: {html.escape(ident)}</h3>")
+        for method, runs in methods.items():
+            imgs = runs[0]["images"]
+            parts.append(f"<h4>{html.escape(method)}</h4><div class='grid'>")
+            for i, (c, p) in enumerate(zip(imgs["clean"][:max_photos], imgs["protected"][:max_photos])):
+                try:
+                    clean, prot = _load_rgb(_resolve(c, base_dir)), _load_rgb(_resolve(p, base_dir))
+                except OSError as e:
+                    parts.append(f"<p>missing image: {html.escape(str(e))}</p>")
+                    continue
+                parts.append(_img_tag(clean, f"clean #{i + 1}"))
+                parts.append(_img_tag(prot, f"protected #{i + 1}"))
+                if clean.size == prot.size and runs[0]["budget"] is not None:
+                    parts.append(_img_tag(amplified_perturbation(clean, prot, runs[0]["budget"]),
+                                          f"perturbation ×{127.5 / max(runs[0]['budget'], 1):.0f}"))
+                for r in runs:
+                    if r["transform"] != "none":
+                        t = _resolve(r["images"]["transformed"][i], base_dir)
+                        if t.is_file():
+                            parts.append(_img_tag(_load_rgb(t), f"after {r['transform']}"))
+            parts.append("</div>")
+            for r in runs:
+                gen = r["images"]["generated"]
+                prompt = next(iter(gen), None)
+                if prompt is None:
+                    continue
+                parts.append(f"<p class='cap'>Generated after DreamBooth on the {html.escape(method)} photos, "
+                             f"transform {html.escape(r['transform'])} — “{html.escape(prompt)}”:</p>"
+                             "<div class='grid'>")
+                for j, g in enumerate(gen[prompt][:max_generated]):
+                    gp = _resolve(g, base_dir)
+                    if gp.is_file():
+                        parts.append(_img_tag(_load_rgb(gp), f"sample {j + 1}", 128))
+                parts.append("</div>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- HTML
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1240px;color:#222}
+.demo{background:#fff3cd;border:2px solid #e0a800;padding:10px 14px;font-weight:bold;margin:12px 0}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}
+th{background:#eee}td.l,th.l{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:6px}
+figure{margin:0;text-align:center}figure img{display:block;border:1px solid #ccc;image-rendering:auto}
+figcaption{font-size:11px;color:#555}.plots{display:flex;flex-wrap:wrap;gap:12px}.cap{font-size:13px;margin:6px 0 2px}
+code{font-size:12px}"""
+
+
+def html_report(results: dict, base_dir: str | Path) -> str:
+    """One self-contained page: tables, plots (inline SVG) and image grids (base64 PNG)."""
+    base_dir = Path(base_dir)
+    rows = aggregate(results)
+    prompts = results["prompts"]
+    demo = results["is_demo"]
+    title = results.get("title", "gapdiff evaluation") + (" — DEMO on a toy model" if demo else "")
+    e = html.escape
+    banner = f"<div class='demo'>{e(DEMO_BANNER)}</div>" if demo else ""
+    h = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
+         f"<style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>", banner,
+         "<p>Anti-DreamBooth protocol: protect set_B → transform → DreamBooth attack → generate → metrics against "
+         "the clean set_C. Arrows point to stronger protection; values are averaged over identities.</p>",
+         "<h2>Results per prompt</h2><table><tr><th class='l' rowspan='2'>Method</th>"
+         "<th class='l' rowspan='2'>Transform</th>"]
+    for i, p in enumerate(prompts):
+        h.append(f"<th colspan='4' title='{e(p)}'>P{i + 1}: {e(p)}</th>")
+    h.append("<th colspan='4'>mean</th></tr><tr>" + "".join(f"<th>{e(n)}</th>" for _, n in METRICS) *
+             (len(prompts) + 1) + "</tr>")
+    for r in rows:
+        h.append(f"<tr><td class='l'>{e(r['method'])}</td><td class='l'>{e(r['transform'])}</td>" +
+                 "".join(f"<td>{_fmt(r['per_prompt'][p][k])}</td>" for p in prompts for k, _ in METRICS) +
+                 "".join(f"<td><b>{_fmt(r['mean'][k])}</b></td>" for k, _ in METRICS) + "</tr>")
+    h.append("</table><h2>Visibility of the protection</h2><table><tr><th class='l'>Method</th>"
+             "<th class='l'>Transform</th><th>PSNR (dB)</th><th>SSIM</th><th>L∞ (grey levels)</th>"
+             "<th>PSNR after transform (dB)</th></tr>")
+    for r in rows:
+        h.append(f"<tr><td class='l'>{e(r['method'])}</td><td class='l'>{e(r['transform'])}</td>"
+                 f"<td>{_fmt(r['psnr_db'], 2)}</td><td>{_fmt(r['ssim'], 4)}</td><td>{_fmt(r['linf'], 1)}</td>"
+                 f"<td>{_fmt(r['psnr_after_transform_db'], 2)}</td></tr>")
+    h.append("</table>")
+    rob, bud = robustness_plots(rows), budget_plots(rows)
+    if rob:
+        h.append("<h2>Robustness to JPEG (mean over prompts)</h2>" + banner.replace("class='demo'", "class='demo' "
+                 "style='font-size:12px'") + f"<div class='plots'>{''.join(rob)}</div>")
+    if bud:
+        h.append(f"<h2>Metrics vs budget</h2><div class='plots'>{''.join(bud)}</div>")
+    h.append("<h2>Images</h2>" + image_grids(results, base_dir))
+    h.append("<h2>Setup</h2><ul>" + "".join(f"<li><b>{e(k)}</b>: {e(str(v))}</li>" for k, v in _setup_items(results))
+             + "</ul><h2>Backends</h2><ul>" + "".join(f"<li><b>{e(k)}</b>: {e(str(v))}</li>"
+                                                       for k, v in _backends(results).items()) + "</ul>")
+    env = results["environment"]
+    h.append("<h2>Environment</h2><p><code>" + e(f"Python {env['python']} on {env['platform']}; " + ", ".join(
+        f"{k} {v}" for k, v in env["packages"].items() if v)) + "</code></p>")
+    h.append(banner + "</body></html>")
+    return "\n".join(h)
+
+
+def write_reports(results: dict, out_dir: str | Path, base_dir: str | Path | None = None,
+                  stem: str = "report") -> dict:
+    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.html`` into ``out_dir``; image paths in ``results``
+    are relative to ``base_dir`` (default ``out_dir``). Returns the three paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md", "html": out_dir / f"{stem}.html"}
+    texts = {"json": json_report(results), "md": markdown_report(results),
+             "html": html_report(results, Path(base_dir) if base_dir else out_dir)}
+    for k, p in paths.items():
+        tmp = p.with_name(f".{p.name}.tmp")
+        tmp.write_text(texts[k], encoding="utf-8")
+        tmp.replace(p)
+    return paths
