@@ -205,7 +205,7 @@ def _scale16(a: np.ndarray) -> np.ndarray:
 def _decode_pixels(im: Image.Image, path: Path, notes: list[str], bit_depth: int):
     """(rgb, alpha) as uint8 arrays; loads `im` (so truncation is always checked)."""
     mode = im.mode
-    tile_args = im.tile[0].args if len(im.tile) == 1 else None  # load() clears the tile list
+    tile_args = im.tile[0][3] if len(im.tile) == 1 else None  # load() clears the tile list; [3]: Pillow < 11 too
     _load_pixels(im, path)
     if bit_depth == 16 and mode in ("RGB", "RGBA"):
         return _decode_png16(im, path, notes, tile_args)
@@ -287,7 +287,8 @@ def _decode_png_variant(path: Path, rawmode: str) -> np.ndarray:
     with im:
         if len(im.tile) != 1:
             raise ImageError(f"{path}: unexpected PNG layout")
-        im.tile = [im.tile[0]._replace(args=rawmode)]
+        name, extents, offset, _ = im.tile[0]
+        im.tile = [(name, extents, offset, rawmode)]
         _load_pixels(im, path)
         return np.asarray(im)
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import GeneratorInfo, load_generator
-from .generator import MIN_SIZE, SIZE_MULTIPLE, Generator
+from .generator import MIN_SIZE, SIZE_MULTIPLE, FoldedGenerator, Generator
 
 MODES = ("working", "native")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -125,8 +125,8 @@ class Protector:
         self.batch_size = 1 if official_mode else max(1, batch_size)
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
         self.dtype = PRECISIONS[self.precision]
-        model = copy.deepcopy(generator) if official_mode else generator
-        self.model = model.to(self.device, self.dtype).train(official_mode)
+        model = copy.deepcopy(generator).train() if official_mode else FoldedGenerator(generator)
+        self.model = model.to(self.device, self.dtype)
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
 

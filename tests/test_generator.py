@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from gapdiff_core import CheckpointError, Generator, GeneratorInfo, load_generator, save_generator
-from gapdiff_core.generator import Discriminator, generator_flops
+from gapdiff_core.generator import Discriminator, FoldedGenerator, generator_flops
 
 
 def official_forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
@@ -166,3 +166,10 @@ def test_discriminator_official_keys_and_logit():
     d = Discriminator()
     assert set(d.state_dict()) >= {"conv_init.weight", "conv.weight", "bn.running_mean", "linear.weight"}
     assert d(torch.rand(2, 3, 64, 64)).shape == (2, 1)
+
+
+def test_folded_generator_computes_the_same_function(official_pth):
+    g = load_generator(official_pth[0])
+    x = torch.rand(1, 3, 512, 768) * 2 - 1
+    with torch.no_grad():
+        assert (FoldedGenerator(g)(x) - g(x)).abs().max().item() < 1e-4
