@@ -213,7 +213,11 @@ def resolve_method(spec: str, budget: float) -> Method:
 
 # ---------------------------------------------------------------- stage cache
 class StageCache:
-    """``root/<stage>/<key>/`` folders; a stage is finished when its ``stage.json`` exists (written last)."""
+    """``root/<stage>/<key>/`` folders; a stage is finished when its ``stage.json`` exists (written last).
+
+    Each finished stage gets a fresh ``run_id`` and records its parent's; a stage whose parent was recomputed
+    (say, its cache folder deleted) no longer matches and is recomputed too.
+    """
 
     def __init__(self, root: str | Path, on_compute: Optional[Callable[[str, str], None]] = None):
         self.root = Path(root)
@@ -225,17 +229,23 @@ class StageCache:
     def folder(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def load(self, stage: str, key: str) -> Optional[dict]:
+    def load(self, stage: str, key: str, parent: Optional[dict] = None) -> Optional[dict]:
         f = self.folder(stage, key) / "stage.json"
         if not f.is_file():
             return None
         try:
-            return json.loads(f.read_text(encoding="utf-8"))
+            rec = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return None
+        if parent is not None and rec.get("parent_run_id") != parent.get("run_id"):
+            return None  # made from an older run of its parent
+        return rec
 
-    def finish(self, stage: str, key: str, config: dict, info: dict) -> dict:
-        record = {"stage": stage, "key": key, "config": config, **info}
+    def finish(self, stage: str, key: str, config: dict, info: dict, parent: Optional[dict] = None) -> dict:
+        import uuid
+
+        record = {"stage": stage, "key": key, "config": config, "run_id": uuid.uuid4().hex,
+                  "parent_run_id": parent.get("run_id") if parent else None, **info}
         folder = self.folder(stage, key)
         tmp = folder / ".stage.json.tmp"
         tmp.write_text(json.dumps(_jsonable(record), indent=2), encoding="utf-8")
@@ -385,7 +395,7 @@ class ProtocolRunner:
         prec, pfolder = protect
         cfg = {"parent": prec["key"], "transform": spec}
         key = self.cache.key("transform", cfg)
-        rec = self.cache.load("transform", key)
+        rec = self.cache.load("transform", key, prec)
         folder = self.cache.folder("transform", key)
         if rec is None:
             from .imageio import load_image
@@ -399,7 +409,7 @@ class ProtocolRunner:
             clean = [load_image(p).tensor() for p in prec["clean"]]
             rec = self.cache.finish("transform", key, cfg, {
                 "files": names, "transform": spec, "fidelity": _fidelity_of(_load_pngs(folder, names), clean),
-                "seconds": self._timed("transform", t0)})
+                "seconds": self._timed("transform", t0)}, prec)
         return rec, folder
 
     def stage_attack(self, transformed: tuple[dict, Path]) -> tuple[dict, Path, object]:
@@ -407,7 +417,7 @@ class ProtocolRunner:
         acfg = self.attack_config()
         cfg = {"parent": trec["key"], **self._model_key(), "attack": acfg.to_dict()}
         key = self.cache.key("attack", cfg)
-        rec = self.cache.load("attack", key)
+        rec = self.cache.load("attack", key, trec)
         folder = self.cache.folder("attack", key)
         model = None
         if rec is None:
@@ -427,7 +437,7 @@ class ProtocolRunner:
                 "lora": result.lora_path.name if result.lora_path else None,
                 "model_dir": result.model_dir.name if result.model_dir else None,
                 "base_model": self.base.name, "is_demo": bool(self.base.is_demo),
-                "seconds": self._timed("attack", t0)})
+                "seconds": self._timed("attack", t0)}, trec)
         return rec, folder, model
 
     def _reload_attacked(self, rec: dict, folder: Path):
@@ -463,7 +473,7 @@ class ProtocolRunner:
         gcfg = self.generation_config()
         cfg = {"parent": arec["key"], "generation": gcfg.to_dict()}
         key = self.cache.key("generate", cfg)
-        rec = self.cache.load("generate", key)
+        rec = self.cache.load("generate", key, arec)
         folder = self.cache.folder("generate", key)
         if rec is None:
             from .attack import TqdmProgress, generate
@@ -479,7 +489,8 @@ class ProtocolRunner:
             files = {p: [] for p in gcfg.prompts}
             for p, s in zip(out.prompts, out.seeds):
                 files[p].append(f"{prompt_folder_name(p)}/{s:06d}.png")
-            rec = self.cache.finish("generate", key, cfg, {"files": files, "seconds": self._timed("generate", t0)})
+            rec = self.cache.finish("generate", key, cfg, {"files": files, "seconds": self._timed("generate", t0)},
+                                    arec)
         return rec, folder
 
     def reference_embedding(self, ident: Identity):
@@ -505,7 +516,7 @@ class ProtocolRunner:
                "detector": c.detector, "embedder": c.embedder, "threshold": c.threshold, "serfiq_T": c.serfiq_T,
                "seed": c.seed}
         key = self.cache.key("metrics", cfg)
-        rec = self.cache.load("metrics", key)
+        rec = self.cache.load("metrics", key, grec)
         if rec is None:
             from .metrics import evaluate_images
 
@@ -521,7 +532,7 @@ class ProtocolRunner:
                 per_prompt[prompt] = summarize_metrics(m)
             rec = self.cache.finish("metrics", key, cfg, {"per_prompt": per_prompt, "mean": mean_metrics(per_prompt),
                                                           "backends": backends,
-                                                          "seconds": self._timed("metrics", t0)})
+                                                          "seconds": self._timed("metrics", t0)}, grec)
         return rec
 
     # ------------------------------------------------------------ everything
