@@ -180,3 +180,19 @@ def test_bad_config_fails_early(generator_path):
         ProtocolConfig(transforms=["sharpen"])
     with pytest.raises(FileNotFoundError):
         resolve_method("missing.safetensors", 8.0)
+
+
+def test_protocol_run_writes_all_three_reports(finished):
+    import re
+
+    from gapdiff_core.report import write_reports
+
+    out, results, _ = finished
+    paths = write_reports(results, out)
+    page = paths["html"].read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page)
+    assert page.count('src="data:image/png;base64,') >= 8 and "<svg" in page and "JPEG quality" in page
+    assert "DEMO ON A TOY MODEL" in page
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "| none | jpeg:50 |" in md and "P2 SER-FIQ↓" in md and "DEMO" in md
+    assert json.loads(paths["json"].read_text(encoding="utf-8"))["environment"]["packages"]["torch"]

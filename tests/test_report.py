@@ -1,0 +1,109 @@
+"""Reports from a synthetic protocol result: Markdown layout, self-contained HTML, SVG plots, labels."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gapdiff_core.report import (aggregate, amplified_perturbation, html_report, jpeg_quality, markdown_report,
+                                 svg_line_chart, write_reports)
+
+PROMPTS = ["a photo of sks person", "a dslr portrait of sks person"]
+
+
+def _results(tmp_path, budgets=(8.0,), transforms=("none", "jpeg:70", "jpeg:30"), demo=True) -> dict:
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (40, 32, 3), dtype=np.uint8)
+    Image.fromarray(clean).save(tmp_path / "clean.png")
+    runs = []
+    for method, budget in [("none", None)] + [(f"G @{b:g}", b) for b in budgets]:
+        delta = 0 if budget is None else int(budget)
+        prot = np.clip(clean.astype(int) + rng.integers(-delta, delta + 1, clean.shape), 0, 255).astype(np.uint8)
+        pname = f"prot_{delta}.png"
+        Image.fromarray(prot).save(tmp_path / pname)
+        for t in transforms:
+            q = jpeg_quality(t)
+            gname = f"gen_{delta}_{q}.png"
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / gname)
+            score = {"fdfr": 0.1 + delta / 100 + (100 - q) / 1000, "ism": 0.6 - delta / 100, "brisque": 20 + delta,
+                     "serfiq": 0.7, "n_images": 1, "n_faces": 1}
+            runs.append({
+                "identity": "p1", "method": method, "method_spec": "none" if budget is None else "G.safetensors",
+                "method_kind": "none" if budget is None else "generator", "budget": budget, "transform": t,
+                "method_is_demo": demo, "model_is_demo": demo, "base_model": "tiny (seed 0)",
+                "fidelity": {"psnr_db": None if budget is None else 40 - delta, "ssim": 0.99,
+                             "linf_grey_levels": float(delta), "backend": "torch"},
+                "fidelity_after_transform": {"psnr_db": 30 + q / 10},
+                "metrics": {p: dict(score) for p in PROMPTS}, "mean": dict(score),
+                "backends": {"detector": "yunet", "embedder": "sface", "brisque": "brisque 0.0.x"},
+                "images": {"clean": ["clean.png"], "protected": [pname], "transformed": [pname],
+                           "references": ["clean.png"], "generated": {PROMPTS[0]: [gname], PROMPTS[1]: [gname]}},
+            })
+    return {"title": "gapdiff evaluation", "is_demo": demo, "prompts": PROMPTS, "runs": runs,
+            "config": {"model": "tiny", "budgets": list(budgets), "methods": ["none", "G.safetensors"],
+                       "transforms": list(transforms)},
+            "attack_config": {"preset": "tiny-lora", "mode": "lora", "max_train_steps": 2, "learning_rate": 5e-3,
+                              "resolution": 32, "num_class_images": 1},
+            "generation_config": {"images_per_prompt": 1, "steps": 1, "scheduler": "ddim", "guidance_scale": 7.5,
+                                  "seed": 0},
+            "timing": {"total_seconds": 1.0, "computed_seconds": {"attack": 0.5}},
+            "environment": {"python": "3", "platform": "x", "packages": {"torch": "2"}}}
+
+
+def test_markdown_has_paper_layout_and_demo_label(tmp_path):
+    md = markdown_report(_results(tmp_path))
+    header = next(line for line in md.splitlines() if line.startswith("| Method"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[:6] == ["Method", "Transform", "P1 FDFR↑", "P1 ISM↓", "P1 BRISQUE↑", "P1 SER-FIQ↓"]
+    assert len(cols) == 2 + 4 * (len(PROMPTS) + 1)
+    rows = [line for line in md.splitlines() if line.startswith("| G @8 |")]
+    assert len(rows) == 6 and "| G @8 | jpeg:30 | 0.250 | 0.520 | 28.000 | 0.700 |" in md
+    assert "DEMO ON A TOY MODEL" in md
+    assert "DEMO" not in markdown_report(_results(tmp_path, demo=False))
+
+
+def test_html_is_self_contained_with_images_and_plots(tmp_path):
+    results = _results(tmp_path, budgets=(4.0, 8.0))
+    page = html_report(results, tmp_path)
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:|[^"'d][^"']*\.(png|jpg|js|css))""", page)
+    assert "<script" not in page
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) >= 6
+    assert "vs JPEG quality" in page and "vs budget" in page and page.count("<svg") >= 10
+    assert page.count("DEMO ON A TOY MODEL") >= 2
+    assert "perturbation" in page
+
+
+def test_aggregate_averages_identities(tmp_path):
+    results = _results(tmp_path)
+    twin = json.loads(json.dumps(results["runs"][0]))
+    twin["identity"] = "p2"
+    for m in list(twin["metrics"].values()) + [twin["mean"]]:
+        m["ism"] = 0.2
+    results["runs"].append(twin)
+    row = next(r for r in aggregate(results) if r["method"] == "none" and r["transform"] == "none")
+    assert row["identities"] == ["p1", "p2"] and row["mean"]["ism"] == pytest.approx(0.4)
+
+
+def test_svg_chart_draws_each_series():
+    svg = svg_line_chart({"a": [(30, 0.1), (70, 0.2), (100, 0.4)], "b": [(30, None), (70, 0.3)]},
+                         "FDFR vs JPEG quality", "JPEG quality", "FDFR", xtick_labels={100: "none"})
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert svg.count("<polyline") == 1 and svg.count("<circle") == 4 and ">none<" in svg
+    assert "no data" in svg_line_chart({"a": [(1, None)]}, "t", "x", "y")
+
+
+def test_amplified_perturbation_maps_budget_to_full_range():
+    clean = Image.fromarray(np.full((4, 4, 3), 100, np.uint8))
+    prot = Image.fromarray(np.full((4, 4, 3), 108, np.uint8))
+    amp = np.asarray(amplified_perturbation(clean, prot, 8.0))
+    assert amp.min() == 255
+
+
+def test_write_reports_writes_three_files(tmp_path):
+    paths = write_reports(_results(tmp_path), tmp_path / "out", base_dir=tmp_path)
+    assert json.loads(paths["json"].read_text(encoding="utf-8"))["runs"]
+    assert paths["md"].read_text(encoding="utf-8").startswith("# ")
+    assert paths["html"].read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
