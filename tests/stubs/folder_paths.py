@@ -25,8 +25,8 @@ def reset(base: str) -> None:
     for key in ("checkpoints", "loras", "vae", "embeddings"):
         folder_names_and_paths[key] = ([os.path.join(models_dir, key)], set(supported_pt_extensions))
     folder_names_and_paths["diffusers"] = ([os.path.join(models_dir, "diffusers")], {"folder"})
-    for d in (input_directory, output_directory, temp_directory):
-        os.makedirs(d, exist_ok=True)
+    for d in (input_directory, output_directory, temp_directory, *(p[0][0] for p in folder_names_and_paths.values())):
+        os.makedirs(d, exist_ok=True)  # a ComfyUI checkout ships these folders
 
 
 def add_model_folder_path(folder_name: str, full_folder_path: str, is_default: bool = False) -> None:
