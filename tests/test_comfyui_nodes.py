@@ -27,6 +27,13 @@ INTERFACE = {
                            ("seed", "INT"), ("quantize_levels", "INT"), ("resize_short_side", "INT"),
                            ("resize_method", "COMBO")], [("image", "IMAGE")]),
     "GAPDiffLoadSurrogate": ([("model_name", "COMBO")], [("surrogate", "GAPDIFF_SURROGATE"), ("info", "STRING")]),
+    "GAPDiffDreamBoothAttack": ([("surrogate", "GAPDIFF_SURROGATE"), ("images", "IMAGE"), ("instance_prompt", "STRING"),
+                                 ("class_prompt", "STRING"), ("preset", "COMBO"), ("steps", "INT"),
+                                 ("resolution", "INT"), ("seed", "INT"), ("lora_name", "STRING")],
+                                [("attacked_model", "GAPDIFF_ATTACKED_MODEL"), ("info", "STRING")]),
+    "GAPDiffGenerate": ([("attacked_model", "GAPDIFF_ATTACKED_MODEL"), ("prompts", "STRING"), ("count", "INT"),
+                         ("steps", "INT"), ("guidance", "FLOAT"), ("seed", "INT"), ("scheduler", "COMBO")],
+                        [("images", "IMAGE")]),
     "GAPDiffEvaluateProtection": ([("generated", "IMAGE"), ("references", "IMAGE"), ("serfiq_passes", "INT")],
                                   [("fdfr", "FLOAT"), ("ism", "FLOAT"), ("brisque", "FLOAT"), ("serfiq", "FLOAT"),
                                    ("summary", "STRING")]),
@@ -241,6 +248,73 @@ def test_evaluate_explains_missing_faces(comfy):
                                                            serfiq_passes=4)
     fdfr, ism, brisque, serfiq, summary = out["result"]
     assert fdfr == 1.0 and math.isnan(ism) and "ISM     n/a" in summary
+
+
+@pytest.fixture
+def fast_presets(comfy, monkeypatch):
+    """The tiny presets with one 2-step class image (the attack itself runs for real)."""
+    import importlib
+
+    pack, *_ = comfy
+    presets = importlib.import_module(pack.__name__ + ".gapdiff_core.attack.presets").PRESETS
+    for name in ("tiny-lora", "tiny-full"):
+        monkeypatch.setitem(presets, name, {**presets[name], "num_class_images": 1, "class_steps": 2})
+    return presets
+
+
+def test_attack_presets_are_the_cores(comfy):
+    from gapdiff_core.attack import PRESETS
+
+    pack, *_ = comfy
+    options = pack.NODE_CLASS_MAPPINGS["GAPDiffDreamBoothAttack"].INPUT_TYPES()["required"]["preset"][0]
+    assert set(options) == set(PRESETS)
+    schedulers = pack.NODE_CLASS_MAPPINGS["GAPDiffGenerate"].INPUT_TYPES()["required"]["scheduler"][0]
+    from gapdiff_core.attack.generation import SCHEDULERS
+    assert tuple(schedulers) == SCHEDULERS
+
+
+def test_dreambooth_attack_saves_lora_and_generates(comfy, fast_presets):
+    pack, fp, utils, mm = comfy
+    calls = []
+    utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
+    with torch.inference_mode():  # ComfyUI runs every node in inference mode
+        surrogate, _ = run(pack, "GAPDiffLoadSurrogate", model_name="tiny_sd.safetensors")
+        attacked, info = run(pack, "GAPDiffDreamBoothAttack", surrogate=surrogate, images=faces(2, 80, 64),
+                             instance_prompt="a photo of sks person", class_prompt="a photo of person",
+                             preset="tiny-lora", steps=3, resolution=64, seed=0, lora_name="victim")
+        (images,) = run(pack, "GAPDiffGenerate", attacked_model=attacked, prompts="a photo of sks person\n\n"
+                        "a dslr portrait of sks person", count=2, steps=2, guidance=7.5, seed=0, scheduler="ddim")
+    utils.set_progress_bar_global_hook(None)
+    assert attacked.steps_done == 3 and attacked.completed
+    assert info.startswith("DEMO model") and "64 px" in info and "models/loras/victim.safetensors" in info
+    assert (Path(fp.models_dir) / "loras" / "victim.safetensors").stat().st_size > 0
+    assert (3, 3) in calls and calls[-1] == (4, 4)  # attack steps, then 2 prompts x 2 images
+    assert images.shape == (4, 64, 64, 3) and images.dtype == torch.float32 and images.device.type == "cpu"
+    assert not any(p.requires_grad for p in surrogate.unet.parameters())
+
+
+def test_dreambooth_attack_checks_its_inputs(comfy, fast_presets):
+    pack, *_ = comfy
+    cls = pack.NODE_CLASS_MAPPINGS["GAPDiffDreamBoothAttack"]
+    assert cls.VALIDATE_INPUTS(lora_name="") is True and cls.VALIDATE_INPUTS(lora_name="me") is True
+    assert "plain file name" in cls.VALIDATE_INPUTS(lora_name="../escape")
+    surrogate, _ = run(pack, "GAPDiffLoadSurrogate", model_name="tiny_sd.safetensors")
+    common = dict(surrogate=surrogate, images=faces(1), instance_prompt="a photo of sks person",
+                  class_prompt="a photo of person", steps=1, seed=0)
+    with pytest.raises(ValueError, match="only LoRA presets"):
+        run(pack, "GAPDiffDreamBoothAttack", preset="tiny-full", resolution=64, lora_name="x", **common)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        run(pack, "GAPDiffDreamBoothAttack", preset="tiny-lora", resolution=100, lora_name="", **common)
+
+
+def test_dreambooth_attack_stops_when_cancelled(comfy, fast_presets):
+    pack, fp, utils, mm = comfy
+    surrogate, _ = run(pack, "GAPDiffLoadSurrogate", model_name="tiny_sd.safetensors")
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        run(pack, "GAPDiffDreamBoothAttack", surrogate=surrogate, images=faces(1), instance_prompt="a photo of sks",
+            class_prompt="a photo of person", preset="tiny-lora", steps=50, resolution=64, seed=0, lora_name="")
+    assert not mm.processing_interrupted()
 
 
 def test_image_conversion_rejects_wrong_layout(comfy):
