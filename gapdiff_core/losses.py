@@ -92,12 +92,24 @@ def distance(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> tor
 
 def denoising_error(surrogate, x01: torch.Tensor, prompt_embeds: torch.Tensor, *, timesteps: Optional[torch.Tensor] = None,
                     weighting: str = "uniform", dist: str = "mse", snr_gamma: float = 5.0,
-                    official_uniform_noise: bool = False) -> torch.Tensor:
+                    official_uniform_noise: bool = False, sample_latents: bool = True,
+                    noise_samples: int = 1) -> torch.Tensor:
     """Per-sample w(t)·d(target, f_θ(x_t, t, c)) (shape [B]); differentiable w.r.t. ``x01`` and the UNet.
 
     Timesteps are drawn uniformly from [0, T) unless given; ε, t and the VAE sample use the global torch RNG.
+    ``sample_latents=False`` uses the VAE posterior mean instead of a sample (the same for SD's VAE, whose posterior
+    std is tiny; a lower-variance signal for the random tiny model, whose posterior std is ~1).
+    ``noise_samples`` > 1 averages that many (t, ε) draws per image through the UNet (one VAE pass): the same
+    expectation E_t,ε with a lower-variance estimate.
     """
-    latents = surrogate.encode_images(x01).float()
+    latents = surrogate.encode_images(x01, sample=sample_latents).float()
+    n = int(noise_samples)
+    if n > 1:
+        if timesteps is not None:
+            timesteps = timesteps.repeat_interleave(n)
+        if prompt_embeds.shape[0] == latents.shape[0]:
+            prompt_embeds = prompt_embeds.repeat_interleave(n, dim=0)
+        latents = latents.repeat_interleave(n, dim=0)
     b = latents.shape[0]
     sched = surrogate.scheduler
     if timesteps is None:
@@ -109,7 +121,8 @@ def denoising_error(surrogate, x01: torch.Tensor, prompt_embeds: torch.Tensor, *
         prompt_embeds = prompt_embeds.expand(b, -1, -1)
     pred = surrogate.predict(noisy, timesteps, prompt_embeds)
     target = diffusion_target(sched, latents, noise, timesteps)
-    return timestep_weights(sched, timesteps, weighting, snr_gamma) * distance(pred, target, dist)
+    per_draw = timestep_weights(sched, timesteps, weighting, snr_gamma) * distance(pred, target, dist)
+    return per_draw.view(-1, n).mean(1) if n > 1 else per_draw
 
 
 def adversarial_loss(surrogate, x01: torch.Tensor, prompt_embeds: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -171,14 +184,13 @@ def scheduled_weights(schedule: str, weights: LossWeights, progress: float, swit
 # ---------------------------------------------------------------- surrogate fine-tuning (DreamBooth, L_ft and L_ft')
 def dreambooth_loss(surrogate, instance_x01: torch.Tensor, instance_embeds: torch.Tensor, class_x01: Optional[torch.Tensor],
                     class_embeds: Optional[torch.Tensor], prior_weight: float = 1.0,
-                    official_uniform_noise: bool = False) -> torch.Tensor:
+                    official_uniform_noise: bool = False, sample_latents: bool = True) -> torch.Tensor:
     """The diffusion training loss on instance images plus λ·prior preservation on class images (to MINIMISE).
 
     Plain (unweighted) MSE with uniform t, as DreamBooth trains; gradients reach whatever parameters are trainable.
     """
-    loss = denoising_error(surrogate, instance_x01, instance_embeds,
-                           official_uniform_noise=official_uniform_noise).mean()
+    kw = {"official_uniform_noise": official_uniform_noise, "sample_latents": sample_latents}
+    loss = denoising_error(surrogate, instance_x01, instance_embeds, **kw).mean()
     if class_x01 is not None and prior_weight > 0:
-        loss = loss + prior_weight * denoising_error(surrogate, class_x01, class_embeds,
-                                                     official_uniform_noise=official_uniform_noise).mean()
+        loss = loss + prior_weight * denoising_error(surrogate, class_x01, class_embeds, **kw).mean()
     return loss

@@ -23,7 +23,7 @@ from gapdiff_core.training.validation import evaluate_generator, fixed_timesteps
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(ngf=8, disc_ngf=8, batch_size=1, val_count=1, log_every=1, val_every=10**6, checkpoint_every=10**6,
-            progress=False, tensorboard=False)
+            progress=False, tensorboard=False, sample_latents=False)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +89,11 @@ def test_training_raises_adversarial_effect_on_held_out_images(tmp_path, surroga
     assert trainer.val_paths[0] not in trainer.dataset.paths
     t = fixed_timesteps(2)
     torch.manual_seed(cfg.seed)
-    untrained = evaluate_generator(Generator(8), surrogate, held_out, cfg.budget, trainer.instance_embeds, t)
+    untrained = evaluate_generator(Generator(8), surrogate, held_out, cfg.budget, trainer.instance_embeds, t,
+                                   sample_latents=False)
     trainer.run(validate=False)
     trained = evaluate_generator(trainer.unwrapped_generator(), surrogate, held_out, cfg.budget,
-                                 trainer.instance_embeds, t)
+                                 trainer.instance_embeds, t, sample_latents=False)
     clean = trained["adv_clean"]
     random_gain = abs(trained["adv_random"] - clean)
     untrained_gain = abs(untrained["adv_protected"] - clean)
@@ -106,8 +107,8 @@ def test_training_raises_adversarial_effect_on_held_out_images(tmp_path, surroga
 
 # ---------------------------------------------------------------- exact resume
 def _resume_config(tmp_path, name):
-    return load_config(None, **TINY, output_dir=str(tmp_path / name), lr=0.01, max_steps=3, checkpoint_every=2,
-                       beta=0.0, gamma=1.0, preprocess="default", finetune_steps=1, finetune_every=2,
+    return load_config(None, **{**TINY, "checkpoint_every": 2}, output_dir=str(tmp_path / name), lr=0.01,
+                       max_steps=4, beta=0.0, gamma=1.0, preprocess="default", finetune_steps=1, finetune_every=2,
                        finetune_lr=1e-4, augment=True)
 
 
@@ -115,13 +116,14 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_trajectory(tmp_path):
     from gapdiff_core.diffusion import Surrogate
 
     full = Trainer(_resume_config(tmp_path, "full"), surrogate=Surrogate.tiny(0))
+    assert full.steps_per_epoch == 3  # 3 training photos, batch 1: the resumed part crosses into epoch 1
     full.run(validate=False)
     first = Trainer(_resume_config(tmp_path, "split"), surrogate=Surrogate.tiny(0))
-    first.run(validate=False, stop_after=2)  # "killed" after step 2 (its checkpoint is on disk)
+    first.run(validate=False, stop_after=2)  # "killed" after step 2 (its checkpoint is on disk), mid-epoch
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "split" / "checkpoints")] == ["step-00000002"]
     second = Trainer(_resume_config(tmp_path, "split"), surrogate=Surrogate.tiny(0))
     second.run(validate=False, resume="auto")
-    assert second.step == 3 and [r["step"] for r in second.history] == [3]
+    assert second.step == 4 and [r["step"] for r in second.history] == [3, 4]  # step 4 opens epoch 1
     keys = ("loss_total", "loss_gan", "adv_preprocessed", "d_loss", "finetune_loss")
     for got, want in zip(first.history + second.history, full.history):
         assert got["preprocess"] == want["preprocess"]

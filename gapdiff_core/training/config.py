@@ -41,6 +41,8 @@ class TrainConfig:
     snr_gamma: float = 5.0
     distance: str = "mse"                    # mse | l1
     official_uniform_noise: bool = False     # official rand_like noise instead of Gaussian
+    sample_latents: bool = True              # VAE posterior sample (official); false = posterior mean
+    noise_samples: int = 1                   # (t, eps) draws per image and step through the UNet (variance reduction)
     alpha: float = 0.001                     # GAN weight
     beta: float = 0.6                        # adversarial loss on protected images
     gamma: float = 0.4                       # adversarial loss on preprocessed-protected images

@@ -120,7 +120,8 @@ class Trainer:
     def loss_kwargs(self) -> dict:
         c = self.cfg
         return {"weighting": c.weighting, "dist": c.distance, "snr_gamma": c.snr_gamma,
-                "official_uniform_noise": c.official_uniform_noise}
+                "official_uniform_noise": c.official_uniform_noise, "sample_latents": c.sample_latents,
+                "noise_samples": c.noise_samples}
 
     def _seed_step(self, step: int) -> None:
         torch.manual_seed((self.cfg.seed * 1_000_003 + self.acc.process_index * 7_919 + step) % (2**63))
@@ -149,7 +150,7 @@ class Trainer:
                 self.opt_unet.zero_grad(set_to_none=True)
                 with self.acc.autocast():
                     loss = losses.dreambooth_loss(s, instance, inst_emb, cls, class_emb.expand(cls.shape[0], -1, -1),
-                                                  cfg.prior_weight, cfg.official_uniform_noise)
+                                                  cfg.prior_weight, cfg.official_uniform_noise, cfg.sample_latents)
                 loss.backward()
                 if self.acc.num_processes > 1:
                     for p in s.unet.parameters():
@@ -303,7 +304,7 @@ class Trainer:
             self._val_images = validation_images(self.val_paths, self.cfg.resolution, self.cfg.val_count)
         g = self.unwrapped_generator()
         t = fixed_timesteps(self.cfg.val_timesteps, self.surrogate.scheduler.config.num_train_timesteps)
-        kw = dict(self.loss_kwargs, weighting="uniform")
+        kw = dict(self.loss_kwargs, weighting="uniform", noise_samples=1)
         metrics = evaluate_generator(g, self.surrogate, self._val_images, self.cfg.budget, self.instance_embeds, t,
                                      self.cfg.val_jpeg_quality, **kw)
         protected = protect_batch(g, self._val_images.to(self.device), self.cfg.budget)
@@ -335,9 +336,11 @@ class Trainer:
         steps_done, out_of_time = 0, False
         while self.step < self.total_steps:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
+            loader = self.acc.skip_first_batches(self.loader, skip) if skip else self.loader
+            if hasattr(loader, "set_epoch"):  # accelerate re-applies its own epoch counter at every __iter__
+                loader.set_epoch(epoch)
             self.data_sampler.set_epoch(epoch)
             self.dataset.set_epoch(epoch)
-            loader = self.acc.skip_first_batches(self.loader, skip) if skip else self.loader
             for clean in loader:
                 t0 = time.perf_counter()
                 row = self.train_step(clean.to(self.device))
