@@ -15,6 +15,7 @@ from typing import Optional
 
 METRICS = (("fdfr", "FDFR↑"), ("ism", "ISM↓"), ("brisque", "BRISQUE↑"), ("serfiq", "SER-FIQ↓"))
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+EMPTY_NOTES = {"ism": "undefined: no face detected in any generated image"}
 DEMO_BANNER = ("DEMO ON A TOY MODEL: the diffusion model is the tiny built-in random model and/or the generator is a "
                "demo generator trained for about a minute against it. These numbers and images show how the "
                "protocol runs; they say NOTHING about protection of real photos.")
@@ -41,12 +42,29 @@ def aggregate(results: dict) -> list[dict]:
             "method_spec": runs[0]["method_spec"], "identities": [r["identity"] for r in runs],
             "per_prompt": per_prompt,
             "mean": {k: _mean(r["mean"].get(k) for r in runs) for k, _ in METRICS},
-            "psnr_db": _mean(r["fidelity"].get("psnr_db") for r in runs),
+            "psnr_db": _psnr(r["fidelity"] for r in runs),
             "ssim": _mean(r["fidelity"].get("ssim") for r in runs),
             "linf": max((r["fidelity"].get("linf_grey_levels") or 0.0) for r in runs),
-            "psnr_after_transform_db": _mean(r["fidelity_after_transform"].get("psnr_db") for r in runs),
+            "psnr_after_transform_db": _psnr(r["fidelity_after_transform"] for r in runs),
         })
     return rows
+
+
+def _psnr(fidelities) -> Optional[float]:
+    """Mean PSNR; ∞ when every photo is unchanged (JSON stores that as null with L∞ 0)."""
+    fs = list(fidelities)
+    if fs and all(f.get("psnr_db") is None and f.get("linf_grey_levels") == 0 for f in fs):
+        return math.inf
+    return _mean(f.get("psnr_db") for f in fs)
+
+
+def no_face_note(rows: list[dict]) -> str:
+    """Why ISM is undefined and SER-FIQ 0 when no generated image had a detectable face (else empty)."""
+    if rows and all(v.get("fdfr") == 1.0 for r in rows for v in r["per_prompt"].values()):
+        return ("No face was detected in any generated image (FDFR 1.000 everywhere), so ISM is undefined (–) and "
+                "SER-FIQ counts 0 for every image, as in the protocol. Expected with the tiny random model: it "
+                "cannot learn a face from a few photos in a few steps.")
+    return ""
 
 
 def jpeg_quality(spec: str) -> Optional[int]:
@@ -67,7 +85,9 @@ def _fmt(v, digits=3) -> str:
 
 # ---------------------------------------------------------------- JSON / Markdown
 def json_report(results: dict) -> str:
-    return json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False, default=str)
+    from .evaluation import _jsonable
+
+    return json.dumps(_jsonable(results), indent=2, ensure_ascii=False, allow_nan=False, default=str)
 
 
 def markdown_report(results: dict) -> str:
@@ -88,6 +108,8 @@ def markdown_report(results: dict) -> str:
         cells += [_fmt(r["per_prompt"][p][k]) for p in prompts for k, _ in METRICS]
         cells += [_fmt(r["mean"][k]) for k, _ in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
+    if no_face_note(rows):
+        lines += ["", f"*{no_face_note(rows)}*"]
     lines += ["", "## Visibility of the protection (protected vs clean photos)", "",
               "| Method | Transform | PSNR (dB) | SSIM | L∞ (grey levels) | PSNR after transform (dB) |",
               "|---|---|---|---|---|---|"]
@@ -140,7 +162,7 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 
 def svg_line_chart(series: dict, title: str, xlabel: str, ylabel: str, *, width: int = 360, height: int = 240,
-                   xtick_labels: Optional[dict] = None) -> str:
+                   xtick_labels: Optional[dict] = None, empty_note: str = "no data") -> str:
     """An inline SVG line chart: ``series`` maps a label to [(x, y), ...] (points with y None are skipped)."""
     pts = [(x, y) for s in series.values() for x, y in s if y is not None and math.isfinite(y)]
     ml, mr, mt, mb = 52, 12, 26, 58
@@ -149,7 +171,7 @@ def svg_line_chart(series: dict, title: str, xlabel: str, ylabel: str, *, width:
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
            f'<text x="{width / 2}" y="16" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>']
     if not pts:
-        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no data</text></svg>')
+        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">{html.escape(empty_note)}</text></svg>')
         return "".join(out)
     xs = sorted({x for x, _ in pts})
     x0, x1 = (xs[0] - 1, xs[0] + 1) if len(xs) == 1 else (xs[0], xs[-1])
@@ -164,9 +186,12 @@ def svg_line_chart(series: dict, title: str, xlabel: str, ylabel: str, *, width:
         return mt + (1 - (y - y0) / (y1 - y0)) * ph
 
     out.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#888"/>')
-    for t in _ticks(y0, y1):
+    ticks = _ticks(y0, y1)
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    decimals = max(0, -math.floor(math.log10(step)) + (1 if step / 10 ** math.floor(math.log10(step)) == 2.5 else 0))
+    for t in ticks:
         out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#ddd"/>'
-                   f'<text x="{ml - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{t:.3g}</text>')
+                   f'<text x="{ml - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{t:.{decimals}f}</text>')
     for x in xs:
         label = (xtick_labels or {}).get(x, f"{x:g}")
         out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#888"/>'
@@ -201,7 +226,8 @@ def robustness_plots(rows: list[dict]) -> list[str]:
         for r in jrows:
             y = r[key] if key.startswith("psnr") else r["mean"][key]
             series.setdefault(r["method"], []).append((jpeg_quality(r["transform"]), y))
-        plots.append(svg_line_chart(series, f"{name} vs JPEG quality", "JPEG quality", name, xtick_labels=labels))
+        plots.append(svg_line_chart(series, f"{name} vs JPEG quality", "JPEG quality", name, xtick_labels=labels,
+                                    empty_note=EMPTY_NOTES.get(key, "no data")))
     return plots
 
 
@@ -216,7 +242,8 @@ def budget_plots(rows: list[dict]) -> list[str]:
         for r in brows:
             y = r[key] if key.startswith("psnr") else r["mean"][key]
             series.setdefault(f"{r['method_spec'].split('/')[-1]} | {r['transform']}", []).append((r["budget"], y))
-        plots.append(svg_line_chart(series, f"{name} vs budget", "budget (grey levels)", name))
+        plots.append(svg_line_chart(series, f"{name} vs budget", "budget (grey levels)", name,
+                                    empty_note=EMPTY_NOTES.get(key, "no data")))
     return plots
 
 
@@ -258,7 +285,7 @@ def amplified_perturbation(clean, protected, budget: Optional[float]):
     return Image.fromarray(np.clip(127.5 + a * scale, 0, 255).astype(np.uint8))
 
 
-def image_grids(results: dict, base_dir: Path, max_photos: int = 2, max_generated: int = 4) -> str:
+def image_grids(results: dict, base_dir: Path, max_photos: int = 2, max_generated: int = 2) -> str:
     """Per identity and method: clean / protected / perturbation amplified / after each transform, then the
     images generated by the model attacked with them (first prompt), per transform."""
     parts = []
@@ -287,30 +314,29 @@ def image_grids(results: dict, base_dir: Path, max_photos: int = 2, max_generate
                         if t.is_file():
                             parts.append(_img_tag(_load_rgb(t), f"after {r['transform']}"))
             parts.append("</div>")
+            prompt = next(iter(runs[0]["images"]["generated"]), None)
+            if prompt is None:
+                continue
+            parts.append(f"<p class='cap'>Generated by the model DreamBooth-attacked with the "
+                         f"{html.escape(method)} photos, per transform — “{html.escape(prompt)}”:</p>"
+                         "<div class='grid'>")
             for r in runs:
-                gen = r["images"]["generated"]
-                prompt = next(iter(gen), None)
-                if prompt is None:
-                    continue
-                parts.append(f"<p class='cap'>Generated after DreamBooth on the {html.escape(method)} photos, "
-                             f"transform {html.escape(r['transform'])} — “{html.escape(prompt)}”:</p>"
-                             "<div class='grid'>")
-                for j, g in enumerate(gen[prompt][:max_generated]):
+                for j, g in enumerate(r["images"]["generated"].get(prompt, [])[:max_generated]):
                     gp = _resolve(g, base_dir)
                     if gp.is_file():
-                        parts.append(_img_tag(_load_rgb(gp), f"sample {j + 1}", 128))
-                parts.append("</div>")
+                        parts.append(_img_tag(_load_rgb(gp), f"{r['transform']} #{j + 1}", 110))
+            parts.append("</div>")
     return "\n".join(parts)
 
 
 # ---------------------------------------------------------------- HTML
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1240px;color:#222}
 .demo{background:#fff3cd;border:2px solid #e0a800;padding:10px 14px;font-weight:bold;margin:12px 0}
-table{border-collapse:collapse;font-size:12px;margin:8px 0}th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}
+table{border-collapse:collapse;font-size:11px;margin:8px 0}th,td{border:1px solid #bbb;padding:2px 4px;text-align:right}
 th{background:#eee}td.l,th.l{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:6px}
 figure{margin:0;text-align:center}figure img{display:block;border:1px solid #ccc;image-rendering:auto}
 figcaption{font-size:11px;color:#555}.plots{display:flex;flex-wrap:wrap;gap:12px}.cap{font-size:13px;margin:6px 0 2px}
-code{font-size:12px}"""
+code{font-size:12px}.wide{overflow-x:auto}"""
 
 
 def html_report(results: dict, base_dir: str | Path) -> str:
@@ -326,17 +352,19 @@ def html_report(results: dict, base_dir: str | Path) -> str:
          f"<style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>", banner,
          "<p>Anti-DreamBooth protocol: protect set_B → transform → DreamBooth attack → generate → metrics against "
          "the clean set_C. Arrows point to stronger protection; values are averaged over identities.</p>",
-         "<h2>Results per prompt</h2><table><tr><th class='l' rowspan='2'>Method</th>"
+         "<h2>Results per prompt</h2><div class='wide'><table><tr><th class='l' rowspan='2'>Method</th>"
          "<th class='l' rowspan='2'>Transform</th>"]
     for i, p in enumerate(prompts):
-        h.append(f"<th colspan='4' title='{e(p)}'>P{i + 1}: {e(p)}</th>")
+        h.append(f"<th colspan='4' title='{e(p)}'>P{i + 1}</th>")
     h.append("<th colspan='4'>mean</th></tr><tr>" + "".join(f"<th>{e(n)}</th>" for _, n in METRICS) *
              (len(prompts) + 1) + "</tr>")
     for r in rows:
         h.append(f"<tr><td class='l'>{e(r['method'])}</td><td class='l'>{e(r['transform'])}</td>" +
                  "".join(f"<td>{_fmt(r['per_prompt'][p][k])}</td>" for p in prompts for k, _ in METRICS) +
                  "".join(f"<td><b>{_fmt(r['mean'][k])}</b></td>" for k, _ in METRICS) + "</tr>")
-    h.append("</table><h2>Visibility of the protection</h2><table><tr><th class='l'>Method</th>"
+    h.append("</table></div><p class='cap'>" + "; ".join(f"P{i + 1} = “{e(p)}”" for i, p in enumerate(prompts))
+             + "</p>" + (f"<p class='cap'><b>{e(no_face_note(rows))}</b></p>" if no_face_note(rows) else "")
+             + "<h2>Visibility of the protection</h2><table><tr><th class='l'>Method</th>"
              "<th class='l'>Transform</th><th>PSNR (dB)</th><th>SSIM</th><th>L∞ (grey levels)</th>"
              "<th>PSNR after transform (dB)</th></tr>")
     for r in rows:
