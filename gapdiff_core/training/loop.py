@@ -69,7 +69,8 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg = cfg.validate()
-        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision)
+        # cpu=True without CUDA lets accelerate pick up torchrun's environment as MULTI_CPU (gloo)
+        self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
         self.device = self.acc.device
         self.out = Path(cfg.output_dir)
         self.ckpt_root = self.out / "checkpoints"
