@@ -1,6 +1,8 @@
 """Load GAP-Diff Generator and Protect Image."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..gapdiff_core import load_generator
@@ -61,7 +63,9 @@ class ProtectImage:
         if getattr(generator.info, "demo", False):
             host.log.warning("GAP-Diff: %s is a DEMO generator; its output protects nothing real",
                              getattr(generator.info, "source", "this generator"))
-        protector = Protector(generator, budget=float(budget), mode=mode, device=str(host.device()),
+        # Protector moves and casts the module in place: give it a copy, so the loader's cached fp32 CPU
+        # generator is not left in bf16/fp16 or on the GPU for the next run
+        protector = Protector(copy.deepcopy(generator), budget=float(budget), mode=mode, device=str(host.device()),
                               precision=precision)
         progress = host.Progress(x.shape[0])
         protected = []

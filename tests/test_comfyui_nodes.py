@@ -162,6 +162,10 @@ def test_load_generator_and_protect(comfy):
     assert torch.equal(protected * 255, (protected * 255).round())
     assert torch.allclose(perturbation, (0.5 + change / 255 * 255 / 8).clamp(0, 1), atol=1e-5)
     assert calls[-1] == (3, 3) and len(calls) == 3
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+    run(pack, "GAPDiffProtectImage", image=image[:1], generator=generator, budget=4, mode="working", precision="bf16")
+    after = generator.state_dict()  # the loader's cached generator is left as it was
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_protect_stops_when_cancelled(comfy):
