@@ -560,7 +560,7 @@ class ProtocolRunner:
             gen = self.stage_generate(att)
             met = self.stage_metrics(ident, gen)
             runs.append(self._run_record(ident, method, spec, prot, trans, att, gen, met))
-        results = self._results(runs, time.perf_counter() - t_start)
+        results = _jsonable(self._results(runs, time.perf_counter() - t_start))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2), encoding="utf-8")
         return results

@@ -53,7 +53,8 @@ def aggregate(results: dict) -> list[dict]:
 def _psnr(fidelities) -> Optional[float]:
     """Mean PSNR; ∞ when every photo is unchanged (JSON stores that as null with L∞ 0)."""
     fs = list(fidelities)
-    if fs and all(f.get("psnr_db") is None and f.get("linf_grey_levels") == 0 for f in fs):
+    if fs and all(f.get("linf_grey_levels") == 0 and (f.get("psnr_db") is None or f.get("psnr_db") == math.inf)
+                  for f in fs):
         return math.inf
     return _mean(f.get("psnr_db") for f in fs)
 
