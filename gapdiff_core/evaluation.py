@@ -596,6 +596,8 @@ class ProtocolRunner:
 
     def _results(self, runs: list, seconds: float) -> dict:
         is_demo = any(r["model_is_demo"] or r["method_is_demo"] for r in runs)
+        recorded = {(stage, key): r["stage_seconds"][stage] or 0.0 for r in runs for stage, key in r["keys"].items()}
+        stage_seconds = {s: sum(v for (st, _), v in recorded.items() if st == s) for s in STAGES}
         return {
             "title": "gapdiff evaluation (Anti-DreamBooth protocol)",
             "is_demo": is_demo,
@@ -610,8 +612,9 @@ class ProtocolRunner:
             "cache": self._rel(self.cache.root),
             "prompts": list(self.config.prompts),
             "runs": runs,
+            # computed_*: this invocation; stage_seconds: every stage's time when it was computed (cached or not)
             "timing": {"total_seconds": seconds, "computed_seconds": dict(self.timings),
-                       "computed_stages": dict(self.computed)},
+                       "computed_stages": dict(self.computed), "stage_seconds": stage_seconds},
             "environment": environment(),
         }
 
