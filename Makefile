@@ -29,6 +29,7 @@ test: setup
 bench: setup
 	$(PY) bench/protect.py
 	$(PY) bench/preprocess_fidelity.py
+	$(PY) bench/metrics.py
 
 clean:
 	rm -rf $(VENV) demo_out bench_out
