@@ -336,7 +336,7 @@ def image_grids(results: dict, base_dir: Path, max_photos: int = 2, max_generate
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1240px;color:#222}
 .demo{background:#fff3cd;border:2px solid #e0a800;padding:10px 14px;font-weight:bold;margin:12px 0}
 table{border-collapse:collapse;font-size:11px;margin:8px 0}th,td{border:1px solid #bbb;padding:2px 4px;text-align:right}
-th{background:#eee}td.l,th.l{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:6px}
+th{background:#eee;text-align:center}td.l,th.l{text-align:left}.grid{display:flex;flex-wrap:wrap;gap:6px}
 figure{margin:0;text-align:center}figure img{display:block;border:1px solid #ccc;image-rendering:auto}
 figcaption{font-size:11px;color:#555}.plots{display:flex;flex-wrap:wrap;gap:12px}.cap{font-size:13px;margin:6px 0 2px}
 code{font-size:12px}.wide{overflow-x:auto}"""
