@@ -122,6 +122,14 @@ def test_rerun_recomputes_nothing_and_deleted_stage_reruns_with_dependents(finis
     ProtocolRunner(data, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
     assert counts == Counter(metrics=1)
 
+    # generating again from the cached attack (LoRA reloaded from disk) reproduces the same images and numbers
+    first = results["runs"][0]
+    shutil.rmtree(out / "cache" / "generate" / first["keys"]["generate"])
+    counts.clear()
+    redone = ProtocolRunner(data, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
+    assert counts == Counter(generate=1, metrics=1)
+    assert redone["runs"][0]["mean"] == pytest.approx(first["mean"], abs=1e-6)
+
 
 def test_changed_setting_recomputes_only_what_it_affects(finished, data, generator_path):
     out, _, _ = finished
