@@ -26,7 +26,11 @@ def test_demo_writes_labelled_reports(tmp_path, monkeypatch, capsys):
     out = tmp_path / "demo_out"
     args = parser.parse_args(["--out", str(out), "--quality", "70", "--resolution", "32", "--images-per-prompt", "1",
                               "--steps", "1", "--attack-steps", "2"])
-    assert demo.run(args) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert demo.run(args) == 0  # sets torch to 1 thread (the demo's default)
+    finally:
+        torch.set_num_threads(threads)
     printed = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert printed and all(line.startswith(demo.DEMO) for line in printed)
     assert (out / "cache" / "demo_generator.safetensors").is_file()

@@ -60,7 +60,8 @@ class Interrupt(Exception):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data, generator_path):
     """An interrupted run, then the resumed run: (out dir, results, stage counts of the resumed run)."""
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model's small ops are fastest single-threaded on a busy CPU
     out = tmp_path_factory.mktemp("eval")
     cfg = _config(generator_path)
 
@@ -72,7 +73,8 @@ def finished(tmp_path_factory, data, generator_path):
         ProtocolRunner(data, out, cfg, on_compute=interrupt_at_first_generate, progress=False).run()
     counts = Counter()
     results = ProtocolRunner(data, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
-    return out, results, counts
+    yield out, results, counts
+    torch.set_num_threads(threads)
 
 
 def test_resume_after_interruption_skips_finished_stages(finished):
