@@ -29,6 +29,8 @@ class TrainConfig:
     surrogate: str = "tiny"                  # "tiny", "tiny-sd2", a diffusers folder or a single-file checkpoint
     surrogate_config: Optional[str] = None   # bundled config name for single files (sd15, sd21-base, sd21-v)
     surrogate_seed: int = 0                  # seed of the tiny surrogate
+    surrogate_warmup_steps: int = 0          # denoising warm-up of a RANDOM (tiny) surrogate's UNet; 0 for real models
+    surrogate_warmup_lr: float = 3e-3
     surrogate_dtype: str = "fp32"            # fp32 | bf16 | fp16 (frozen weights)
     gradient_checkpointing: bool = False
     ngf: int = 64

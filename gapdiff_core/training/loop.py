@@ -111,6 +111,12 @@ class Trainer:
                 paths, _ = usable_images(list_images(cfg.class_dir), cfg.resolution, cfg.min_side_fraction,
                                          cfg.max_aspect)
                 self.class_images = ImageFolderDataset(paths, cfg.resolution, cache=len(paths) <= 256)
+        if cfg.surrogate_warmup_steps > 0:  # deterministic, so a resumed run rebuilds the same surrogate
+            from .demo import warm_up_surrogate
+
+            images = torch.stack([self.dataset[i] for i in range(len(self.dataset))]).to(self.device)
+            warm_up_surrogate(self.surrogate, images, cfg.surrogate_warmup_steps, cfg.surrogate_warmup_lr,
+                              seed=cfg.seed, sample_latents=cfg.sample_latents)
         self.instance_embeds = self.surrogate.encode_prompt(cfg.instance_prompt)
         self.step = 0
         self.history: list[dict] = []
