@@ -24,6 +24,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .protections import METHODS as ITERATIVE_METHODS
+
 STAGES = ("protect", "transform", "attack", "generate", "metrics")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 CACHE_VERSION = 1
@@ -147,27 +149,46 @@ def config_key(obj) -> str:
 PROTECTIONS: dict = {}
 
 
-def register_protection(name: str, factory: Callable[[Optional[str], float, str], ProtectFn],
+def register_protection(name: str, factory: Callable[[Optional[str], float, "ProtocolConfig"], ProtectFn],
                         describe: str = "") -> None:
-    """Make ``name`` (and ``name:arg``) usable as an evaluation method: ``factory(arg, budget, device)`` returns
-    a function protecting a 1×3×H×W [0, 1] photo. ``describe`` is shown in reports."""
+    """Make ``name`` (and ``name:arg``) usable as an evaluation method: ``factory(arg, budget, config)`` returns a
+    function protecting a 1×3×H×W [0, 1] photo (``config``: the protocol's settings — device, model, resolution —
+    for methods that attack a surrogate). ``describe`` is shown in reports."""
     PROTECTIONS[name] = (factory, describe)
 
 
-def _none_factory(arg, budget, device) -> ProtectFn:
+def _none_factory(arg, budget, config) -> ProtectFn:
     return lambda x: x
 
 
-def _generator_factory(arg, budget, device) -> ProtectFn:
+def _iterative_factory(name: str):
+    """An iterative protection (ASPL, Mist, …) against the protocol's own model, white-box as in the paper;
+    ``name:tiny`` picks the method's few-step schedule."""
+    def factory(arg, budget, config) -> ProtectFn:
+        from .diffusion import load_surrogate
+        from .protections import get_protection
+
+        if arg not in (None, "tiny", "default"):
+            raise ValueError(f"method '{name}:{arg}': the argument is a schedule, 'tiny' or 'default'")
+        surrogate = load_surrogate(config.model, device=config.device, seed=config.model_seed)
+        method = get_protection(name, surrogate, schedule=arg or "default", budget=budget,
+                                resolution=config.resolution)
+        return method.protect
+    return factory
+
+
+def _generator_factory(arg, budget, config) -> ProtectFn:
     from .protect import Protector
 
     if not arg:
         raise ValueError("method 'generator:PATH' needs a checkpoint path")
-    return Protector(arg, budget=budget, device=device)
+    return Protector(arg, budget=budget, device=config.device)
 
 
 register_protection("none", _none_factory, "no protection (clean photos attacked)")
 register_protection("generator", _generator_factory, "GAP-Diff generator checkpoint")
+for _name in ITERATIVE_METHODS:
+    register_protection(_name, _iterative_factory(_name), f"{_name} (iterative, against the protocol's model)")
 
 
 @dataclass
@@ -364,7 +385,9 @@ class ProtocolRunner:
 
     def stage_protect(self, ident: Identity, method: Method) -> tuple[dict, Path]:
         cfg = {"photos": [file_digest(p) for p in ident.attacked], "method": method.kind,
-               "arg_fingerprint": method.fingerprint, "budget": method.budget}
+               "arg_fingerprint": method.fingerprint, "budget": method.budget,
+               "model": None if method.kind in ("none", "generator") else
+               [self.config.model, self.config.model_seed, self.config.resolution]}
         key = self.cache.key("protect", cfg)
         rec = self.cache.load("protect", key)
         folder = self.cache.folder("protect", key)
@@ -388,7 +411,7 @@ class ProtocolRunner:
         k = (method.kind, method.arg, method.budget)
         if k not in self._protectors:
             factory = PROTECTIONS[method.kind][0]
-            self._protectors[k] = factory(method.arg, method.budget, self.config.device)
+            self._protectors[k] = factory(method.arg, method.budget, self.config)
         return self._protectors[k]
 
     def stage_transform(self, protect: tuple[dict, Path], spec: str) -> tuple[dict, Path]:

@@ -162,7 +162,7 @@ def test_find_identities_layouts(tmp_path, data):
 def test_registered_protection_is_a_method(tmp_path, data):
     calls = []
 
-    def darken(arg, budget, device):
+    def darken(arg, budget, config):
         def fn(x):
             calls.append(x.shape)
             return (x - budget / 255).clamp(0, 1)
@@ -206,3 +206,15 @@ def test_protocol_run_writes_all_three_reports(finished):
     md = paths["md"].read_text(encoding="utf-8")
     assert "| none | jpeg:50 |" in md and "P2 SER-FIQ↓" in md and "DEMO" in md
     assert json.loads(paths["json"].read_text(encoding="utf-8"))["environment"]["packages"]["torch"]
+
+
+def test_iterative_protection_is_a_method_against_the_protocol_model(tmp_path, data):
+    m = resolve_method("photoguard:tiny", 6.0)
+    assert m.kind == "photoguard" and "iterative" in m.description
+    config = ProtocolConfig(methods=["photoguard:tiny"], budgets=[6.0], resolution=64)
+    runner = ProtocolRunner(data, tmp_path / "o", config, progress=False)
+    (ident,) = find_identities(data)
+    rec, _ = runner.stage_protect(ident, m)
+    assert 1 <= rec["fidelity"]["linf_grey_levels"] <= 6.0 + 1e-3
+    with pytest.raises(ValueError, match="schedule"):
+        runner._protector(resolve_method("aspl:fast", 6.0))
