@@ -24,8 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default="eval_out", help="output folder (default eval_out)")
     p.add_argument("--cache", default=None, help="stage cache folder (default OUT/cache)")
     p.add_argument("--method", action="append", dest="methods", default=None,
-                   help="protection: none, a generator checkpoint, or a registered name[:arg] (repeatable; "
-                        "default: none)")
+                   help="protection: none, a generator checkpoint, or an iterative method run against --model "
+                        "(aspl, fsmg, photoguard, mist, ace, metacloak, caat, simac; NAME:tiny for its short "
+                        "schedule) (repeatable; default: none)")
     p.add_argument("--transform", action="append", dest="transforms", default=None,
                    help="transform after protection: none, jpeg:Q, blur, noise:S, quantize:L, resize:N "
                         "(repeatable; default: none)")
