@@ -54,7 +54,7 @@ def main() -> int:
             continue
         cfg = load_config(None, **{**dict(
             surrogate="tiny", ngf=8, disc_ngf=8, batch_size=1, lr=args.lr, max_steps=args.steps, augment=True,
-            val_count=args.val_images, sample_latents=False, alpha=0.001, seed=args.seed, progress=False,
+            val_count=args.val_images, sample_latents=False, surrogate_warmup_steps=30, alpha=0.001, seed=args.seed, progress=False,
             tensorboard=False, checkpoint_every=10**9, val_every=10**9, output_dir=f"{args.out}/{args.study}-{name}"),
             **extra})
         trainer = Trainer(cfg, surrogate=Surrogate.tiny(0))

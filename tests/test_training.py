@@ -145,10 +145,19 @@ def test_two_process_run_synchronises_and_writes_one_checkpoint(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            str(ROOT / "train" / "train.py"), str(ROOT / "train" / "configs" / "tiny-cpu.yaml"),
-           "--set", "max_steps=3", "checkpoint_every=3", f"output_dir={out}", "beta=1.0", "gamma=0.0",
+           "--set", "max_steps=3", "checkpoint_every=3", "surrogate_warmup_steps=0", f"output_dir={out}", "beta=1.0", "gamma=0.0",
            "preprocess=none", "val_every=1000000", "val_timesteps=1", "progress=false", "tensorboard=false", "augment=false"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "in_sync=True processes=2" in proc.stdout
     assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step-00000003"]
     assert (out / "generator.safetensors").is_file()
+
+
+def test_demo_generator_is_saved_and_labelled_as_demo(tmp_path):
+    from gapdiff_core.training import train_demo_generator
+
+    path = train_demo_generator(tmp_path / "demo" / "generator.safetensors", steps=2, minutes=1.0)
+    g = load_generator(path)
+    assert g.info.demo is True and g.info.ngf == 8 and "tiny" in g.info.surrogate
+    assert g.info.training_config["max_steps"] == 2

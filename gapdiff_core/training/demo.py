@@ -14,6 +14,7 @@ DEMO_SETTINGS = dict(
     surrogate="tiny", ngf=8, disc_ngf=8, batch_size=1, lr=1e-2, disc_lr=1e-3, augment=True, val_count=1,
     # preprocessed-only objective (the official first phase): one surrogate pass per step, JPEG-robust by design
     beta=0.0, gamma=1.0, preprocess="default", weighting="uniform", finetune_steps=0, sample_latents=False,
+    surrogate_warmup_steps=30,
     checkpoint_every=10**9, val_every=10**9, log_every=1, export_name="generator.safetensors",
 )
 
