@@ -30,6 +30,8 @@ bench: setup
 	$(PY) bench/protect.py
 	$(PY) bench/preprocess_fidelity.py
 	$(PY) bench/metrics.py
+	$(PY) bench/train_step.py
+	$(PY) bench/methods.py
 
 clean:
 	rm -rf $(VENV) demo_out bench_out
