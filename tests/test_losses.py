@@ -25,7 +25,7 @@ class StandIn:
         self.enc.requires_grad_(False)
         self.unet.requires_grad_(False)
 
-    def encode_images(self, x01):
+    def encode_images(self, x01, sample=True):
         return self.enc(x01 * 2 - 1)
 
     def predict(self, noisy, t, emb):
