@@ -81,41 +81,43 @@ class FoldedGenerator(nn.Module):
     activations, not the convolutions, dominate the time on a CPU.
     """
 
-    def __init__(self, g: Generator):
+    def __init__(self, g: Generator, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.ngf = g.ngf
         enc_norms = [None, "norm2", "norm4", "norm8", "norm8", "norm8", "norm8", None]
         dec_norms = ["norm8"] * 4 + ["norm4", "norm2", "norm", None]
         self.enc = nn.ParameterList()
         for i, norm in enumerate(enc_norms):
-            self.enc.extend(_fold(getattr(g, f"conv{i + 1}"), getattr(g, norm) if norm else None, out_dim=0))
+            self.enc.extend(_fold(getattr(g, f"conv{i + 1}"), getattr(g, norm) if norm else None, 0, dtype))
         self.res = nn.ParameterList()
         for block in g.bottle_neck:
             c = block.conv_block
-            self.res.extend(_fold(c[1], c[2], out_dim=0) + _fold(c[5], c[6], out_dim=0))
+            self.res.extend(_fold(c[1], c[2], 0, dtype) + _fold(c[5], c[6], 0, dtype))
         self.dec = nn.ParameterList()
         for i, norm in enumerate(dec_norms):
-            self.dec.extend(_fold(getattr(g, f"dconv{i + 1}"), getattr(g, norm) if norm else None, out_dim=1))
+            self.dec.extend(_fold(getattr(g, f"dconv{i + 1}"), getattr(g, norm) if norm else None, 1, dtype))
         self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x.shape[-2], x.shape[-1])
-        skips = []
+        skips = []  # activations are applied in place on fresh tensors: inference only (no autograd)
         for i in range(7):
-            x = F.leaky_relu(F.conv2d(x, self.enc[2 * i], self.enc[2 * i + 1], 2, 1), 0.2)
+            x = F.leaky_relu_(F.conv2d(x, self.enc[2 * i], self.enc[2 * i + 1], 2, 1), 0.2)
             skips.append(x)
         x = F.conv2d(x, self.enc[14], self.enc[15], 2, 1)
         for j in range(0, len(self.res), 4):
-            r = F.relu(F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.res[j], self.res[j + 1]))
+            r = F.relu_(F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.res[j], self.res[j + 1]))
             x = x + F.conv2d(F.pad(r, (1, 1, 1, 1), mode="reflect"), self.res[j + 2], self.res[j + 3])
+        x = F.selu(x, inplace=True)
         for i in range(7):
-            x = torch.cat((F.conv_transpose2d(F.selu(x), self.dec[2 * i], self.dec[2 * i + 1], 2, 1),
-                           skips[6 - i]), 1)
-        return torch.tanh(F.conv_transpose2d(F.selu(x), self.dec[14], self.dec[15], 2, 1))
+            x = torch.cat((F.conv_transpose2d(x, self.dec[2 * i], self.dec[2 * i + 1], 2, 1), skips[6 - i]), 1)
+            x = F.selu(x, inplace=True)
+        return torch.tanh_(F.conv_transpose2d(x, self.dec[14], self.dec[15], 2, 1))
 
 
-def _fold(conv: nn.Module, bn: nn.BatchNorm2d | None, out_dim: int) -> list[nn.Parameter]:
-    """Weight and bias of `bn(conv(x))` as one convolution (out_dim: 0 for Conv2d, 1 for ConvTranspose2d)."""
+def _fold(conv: nn.Module, bn: nn.BatchNorm2d | None, out_dim: int, dtype: torch.dtype) -> list[nn.Parameter]:
+    """Weight and bias of `bn(conv(x))` as one convolution (out_dim: 0 for Conv2d, 1 for ConvTranspose2d),
+    folded in fp32 and stored in `dtype` (layer by layer, so memory never holds two fp32 copies)."""
     w = conv.weight.detach().float()
     b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(w.shape[out_dim])
     if bn is not None:
@@ -124,7 +126,7 @@ def _fold(conv: nn.Module, bn: nn.BatchNorm2d | None, out_dim: int) -> list[nn.P
         shape[out_dim] = -1
         w = w * scale.view(shape)
         b = (b - bn.running_mean.float()) * scale + bn.bias.detach().float()
-    return [nn.Parameter(w.contiguous()), nn.Parameter(b)]
+    return [nn.Parameter(w.to(dtype).contiguous()), nn.Parameter(b.to(dtype))]
 
 
 class Discriminator(nn.Module):

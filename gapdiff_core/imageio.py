@@ -345,7 +345,7 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
     t = t.detach().to("cpu", torch.float32)
     if torch.isnan(t).any():
         raise ValueError("to_uint8: tensor contains NaN values")
-    return t.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return t.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
 # ---------------------------------------------------------------- encoding

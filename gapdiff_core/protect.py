@@ -72,8 +72,8 @@ def apply_budget(x: torch.Tensor, delta: torch.Tensor, budget: float) -> torch.T
     image darker and can exceed the budget by one level).
     """
     limit = math.floor(budget + 1e-6)
-    step = torch.round(delta * 255).clamp_(-limit, limit)
-    return step.add_(torch.round(x * 255)).clamp_(0, 255).div_(255)
+    step = (delta * 255).round_().clamp_(-limit, limit)
+    return step.add_((x * 255).round_()).clamp_(0, 255).div_(255)
 
 
 @dataclass
@@ -125,7 +125,7 @@ class Protector:
         self.batch_size = 1 if official_mode else max(1, batch_size)
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
         self.dtype = PRECISIONS[self.precision]
-        model = copy.deepcopy(generator).train() if official_mode else FoldedGenerator(generator)
+        model = copy.deepcopy(generator).train() if official_mode else FoldedGenerator(generator, self.dtype)
         self.model = model.to(self.device, self.dtype)
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
