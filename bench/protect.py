@@ -67,9 +67,10 @@ def latency(generator, precision: str, device, repeats: int) -> dict:
 
 
 def big_photo_run(generator_path: str, photo: str, mode: str, out_dir: str) -> dict:
-    """Decode, protect, write PNG in a fresh process so its peak RSS is its own."""
+    """Decode, protect, write PNG in a fresh process; its peak RSS is VmHWM (ru_maxrss would carry the parent's
+    peak across fork + exec on Linux)."""
     code = f"""
-import json, resource, time, sys
+import json, time, sys
 sys.path.insert(0, {str(ROOT)!r})
 t0 = time.perf_counter()
 from gapdiff_core import Protector
@@ -79,8 +80,8 @@ t = time.perf_counter()
 img = load_image({photo!r})
 y = p(img.tensor())
 save_image({out_dir!r} + "/out_{mode}.png", to_uint8(y), overwrite=True)
-print(json.dumps({{"seconds": time.perf_counter() - t, "startup": t - t0,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]
+print(json.dumps({{"seconds": time.perf_counter() - t, "startup": t - t0, "rss_mb": int(hwm) / 1024}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
