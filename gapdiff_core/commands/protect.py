@@ -33,7 +33,8 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto picks the fastest precision within 1 grey level of fp32 for the device")
-    p.add_argument("--batch-size", type=int, default=4, help="photos of equal size processed together")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="photos read at a time; those of equal size go through the generator together")
     p.add_argument("--format", choices=("png", "webp", "jpg"), default="png",
                    help="output format; png (default) and webp are lossless; jpg weakens the protection")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality for --format jpg")
@@ -52,6 +53,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import torch
     from tqdm import tqdm
 
     from ..checkpoint import CheckpointError, load_generator
@@ -88,25 +90,46 @@ def run(args) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = 0
-    for path in tqdm(paths, desc="protecting", unit="photo", disable=not paths):
-        try:
-            image = load_image(path)
-            x = image.tensor()
-            y = protector(x)
-            dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag,
-                                   root=_root_of(path, args.inputs))
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            alpha = image.alpha if args.format != "jpg" else None
-            save_image(dest, to_uint8(y), alpha, quality=args.quality, keep_metadata=args.keep_metadata,
-                       metadata=image.metadata, protect_paths=paths)
-            stats = protection_stats(x, y)
-            notes = f" ({'; '.join(image.notes)})" if image.notes else ""
-            tqdm.write(f"{path} -> {dest}: max change {stats.max_change:.0f} grey levels, "
-                       f"PSNR {stats.psnr:.1f} dB{notes}")
-            done += 1
-        except (ImageError, ValueError, RuntimeError, OSError) as exc:
-            failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
-            tqdm.write(f"FAILED {failures[-1]}")
+    bar = tqdm(total=len(paths), desc="protecting", unit="photo", disable=not paths)
+
+    def fail(path, exc):
+        failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+        tqdm.write(f"FAILED {failures[-1]}")
+        bar.update(1)
+
+    for start in range(0, len(paths), protector.batch_size):
+        loaded = []
+        for path in paths[start:start + protector.batch_size]:
+            try:
+                loaded.append((path, load_image(path)))
+            except (ImageError, OSError) as exc:
+                fail(path, exc)
+        for group in _same_size_groups(loaded):  # one generator call per group of equal-size photos
+            try:
+                x = torch.cat([image.tensor() for _, image in group])
+                y = protector(x)
+            except (ValueError, RuntimeError) as exc:
+                for path, _ in group:
+                    fail(path, exc)
+                continue
+            for i, (path, image) in enumerate(group):
+                try:
+                    dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag,
+                                           root=_root_of(path, args.inputs))
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    alpha = image.alpha if args.format != "jpg" else None
+                    save_image(dest, to_uint8(y[i]), alpha, quality=args.quality, keep_metadata=args.keep_metadata,
+                               metadata=image.metadata, protect_paths=paths)
+                except (ImageError, OSError, ValueError) as exc:
+                    fail(path, exc)
+                    continue
+                stats = protection_stats(x[i], y[i])
+                notes = f" ({'; '.join(image.notes)})" if image.notes else ""
+                tqdm.write(f"{path} -> {dest}: max change {stats.max_change:.0f} grey levels, "
+                           f"PSNR {stats.psnr:.1f} dB{notes}")
+                done += 1
+                bar.update(1)
+    bar.close()
     print(f"\n{done} protected, {len(failures)} failed" + (" (DEMO outputs, not protection)" if info.demo else ""))
     for message in failures:
         print(f"  failed: {message}", file=sys.stderr)
@@ -162,6 +185,13 @@ def _run_iterative(args) -> int:
     for message in failures:
         print(f"  failed: {message}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _same_size_groups(loaded):
+    groups: dict = {}
+    for path, image in loaded:
+        groups.setdefault(image.rgb.shape, []).append((path, image))
+    return list(groups.values())
 
 
 def _root_of(path, inputs):
