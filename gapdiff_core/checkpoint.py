@@ -22,7 +22,7 @@ OFFICIAL_PREFIX = "generator."
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file and the problem."""
+    """A model file (generator or surrogate) that cannot be used; the message names the file and the problem."""
 
 
 @dataclass

@@ -13,16 +13,13 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import CheckpointError
 from . import convert
 from .surrogate import CONFIG_ROOT, SURROGATE_MARKER, Surrogate
 from .tokenizer import tokenizer_from_config
 
 SINGLE_FILE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
 BUNDLED_CONFIGS = ("sd15", "sd21-base", "sd21-v", "tiny", "tiny-sd2")
-
-
-class CheckpointError(ValueError):
-    """A model file that cannot be used as a surrogate (the message names the file and the reason)."""
 
 
 def bundled_config(name: str) -> Path:
