@@ -11,7 +11,7 @@ from PIL import Image
 
 from gapdiff_core import preprocess as P
 from gapdiff_core.preprocess import real
-from gapdiff_core.preprocess.fidelity import psnr
+from gapdiff_core.metrics.fidelity import psnr
 
 SAMPLES = Path(__file__).resolve().parent.parent / "gapdiff_core" / "samples"
 

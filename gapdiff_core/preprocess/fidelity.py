@@ -1,7 +1,6 @@
 """How close each differentiable simulator comes to its real transform (PSNR on sample photos)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -9,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..metrics.fidelity import psnr
 from . import real
 from .differentiable_jpeg import diff_jpeg
 from .jpeg_masking import jpeg_mask01
@@ -37,12 +37,6 @@ def load_photo(path: Path, size: int = 512) -> torch.Tensor:
     left, top = (w - size) // 2, (h - size) // 2
     a = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
     return torch.from_numpy(a.copy()).permute(2, 0, 1)[None]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two [0, 1] tensors (measured on the 0–255 scale)."""
-    mse = float(((a.double() - b.double()) * 255.0).pow(2).mean())
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def _kornia_jpeg(x: torch.Tensor, q: int) -> torch.Tensor:
@@ -82,9 +76,9 @@ def fidelity_table(paths: Optional[Sequence[Path]] = None, size: int = 512) -> l
             sims, cleans = [], []
             for x in photos:
                 r = ref(x)
-                sims.append(psnr(sim(x), r))
+                sims.append(float(psnr(sim(x), r).mean()))
                 if r.shape == x.shape:
-                    cleans.append(psnr(r, x))
+                    cleans.append(float(psnr(r, x).mean()))
             rows.append({
                 "key": key, "transform": label, "simulator": sim_label,
                 "psnr_sim_vs_real": float(np.mean(sims)),
