@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from .allocator import keep_freed_memory
+
 COMMANDS = ("protect", "compress", "convert", "info", "demo", "comfyui_demo_assets", "app", "attack", "train", "evaluate")
 
 BUDGET_UNITS = ("Budgets are L-infinity bounds in grey levels on the 0-255 scale: 8 means no pixel moves by more "
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    keep_freed_memory()
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

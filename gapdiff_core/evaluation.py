@@ -595,7 +595,7 @@ class ProtocolRunner:
             return str(p)
 
     def _run_record(self, ident, method, spec, prot, trans, att, gen, met) -> dict:
-        (prec, pfolder), (trec, tfolder), (arec, afolder, _), (grec, gfolder) = prot, trans, att, gen
+        (prec, pfolder), (trec, tfolder), (arec, _, _), (grec, gfolder) = prot, trans, att, gen
         return {
             "identity": ident.name, "layout": ident.layout, "method": method.label, "method_spec": method.spec,
             "method_kind": method.kind, "budget": method.budget, "transform": spec,

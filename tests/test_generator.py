@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from gapdiff_core import CheckpointError, Generator, GeneratorInfo, load_generator, save_generator
 from gapdiff_core.generator import Discriminator, FoldedGenerator, generator_flops
+from gapdiff_core.onednn_generator import OneDNNGenerator, _transposed_as_subpixel, pack_for_cpu
 
 
 def official_forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
@@ -173,3 +174,30 @@ def test_folded_generator_computes_the_same_function(official_pth):
     x = torch.rand(1, 3, 512, 768) * 2 - 1
     with torch.no_grad():
         assert (FoldedGenerator(g)(x) - g(x)).abs().max().item() < 1e-4
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+@pytest.mark.parametrize("size", [(512, 512), (768, 1024)])
+def test_packed_cpu_generator_matches_official_forward(official_pth, size):
+    path, sd = official_pth
+    packed = pack_for_cpu(FoldedGenerator(load_generator(path)).to(memory_format=torch.channels_last))
+    assert isinstance(packed, OneDNNGenerator)
+    torch.manual_seed(2)
+    x = torch.rand(2, 3, *size) * 2 - 1
+    with torch.inference_mode():
+        ours = packed(x)
+    ref = official_forward(sd, x.clone())
+    assert (ours - ref).abs().max().item() < 1e-4
+
+
+def test_packing_keeps_other_precisions_on_the_plain_path():
+    folded = FoldedGenerator(Generator(ngf=8).eval(), torch.float16)
+    assert pack_for_cpu(folded) is folded
+
+
+def test_last_transposed_convolution_as_3x3_convolution_and_pixel_shuffle():
+    torch.manual_seed(3)
+    w, b, x = torch.randn(5, 3, 4, 4), torch.randn(3), torch.randn(2, 5, 7, 9)
+    k, kb = _transposed_as_subpixel(w, b)
+    ours = F.pixel_shuffle(F.conv2d(x, k, kb, padding=1), 2)
+    assert (ours - F.conv_transpose2d(x, w, b, 2, 1)).abs().max().item() < 1e-5

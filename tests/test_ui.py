@@ -1,7 +1,6 @@
 """The shared Gradio UI: its logic (lossless outputs bit-identical to the core, demo labels, readable errors), the
 Blocks builder, and the running app on loopback (downloads, errors, ten concurrent requests)."""
 import argparse
-import concurrent.futures
 import io
 import time
 import urllib.request
