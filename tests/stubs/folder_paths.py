@@ -109,4 +109,5 @@ def get_annotated_filepath(name: str, default_dir: str | None = None) -> str:
     return os.path.join(default_dir or input_directory, name)
 
 
-reset(tempfile.mkdtemp(prefix="comfy_stub_"))
+_base = tempfile.TemporaryDirectory(prefix="comfy_stub_")  # removed when the process exits
+reset(_base.name)
