@@ -25,10 +25,10 @@ _PHASE_TAPS = {(0, 0): 3, (0, 1): 1, (1, 1): 2, (1, 2): 0}
 
 def pack_for_cpu(model: FoldedGenerator) -> nn.Module:
     """`model` with its weights packed for oneDNN (fp32 / bf16 on a CPU), or `model` itself where oneDNN or
-    its packing ops are unavailable (other CPU architectures, other torch builds, fp16)."""
+    its packing ops are unavailable or turned off (`torch.backends.mkldnn.flags(enabled=False)`), or for fp16."""
     dtype = model.enc[0].dtype
     if model.enc[0].device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) \
-            or not torch.backends.mkldnn.is_available():
+            or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return model
     try:
         return OneDNNGenerator(model)

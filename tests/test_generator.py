@@ -190,9 +190,12 @@ def test_packed_cpu_generator_matches_official_forward(official_pth, size):
     assert (ours - ref).abs().max().item() < 1e-4
 
 
-def test_packing_keeps_other_precisions_on_the_plain_path():
+def test_packing_keeps_fp16_and_a_disabled_onednn_on_the_plain_path():
     folded = FoldedGenerator(Generator(ngf=8).eval(), torch.float16)
     assert pack_for_cpu(folded) is folded
+    folded = FoldedGenerator(Generator(ngf=8).eval())
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert pack_for_cpu(folded) is folded
 
 
 def test_last_transposed_convolution_as_3x3_convolution_and_pixel_shuffle():
