@@ -77,8 +77,8 @@ class Generator(nn.Module):
 class FoldedGenerator(nn.Module):
     """A `Generator` in eval mode with every BatchNorm folded into the convolution before it.
 
-    The same function with one pass less over every activation; used for inference (`Protector`), where the
-    activations, not the convolutions, dominate the time on a CPU.
+    The same function with one pass less over every activation; used for inference (`Protector`). On a CPU its
+    weights are then packed for oneDNN (`onednn_generator.pack_for_cpu`).
     """
 
     def __init__(self, g: Generator, dtype: torch.dtype = torch.float32):
