@@ -342,10 +342,15 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
         t = t[0]
     if t.dim() != 3 or t.shape[0] != 3:
         raise ValueError(f"to_uint8 expects 1x3xHxW or 3xHxW, got shape {tuple(t.shape)}")
-    t = t.detach().to("cpu", torch.float32)
-    if torch.isnan(t).any():
+    return batch_to_uint8(t[None])[0]
+
+
+def batch_to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Bx3xHxW tensor in [0, 1] -> BxHxWx3 uint8, rounded to nearest (values clamped to [0, 1]; NaN refused)."""
+    x = x.detach().to("cpu", torch.float32)
+    if torch.isnan(x).any():
         raise ValueError("to_uint8: tensor contains NaN values")
-    return t.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return x.clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 # ---------------------------------------------------------------- encoding

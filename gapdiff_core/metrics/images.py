@@ -6,6 +6,8 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from ..imageio import batch_to_uint8
+
 ImageBatch = Union[torch.Tensor, np.ndarray, Sequence]
 
 
@@ -14,8 +16,7 @@ def _one_to_uint8(img) -> np.ndarray:
         img = img.detach().cpu()
         if img.ndim != 3 or img.shape[0] not in (1, 3):
             raise ValueError(f"expected a 3×H×W tensor in [0, 1], got shape {tuple(img.shape)}")
-        img = (img.float().clamp(0, 1) * 255).round().to(torch.uint8)
-        img = img.expand(3, -1, -1).permute(1, 2, 0).numpy()
+        img = batch_to_uint8(img.expand(3, -1, -1)[None])[0]
     elif hasattr(img, "convert") and hasattr(img, "size"):  # PIL image
         img = np.asarray(img.convert("RGB"))
     img = np.asarray(img)

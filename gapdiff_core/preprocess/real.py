@@ -12,10 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """B×3×H×W [0, 1] -> B×H×W×3 uint8 (rounded)."""
-    return (x.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+from ..imageio import batch_to_uint8
 
 
 def from_uint8(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -32,7 +29,7 @@ def jpeg(x: torch.Tensor, quality: int = 70) -> torch.Tensor:
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"gapdiff_core/preprocess/real.py: JPEG quality must be 1..100, got {quality}")
     out = []
-    for a in to_uint8(x):
+    for a in batch_to_uint8(x):
         buf = io.BytesIO()
         Image.fromarray(a).save(buf, format="JPEG", quality=int(quality))
         buf.seek(0)
@@ -80,7 +77,7 @@ def gaussian_blur(
     kw, kh = int(kernel_size[0]), int(kernel_size[1])
     kx = _gaussian_kernel_fixed_point(kw, sigma_x)
     ky = _gaussian_kernel_fixed_point(kh, sigma_y if sigma_y > 0 else sigma_x)
-    a = to_uint8(x).astype(np.int64)  # B,H,W,C
+    a = batch_to_uint8(x).astype(np.int64)  # B,H,W,C
     _, h, w, _ = a.shape
     cols = _reflect101_index(w, kw // 2)
     rows = _reflect101_index(h, kh // 2)
@@ -126,7 +123,7 @@ def resize(x: torch.Tensor, size: Union[int, Sequence[int]] = 256, method: str =
         return quantize_8bit(y)
     if method != "pillow":
         raise ValueError(f"gapdiff_core/preprocess/real.py: resize method must be 'pillow' or 'opencv', got {method!r}")
-    out = [np.asarray(Image.fromarray(a).resize((tw, th), Image.BILINEAR)) for a in to_uint8(x)]
+    out = [np.asarray(Image.fromarray(a).resize((tw, th), Image.BILINEAR)) for a in batch_to_uint8(x)]
     return from_uint8(np.stack(out), x)
 
 
