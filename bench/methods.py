@@ -1,7 +1,7 @@
 """Side-by-side benchmark of the competing protections (gapdiff_core.protections) and GAP-Diff.
 
 For every method in one run:
-  1. tiny surrogate: seconds per photo and peak RSS increase of the method's tiny schedule (measured), plus the
+  1. tiny surrogate (warmed up on the photos, as training does): seconds per photo and peak RSS increase of the method's tiny schedule (measured), plus the
      full-schedule time extrapolated from the measured per-unit costs; the adversarial effect (mean denoising-loss
      increase vs clean with fixed noises/timesteps) before and after real JPEG q 90/70/50, and the share that survives.
   2. SD-2.1-size surrogate with random weights at 512: the cost of each gradient unit (PGD step through VAE+UNet,
@@ -34,6 +34,7 @@ from gapdiff_core.preprocess.real import jpeg  # noqa: E402
 from gapdiff_core.protections import METHODS, get_protection  # noqa: E402
 from gapdiff_core.protections.caat import cross_attention_kv  # noqa: E402
 from gapdiff_core.protections.mist import add_lora  # noqa: E402
+from gapdiff_core.training.demo import warm_up_surrogate  # noqa: E402
 
 SET_SIZE = 4  # photos protected together (Anti-DreamBooth's set_B)
 QUALITIES = (90, 70, 50)
@@ -84,6 +85,7 @@ def effect(surrogate, clean, protected):
 
 def tiny_part(photos, res):
     surrogate = Surrogate.tiny(0)
+    warm_up_surrogate(surrogate, photos)  # as training does: a random tiny UNet's error ignores its input
     rows = {}
     for name in METHODS:
         method = get_protection(name, surrogate, schedule="tiny", resolution=res, **BENCH_SCHEDULE.get(name, {}))
@@ -103,7 +105,11 @@ def tiny_part(photos, res):
               f"full schedule (extrapolated) {r['full_sec']:8.1f} s/photo  max change {diff:.0f}/{method.budget:g}  "
               f"loss increase x1e3 {r['raw']:+.3f} | JPEG90 {r['q90']:+.3f} q70 {r['q70']:+.3f} q50 {r['q50']:+.3f}",
               flush=True)
-    return rows
+    noise = torch.sign(torch.randn(photos.shape, generator=torch.Generator().manual_seed(1))) * 8 / 255
+    random = effect(surrogate, photos, ((photos + noise).clamp(0, 1) * 255).round() / 255)
+    print(f"  random ±8 sign noise (the noise floor): loss increase x1e3 {random['raw']:+.3f} | JPEG90 "
+          f"{random['q90']:+.3f} q70 {random['q70']:+.3f} q50 {random['q50']:+.3f}", flush=True)
+    return rows, random
 
 
 def time_it(fn, iters):
@@ -215,7 +221,7 @@ def main():
           f"full-schedule times are EXTRAPOLATED from its per-unit costs")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: more threads only oversubscribe a shared CPU
-    tiny = tiny_part(photos, args.res)
+    tiny, random = tiny_part(photos, args.res)
     torch.set_num_threads(threads)
 
     gap = gapdiff_seconds(args.device)
@@ -247,6 +253,9 @@ def main():
             print(f"tiny_{name}_loss_increase_jpeg{q}_x1e3={r[f'q{q}']:.4f}")
             share = r[f"q{q}"] / r["raw"] if r["raw"] > 0 else float("nan")
             print(f"tiny_{name}_survival_jpeg{q}={share:.3f}")
+    print(f"tiny_random_noise_loss_increase_x1e3={random['raw']:.4f}")
+    for q in QUALITIES:
+        print(f"tiny_random_noise_loss_increase_jpeg{q}_x1e3={random[f'q{q}']:.4f}")
     print(f"gapdiff_s_per_photo={gap:.4f}")
     for name, sec in sd_rows.items():
         print(f"sd21_{name}_s_per_photo_extrapolated={sec:.1f}")
