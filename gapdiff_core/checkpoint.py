@@ -66,7 +66,8 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
                               f"{sorted(state)[:3]})")
     info.ngf = int(state["conv1.weight"].shape[0])
     info.source = str(path)
-    generator = Generator(ngf=info.ngf)
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+        generator = Generator(ngf=info.ngf)
     _load_strict(generator, state, path)
     generator.info = info
     return generator.to(device).eval()
@@ -149,4 +150,5 @@ def _load_strict(generator: Generator, state: dict, path: Path) -> None:
                 parts.append(f"{label}: {shown}")
         raise CheckpointError(f"{path}: does not match the GAP-Diff generator (ngf={generator.ngf}); "
                               + "; ".join(parts))
-    generator.load_state_dict(state, strict=True)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    generator.load_state_dict(state, strict=True, assign=True)
