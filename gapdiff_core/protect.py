@@ -86,10 +86,12 @@ class ProtectStats:
 
 
 def protection_stats(original: torch.Tensor, protected: torch.Tensor) -> ProtectStats:
-    diff = torch.round(protected.float() * 255) - torch.round(original.float() * 255)
-    mse = diff.pow(2).mean().item()
+    diff = protected.float().mul(255).round_().sub_(original.float().mul(255).round_())
+    lo, hi = torch.aminmax(diff)
+    flat = diff.reshape(-1)
+    mse = torch.dot(flat, flat).item() / flat.numel()
     psnr = float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
-    return ProtectStats(max_change=diff.abs().max().item(), psnr=psnr)
+    return ProtectStats(max_change=max(-lo.item(), hi.item()), psnr=psnr)
 
 
 class Protector:

@@ -1,4 +1,6 @@
 """Protection respects the budget after 8-bit rounding, in every mode, for any size."""
+import math
+
 import pytest
 import torch
 
@@ -105,6 +107,18 @@ def test_default_cpu_precision_within_one_grey_level_of_fp32():
     for precision in ("bf16", "auto"):
         out = Protector(g, precision=precision)(x)
         assert grey_change(out, ref).max() <= 1
+
+
+def test_stats_are_exact_on_a_12_megapixel_photo():
+    torch.manual_seed(4)
+    x = torch.rand(1, 3, 3024, 4032)
+    step = torch.randint(-8, 9, x.shape).float()
+    step[0, 1, 5, 7] = -11
+    y = ((x * 255).round() + step).clamp(0, 255) / 255
+    diff = (y * 255).round().double() - (x * 255).round().double()
+    s = protection_stats(x, y)
+    assert s.max_change == 11
+    assert s.psnr == pytest.approx(10 * math.log10(255 ** 2 / diff.pow(2).mean().item()), abs=1e-4)
 
 
 def test_stats_and_bad_arguments(generator):
