@@ -1,8 +1,6 @@
 """Load GAP-Diff Generator and Protect Image."""
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from ..gapdiff_core import load_generator
@@ -63,10 +61,8 @@ class ProtectImage:
         if getattr(generator.info, "demo", False):
             host.log.warning("GAP-Diff: %s is a DEMO generator; its output protects nothing real",
                              getattr(generator.info, "source", "this generator"))
-        # Protector moves and casts the module in place: give it a copy, so the loader's cached fp32 CPU
-        # generator is not left in bf16/fp16 or on the GPU for the next run
-        protector = Protector(copy.deepcopy(generator), budget=float(budget), mode=mode, device=str(host.device()),
-                              precision=precision)
+        protector = Protector(generator, budget=float(budget), mode=mode, device=str(host.device()),
+                              precision=precision)  # works on its own copy: the loader's cached module is untouched
         progress = host.Progress(x.shape[0])
         protected = []
         for i in range(x.shape[0]):

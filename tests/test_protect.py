@@ -65,6 +65,14 @@ def test_deterministic_by_default_and_official_mode_is_seeded(generator):
     assert not generator.training  # the caller's module is left in eval mode
 
 
+@pytest.mark.parametrize("options", [{"precision": "bf16"}, {"precision": "fp16"}, {"official_mode": True}])
+def test_the_callers_generator_is_left_as_it_was(generator, options):
+    before = {k: v.clone() for k, v in generator.state_dict().items()}
+    Protector(generator, **options)(photo(512, 512))
+    after = generator.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
 def test_batches_and_lists_of_sizes(generator):
     p = Protector(generator, precision="fp32", batch_size=2)
     batch = torch.cat([photo(512, 512, s) for s in range(3)])
