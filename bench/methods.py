@@ -1,9 +1,10 @@
 """Side-by-side benchmark of the competing protections (gapdiff_core.protections) and GAP-Diff.
 
 For every method in one run:
-  1. tiny surrogate (warmed up on the photos, as training does): seconds per photo and peak RSS increase of the method's tiny schedule (measured), plus the
-     full-schedule time extrapolated from the measured per-unit costs; the adversarial effect (mean denoising-loss
-     increase vs clean with fixed noises/timesteps) before and after real JPEG q 90/70/50, and the share that survives.
+  1. tiny surrogate (warmed up on the photos, as training does): seconds per photo and peak RSS increase of the
+     method's tiny schedule (measured), plus the full-schedule time extrapolated from the measured per-unit costs;
+     the adversarial effect (mean denoising-loss increase vs clean with fixed noises/timesteps) before and after
+     real JPEG q 90/70/50, the share that survives, and the same effect of random sign noise (the noise floor).
   2. SD-2.1-size surrogate with random weights at 512: the cost of each gradient unit (PGD step through VAE+UNet,
      encoder-only step, full-UNet / K-V / LoRA fine-tuning step, UNet copy) is timed a few times on the one shared
      model, and each method's full schedule is EXTRAPOLATED as units x unit cost (per photo, a set of 4 photos).
