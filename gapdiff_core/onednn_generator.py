@@ -37,12 +37,12 @@ def pack_for_cpu(model: FoldedGenerator) -> nn.Module:
 
 
 class OneDNNGenerator(nn.Module):
-    """The function of a CPU `FoldedGenerator`, with packed weights (inference only, fixed dtype)."""
+    """The function of a CPU `FoldedGenerator`, with packed weights (inference only; inputs in the weights' dtype,
+    fastest channels-last, as `Protector` passes them)."""
 
     def __init__(self, model: FoldedGenerator):
         super().__init__()
         self.ngf = model.ngf
-        self.dtype = model.enc[0].dtype
         # Packing picks the blocked layout for a 512x512 input; other sizes use the same layout.
         size, channels = 512, 3
         self.enc = []
@@ -64,7 +64,6 @@ class OneDNNGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x.shape[-2], x.shape[-1])
-        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
         skips = []
         for w, b in self.enc[:7]:
             x = _MK._convolution_pointwise(x, w, b, _ONE, _TWO, _ONE, 1, "leaky_relu", [0.2], "")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .checkpoint import GeneratorInfo, load_generator
 from .generator import MIN_SIZE, SIZE_MULTIPLE, FoldedGenerator, Generator
-from .onednn_generator import pack_for_cpu
+from .onednn_generator import OneDNNGenerator, pack_for_cpu
 
 MODES = ("working", "native")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -131,9 +131,10 @@ class Protector:
         model = copy.deepcopy(generator).train() if official_mode else FoldedGenerator(generator, self.dtype)
         self.model = model.to(self.device, self.dtype)
         if self.device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
             if not official_mode:
                 self.model = pack_for_cpu(self.model)
+            if not isinstance(self.model, OneDNNGenerator):  # packed weights have oneDNN's own layout
+                self.model = self.model.to(memory_format=torch.channels_last)
 
     def __call__(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Protect a B x 3 x H x W batch (or a list of 1 x 3 x H x W / 3 x H x W images of different sizes)."""
