@@ -54,18 +54,6 @@ def add_arguments(parser) -> None:
     g.add_argument("--sample-batch", type=int, default=4, help="images per sampling batch")
 
 
-def _device(name: str):
-    import torch
-
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def run(args) -> int:
     import sys
     from pathlib import Path
@@ -73,6 +61,7 @@ def run(args) -> int:
     from ..attack import DreamBoothAttack, GenerationConfig, PAPER_PROMPTS, TqdmProgress, generate, preset
     from ..diffusion import load_surrogate
     from ..imageio import iter_image_paths
+    from ..protect import resolve_device
 
     found = iter_image_paths(args.photos)
     for problem in found.problems:
@@ -89,7 +78,7 @@ def run(args) -> int:
     if args.no_prior:
         overrides["with_prior_preservation"] = False
     config = preset(args.preset, **overrides)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     surrogate = load_surrogate(args.model, device=device)
     if surrogate.is_demo:
         print(f"note: {surrogate.name} is the tiny built-in demo model; its results say nothing about real "
