@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .generator import Generator
 
@@ -113,17 +113,21 @@ def _read_pth(path: Path) -> dict:
     return state
 
 
-def _read_safetensors(path: Path) -> tuple[dict, GeneratorInfo]:
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a `.safetensors` file, read once; raises CheckpointError."""
     try:
-        state = load_file(path)
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable .safetensors file ({exc})") from None
+
+
+def _read_safetensors(path: Path) -> tuple[dict, GeneratorInfo]:
+    state, meta = read_safetensors(path)
     if meta.get("architecture", ARCHITECTURE) != ARCHITECTURE:
         raise CheckpointError(f"{path}: architecture {meta['architecture']!r} is not {ARCHITECTURE!r}")
     info = GeneratorInfo()
-    for key in ("ngf", "budget", "working_resolution", "demo", "provenance", "surrogate", "training_config"):
+    for key in (f.name for f in fields(GeneratorInfo) if f.name != "source"):
         if key in meta:
             try:
                 setattr(info, key, json.loads(meta[key]))

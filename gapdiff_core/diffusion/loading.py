@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, read_safetensors
 from . import convert
 from .surrogate import CONFIG_ROOT, SURROGATE_MARKER, Surrogate
 from .tokenizer import tokenizer_from_config
@@ -47,13 +47,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable .safetensors file ({e})") from e
+        return read_safetensors(path)
     if suffix in (".ckpt", ".pt", ".pth", ".bin"):
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
