@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .dct import BLOCK, block_dct, block_idct, pad_to_multiple
+from .dct import BLOCK, block_dct, block_idct, pad_to_multiple, tile_per_block
 
 # RGB -> YUV without offsets, and the inverse, with the coefficients of the official code.
 RGB_TO_YUV = torch.tensor(
@@ -43,7 +43,7 @@ def jpeg_mask(x: torch.Tensor, keep_y: int = 5, keep_c: int = 3) -> torch.Tensor
     yuv = _mix(img, RGB_TO_YUV)
     coef = block_dct(yuv)
     hp, wp = coef.shape[-2:]
-    mask = coefficient_mask(keep_y, keep_c, coef.dtype, coef.device).repeat(1, hp // BLOCK, wp // BLOCK)
+    mask = tile_per_block(coefficient_mask(keep_y, keep_c, coef.dtype, coef.device), hp, wp)
     rgb = _mix(block_idct(coef * mask), YUV_TO_RGB)[..., :h, :w]
     return (rgb / 127.5 - 1).clamp(-1, 1)
 
