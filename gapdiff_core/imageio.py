@@ -383,7 +383,8 @@ def save_image(
     fmt = SAVE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"{path}: cannot write '{path.suffix}' files; use .png, .jpg, .webp or .tif")
-    image = _to_pil(path, rgb_uint8, alpha, fmt)
+    pixels = _pixels(path, rgb_uint8, alpha, fmt)
+    protect_paths = [(Path(p), Path(p).resolve()) for p in protect_paths]  # resolved once for both checks
     _check_destination(path, overwrite, protect_paths)
     options = _save_options(fmt, quality, lossless_webp, keep_metadata, metadata or {}, jpeg_subsampling)
     if not path.parent.is_dir():
@@ -393,9 +394,9 @@ def save_image(
     try:
         with os.fdopen(fd, "wb") as f:
             if fmt == "PNG" and set(options) <= {"icc_profile"}:  # no metadata to carry: the fast encoder
-                f.write(encode_png(np.asarray(image), options.get("icc_profile")))
+                f.write(encode_png(pixels, options.get("icc_profile")))
             else:
-                image.save(f, format=fmt, **options)
+                Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(f, format=fmt, **options)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_current_umask())
@@ -410,13 +411,14 @@ def save_image(
     return path
 
 
-def _to_pil(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, fmt: str) -> Image.Image:
+def _pixels(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, fmt: str) -> np.ndarray:
+    """The checked pixels to write: HxWx3, or HxWx4 with alpha, uint8 and C-contiguous."""
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(f"{path}: expected HxWx3 uint8 pixels, got {rgb.dtype} {rgb.shape}; "
                          "convert tensors with to_uint8 first")
     if alpha is None:
-        return Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+        return np.ascontiguousarray(rgb)
     alpha = np.asarray(alpha)
     if alpha.dtype != np.uint8 or alpha.shape != rgb.shape[:2]:
         raise ImageError(f"{path}: alpha must be HxW uint8 matching the image {rgb.shape[:2]}, "
@@ -424,7 +426,7 @@ def _to_pil(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, fmt: str) -> 
     if fmt == "JPEG":
         raise ImageError(f"{path}: JPEG cannot store transparency; save as .png or .webp, "
                          "or drop the alpha channel explicitly (alpha=None)")
-    return Image.fromarray(np.ascontiguousarray(np.dstack([rgb, alpha])), "RGBA")
+    return np.dstack([rgb, alpha])
 
 
 def _save_options(fmt: str, quality: int, lossless_webp: bool, keep: bool, metadata: dict,
@@ -454,11 +456,11 @@ def _save_options(fmt: str, quality: int, lossless_webp: bool, keep: bool, metad
     return options
 
 
-def _is_protected(path: Path, protect_paths: Iterable[str | Path]) -> Path | None:
+def _is_protected(path: Path, protect_paths: list[tuple[Path, Path]]) -> Path | None:
+    """The input among `protect_paths` ((path, resolved path) pairs) that `path` would write over, if any."""
     target = path.resolve()
-    for p in protect_paths:
-        p = Path(p)
-        if p.resolve() == target:
+    for p, resolved in protect_paths:
+        if resolved == target:
             return p
         try:
             if path.exists() and p.exists() and os.path.samefile(path, p):
@@ -468,7 +470,7 @@ def _is_protected(path: Path, protect_paths: Iterable[str | Path]) -> Path | Non
     return None
 
 
-def _check_destination(path: Path, overwrite: bool, protect_paths: Iterable[str | Path]) -> None:
+def _check_destination(path: Path, overwrite: bool, protect_paths: list[tuple[Path, Path]]) -> None:
     protected = _is_protected(path, protect_paths)
     if protected is not None:
         raise ImageError(f"{path}: refusing to write over the input image {protected}; "
@@ -479,9 +481,8 @@ def _check_destination(path: Path, overwrite: bool, protect_paths: Iterable[str 
         raise ImageError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
 
 
-def _commit(tmp: Path, path: Path, overwrite: bool, protect_paths) -> None:
+def _commit(tmp: Path, path: Path, overwrite: bool, protect_paths: list[tuple[Path, Path]]) -> None:
     """Move the finished temp file into place; without overwrite, never clobber a file that appeared meanwhile."""
-    protect_paths = list(protect_paths)
     _check_destination(path, overwrite, protect_paths)
     if overwrite:
         os.replace(tmp, path)
