@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -449,9 +450,9 @@ class ProtocolRunner:
             t0 = time.perf_counter()
             folder = self.cache.start("attack", key)
             photos = [str(tfolder / n) for n in trec["files"]]
-            with TqdmProgress(f"attack {acfg.preset or acfg.mode}") if self.progress else _Null() as bar:
+            with TqdmProgress(f"attack {acfg.preset or acfg.mode}") if self.progress else nullcontext() as bar:
                 result = DreamBoothAttack(self.base, acfg, cache_dir=self.cache.root / "class_images").run(
-                    photos, folder, progress=bar if self.progress else None)
+                    photos, folder, progress=bar)
             if not result.completed:
                 raise RuntimeError(f"DreamBooth attack in {folder} stopped early")
             model = result.surrogate
@@ -506,8 +507,8 @@ class ProtocolRunner:
             folder = self.cache.start("generate", key)
             if model is None:
                 model = self._reload_attacked(arec, afolder)
-            with TqdmProgress("generate", unit="img") if self.progress else _Null() as bar:
-                out = generate(model, gcfg, progress=bar if self.progress else None)
+            with TqdmProgress("generate", unit="img") if self.progress else nullcontext() as bar:
+                out = generate(model, gcfg, progress=bar)
             out.save(folder)
             files = {p: [] for p in gcfg.prompts}
             for p, s in zip(out.prompts, out.seeds):
@@ -585,7 +586,7 @@ class ProtocolRunner:
             runs.append(self._run_record(ident, method, spec, prot, trans, att, gen, met))
         results = _jsonable(self._results(runs, time.perf_counter() - t_start))
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2), encoding="utf-8")
+        (self.out_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
         return results
 
     def _rel(self, p: Path) -> str:
@@ -640,14 +641,6 @@ class ProtocolRunner:
                        "computed_stages": dict(self.computed), "stage_seconds": stage_seconds},
             "environment": environment(),
         }
-
-
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---------------------------------------------------------------- metric summaries

@@ -29,8 +29,9 @@ def evaluate_images(generated: ImageBatch, references: Optional[ImageBatch | np.
     images = to_uint8_rgb(generated)
     if not images:
         raise ValueError("evaluate_images: no images given")
+    has_dropout = hasattr(get_embedder(embedder), "dropout_embeddings")  # SER-FIQ needs the dropout head
     analyses = analyze_faces(images, detector=detector, embedder=embedder, threshold=threshold,
-                             keep_trunk=embedder == "sface")
+                             keep_trunk=has_dropout)
     out = {
         "n_images": len(images),
         "fdfr": fdfr(images, analyses=analyses).to_dict(),
@@ -39,7 +40,7 @@ def evaluate_images(generated: ImageBatch, references: Optional[ImageBatch | np.
         "brisque": brisque(images).to_dict(),
         "serfiq": (serfiq(images, T=serfiq_T, alpha=serfiq_alpha, r=serfiq_r, seed=seed,
                           analyses=analyses).to_dict()
-                   if hasattr(get_embedder(embedder), "dropout_embeddings") else None),
+                   if has_dropout else None),
         "backends": {"detector": f"{detector}: {get_detector(detector, float(threshold)).description}",
                      "embedder": f"{embedder}: {get_embedder(embedder).description}",
                      "brisque": brisque_backend()},
