@@ -312,9 +312,9 @@ class Trainer:
         g = self.unwrapped_generator()
         t = fixed_timesteps(self.cfg.val_timesteps, self.surrogate.scheduler.config.num_train_timesteps)
         kw = dict(self.loss_kwargs, weighting="uniform", noise_samples=1)
-        metrics = evaluate_generator(g, self.surrogate, self._val_images, self.cfg.budget, self.instance_embeds, t,
-                                     self.cfg.val_jpeg_quality, **kw)
         protected = protect_batch(g, self._val_images.to(self.device), self.cfg.budget)
+        metrics = evaluate_generator(g, self.surrogate, self._val_images, self.cfg.budget, self.instance_embeds, t,
+                                     self.cfg.val_jpeg_quality, protected=protected, **kw)
         save_grid(self.out / "grids" / f"step-{self.step:08d}.png", self._val_images, protected.cpu(), self.cfg.budget)
         row = {"step": self.step, **metrics}
         self._log(row, "val.csv")

@@ -59,11 +59,12 @@ def random_sign_noise(x01: torch.Tensor, budget: float, seed: int = VAL_SEED) ->
 
 def evaluate_generator(generator, surrogate, clean01: torch.Tensor, budget: float, prompt_embeds: torch.Tensor,
                        timesteps: torch.Tensor, jpeg_quality: int = 70, include_random: bool = True,
-                       **loss_kwargs) -> dict[str, float]:
+                       protected: torch.Tensor | None = None, **loss_kwargs) -> dict[str, float]:
     """Adversarial effect (mean denoising error) on clean / protected / protected-then-real-JPEG images, the random
-    baseline, the share of the effect that survives JPEG, and PSNR/SSIM of protected vs clean."""
+    baseline, the share of the effect that survives JPEG, and PSNR/SSIM of protected vs clean. `protected`: the
+    generator's output on `clean01` when the caller has it already."""
     clean01 = clean01.to(surrogate.device)
-    protected = protect_batch(generator, clean01, budget)
+    protected = protect_batch(generator, clean01, budget) if protected is None else protected.to(surrogate.device)
     err = lambda x: float(mean_denoising_error(surrogate, x, prompt_embeds, timesteps, **loss_kwargs).mean())  # noqa: E731
     out = {"adv_clean": err(clean01), "adv_protected": err(protected)}
     out["adv_clean_jpeg"] = err(real.jpeg(clean01, jpeg_quality))
