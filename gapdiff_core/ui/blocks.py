@@ -1,5 +1,6 @@
 """The Gradio Blocks shared by the standalone app and the A1111 / Forge tab: Protect, Robustness, Evaluate, About."""
 import functools
+import inspect
 import logging
 import math
 from pathlib import Path
@@ -9,6 +10,7 @@ import gradio as gr
 
 from . import logic
 from .compat import FILE_TYPE, listen, make
+from ..protect import MODES
 from .logic import UIError, UISettings
 from .text import ABOUT_MARKDOWN
 
@@ -28,7 +30,7 @@ def _readable(fn: Callable) -> Callable:
         log.exception("gapdiff UI: unexpected error in %s", fn.__name__)
         return gr.Error(f"Unexpected error ({type(exc).__name__}: {exc}). Details are in the server log.")
 
-    if getattr(fn, "_is_generator", False):
+    if inspect.isgeneratorfunction(fn):
         def wrapped_gen(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
@@ -42,11 +44,6 @@ def _readable(fn: Callable) -> Callable:
         except Exception as exc:  # noqa: BLE001
             raise handle(exc) from None
     return functools.wraps(fn)(wrapped)
-
-
-def _generator(fn):
-    fn._is_generator = True
-    return fn
 
 
 def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> gr.Blocks:
@@ -73,7 +70,7 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                 budget = make(gr.Slider, minimum=1, maximum=32, step=1, value=float(initial.default_budget),
                               label="Budget (grey levels on the 0-255 scale; 8 = the paper's setting)",
                               elem_id="gapdiff_budget")
-                mode = make(gr.Radio, choices=["working", "native"], value="working", label="Mode",
+                mode = make(gr.Radio, choices=list(MODES), value="working", label="Mode",
                             info="working: computed at the fine-tuning resolution (fast); native: full resolution",
                             elem_id="gapdiff_mode")
 
@@ -154,7 +151,6 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
         listen(generator.change, _readable(lambda c: _describe_choice(c, get())), inputs=[generator],
                outputs=[generator_info], queue=False, api_name="describe_generator")
 
-        @_generator
         def protect(uploads, choice, ckpt, budget_value, mode_value, progress=gr.Progress()):
             s = get()
             uploads = uploads if isinstance(uploads, list) else ([uploads] if uploads else [])

@@ -280,19 +280,16 @@ def denoising_effect(surrogate, x01: torch.Tensor, timesteps=(100, 300, 500, 700
     """The surrogate's mean denoising error on `x01` (the training objective of `gapdiff_core.losses`, uniform
     weighting) over fixed timesteps with seeded noise, so clean and protected photos are compared on the same
     draws. Higher means the model learns these photos worse."""
-    from ..losses import INSTANCE_PROMPT, denoising_error
+    from ..losses import INSTANCE_PROMPT
+    from ..training.validation import mean_denoising_error
 
     res = surrogate.resolution
     x = torch.nn.functional.interpolate(x01.float(), (res, res), mode="bilinear", antialias=True,
                                         align_corners=False).to(surrogate.device, surrogate.dtype)
-    devices = [surrogate.device] if surrogate.device.type == "cuda" else []
-    values = []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+    with torch.no_grad():
         emb = surrogate.encode_prompt([INSTANCE_PROMPT])
-        for i, t in enumerate(timesteps):
-            torch.manual_seed(seed + i)
-            ts = torch.full((x.shape[0],), int(t), dtype=torch.long)
-            values.append(denoising_error(surrogate, x, emb, timesteps=ts).mean().item())
+    values = [mean_denoising_error(surrogate, x, emb, torch.tensor([t]), seed=seed + i).mean().item()
+              for i, t in enumerate(timesteps)]
     return sum(values) / len(values)
 
 
