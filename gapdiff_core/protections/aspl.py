@@ -28,11 +28,12 @@ class ASPL(IterativeProtection):
         s = self.settings
         return s["iterations"] * (2 * s["surrogate_steps"] + s["pgd_steps"])
 
-    def perturb(self, x0: torch.Tensor) -> torch.Tensor:
+    def perturb(self, x0: torch.Tensor, x_adv: torch.Tensor | None = None) -> torch.Tensor:
+        """`x_adv`: where the attack starts (default: the clean photos)."""
         s = self.settings
         main = self.clone_unet()
         clean = self.clean_reference(x0)
-        x_adv = x0.clone()
+        x_adv = x0.clone() if x_adv is None else x_adv
         for _ in range(int(s["iterations"])):
             clone = self.clone_unet(main)
             self.finetune(clone, clean, s["surrogate_steps"], s["lr"])

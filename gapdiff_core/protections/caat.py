@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import denoising_error
-from .base import IterativeProtection, with_unet
+from ..losses import dreambooth_loss
+from .base import IterativeProtection, resize, with_unet
 
 
 def cross_attention_kv(unet) -> list[torch.nn.Parameter]:
@@ -46,17 +46,16 @@ class CAAT(IterativeProtection):
         view = with_unet(self.surrogate, unet)
         x_adv = x0.clone()
         pw = float(s["prior_weight"])
+        cls = cls_emb = None
+        if self.class_images is not None and pw > 0:
+            cls = resize(self.class_images[:x0.shape[0]].to(x0), tuple(x0.shape[-2:]))
+            cls_emb = self.embeds(cls.shape[0], "a photo of person")
         for _ in range(int(s["steps"])):
             x = x_adv.detach().requires_grad_(True)
             with self.timed("train_kv", x.shape[0]):
                 flip = torch.rand(x.shape[0], device=x.device) < 0.5 if s["hflip"] else None
                 inp = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x) if flip is not None else x
-                loss = denoising_error(view, inp, self.embeds(x.shape[0])).mean()
-                if self.class_images is not None and pw > 0:
-                    cls = self.class_images[:x.shape[0]].to(x)
-                    from .base import resize
-                    loss = loss + pw * denoising_error(view, resize(cls, tuple(x.shape[-2:])),
-                                                       self.embeds(cls.shape[0], "a photo of person")).mean()
+                loss = dreambooth_loss(view, inp, self.embeds(x.shape[0]), cls, cls_emb, prior_weight=pw)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

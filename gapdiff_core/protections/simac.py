@@ -28,16 +28,10 @@ class SimAC(ASPL):
 
     def perturb(self, x0: torch.Tensor) -> torch.Tensor:
         x_adv, self.timestep_sets = self.select_timesteps(x0)
-        s = self.settings
-        main = self.clone_unet()
-        clean = self.clean_reference(x0)
-        for _ in range(int(s["iterations"])):
-            clone = self.clone_unet(main)
-            self.finetune(clone, clean, s["surrogate_steps"], s["lr"])
-            x_adv = self.pgd(clone, x_adv, x0, s["pgd_steps"], timestep_sets=self.timestep_sets)
-            del clone
-            self.finetune(main, x_adv, s["surrogate_steps"], s["lr"])
-        return x_adv
+        return super().perturb(x0, x_adv)
+
+    def attack(self, unet, x_adv: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        return self.pgd(unet, x_adv, x0, self.settings["pgd_steps"], timestep_sets=self.timestep_sets)
 
     def select_timesteps(self, x0: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Greedy per-photo pruning of the timestep set (with one PGD step per round at the strongest t)."""
