@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from gapdiff_core.diffusion import Surrogate  # noqa: E402
 from gapdiff_core.losses import denoising_error  # noqa: E402
-from gapdiff_core.preprocess.real import jpeg  # noqa: E402
+from gapdiff_core.preprocess.real import jpeg, quantize_8bit  # noqa: E402
 from gapdiff_core.protections import METHODS, get_protection  # noqa: E402
 from gapdiff_core.protections.caat import cross_attention_kv  # noqa: E402
 from gapdiff_core.protections.mist import add_lora  # noqa: E402
@@ -107,7 +107,7 @@ def tiny_part(photos, res):
               f"loss increase x1e3 {r['raw']:+.3f} | JPEG90 {r['q90']:+.3f} q70 {r['q70']:+.3f} q50 {r['q50']:+.3f}",
               flush=True)
     noise = torch.sign(torch.randn(photos.shape, generator=torch.Generator().manual_seed(1))) * 8 / 255
-    random = effect(surrogate, photos, ((photos + noise).clamp(0, 1) * 255).round() / 255)
+    random = effect(surrogate, photos, quantize_8bit(photos + noise))
     print(f"  random ±8 sign noise (the noise floor): loss increase x1e3 {random['raw']:+.3f} | JPEG90 "
           f"{random['q90']:+.3f} q70 {random['q70']:+.3f} q50 {random['q50']:+.3f}", flush=True)
     return rows, random
@@ -212,10 +212,10 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}")
     g = torch.Generator().manual_seed(0)
     photos = torch.rand(args.photos, 3, args.res, args.res, generator=g) * 0.6 + 0.2
-    for path in sorted((Path(__file__).resolve().parents[1] / "gapdiff_core" / "samples").glob("obama*.jpg"))[:args.photos]:
+    samples = sorted((Path(__file__).resolve().parents[1] / "gapdiff_core" / "samples").glob("obama*.jpg"))
+    for i, path in enumerate(samples[:args.photos]):
         from PIL import Image
         im = Image.open(path).convert("RGB").resize((args.res, args.res))
-        i = sorted(Path(path.parent).glob("obama*.jpg")).index(path)
         photos[i] = torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255
 
     print(f"\n[1] tiny surrogate, {args.photos} photos at {args.res}px, each method's short bench schedule (measured); "

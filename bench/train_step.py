@@ -23,24 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gapdiff_core.training import Trainer, load_config  # noqa: E402
 
 
-def random_sd21_base(device, dtype=torch.float32):
-    """SD 2.1-base architecture from the bundled configs, randomly initialised (no weights exist here)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from gapdiff_core.diffusion import Surrogate, bundled_config, clip_tokenizer
-
-    root = bundled_config("sd21-base")
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae"))
-    text = CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))
-    sched = DDPMScheduler.from_config(DDPMScheduler.load_config(root / "scheduler"))
-    s = Surrogate(vae, text, clip_tokenizer("sd2"), unet, sched, name="sd21-base architecture, RANDOM weights",
-                  is_demo=True, resolution=512, family="sd2")
-    return s.to(device, dtype if dtype != torch.float32 else None)
-
-
 def time_steps(trainer: Trainer, batch: torch.Tensor, steps: int, finetune: bool = False) -> list[float]:
     times = []
     for _ in range(steps):
@@ -98,7 +80,7 @@ def main() -> int:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
-            sur = random_sd21_base(dev)
+            sur = Surrogate.random("sd21-base").to(dev)
             build = time.perf_counter() - t0
             tr = make_trainer(work, sur, ngf=args.ngf, batch_size=args.sd21_batch,
                               gradient_checkpointing=args.gradient_checkpointing,
