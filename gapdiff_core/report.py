@@ -13,6 +13,8 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from .preprocess.real import JPEG_DEFAULT_QUALITY
+
 METRICS = (("fdfr", "FDFR↑"), ("ism", "ISM↓"), ("brisque", "BRISQUE↑"), ("serfiq", "SER-FIQ↓"))
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 EMPTY_NOTES = {"ism": "undefined: no face detected in any generated image"}
@@ -69,12 +71,13 @@ def no_face_note(rows: list[dict]) -> str:
 
 
 def jpeg_quality(spec: str) -> Optional[int]:
-    """'jpeg:70' -> 70; 'none' -> 100 (plotted at the right end, labelled 'none'); anything else -> None."""
+    """'jpeg:30' -> 30; bare 'jpeg' -> the quality it runs at (real.JPEG_DEFAULT_QUALITY); 'none' -> 100 (plotted
+    at the right end, labelled 'none'); anything else -> None."""
     if spec == "none":
         return 100
     name, _, arg = spec.partition(":")
     if name == "jpeg":
-        return int(arg) if arg else 75
+        return int(arg) if arg else JPEG_DEFAULT_QUALITY
     return None
 
 

@@ -107,3 +107,15 @@ def test_write_reports_writes_three_files(tmp_path):
     assert json.loads(paths["json"].read_text(encoding="utf-8"))["runs"]
     assert paths["md"].read_text(encoding="utf-8").startswith("# ")
     assert paths["html"].read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_bare_jpeg_is_plotted_at_the_quality_it_runs_at():
+    import torch
+
+    from gapdiff_core.preprocess.real import jpeg, parse_transform
+
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    q = jpeg_quality("jpeg")
+    assert torch.equal(parse_transform("jpeg")(x), jpeg(x, q))
+    assert not torch.equal(jpeg(x, q), jpeg(x, 75 if q != 75 else 70))
+    assert jpeg_quality("jpeg:30") == 30 and jpeg_quality("none") == 100 and jpeg_quality("blur") is None

@@ -24,7 +24,10 @@ def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0, 1) * 255.0).round() / 255.0
 
 
-def jpeg(x: torch.Tensor, quality: int = 70) -> torch.Tensor:
+JPEG_DEFAULT_QUALITY = 70  # a bare 'jpeg' transform
+
+
+def jpeg(x: torch.Tensor, quality: int = JPEG_DEFAULT_QUALITY) -> torch.Tensor:
     """Pillow (libjpeg) JPEG round trip per image, Pillow's default chroma subsampling (4:2:0)."""
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"gapdiff_core/preprocess/real.py: JPEG quality must be 1..100, got {quality}")
