@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from .imageio import ImageError, load_image
 from .preprocess.real import JPEG_DEFAULT_QUALITY
 
 METRICS = (("fdfr", "FDFR↑"), ("ism", "ISM↓"), ("brisque", "BRISQUE↑"), ("serfiq", "SER-FIQ↓"))
@@ -260,10 +261,10 @@ def _resolve(path: str, base_dir: Path) -> Path:
 
 
 def _load_rgb(path: Path):
-    from PIL import Image, ImageOps
+    """Decoded as everywhere else (imageio.load_image: orientation, 16-bit, CMYK); raises ImageError."""
+    from PIL import Image
 
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
+    return Image.fromarray(load_image(path).rgb)
 
 
 def _png_data_uri(im, max_side: int) -> str:
@@ -306,8 +307,8 @@ def image_grids(results: dict, base_dir: Path, max_photos: int = 2, max_generate
             for i, (c, p) in enumerate(zip(imgs["clean"][:max_photos], imgs["protected"][:max_photos])):
                 try:
                     clean, prot = _load_rgb(_resolve(c, base_dir)), _load_rgb(_resolve(p, base_dir))
-                except OSError as e:
-                    parts.append(f"<p>missing image: {html.escape(str(e))}</p>")
+                except ImageError as e:
+                    parts.append(f"<p>unreadable image: {html.escape(str(e))}</p>")
                     continue
                 parts.append(_img_tag(clean, f"clean #{i + 1}"))
                 parts.append(_img_tag(prot, f"protected #{i + 1}"))

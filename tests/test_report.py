@@ -119,3 +119,23 @@ def test_bare_jpeg_is_plotted_at_the_quality_it_runs_at():
     assert torch.equal(parse_transform("jpeg")(x), jpeg(x, q))
     assert not torch.equal(jpeg(x, q), jpeg(x, 75 if q != 75 else 70))
     assert jpeg_quality("jpeg:30") == 30 and jpeg_quality("none") == 100 and jpeg_quality("blur") is None
+
+
+def test_html_thumbnails_decode_16_bit_photos_like_the_rest_of_the_tool(tmp_path):
+    import base64
+    import io
+
+    results = _results(tmp_path)
+    grey16 = np.full((40, 32), 0x8000, dtype=np.uint16)  # mid grey in 16 bits; 8-bit clipping would give white
+    Image.fromarray(grey16).save(tmp_path / "clean.png")
+    page = html_report(results, tmp_path)
+    uri = re.search(r'<img src="data:image/png;base64,([^"]+)" alt="clean #1"', page).group(1)
+    thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGB"))
+    assert abs(int(thumb.mean()) - 128) <= 1
+
+
+def test_html_names_an_unreadable_photo_and_still_renders(tmp_path):
+    results = _results(tmp_path)
+    (tmp_path / "clean.png").write_bytes(b"not an image")
+    page = html_report(results, tmp_path)
+    assert "unreadable image" in page and "clean.png" in page and "vs JPEG quality" in page
