@@ -12,7 +12,7 @@ from gapdiff_core.diffusion import (  # noqa: E402
     CheckpointError, Surrogate, bundled_config, detect_sd_version, load_surrogate, looks_v_prediction,
     read_state_dict)
 from gapdiff_core.diffusion import convert  # noqa: E402
-from gapdiff_core.diffusion.surrogate import TINY_TEXT_ENCODER, TINY_UNET, TINY_VAE  # noqa: E402
+from gapdiff_core.diffusion.surrogate import SURROGATE_MARKER, TINY_TEXT_ENCODER, TINY_UNET, TINY_VAE  # noqa: E402
 from gapdiff_core.diffusion.tokenizer import clip_tokenizer  # noqa: E402
 
 PROMPT = "a photo of sks person"
@@ -150,12 +150,20 @@ def test_gradient_checkpointing_switch_keeps_results(tiny, probe):
 
 
 # ---------------------------------------------------------------- loaders round-trip
-def test_diffusers_folder_round_trip(tiny, probe, tmp_path, no_network):
-    tiny.save_pretrained(tmp_path / "tiny")
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+@pytest.mark.parametrize("marker", [True, False])
+def test_diffusers_folder_round_trip(family, marker, probe, tmp_path, no_network):
+    model = Surrogate.tiny(3, family=family)
+    model.save_pretrained(tmp_path / "tiny")
+    if not marker:  # a folder written by other tools: the family comes from the text encoder
+        (tmp_path / "tiny" / SURROGATE_MARKER).unlink()
     loaded = load_surrogate(tmp_path / "tiny")
-    assert loaded.is_demo and loaded.resolution == 512 and loaded.family == "sd1"
-    for x, y in zip(_outputs(tiny, probe), _outputs(loaded, probe)):
+    assert loaded.is_demo == marker and loaded.resolution == 512 and loaded.family == family
+    assert loaded.tokenizer.pad_token_id == (49407 if family == "sd1" else 0)
+    for x, y in zip(_outputs(model, probe), _outputs(loaded, probe)):
         assert torch.equal(x, y)
+    state, _ = read_state_dict(loaded.save_single_file(tmp_path / "again.safetensors"))
+    assert detect_sd_version(state) == family
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])

@@ -15,7 +15,7 @@ import torch
 
 from ..checkpoint import CheckpointError, read_safetensors
 from . import convert
-from .surrogate import CONFIG_ROOT, SURROGATE_MARKER, Surrogate
+from .surrogate import CONFIG_ROOT, SURROGATE_MARKER, Surrogate, family_of, resolution_of
 from .tokenizer import tokenizer_from_config
 
 SINGLE_FILE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
@@ -102,14 +102,6 @@ def load_surrogate(spec: str | Path, device: str | torch.device = "cpu", dtype: 
     return surrogate.to(device, dtype)
 
 
-def _family(unet) -> str:
-    return "sd2" if unet.config.cross_attention_dim == 1024 else "sd1"
-
-
-def _resolution(unet, vae) -> int:
-    return int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
-
-
 def _marker(folder: Path) -> dict:
     p = folder / SURROGATE_MARKER
     return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
@@ -130,13 +122,13 @@ def _load_diffusers_folder(folder: Path) -> Surrogate:
         scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", **kw)
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{folder}: cannot load diffusers components ({e})") from e
-    family = _family(unet)
+    info = _marker(folder)
+    family = family_of(unet, text_encoder, info)
     tok_dir = folder / "tokenizer"
     tokenizer = tokenizer_from_config(tok_dir if tok_dir.is_dir() else bundled_config(
         "sd15" if family == "sd1" else "sd21-base") / "tokenizer")
-    info = _marker(folder)
     return Surrogate(vae, text_encoder, tokenizer, unet, scheduler, name=info.get("name", folder.name),
-                     is_demo=bool(info.get("is_demo", False)), resolution=_resolution(unet, vae), family=family,
+                     is_demo=bool(info.get("is_demo", False)), resolution=resolution_of(unet, vae), family=family,
                      config_dir=folder)
 
 
@@ -178,4 +170,4 @@ def _load_single_file(path: Path, config: str | Path | None) -> Surrogate:
     name = meta.get("gapdiff.name", path.stem)
     is_demo = meta.get("gapdiff.is_demo", "False") == "True"
     return Surrogate(vae, text_encoder, tokenizer, unet, scheduler, name=name, is_demo=is_demo,
-                     resolution=_resolution(unet, vae), family=family, config_dir=cfg)
+                     resolution=resolution_of(unet, vae), family=family, config_dir=cfg)

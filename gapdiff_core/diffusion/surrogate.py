@@ -57,6 +57,22 @@ def tiny_configs(family: str = "sd1") -> tuple[dict, dict, dict]:
     raise ValueError(f"unknown family {family!r}; expected 'sd1' or 'sd2'")
 
 
+def family_of(unet, text_encoder, marker: dict | None = None) -> str:
+    """SD 1.x or 2.x: by context width for real models (768 / 1024); for others (tiny) the family gapdiff
+    recorded in ``marker``, else the text encoder's activation (OpenCLIP GELU vs CLIP quick-GELU)."""
+    width = unet.config.cross_attention_dim
+    if width in (768, 1024):
+        return "sd1" if width == 768 else "sd2"
+    if marker and marker.get("family") in ("sd1", "sd2"):
+        return marker["family"]
+    return "sd2" if text_encoder.config.hidden_act == "gelu" else "sd1"
+
+
+def resolution_of(unet, vae) -> int:
+    """Native image size: latent sample size times the VAE's downsampling."""
+    return int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def _no_xformers(model) -> None:
     """Use PyTorch SDPA attention (diffusers' default) wherever an xformers processor was set."""
     from diffusers.models.attention_processor import AttnProcessor2_0
@@ -120,11 +136,9 @@ class Surrogate:
             text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(
                 folder, subfolder="text_encoder", local_files_only=True))
         scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
-        family = "sd2" if unet.config.cross_attention_dim == 1024 or text_encoder.config.hidden_act == "gelu" else "sd1"
-        resolution = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
         surrogate = cls(vae, text_encoder, tokenizer_from_config(folder / "tokenizer"), unet, scheduler,
-                        name=f"random {folder.name} (seed {seed})", is_demo=True, resolution=resolution,
-                        family=family, config_dir=folder)
+                        name=f"random {folder.name} (seed {seed})", is_demo=True,
+                        resolution=resolution_of(unet, vae), family=family_of(unet, text_encoder), config_dir=folder)
         return surrogate.to(dtype=dtype) if dtype is not None else surrogate
 
     # ------------------------------------------------------------ properties
