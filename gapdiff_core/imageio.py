@@ -367,7 +367,7 @@ def save_image(
     lossless_webp: bool = True,
     jpeg_subsampling: str = "4:4:4",
     overwrite: bool = False,
-    protect_paths: Iterable[str | Path] = (),
+    protect_paths: Iterable[str | Path] | InputGuard = (),
 ) -> Path:
     """Write an image atomically; return the path written.
 
@@ -375,7 +375,7 @@ def save_image(
     is appended). EXIF/GPS/XMP are written only with keep_metadata=True; the ICC
     profile from `metadata` is always kept. JPEG keeps full chroma (4:4:4) unless
     `jpeg_subsampling` says otherwise ("4:2:0" is what platforms use). Refuses to replace an existing file
-    unless overwrite=True, and any path in `protect_paths` even then.
+    unless overwrite=True, and any path in `protect_paths` even then (pass an InputGuard when saving many files).
     """
     path = Path(path)
     if path.suffix == "":
@@ -384,8 +384,8 @@ def save_image(
     if fmt is None:
         raise ImageError(f"{path}: cannot write '{path.suffix}' files; use .png, .jpg, .webp or .tif")
     pixels = _pixels(path, rgb_uint8, alpha, fmt)
-    protect_paths = [(Path(p), Path(p).resolve()) for p in protect_paths]  # resolved once for both checks
-    _check_destination(path, overwrite, protect_paths)
+    guard = protect_paths if isinstance(protect_paths, InputGuard) else InputGuard(protect_paths)
+    _check_destination(path, overwrite, guard)
     options = _save_options(fmt, quality, lossless_webp, keep_metadata, metadata or {}, jpeg_subsampling)
     if not path.parent.is_dir():
         raise ImageError(f"{path}: output folder {path.parent} does not exist; create it first")
@@ -400,7 +400,7 @@ def save_image(
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_current_umask())
-        _commit(tmp, path, overwrite, protect_paths)
+        _commit(tmp, path, overwrite, guard)
         _fsync_dir(path.parent)
     except ImageError:
         raise
@@ -456,22 +456,8 @@ def _save_options(fmt: str, quality: int, lossless_webp: bool, keep: bool, metad
     return options
 
 
-def _is_protected(path: Path, protect_paths: list[tuple[Path, Path]]) -> Path | None:
-    """The input among `protect_paths` ((path, resolved path) pairs) that `path` would write over, if any."""
-    target = path.resolve()
-    for p, resolved in protect_paths:
-        if resolved == target:
-            return p
-        try:
-            if path.exists() and p.exists() and os.path.samefile(path, p):
-                return p
-        except OSError:
-            pass
-    return None
-
-
-def _check_destination(path: Path, overwrite: bool, protect_paths: list[tuple[Path, Path]]) -> None:
-    protected = _is_protected(path, protect_paths)
+def _check_destination(path: Path, overwrite: bool, guard: InputGuard) -> None:
+    protected = guard.input_at(path)
     if protected is not None:
         raise ImageError(f"{path}: refusing to write over the input image {protected}; "
                          "choose another output folder or name")
@@ -481,9 +467,9 @@ def _check_destination(path: Path, overwrite: bool, protect_paths: list[tuple[Pa
         raise ImageError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
 
 
-def _commit(tmp: Path, path: Path, overwrite: bool, protect_paths: list[tuple[Path, Path]]) -> None:
+def _commit(tmp: Path, path: Path, overwrite: bool, guard: InputGuard) -> None:
     """Move the finished temp file into place; without overwrite, never clobber a file that appeared meanwhile."""
-    _check_destination(path, overwrite, protect_paths)
+    _check_destination(path, overwrite, guard)
     if overwrite:
         os.replace(tmp, path)
         return
@@ -520,10 +506,12 @@ def _current_umask() -> int:
 
 
 class ExpandedInputs(NamedTuple):
-    """Image files found, and one message per input entry that yielded nothing."""
+    """Image files found, one message per input entry that yielded nothing, and per file the folder it was
+    found under (a folder input, or a glob pattern's fixed leading folders; None for a file named directly)."""
 
     paths: list[Path]
     problems: list[str]
+    roots: dict[Path, Path | None]
 
 
 def iter_image_paths(inputs: Iterable[str | Path], recursive: bool = False) -> ExpandedInputs:
@@ -535,18 +523,20 @@ def iter_image_paths(inputs: Iterable[str | Path], recursive: bool = False) -> E
     """
     paths: list[Path] = []
     problems: list[str] = []
+    roots: dict[Path, Path | None] = {}
     seen: set[Path] = set()
 
-    def add(p: Path) -> None:
+    def add(p: Path, root: Path | None) -> None:
         key = p.resolve()
         if key not in seen:
             seen.add(key)
             paths.append(p)
+            roots[p] = root
 
     for entry in inputs:
         p = Path(entry)
         if p.is_file():
-            add(p)
+            add(p, None)
         elif p.is_dir():
             found = _images_in(p, recursive)
             if not found:
@@ -554,17 +544,54 @@ def iter_image_paths(inputs: Iterable[str | Path], recursive: bool = False) -> E
                 problems.append(f"{p}: folder {where}contains no images "
                                 f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
             for f in found:
-                add(f)
-        elif any(ch in str(entry) for ch in "*?["):
+                add(f, p)
+        elif glob.has_magic(str(entry)):
             found = sorted(Path(m) for m in glob.glob(str(entry), recursive=recursive)
                            if Path(m).is_file() and _is_image_name(Path(m)))
             if not found:
                 problems.append(f"{entry}: no image file matches this pattern")
             for f in found:
-                add(f)
+                add(f, _glob_root(p))
         else:
             problems.append(f"{entry}: no such file or folder")
-    return ExpandedInputs(paths, problems)
+    return ExpandedInputs(paths, problems, roots)
+
+
+def _glob_root(pattern: Path) -> Path:
+    """The folder a glob pattern starts from: its parts before the first wildcard."""
+    root = Path()
+    for part in pattern.parts[:-1]:
+        if glob.has_magic(part):
+            break
+        root /= part
+    return root
+
+
+class InputGuard:
+    """The input files of a batch, which outputs must never replace: by resolved path and by inode (hard links,
+    other spellings). Built once per batch, so each save checks in O(1)."""
+
+    def __init__(self, paths: Iterable[str | Path]):
+        self._by_path: dict[Path, Path] = {}
+        self._by_inode: dict[tuple[int, int], Path] = {}
+        for p in map(Path, paths):
+            self._by_path.setdefault(p.resolve(), p)
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            self._by_inode.setdefault((st.st_dev, st.st_ino), p)
+
+    def input_at(self, path: Path) -> Path | None:
+        """The input that writing `path` would replace, if any."""
+        hit = self._by_path.get(path.resolve())
+        if hit is not None:
+            return hit
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return self._by_inode.get((st.st_dev, st.st_ino))
 
 
 def _is_image_name(p: Path) -> bool:

@@ -87,6 +87,23 @@ def test_compress_writes_real_jpeg(tmp_path):
     assert main(["compress", str(photo), "-o", str(tmp_path / "o2"), "-q", "0"]) == 2
 
 
+@pytest.mark.parametrize("how", ["folder", "glob"])
+def test_compress_mirrors_subfolders_so_equal_names_do_not_collide(tmp_path, how, monkeypatch):
+    ramp = np.linspace(0, 150, 64, dtype=np.float32)[None, :, None]
+    for i, sub in enumerate(("x", "y", "y/z")):  # smooth images, distinct grey offsets
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        img = np.broadcast_to(ramp + 50 * i, (48, 64, 3)).astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / "in" / sub / "a.png")
+    monkeypatch.chdir(tmp_path)
+    source = ["in", "--recursive"] if how == "folder" else ["in/**/a.png", "--recursive"]
+    assert main(["compress", *source, "-o", "out", "-q", "90"]) == 0
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.jpg"))
+    assert written == ["x/a_png_q90.jpg", "y/a_png_q90.jpg", "y/z/a_png_q90.jpg"]
+    for sub in ("x", "y", "y/z"):  # each output is its own input compressed
+        original = load_image(tmp_path / "in" / sub / "a.png").rgb.astype(int)
+        assert np.abs(load_image(tmp_path / "out" / sub / "a_png_q90.jpg").rgb - original).mean() < 2
+
+
 def test_convert_official_pth_and_info(tmp_path, capsys):
     torch.manual_seed(0)
     g = Generator(ngf=8)

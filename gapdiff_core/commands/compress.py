@@ -20,18 +20,20 @@ def add_arguments(p) -> None:
     p.add_argument("--subsampling", choices=("4:2:0", "4:2:2", "4:4:4"), default="4:2:0",
                    help="chroma subsampling (default 4:2:0, as platforms do)")
     p.add_argument("--keep-metadata", action="store_true", help="keep EXIF/GPS/XMP (stripped by default)")
-    p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
+    p.add_argument("--recursive", action="store_true",
+                   help="descend into sub-folders of folder inputs (mirrored under OUTDIR)")
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..imageio import ImageError, iter_image_paths, load_image, output_path_for, save_image
+    from ..imageio import ImageError, InputGuard, iter_image_paths, load_image, output_path_for, save_image
 
     if not 1 <= args.quality <= 100:
         print(f"gapdiff compress: --quality must be 1-100, not {args.quality}", file=sys.stderr)
         return 2
-    paths, failures = iter_image_paths(args.inputs, recursive=args.recursive)
+    paths, failures, roots = iter_image_paths(args.inputs, recursive=args.recursive)
+    inputs = InputGuard(paths)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = 0
@@ -40,9 +42,10 @@ def run(args) -> int:
             image = load_image(path)
             if image.alpha is not None:
                 tqdm.write(f"{path}: transparency dropped (JPEG has none)")
-            dest = output_path_for(path, out_dir, suffix=".jpg", tag=f"_q{args.quality}")
+            dest = output_path_for(path, out_dir, suffix=".jpg", tag=f"_q{args.quality}", root=roots[path])
+            dest.parent.mkdir(parents=True, exist_ok=True)
             save_image(dest, image.rgb, None, quality=args.quality, jpeg_subsampling=args.subsampling,
-                       keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=paths)
+                       keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=inputs)
             done += 1
         except (ImageError, OSError, ValueError) as exc:
             failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")

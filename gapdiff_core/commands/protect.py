@@ -39,7 +39,8 @@ def add_arguments(p) -> None:
                    help="output format; png (default) and webp are lossless; jpg weakens the protection")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality for --format jpg")
     p.add_argument("--keep-metadata", action="store_true", help="keep EXIF/GPS/XMP (stripped by default)")
-    p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
+    p.add_argument("--recursive", action="store_true",
+                   help="descend into sub-folders of folder inputs (mirrored under OUTDIR)")
     p.add_argument("--official-mode", action="store_true",
                    help="reproduce the authors' generate.py (BatchNorm batch statistics and dropout on, seeded)")
     p.add_argument("--seed", type=int, default=0, help="seed for --official-mode (and iterative methods)")
@@ -57,7 +58,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..checkpoint import CheckpointError, load_generator
-    from ..imageio import ImageError, iter_image_paths, load_image, output_path_for, save_image, to_uint8
+    from ..imageio import ImageError, InputGuard, iter_image_paths, load_image, output_path_for, save_image, to_uint8
     from ..protect import Protector, protection_stats
 
     if getattr(args, "method", "gap-diff").lower() not in ("gap-diff", "gapdiff"):
@@ -86,7 +87,8 @@ def run(args) -> int:
     print(f"budget {protector.budget:g} grey levels, mode {protector.mode}, device {protector.device}, "
           f"precision {protector.precision}")
 
-    paths, failures = iter_image_paths(args.inputs, recursive=args.recursive)
+    paths, failures, roots = iter_image_paths(args.inputs, recursive=args.recursive)
+    inputs = InputGuard(paths)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = 0
@@ -114,12 +116,11 @@ def run(args) -> int:
                 continue
             for i, (path, image) in enumerate(group):
                 try:
-                    dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag,
-                                           root=_root_of(path, args.inputs))
+                    dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag, root=roots[path])
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     alpha = image.alpha if args.format != "jpg" else None
                     save_image(dest, to_uint8(y[i]), alpha, quality=args.quality, keep_metadata=args.keep_metadata,
-                               metadata=image.metadata, protect_paths=paths)
+                               metadata=image.metadata, protect_paths=inputs)
                 except (ImageError, OSError, ValueError) as exc:
                     fail(path, exc)
                     continue
@@ -142,7 +143,7 @@ def _run_iterative(args) -> int:
     from tqdm import tqdm
 
     from ..attack.progress import TqdmProgress
-    from ..imageio import ImageError, iter_image_paths, load_image, output_path_for, save_image, to_uint8
+    from ..imageio import ImageError, InputGuard, iter_image_paths, load_image, output_path_for, save_image, to_uint8
     from ..protect import protection_stats, resolve_device
     from ..protections import get_protection
 
@@ -160,7 +161,8 @@ def _run_iterative(args) -> int:
     print(method.describe())
     if demo:
         print("WARNING: the surrogate is a DEMO model with random weights: these outputs are NOT protection.")
-    paths, failures = iter_image_paths(args.inputs, recursive=args.recursive)
+    paths, failures, roots = iter_image_paths(args.inputs, recursive=args.recursive)
+    inputs = InputGuard(paths)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = 0
@@ -171,10 +173,10 @@ def _run_iterative(args) -> int:
             with TqdmProgress(f"{method.name} {path.name}") as bar:
                 method.progress = bar
                 y = method.protect(x)
-            dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag, root=_root_of(path, args.inputs))
+            dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag, root=roots[path])
             dest.parent.mkdir(parents=True, exist_ok=True)
             save_image(dest, to_uint8(y), image.alpha if args.format != "jpg" else None, quality=args.quality,
-                       keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=paths)
+                       keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=inputs)
             stats = protection_stats(x, y)
             tqdm.write(f"{path} -> {dest}: max change {stats.max_change:.0f} grey levels, PSNR {stats.psnr:.1f} dB")
             done += 1
@@ -193,15 +195,3 @@ def _same_size_groups(loaded):
         groups.setdefault(image.rgb.shape, []).append((path, image))
     return list(groups.values())
 
-
-def _root_of(path, inputs):
-    """The folder input that `path` came from, so sub-folders are mirrored in the output."""
-    for entry in inputs:
-        folder = Path(entry)
-        if folder.is_dir():
-            try:
-                path.resolve().relative_to(folder.resolve())
-                return folder
-            except ValueError:
-                continue
-    return None
