@@ -46,17 +46,19 @@ def served(tmp_path_factory):
                             GeneratorInfo(ngf=8, demo=True, working_resolution=256, provenance="browser test"))
     photo = tmp_path_factory.mktemp("photos") / "face.jpg"
     Image.open(SAMPLE).convert("RGB").resize((128, 160)).save(photo, quality=95)
+    other = photo.with_name("other.jpg")
+    Image.open(SAMPLE).convert("RGB").resize((96, 96)).save(other, quality=95)
     args = argparse.Namespace(host="127.0.0.1", port=0, models_dir=str(models), budget=float(BUDGET), device="cpu",
                               precision="fp32", max_file_size="5mb", max_photos=8, queue_size=16, share=False)
     blocks = app.serve(args, block=False)
-    yield blocks.local_url, gen, photo
+    yield blocks.local_url, gen, photo, other
     blocks.close()
 
 
 def test_protect_in_the_browser_and_download(served, tmp_path):
     assert CHROMIUM is not None, "CI=true but Debian's chromium is not installed (.ci/run installs it)"
     assert sync_playwright is not None, "CI=true but playwright is not installed (the app extra)"
-    url, gen, photo = served
+    url, gen, photo, other = served
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
@@ -65,20 +67,25 @@ def test_protect_in_the_browser_and_download(served, tmp_path):
             page.set_default_timeout(30_000)
             page.goto(url)
             page.locator("#gapdiff_generator_info").get_by_text("DEMO generator").first.wait_for()
-            page.locator("#gapdiff_photos input[type=file]").set_input_files(str(photo))
-            page.locator("#gapdiff_photos").get_by_text("face.jpg").first.wait_for()
+            page.locator("#gapdiff_photos input[type=file]").set_input_files([str(photo), str(other)])
+            page.locator("#gapdiff_photos").get_by_text("other").first.wait_for()
             page.locator("#gapdiff_protect").click()
-            page.locator("#gapdiff_status").get_by_text("Protected 1 photo").first.wait_for()
+            page.locator("#gapdiff_status").get_by_text("Protected 2 photo").first.wait_for()
             page.locator("#gapdiff_gallery img").first.wait_for(state="visible")
             page.locator("#gapdiff_perturbation img").first.wait_for(state="visible")
             page.locator("#gapdiff_after img").first.wait_for(state="visible")
             assert "DEMO" in page.locator("#gapdiff_status").inner_text()
             page.wait_for_function("() => [...document.querySelectorAll('#gapdiff_gallery img, #gapdiff_perturbation img')]"
                                    ".every(i => i.complete && i.naturalWidth > 0)")
+            stats = page.locator("#gapdiff_photo_stats")
+            assert stats.inner_text().startswith("DEMO output")
+            page.locator("#gapdiff_gallery img").nth(1).click()  # picking the other photo keeps the demo label
+            stats.get_by_text("other").first.wait_for()
+            assert stats.inner_text().startswith("DEMO output")
             page.locator("#gapdiff_perturbation").scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / "browser_protect.png"), full_page=True)
 
-            link = page.locator('#gapdiff_downloads a[download$="_protected_DEMO.png"]').first
+            link = page.locator('#gapdiff_downloads a[download="01_face_protected_DEMO.png"]').first
             with page.expect_download() as info:
                 link.click()
             saved = tmp_path / info.value.suggested_filename

@@ -180,7 +180,7 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
             caption = "DEMO — " if demo else ""
             items = [(str(r.protected_png), f"{caption}{r.name}") for r in results]
             summary = logic.summary_markdown(results, failures, protector.budget, protector.info)
-            state = [_result_dict(r) for r in results]
+            state = [_result_dict(r, demo) for r in results]
             first = state[0]
             yield (items, files, first["original"], first["protected"], first["perturbation"], summary,
                    _photo_markdown(first, demo), state)
@@ -196,7 +196,7 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                 return gr.update(), gr.update(), gr.update(), ""
             index = evt.index if isinstance(evt.index, int) else evt.index[0]
             r = state[min(index, len(state) - 1)]
-            return r["original"], r["protected"], r["perturbation"], _photo_markdown(r, r.get("demo", False))
+            return r["original"], r["protected"], r["perturbation"], _photo_markdown(r, r["demo"])
 
         listen(gallery.select, _readable(select_photo), inputs=[results_state],
                outputs=[before, after, perturbation, photo_stats], queue=False, api_name=False)
@@ -255,9 +255,10 @@ def _device_name(device) -> str:
     return str(resolve_device(str(device)))
 
 
-def _result_dict(r: logic.PhotoResult) -> dict:
+def _result_dict(r: logic.PhotoResult, demo: bool) -> dict:
     return {"name": r.name, "original": str(r.original_png), "protected": str(r.protected_png),
-            "perturbation": str(r.perturbation_png), "max_change": r.max_change, "psnr": r.psnr_db, "ssim": r.ssim}
+            "perturbation": str(r.perturbation_png), "max_change": r.max_change, "psnr": r.psnr_db, "ssim": r.ssim,
+            "demo": demo}
 
 
 def _photo_markdown(r: dict, demo: bool) -> str:
