@@ -150,35 +150,33 @@ def config_key(obj) -> str:
 PROTECTIONS: dict = {}
 
 
-def register_protection(name: str, factory: Callable[[Optional[str], float, "ProtocolConfig"], ProtectFn],
-                        describe: str = "") -> None:
-    """Make ``name`` (and ``name:arg``) usable as an evaluation method: ``factory(arg, budget, config)`` returns a
-    function protecting a 1×3×H×W [0, 1] photo (``config``: the protocol's settings — device, model, resolution —
-    for methods that attack a surrogate). ``describe`` is shown in reports."""
+def register_protection(name: str, factory: Callable[..., ProtectFn], describe: str = "") -> None:
+    """Make ``name`` (and ``name:arg``) usable as an evaluation method: ``factory(arg, budget, config, model)``
+    returns a function protecting a 1×3×H×W [0, 1] photo. ``config`` is the protocol's settings (device,
+    resolution, …); ``model()`` returns the protocol's diffusion model, loaded once and shared with the attack
+    stage (methods that attack it must not change it). ``describe`` is shown in reports."""
     PROTECTIONS[name] = (factory, describe)
 
 
-def _none_factory(arg, budget, config) -> ProtectFn:
+def _none_factory(arg, budget, config, model) -> ProtectFn:
     return lambda x: x
 
 
 def _iterative_factory(name: str):
     """An iterative protection (ASPL, Mist, …) against the protocol's own model, white-box as in the paper;
-    ``name:tiny`` picks the method's few-step schedule."""
-    def factory(arg, budget, config) -> ProtectFn:
-        from .diffusion import load_surrogate
+    ``name:tiny`` picks the method's few-step schedule. The methods train private copies of the UNet only."""
+    def factory(arg, budget, config, model) -> ProtectFn:
         from .protections import get_protection
 
         if arg not in (None, "tiny", "default"):
             raise ValueError(f"method '{name}:{arg}': the argument is a schedule, 'tiny' or 'default'")
-        surrogate = load_surrogate(config.model, device=config.device, seed=config.model_seed)
-        method = get_protection(name, surrogate, schedule=arg or "default", budget=budget,
+        method = get_protection(name, model(), schedule=arg or "default", budget=budget,
                                 resolution=config.resolution)
         return method.protect
     return factory
 
 
-def _generator_factory(arg, budget, config) -> ProtectFn:
+def _generator_factory(arg, budget, config, model) -> ProtectFn:
     from .protect import Protector
 
     if not arg:
@@ -412,7 +410,7 @@ class ProtocolRunner:
         k = (method.kind, method.arg, method.budget)
         if k not in self._protectors:
             factory = PROTECTIONS[method.kind][0]
-            self._protectors[k] = factory(method.arg, method.budget, self.config)
+            self._protectors[k] = factory(method.arg, method.budget, self.config, lambda: self.base)
         return self._protectors[k]
 
     def stage_transform(self, protect: tuple[dict, Path], spec: str) -> tuple[dict, Path]:
