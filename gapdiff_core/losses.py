@@ -102,7 +102,18 @@ def denoising_error(surrogate, x01: torch.Tensor, prompt_embeds: torch.Tensor, *
     ``noise_samples`` > 1 averages that many (t, ε) draws per image through the UNet (one VAE pass): the same
     expectation E_t,ε with a lower-variance estimate.
     """
-    latents = surrogate.encode_images(x01, sample=sample_latents).float()
+    latents = surrogate.encode_images(x01, sample=sample_latents)
+    return latent_denoising_error(surrogate, latents, prompt_embeds, timesteps=timesteps, weighting=weighting,
+                                  dist=dist, snr_gamma=snr_gamma, official_uniform_noise=official_uniform_noise,
+                                  noise_samples=noise_samples)
+
+
+def latent_denoising_error(surrogate, latents: torch.Tensor, prompt_embeds: torch.Tensor, *,
+                           timesteps: Optional[torch.Tensor] = None, weighting: str = "uniform", dist: str = "mse",
+                           snr_gamma: float = 5.0, official_uniform_noise: bool = False,
+                           noise_samples: int = 1) -> torch.Tensor:
+    """:func:`denoising_error` of already encoded (scaled) latents."""
+    latents = latents.float()
     n = int(noise_samples)
     if n > 1:
         if timesteps is not None:

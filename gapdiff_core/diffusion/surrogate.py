@@ -221,10 +221,17 @@ class Surrogate:
     def encode_images(self, x01: torch.Tensor, sample: bool = True,
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """Images B×3×H×W in [0, 1] -> scaled latents (differentiable w.r.t. ``x01``)."""
-        x = (x01 * 2 - 1).to(device=self.vae.device, dtype=self.vae.dtype)
-        dist = self.vae.encode(x).latent_dist
+        dist = self._posterior(x01)
         z = dist.sample(generator=generator) if sample else dist.mode()
         return z * self.vae.config.scaling_factor
+
+    def encode_sample_and_mean(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One encoder pass -> (a posterior sample, the posterior mean), both scaled latents."""
+        dist = self._posterior(x01)
+        return dist.sample() * self.vae.config.scaling_factor, dist.mode() * self.vae.config.scaling_factor
+
+    def _posterior(self, x01: torch.Tensor):
+        return self.vae.encode((x01 * 2 - 1).to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images in [0, 1]."""

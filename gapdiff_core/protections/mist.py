@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from ..losses import denoising_error
+from ..losses import latent_denoising_error
 from .base import IterativeProtection, with_unet
 
 
@@ -56,8 +56,9 @@ class Mist(IterativeProtection):
         for _ in range(int(s["iterations"])):
             x = x_adv.detach().requires_grad_(True)
             with self.timed("pgd", x.shape[0]):
-                textural = (self.surrogate.encode_images(x, sample=False) - target).pow(2).mean()
-                semantic = denoising_error(self.surrogate, x, self.embeds(x.shape[0])).mean()
+                z, z_mean = self.surrogate.encode_sample_and_mean(x)  # one encoder pass for both losses
+                textural = (z_mean - target).pow(2).mean()
+                semantic = latent_denoising_error(self.surrogate, z, self.embeds(x.shape[0])).mean()
                 loss = textural - float(s["semantic_weight"]) * semantic
                 grad, = torch.autograd.grad(loss, x)
             x_adv = self.sign_step(x_adv, x0, grad, ascend=False)
