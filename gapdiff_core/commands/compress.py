@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .batch_log import BatchLog
+
 HELP = "JPEG-compress photos as a platform would (to test robustness)"
 DESCRIPTION = """JPEG-compress photos with libjpeg (through Pillow) at a given quality, with 4:2:0 chroma subsampling
 as platforms and Pillow's defaults use. This is the transform GAP-Diff protections are built to survive; use it
@@ -37,6 +39,7 @@ def run(args) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = 0
+    log = BatchLog(failures)
     for path in tqdm(paths, desc=f"JPEG q{args.quality}", unit="photo", disable=not paths):
         try:
             image = load_image(path)
@@ -48,9 +51,5 @@ def run(args) -> int:
                        keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=inputs)
             done += 1
         except (ImageError, OSError, ValueError) as exc:
-            failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
-            tqdm.write(f"FAILED {failures[-1]}")
-    print(f"{done} compressed, {len(failures)} failed")
-    for message in failures:
-        print(f"  failed: {message}", file=sys.stderr)
-    return 1 if failures else 0
+            log.fail(path, exc)
+    return log.finish(done, "compressed")

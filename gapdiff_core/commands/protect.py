@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .batch_log import BatchLog
+
 HELP = "protect photos with a trained GAP-Diff generator"
 DESCRIPTION = """Protect photos with a trained GAP-Diff generator (one forward pass per photo).
 
@@ -92,11 +94,11 @@ def run(args) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = 0
+    log = BatchLog(failures)
     bar = tqdm(total=len(paths), desc="protecting", unit="photo", disable=not paths)
 
     def fail(path, exc):
-        failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
-        tqdm.write(f"FAILED {failures[-1]}")
+        log.fail(path, exc)
         bar.update(1)
 
     for start in range(0, len(paths), protector.batch_size):
@@ -131,10 +133,7 @@ def run(args) -> int:
                 done += 1
                 bar.update(1)
     bar.close()
-    print(f"\n{done} protected, {len(failures)} failed" + (" (DEMO outputs, not protection)" if info.demo else ""))
-    for message in failures:
-        print(f"  failed: {message}", file=sys.stderr)
-    return 1 if failures else 0
+    return log.finish(done, "protected", demo=info.demo)
 
 
 def _run_iterative(args) -> int:
@@ -166,6 +165,7 @@ def _run_iterative(args) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = 0
+    log = BatchLog(failures)
     for path in paths:
         try:
             image = load_image(path)
@@ -181,12 +181,8 @@ def _run_iterative(args) -> int:
             tqdm.write(f"{path} -> {dest}: max change {stats.max_change:.0f} grey levels, PSNR {stats.psnr:.1f} dB")
             done += 1
         except (ImageError, ValueError, RuntimeError, OSError) as exc:
-            failures.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
-            tqdm.write(f"FAILED {failures[-1]}")
-    print(f"\n{done} protected, {len(failures)} failed" + (" (DEMO outputs, not protection)" if demo else ""))
-    for message in failures:
-        print(f"  failed: {message}", file=sys.stderr)
-    return 1 if failures else 0
+            log.fail(path, exc)
+    return log.finish(done, "protected", demo=demo)
 
 
 def _same_size_groups(loaded):
