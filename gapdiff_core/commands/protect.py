@@ -190,4 +190,3 @@ def _same_size_groups(loaded):
     for path, image in loaded:
         groups.setdefault(image.rgb.shape, []).append((path, image))
     return list(groups.values())
-
