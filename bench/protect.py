@@ -86,12 +86,11 @@ t0 = time.perf_counter()
 from gapdiff_core.allocator import keep_freed_memory
 keep_freed_memory()
 from gapdiff_core import Protector
-from gapdiff_core.imageio import load_image, save_image, to_uint8
+from gapdiff_core.imageio import load_image, save_image
 p = Protector({generator_path!r}, mode={mode!r})
 t = time.perf_counter()
 img = load_image({photo!r})
-y = p(img.tensor())
-save_image({out_dir!r} + "/out_{mode}.png", to_uint8(y), overwrite=True)
+save_image({out_dir!r} + "/out_{mode}.png", p.protect_uint8(img.rgb), overwrite=True)  # as `gapdiff protect`
 hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]
 print(json.dumps({{"seconds": time.perf_counter() - t, "startup": t - t0, "rss_mb": int(hwm) / 1024}}))
 """

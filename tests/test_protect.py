@@ -1,10 +1,12 @@
 """Protection respects the budget after 8-bit rounding, in every mode, for any size."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from gapdiff_core import Generator, Protector
+from gapdiff_core.imageio import to_uint8
 from gapdiff_core.protect import apply_budget, padded_size, protection_stats, working_size
 
 
@@ -44,6 +46,26 @@ def test_budget_holds_on_every_pixel_after_rounding(generator, mode, size, budge
 def test_saturated_generator_reaches_the_budget(generator):
     y = Protector(generator, budget=8, precision="fp32")(photo(512, 512))
     assert grey_change(y, photo(512, 512)).max() == 8
+
+
+@pytest.mark.parametrize("options", [dict(mode="working", precision="fp32"), dict(mode="native", precision="fp32"),
+                                     dict(mode="working", precision="bf16", budget=5.5),
+                                     dict(mode="working", precision="fp32", official_mode=True, seed=2)])
+def test_protect_uint8_equals_the_float_path_bit_for_bit(generator, options):
+    p = Protector(generator, tile_size=512, tile_overlap=128, batch_size=2, **options)
+    x = photo(600, 900, seed=3)
+    x[..., :40, :] = 0  # black and white areas: the clamp at 0 and 255 is exercised
+    x[..., -40:, :] = 1
+    x = torch.cat([x, photo(600, 900, seed=4), photo(600, 900, seed=5)])
+    rgb = np.stack([to_uint8(im) for im in x])
+    out = p.protect_uint8(rgb)
+    assert out.dtype == np.uint8 and out.shape == rgb.shape
+    for i in range(len(x)):
+        np.testing.assert_array_equal(out[i], to_uint8(p(x[i:i + 1])[0]))
+    np.testing.assert_array_equal(p.protect_uint8(rgb[1]), out[1])  # one H x W x 3 photo
+    assert np.abs(out.astype(int) - rgb).max() == math.floor(options.get("budget", 8))
+    with pytest.raises(ValueError, match="uint8"):
+        p.protect_uint8(rgb.astype(np.float32))
 
 
 def test_apply_budget_rounds_instead_of_truncating():
@@ -124,15 +146,18 @@ def test_stats_are_exact_on_a_12_megapixel_photo():
     step[0, 1, 5, 7] = -11
     y = ((x * 255).round() + step).clamp(0, 255) / 255
     diff = (y * 255).round().double() - (x * 255).round().double()
-    s = protection_stats(x, y)
+    s = protection_stats(to_uint8(x[0]), to_uint8(y[0]))
     assert s.max_change == 11
     assert s.psnr == pytest.approx(10 * math.log10(255 ** 2 / diff.pow(2).mean().item()), abs=1e-4)
 
 
 def test_stats_and_bad_arguments(generator):
     x = photo(512, 512)
-    s = protection_stats(x, Protector(generator, precision="fp32")(x))
+    s = protection_stats(to_uint8(x[0]), to_uint8(Protector(generator, precision="fp32")(x)[0]))
     assert 0 < s.max_change <= 8 and 30 < s.psnr < 60
+    assert protection_stats(to_uint8(x[0]), to_uint8(x[0])).psnr == float("inf")
+    with pytest.raises(ValueError, match="uint8"):
+        protection_stats(x[0].numpy(), x[0].numpy())
     with pytest.raises(ValueError, match="mode"):
         Protector(generator, mode="fast")
     with pytest.raises(ValueError, match="budget"):

@@ -56,11 +56,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import torch
+    import numpy as np
     from tqdm import tqdm
 
     from ..checkpoint import CheckpointError, load_generator
-    from ..imageio import ImageError, InputGuard, iter_image_paths, load_image, output_path_for, save_image, to_uint8
+    from ..imageio import ImageError, InputGuard, iter_image_paths, load_image, output_path_for, save_image
     from ..protect import Protector, protection_stats
 
     if getattr(args, "method", "gap-diff").lower() not in ("gap-diff", "gapdiff"):
@@ -110,8 +110,8 @@ def run(args) -> int:
                 fail(path, exc)
         for group in _same_size_groups(loaded):  # one generator call per group of equal-size photos
             try:
-                x = torch.cat([image.tensor() for _, image in group])
-                y = protector(x)
+                rgb = np.stack([image.rgb for _, image in group]) if len(group) > 1 else group[0][1].rgb[None]
+                out = protector.protect_uint8(rgb)
             except (ValueError, RuntimeError) as exc:
                 for path, _ in group:
                     fail(path, exc)
@@ -121,12 +121,12 @@ def run(args) -> int:
                     dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag, root=roots[path])
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     alpha = image.alpha if args.format != "jpg" else None
-                    save_image(dest, to_uint8(y[i]), alpha, quality=args.quality, keep_metadata=args.keep_metadata,
+                    save_image(dest, out[i], alpha, quality=args.quality, keep_metadata=args.keep_metadata,
                                metadata=image.metadata, protect_paths=inputs)
                 except (ImageError, OSError, ValueError) as exc:
                     fail(path, exc)
                     continue
-                stats = protection_stats(x[i], y[i])
+                stats = protection_stats(image.rgb, out[i])
                 notes = f" ({'; '.join(image.notes)})" if image.notes else ""
                 tqdm.write(f"{path} -> {dest}: max change {stats.max_change:.0f} grey levels, "
                            f"PSNR {stats.psnr:.1f} dB{notes}")
@@ -173,11 +173,12 @@ def _run_iterative(args) -> int:
             with TqdmProgress(f"{method.name} {path.name}") as bar:
                 method.progress = bar
                 y = method.protect(x)
+            y8 = to_uint8(y)
             dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag, root=roots[path])
             dest.parent.mkdir(parents=True, exist_ok=True)
-            save_image(dest, to_uint8(y), image.alpha if args.format != "jpg" else None, quality=args.quality,
+            save_image(dest, y8, image.alpha if args.format != "jpg" else None, quality=args.quality,
                        keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=inputs)
-            stats = protection_stats(x, y)
+            stats = protection_stats(image.rgb, y8)
             tqdm.write(f"{path} -> {dest}: max change {stats.max_change:.0f} grey levels, PSNR {stats.psnr:.1f} dB")
             done += 1
         except (ImageError, ValueError, RuntimeError, OSError) as exc:

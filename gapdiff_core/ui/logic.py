@@ -209,7 +209,7 @@ def protect_photo(protector: Protector, upload: str, out_dir: Path, index: int, 
     original_png = save_image(out_dir / "preview" / f"{stem}_original.png", loaded.rgb)
     vis, gain = amplified_perturbation(x, y, protector.budget)
     pert_png = save_image(out_dir / "preview" / f"{stem}_perturbation_x{gain:.0f}.png", vis)
-    stats = protection_stats(x, y)
+    stats = protection_stats(loaded.rgb, prot8)
     return PhotoResult(name=_display_name(src), original_png=original_png, protected_png=protected_png,
                        perturbation_png=pert_png, max_change=stats.max_change, psnr_db=stats.psnr,
                        ssim=float(ssim(y, x)[0]) if min(x.shape[-2:]) >= 11 else float("nan"),
