@@ -243,6 +243,11 @@ class StageCache:
         self.root = Path(root)
         self.on_compute = on_compute
 
+    def lookup(self, stage: str, config: dict, parent: Optional[dict] = None) -> tuple[str, Optional[dict], Path]:
+        """(key, the finished record or None, folder) of ``stage`` run with ``config``."""
+        key = self.key(stage, config)
+        return key, self.load(stage, key, parent), self.folder(stage, key)
+
     def key(self, stage: str, config: dict) -> str:
         return config_key({"stage": stage, "v": CACHE_VERSION, **config})
 
@@ -272,12 +277,11 @@ class StageCache:
         tmp.replace(folder / "stage.json")
         return record
 
-    def start(self, stage: str, key: str) -> Path:
+    def start(self, stage: str, key: str) -> None:
+        """Create the stage's folder before computing it."""
         if self.on_compute is not None:
             self.on_compute(stage, key)
-        folder = self.folder(stage, key)
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        self.folder(stage, key).mkdir(parents=True, exist_ok=True)
 
 
 def _jsonable(obj):
@@ -387,14 +391,12 @@ class ProtocolRunner:
                "arg_fingerprint": method.fingerprint, "budget": method.budget,
                "model": None if method.kind in ("none", "generator") else
                [self.config.model, self.config.model_seed, self.config.resolution]}
-        key = self.cache.key("protect", cfg)
-        rec = self.cache.load("protect", key)
-        folder = self.cache.folder("protect", key)
+        key, rec, folder = self.cache.lookup("protect", cfg)
         if rec is None:
             from .imageio import load_image
 
             t0 = time.perf_counter()
-            folder = self.cache.start("protect", key)
+            self.cache.start("protect", key)
             fn = self._protector(method)
             clean = [load_image(p).tensor() for p in ident.attacked]
             protected = [fn(x).clamp(0, 1) for x in clean]
@@ -416,15 +418,13 @@ class ProtocolRunner:
     def stage_transform(self, protect: tuple[dict, Path], spec: str) -> tuple[dict, Path]:
         prec, pfolder = protect
         cfg = {"parent": prec["key"], "transform": spec}
-        key = self.cache.key("transform", cfg)
-        rec = self.cache.load("transform", key, prec)
-        folder = self.cache.folder("transform", key)
+        key, rec, folder = self.cache.lookup("transform", cfg, prec)
         if rec is None:
             from .imageio import load_image
             from .preprocess import parse_transform
 
             t0 = time.perf_counter()
-            folder = self.cache.start("transform", key)
+            self.cache.start("transform", key)
             fn = parse_transform(spec)
             images = [fn(x).clamp(0, 1) for x in _load_pngs(pfolder, prec["files"])]
             names = _save_pngs(folder, images, prec["files"])
@@ -438,15 +438,13 @@ class ProtocolRunner:
         trec, tfolder = transformed
         acfg = self.attack_config()
         cfg = {"parent": trec["key"], **self._model_key(), "attack": acfg.to_dict()}
-        key = self.cache.key("attack", cfg)
-        rec = self.cache.load("attack", key, trec)
-        folder = self.cache.folder("attack", key)
+        key, rec, folder = self.cache.lookup("attack", cfg, trec)
         model = None
         if rec is None:
             from .attack import DreamBoothAttack, TqdmProgress
 
             t0 = time.perf_counter()
-            folder = self.cache.start("attack", key)
+            self.cache.start("attack", key)
             photos = [str(tfolder / n) for n in trec["files"]]
             with TqdmProgress(f"attack {acfg.preset or acfg.mode}") if self.progress else nullcontext() as bar:
                 result = DreamBoothAttack(self.base, acfg, cache_dir=self.cache.root / "class_images").run(
@@ -494,15 +492,13 @@ class ProtocolRunner:
         arec, afolder, model = attacked
         gcfg = self.generation_config()
         cfg = {"parent": arec["key"], "generation": gcfg.to_dict()}
-        key = self.cache.key("generate", cfg)
-        rec = self.cache.load("generate", key, arec)
-        folder = self.cache.folder("generate", key)
+        key, rec, folder = self.cache.lookup("generate", cfg, arec)
         if rec is None:
             from .attack import TqdmProgress, generate
             from .attack.generation import prompt_folder_name
 
             t0 = time.perf_counter()
-            folder = self.cache.start("generate", key)
+            self.cache.start("generate", key)
             if model is None:
                 model = self._reload_attacked(arec, afolder)
             with TqdmProgress("generate", unit="img") if self.progress else nullcontext() as bar:
@@ -537,8 +533,7 @@ class ProtocolRunner:
         cfg = {"parent": grec["key"], "references": [file_digest(p) for p in ident.references],
                "detector": c.detector, "embedder": c.embedder, "threshold": c.threshold, "serfiq_T": c.serfiq_T,
                "seed": c.seed}
-        key = self.cache.key("metrics", cfg)
-        rec = self.cache.load("metrics", key, grec)
+        key, rec, _ = self.cache.lookup("metrics", cfg, grec)
         if rec is None:
             from .metrics import evaluate_images
 
