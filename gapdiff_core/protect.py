@@ -1,7 +1,7 @@
 """Protector: photos in, protected photos out, in one forward pass of a trained generator.
 
 Images are float32 tensors B x 3 x H x W in [0, 1] (`Protector.__call__`) or 8-bit H x W x 3 arrays
-(`Protector.protect_uint8`, the same result without full-resolution float copies). Outputs are exactly 8-bit
+(`Protector.protect_uint8`, the same result with fewer full-resolution float passes). Outputs are exactly 8-bit
 values and, relative to the 8-bit input, never move a pixel by more than `budget` grey levels.
 """
 from __future__ import annotations
