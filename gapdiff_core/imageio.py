@@ -506,12 +506,12 @@ def _current_umask() -> int:
 
 
 class ExpandedInputs(NamedTuple):
-    """Image files found, one message per input entry that yielded nothing, and per file the folder it was
-    found under (a folder input, or a glob pattern's fixed leading folders; None for a file named directly)."""
+    """Image files found, one message per input entry that yielded nothing, and the folder whose layout outputs
+    mirror (see `output_root`)."""
 
     paths: list[Path]
     problems: list[str]
-    roots: dict[Path, Path | None]
+    root: Path | None
 
 
 def iter_image_paths(inputs: Iterable[str | Path], recursive: bool = False) -> ExpandedInputs:
@@ -523,38 +523,50 @@ def iter_image_paths(inputs: Iterable[str | Path], recursive: bool = False) -> E
     """
     paths: list[Path] = []
     problems: list[str] = []
-    roots: dict[Path, Path | None] = {}
+    bases: list[Path] = []
     seen: set[Path] = set()
 
-    def add(p: Path, root: Path | None) -> None:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            paths.append(p)
-            roots[p] = root
+    def add(found: list[Path], base: Path) -> None:
+        bases.append(base)
+        for p in found:
+            key = p.resolve()
+            if key not in seen:
+                seen.add(key)
+                paths.append(p)
 
     for entry in inputs:
         p = Path(entry)
         if p.is_file():
-            add(p, None)
+            add([p], p.parent)
         elif p.is_dir():
             found = _images_in(p, recursive)
             if not found:
                 where = "or its subfolders " if recursive else ""
                 problems.append(f"{p}: folder {where}contains no images "
                                 f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
-            for f in found:
-                add(f, p)
+            add(found, p)
         elif glob.has_magic(str(entry)):
             found = sorted(Path(m) for m in glob.glob(str(entry), recursive=recursive)
                            if Path(m).is_file() and _is_image_name(Path(m)))
             if not found:
                 problems.append(f"{entry}: no image file matches this pattern")
-            for f in found:
-                add(f, _glob_root(p))
+            add(found, _glob_root(p))
         else:
             problems.append(f"{entry}: no such file or folder")
-    return ExpandedInputs(paths, problems, roots)
+    return ExpandedInputs(paths, problems, output_root(bases))
+
+
+def output_root(bases: list[Path]) -> Path | None:
+    """The folder outputs mirror: the common ancestor of the inputs' folders (a folder input, a file's folder, a
+    glob's fixed part). One folder, or files from one folder, give a flat output; several give their sub-paths,
+    so equal names from different folders never collide. None when there is no common ancestor."""
+    resolved = {b.resolve() for b in bases}
+    if not resolved:
+        return None
+    try:
+        return Path(os.path.commonpath([str(b) for b in resolved]))
+    except ValueError:  # different drives
+        return None
 
 
 def _glob_root(pattern: Path) -> Path:
@@ -609,9 +621,9 @@ def output_path_for(input_path: str | Path, out_dir: str | Path, suffix: str = "
     """Where the processed copy of `input_path` goes: out_dir/[relative dirs/]{stem}_{ext}{tag}{suffix}.
 
     The source extension is always part of the name, so `a.jpg` and `a.png`
-    map to `a_jpg.png` and `a_png.png`. With `root` (the folder that was
-    expanded), the input's subfolders below root are mirrored under out_dir, so
-    `x/a.jpg` and `y/a.jpg` do not collide either.
+    map to `a_jpg.png` and `a_png.png`. With `root` (`iter_image_paths(...).root`),
+    the input's folders below root are mirrored under out_dir, so `x/a.jpg` and
+    `y/a.jpg` do not collide either.
     """
     input_path = Path(input_path)
     if not suffix.startswith("."):
@@ -621,7 +633,7 @@ def output_path_for(input_path: str | Path, out_dir: str | Path, suffix: str = "
     out_dir = Path(out_dir)
     if root is not None:
         try:
-            rel_parent = input_path.resolve().parent.relative_to(Path(root).resolve())
+            rel_parent = input_path.parent.resolve().relative_to(Path(root).resolve())
         except ValueError:
             rel_parent = Path()
         out_dir = out_dir / rel_parent

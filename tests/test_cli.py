@@ -69,13 +69,35 @@ def test_protect_batch_goes_on_past_bad_files(tmp_path, demo_generator, capsys):
     assert before == {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}  # inputs untouched
 
 
-def test_protect_refuses_to_overwrite_existing_outputs(tmp_path, demo_generator):
+def test_protect_refuses_to_overwrite_existing_outputs_unless_asked(tmp_path, demo_generator, capsys):
     photo = write_photo(tmp_path / "a.png")
     args = ["protect", str(photo), "-o", str(tmp_path / "out"), "-g", str(demo_generator), "--precision", "fp32"]
     assert main(args) == 0
-    first = (tmp_path / "out" / "a_png_demo-protected.png").read_bytes()
+    out = tmp_path / "out" / "a_png_demo-protected.png"
+    first = out.read_bytes()
     assert main(args) == 1
-    assert (tmp_path / "out" / "a_png_demo-protected.png").read_bytes() == first
+    assert out.read_bytes() == first and "--overwrite" in capsys.readouterr().err
+    out.write_bytes(b"stale")
+    assert main(args + ["--overwrite"]) == 0
+    assert out.read_bytes() == first  # replaced by the same deterministic result
+    assert main(["compress", str(photo), "-o", str(tmp_path), "--overwrite"]) == 0  # next to the input, not over it
+    assert load_image(photo).rgb.shape == (200, 300, 3) and (tmp_path / "a_png_q70.jpg").is_file()
+
+
+def test_equal_names_from_different_folders_get_their_folders(tmp_path, demo_generator):
+    for sub in ("x", "y"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        write_photo(tmp_path / "in" / sub / "a.png", (64, 48))
+    out = tmp_path / "out"
+    files = [str(tmp_path / "in" / sub / "a.png") for sub in ("x", "y")]
+    assert main(["protect", *files, "-o", str(out), "-g", str(demo_generator), "--precision", "fp32"]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "x/a_png_demo-protected.png", "y/a_png_demo-protected.png"]
+    folders = [str(tmp_path / "in" / sub) for sub in ("x", "y")]
+    assert main(["compress", *folders, "-o", str(out)]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == ["x/a_png_q70.jpg", "y/a_png_q70.jpg"]
+    assert main(["compress", files[0], "-o", str(tmp_path / "flat")]) == 0  # one folder: flat
+    assert (tmp_path / "flat" / "a_png_q70.jpg").is_file()
 
 
 def test_compress_writes_real_jpeg(tmp_path):

@@ -421,13 +421,12 @@ def test_iter_image_paths_reports_bad_entries(tmp_path):
     assert "missing.png: no such file" in found.problems[0]
     assert "*.gif: no image file matches" in found.problems[1]
     assert "emptydir: folder contains no images" in found.problems[2]
-    assert found.roots == {tmp_path / "x.jpg": None, tmp_path / "dir" / "a.JPG": tmp_path / "dir",
-                           tmp_path / "dir" / "b.png": tmp_path / "dir"}
-    paths, problems, roots = iter_image_paths([tmp_path / "dir"], recursive=True)
-    assert [p.name for p in paths] == ["a.JPG", "b.png", "c.webp"] and problems == []
-    assert set(roots.values()) == {tmp_path / "dir"}
+    assert found.root == tmp_path  # x.jpg's folder and dir/ have tmp_path in common
+    paths, problems, root = iter_image_paths([tmp_path / "dir"], recursive=True)
+    assert [p.name for p in paths] == ["a.JPG", "b.png", "c.webp"] and problems == [] and root == tmp_path / "dir"
     found = iter_image_paths([str(tmp_path / "d*" / "**" / "*.webp")], recursive=True)
-    assert found.paths == [tmp_path / "dir" / "sub" / "c.webp"] and found.roots[found.paths[0]] == tmp_path
+    assert found.paths == [tmp_path / "dir" / "sub" / "c.webp"] and found.root == tmp_path
+    assert iter_image_paths([tmp_path / "dir" / "a.JPG", tmp_path / "dir" / "b.png"]).root == tmp_path / "dir"
 
 
 def test_output_path_for_avoids_collisions(tmp_path):

@@ -22,6 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("--subsampling", choices=("4:2:0", "4:2:2", "4:4:4"), default="4:2:0",
                    help="chroma subsampling (default 4:2:0, as platforms do)")
     p.add_argument("--keep-metadata", action="store_true", help="keep EXIF/GPS/XMP (stripped by default)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs of an earlier run in OUTDIR (inputs are never replaced)")
     p.add_argument("--recursive", action="store_true",
                    help="descend into sub-folders of folder inputs (mirrored under OUTDIR)")
 
@@ -34,7 +36,7 @@ def run(args) -> int:
     if not 1 <= args.quality <= 100:
         print(f"gapdiff compress: --quality must be 1-100, not {args.quality}", file=sys.stderr)
         return 2
-    paths, failures, roots = iter_image_paths(args.inputs, recursive=args.recursive)
+    paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive)
     inputs = InputGuard(paths)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -45,10 +47,11 @@ def run(args) -> int:
             image = load_image(path)
             if image.alpha is not None:
                 tqdm.write(f"{path}: transparency dropped (JPEG has none)")
-            dest = output_path_for(path, out_dir, suffix=".jpg", tag=f"_q{args.quality}", root=roots[path])
+            dest = output_path_for(path, out_dir, suffix=".jpg", tag=f"_q{args.quality}", root=root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             save_image(dest, image.rgb, None, quality=args.quality, jpeg_subsampling=args.subsampling,
-                       keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=inputs)
+                       keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=inputs,
+                       overwrite=args.overwrite)
             done += 1
         except (ImageError, OSError, ValueError) as exc:
             log.fail(path, exc)

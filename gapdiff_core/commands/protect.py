@@ -41,6 +41,8 @@ def add_arguments(p) -> None:
                    help="output format; png (default) and webp are lossless; jpg weakens the protection")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality for --format jpg")
     p.add_argument("--keep-metadata", action="store_true", help="keep EXIF/GPS/XMP (stripped by default)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs of an earlier run in OUTDIR (inputs are never replaced)")
     p.add_argument("--recursive", action="store_true",
                    help="descend into sub-folders of folder inputs (mirrored under OUTDIR)")
     p.add_argument("--official-mode", action="store_true",
@@ -89,7 +91,7 @@ def run(args) -> int:
     print(f"budget {protector.budget:g} grey levels, mode {protector.mode}, device {protector.device}, "
           f"precision {protector.precision}")
 
-    paths, failures, roots = iter_image_paths(args.inputs, recursive=args.recursive)
+    paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive)
     inputs = InputGuard(paths)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,11 +120,11 @@ def run(args) -> int:
                 continue
             for i, (path, image) in enumerate(group):
                 try:
-                    dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag, root=roots[path])
+                    dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag, root=root)
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     alpha = image.alpha if args.format != "jpg" else None
                     save_image(dest, out[i], alpha, quality=args.quality, keep_metadata=args.keep_metadata,
-                               metadata=image.metadata, protect_paths=inputs)
+                               metadata=image.metadata, protect_paths=inputs, overwrite=args.overwrite)
                 except (ImageError, OSError, ValueError) as exc:
                     fail(path, exc)
                     continue
@@ -160,7 +162,7 @@ def _run_iterative(args) -> int:
     print(method.describe())
     if demo:
         print("WARNING: the surrogate is a DEMO model with random weights: these outputs are NOT protection.")
-    paths, failures, roots = iter_image_paths(args.inputs, recursive=args.recursive)
+    paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive)
     inputs = InputGuard(paths)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,10 +176,11 @@ def _run_iterative(args) -> int:
                 method.progress = bar
                 y = method.protect(x)
             y8 = to_uint8(y)
-            dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag, root=roots[path])
+            dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag, root=root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             save_image(dest, y8, image.alpha if args.format != "jpg" else None, quality=args.quality,
-                       keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=inputs)
+                       keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=inputs,
+                       overwrite=args.overwrite)
             stats = protection_stats(image.rgb, y8)
             tqdm.write(f"{path} -> {dest}: max change {stats.max_change:.0f} grey levels, PSNR {stats.psnr:.1f} dB")
             done += 1
