@@ -3,6 +3,7 @@ end in both modes (with peak RSS), and a folder of 64 photos.
 
 Runs a full-width (ngf=64) generator with random weights: speed does not depend on the weights. Memory is
 managed as in the `gapdiff` CLI (`gapdiff_core.allocator.keep_freed_memory`).
+On a CPU it first checks the host (one pinned matmul per core: a loaded shared host shows slow cores).
 Usage: python bench/protect.py [--quick]. Ends with key=value lines.
 """
 from __future__ import annotations
@@ -49,6 +50,27 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048):
         return 2 * n ** 3 / (time.perf_counter() - t) / 1e9
     measure()
     return measure
+
+
+def per_core_gflops() -> list[float]:
+    """A one-thread bf16 matmul pinned to each CPU, all at once (Linux): on a shared host a neighbour's load shows
+    as cores far slower than the others, which a multi-threaded op must wait for. Empty where unsupported (no
+    pinning, no bf16) or on more than 8 CPUs (one process each)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+    if not 0 < len(cpus) <= 8 or default_precision(torch.device("cpu")) != "bf16":
+        return []
+    code = """
+import os, sys, time, torch
+os.sched_setaffinity(0, {int(sys.argv[1])}); torch.set_num_threads(1)
+a, b = torch.randn(2048, 2048).bfloat16(), torch.randn(2048, 2048).bfloat16()
+a @ b
+t = time.perf_counter()
+for _ in range(10): a @ b
+print(2 * 2048 ** 3 * 10 / (time.perf_counter() - t) / 1e9)
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(cpu)], stdout=subprocess.PIPE, text=True)
+             for cpu in cpus]
+    return [float(p.communicate()[0]) for p in procs]
 
 
 def latency(generator, precision: str, device, repeats: int) -> dict:
@@ -114,6 +136,11 @@ def main() -> None:
     print(f"generator: {flops / 1e9:.1f} GFLOP per 512x512 image")
 
     kv = {}
+    cores = per_core_gflops() if device.type == "cpu" else []
+    if cores:
+        print("host check, one-thread bf16 matmul per CPU at once: "
+              + ", ".join(f"{g:.0f}" for g in cores) + " GFLOP/s (a slow core means a loaded shared host)")
+        kv.update(core_gflops_min=min(cores), core_gflops_max=max(cores))
     for precision in dict.fromkeys([default, "fp32"]):
         per_batch = latency(generator, precision, device, repeats)
         best = min(per_batch, key=lambda b: per_batch[b]["seconds"])
