@@ -527,7 +527,8 @@ def iter_image_paths(inputs: Iterable[str | Path], recursive: bool = False) -> E
     seen: set[Path] = set()
 
     def add(found: list[Path], base: Path) -> None:
-        bases.append(base)
+        if found:  # an entry that matched nothing does not shape the output layout
+            bases.append(base)
         for p in found:
             key = p.resolve()
             if key not in seen:

@@ -427,6 +427,7 @@ def test_iter_image_paths_reports_bad_entries(tmp_path):
     found = iter_image_paths([str(tmp_path / "d*" / "**" / "*.webp")], recursive=True)
     assert found.paths == [tmp_path / "dir" / "sub" / "c.webp"] and found.root == tmp_path
     assert iter_image_paths([tmp_path / "dir" / "a.JPG", tmp_path / "dir" / "b.png"]).root == tmp_path / "dir"
+    assert iter_image_paths([tmp_path / "dir", tmp_path / "emptydir"]).root == tmp_path / "dir"
 
 
 def test_output_path_for_avoids_collisions(tmp_path):
