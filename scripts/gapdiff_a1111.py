@@ -1,7 +1,10 @@
 """AUTOMATIC1111 / Forge extension: the GAP-Diff tab (the same Blocks as `gapdiff app`) and a settings section.
 
-A1111 imports this file with the extension root on sys.path, so `gapdiff_core` resolves. Outside A1111 (no
-`modules` package) it does nothing. Host modules are imported here only, never in gapdiff_core.
+A1111 (modules/scripts.py) puts the extension root on sys.path only while it imports this file and restores the
+path afterwards, so `gapdiff_core` is imported here, at import time; later imports inside the package resolve
+through the package itself. If it cannot be imported (a missing requirement), the tab says so instead of vanishing.
+Outside A1111 (no `modules` package) this file does nothing. Host modules are imported here only, never in
+gapdiff_core.
 """
 import contextlib
 import os
@@ -10,6 +13,13 @@ try:
     from modules import script_callbacks, shared
 except ImportError:  # not running inside AUTOMATIC1111 / Forge
     script_callbacks = shared = None
+
+CORE_IMPORT_ERROR = None
+if script_callbacks is not None:
+    try:
+        from gapdiff_core.ui import UISettings, build_ui
+    except ImportError as exc:  # shown in the tab; the rest of the webui is unaffected
+        CORE_IMPORT_ERROR = exc
 
 SECTION = ("gapdiff", "GAP-Diff")
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
@@ -42,8 +52,6 @@ def current_settings():
     """Settings read afresh on every request, so changes in the Settings tab apply without a restart."""
     from modules import devices
 
-    from gapdiff_core.ui import UISettings
-
     lock = _host_lock()
     return UISettings(models_dir=_option("gapdiff_models_dir", default_models_dir()), device=str(devices.device),
                       precision=_option("gapdiff_precision", "auto"),
@@ -66,9 +74,20 @@ def on_ui_settings():
 
 
 def on_ui_tabs():
-    from gapdiff_core.ui import build_ui
-
+    if CORE_IMPORT_ERROR is not None:
+        return [(_unavailable_tab(CORE_IMPORT_ERROR), "GAP-Diff", "gapdiff")]
     return [(build_ui(current_settings), "GAP-Diff", "gapdiff")]
+
+
+def _unavailable_tab(exc: Exception):
+    """A tab that names what is missing, so a failed install is visible where the user looks for the tool."""
+    import gradio as gr
+
+    with gr.Blocks(analytics_enabled=False) as blocks:
+        gr.Markdown(f"## GAP-Diff could not start\n\n`{type(exc).__name__}: {exc}`\n\nThe extension's install.py "
+                    "installs what is missing at the next launch (not with --skip-install); its output is in the "
+                    "console.")
+    return blocks
 
 
 if script_callbacks is not None:

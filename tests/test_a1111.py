@@ -91,6 +91,75 @@ def test_tab_protects_with_host_settings(a1111, tmp_path):
     assert protector.device == torch.device("cpu") and protector.precision == "fp32"
 
 
+# Run in a fresh interpreter whose cwd is elsewhere and where the editable install of this project is hidden, as
+# in a webui venv that never installed gapdiff: only the copied extension folder can provide gapdiff_core.
+A1111_PATH_BEHAVIOUR = r"""
+import importlib.util, json, sys
+sys.meta_path[:] = [f for f in sys.meta_path if not f.__module__.startswith("__editable__")]
+sys.path_hooks[:] = [h for h in sys.path_hooks if not getattr(h, "__module__", "").startswith("__editable__")]
+sys.path_importer_cache.clear()
+ext, stubs, models, photo = sys.argv[1:5]
+assert importlib.util.find_spec("gapdiff_core") is None, "gapdiff_core must not be importable before the load"
+sys.path.insert(0, stubs)  # the host's own `modules` package
+saved = sys.path
+sys.path = [ext] + sys.path  # modules/scripts.py load_scripts: extension root first, while the script imports
+try:
+    spec = importlib.util.spec_from_file_location("gapdiff_a1111.py", ext + "/scripts/gapdiff_a1111.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+finally:
+    sys.path = saved  # ... and restored afterwards
+from modules import script_callbacks, shared
+shared.opts.gapdiff_models_dir = models
+shared.opts.gapdiff_precision = "fp32"
+script_callbacks.ui_settings_callback()
+(blocks, title, elem_id), = script_callbacks.ui_tabs_callback()
+protect = next(f for f in (blocks.fns.values() if isinstance(blocks.fns, dict) else blocks.fns)
+               if f.api_name == "protect").fn
+*_, last = protect([photo], "g.safetensors", None, 8, "working")
+gallery, files = last[0], last[1]
+print(json.dumps({"title": title, "core": sys.modules["gapdiff_core"].__file__, "files": files}))
+"""
+
+
+def test_tab_appears_with_a1111_path_behaviour(tmp_path):
+    """A1111 1.10 restores sys.path after importing an extension's scripts; the tab must still build and protect."""
+    import json
+    import shutil
+
+    import gapdiff_core as gc
+    from gapdiff_core.checkpoint import GeneratorInfo
+
+    ext = tmp_path / "webui" / "extensions" / "gapdiff"
+    for part in ("scripts", "gapdiff_core"):
+        shutil.copytree(ROOT / part, ext / part, ignore=shutil.ignore_patterns("__pycache__"))
+    models = tmp_path / "models"
+    models.mkdir()
+    gc.save_generator(gc.Generator(ngf=8), models / "g.safetensors", GeneratorInfo(ngf=8, working_resolution=64))
+    from PIL import Image
+    Image.new("RGB", (40, 48), (120, 90, 60)).save(tmp_path / "face.png")
+    out = subprocess.run([sys.executable, "-c", A1111_PATH_BEHAVIOUR, str(ext), str(STUBS), str(models),
+                          str(tmp_path / "face.png")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["title"] == "GAP-Diff"
+    assert Path(result["core"]).is_relative_to(ext)  # the extension's own copy, not this checkout
+    assert any(str(f).endswith("_protected.png") for f in result["files"])
+
+
+def test_tab_names_a_core_import_failure(a1111, monkeypatch):
+    """A missing requirement shows in the tab (what failed), instead of the tab silently missing."""
+    import gradio as gr
+
+    monkeypatch.setitem(sys.modules, "gapdiff_core.ui", None)  # `import gapdiff_core.ui` now raises ImportError
+    script = load_script("gapdiff_a1111_broken")
+    assert isinstance(script.CORE_IMPORT_ERROR, ImportError)
+    (blocks, title, _), = a1111.script_callbacks.ui_tabs_callback()
+    assert isinstance(blocks, gr.Blocks) and title == "GAP-Diff"
+    text = " ".join(str(getattr(b, "value", "")) for b in blocks.blocks.values())
+    assert "could not start" in text and "gapdiff_core.ui" in text
+
+
 def test_core_never_imports_host_modules():
     pattern = re.compile(r"^\s*(from|import)\s+(modules|comfy|folder_paths)\b", re.M)
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "gapdiff_core").rglob("*.py")
