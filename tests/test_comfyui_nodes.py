@@ -342,7 +342,10 @@ def test_image_conversion_rejects_wrong_layout(comfy):
 
 def test_requirements_txt_matches_pyproject_without_torch():
     import re
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     def name(req):
         return re.split(r"[<>=!~ ;\[]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")

@@ -111,7 +111,10 @@ class TrainConfig:
 def _read_file(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".toml":
-        import tomllib
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+            import tomli as tomllib
         data = tomllib.loads(text)
     elif path.suffix == ".json":
         data = json.loads(text)
