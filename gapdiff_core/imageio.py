@@ -71,24 +71,29 @@ class LoadedImage:
 # ---------------------------------------------------------------- decoding
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, data: bytes | None = None) -> LoadedImage:
     """Decode a JPEG/PNG/WebP/TIFF/BMP/GIF file into 8-bit RGB (+ alpha), or raise ImageError.
 
-    Pillow's own bomb guard (2 x Image.MAX_IMAGE_PIXELS) still applies above
-    `max_pixels`; raise `PIL.Image.MAX_IMAGE_PIXELS` to allow larger images.
+    With `data`, the image is decoded from those bytes (an upload) and `path` only names it in messages;
+    nothing is read from or written to disk. Pillow's own bomb guard (2 x Image.MAX_IMAGE_PIXELS) still
+    applies above `max_pixels`; raise `PIL.Image.MAX_IMAGE_PIXELS` to allow larger images.
     """
     path = Path(path)
-    _check_file(path)
+    if data is None:
+        _check_file(path)
+    elif not data:
+        raise ImageError(f"{path}: is empty (0 bytes); send the image file itself")
+    source = path if data is None else io.BytesIO(data)
     Image.init()  # register every plugin (WebP, TIFF) before restricting formats
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
-            im = Image.open(path, formats=DECODE_FORMATS)
+            im = Image.open(source, formats=DECODE_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: refused as a possible decompression bomb ({exc}); "
                          "if the image is genuine, downscale it first") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{path}: {_describe_unreadable(path)}") from exc
+        raise ImageError(f"{path}: {_describe_unreadable(path, data)}") from exc
     except OSError as exc:
         raise ImageError(f"{path}: cannot read the file ({exc})") from exc
     with im:
@@ -96,7 +101,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
         _check_dimensions(path, im.size, max_pixels)
         notes: list[str] = []
         try:
-            rgb, alpha, orientation, metadata = _decode(im, path, fmt, notes)
+            rgb, alpha, orientation, metadata = _decode(im, path, fmt, notes, source)
         except ImageError:
             raise
         except (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError) as exc:
@@ -109,7 +114,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loaded
     return LoadedImage(path=path, rgb=rgb, alpha=alpha, format=fmt, notes=notes, metadata=metadata)
 
 
-def _decode(im: Image.Image, path: Path, fmt: str, notes: list[str]):
+def _decode(im: Image.Image, path: Path, fmt: str, notes: list[str], source):
     """Pixels, EXIF orientation and metadata of an opened (not yet loaded) image."""
     frames = getattr(im, "n_frames", 1)
     if frames > 1:
@@ -117,7 +122,7 @@ def _decode(im: Image.Image, path: Path, fmt: str, notes: list[str]):
             fmt, f"animated {fmt}: first frame")
         notes.append(f"{kind} of {frames} used")
     bit_depth = _png_bit_depth(im) if fmt == "PNG" else 8  # before load(): Pillow drops im.png then
-    rgb, alpha = _decode_pixels(im, path, notes, bit_depth)
+    rgb, alpha = _decode_pixels(im, path, notes, bit_depth, source)
     try:
         exif = im.getexif()  # after decoding: for PNG this may load the file, which must be checked first
         orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
@@ -151,9 +156,12 @@ def _check_dimensions(path: Path, size: tuple[int, int], max_pixels: int) -> Non
                          "side; use a larger photo")
 
 
-def _describe_unreadable(path: Path) -> str:
-    with open(path, "rb") as f:
-        head = f.read(512)
+def _describe_unreadable(path: Path, data: bytes | None = None) -> str:
+    if data is None:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    else:
+        head = data[:512]
     if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif", b"ftyphevc"):
         return "HEIC/AVIF images are not supported; convert the photo to JPEG or PNG first"
     if b"\x00" not in head:
@@ -202,13 +210,13 @@ def _scale16(a: np.ndarray) -> np.ndarray:
     return ((a * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def _decode_pixels(im: Image.Image, path: Path, notes: list[str], bit_depth: int):
+def _decode_pixels(im: Image.Image, path: Path, notes: list[str], bit_depth: int, source):
     """(rgb, alpha) as uint8 arrays; loads `im` (so truncation is always checked)."""
     mode = im.mode
     tile_args = im.tile[0][3] if len(im.tile) == 1 else None  # load() clears the tile list; [3]: Pillow < 11 too
     _load_pixels(im, path)
     if bit_depth == 16 and mode in ("RGB", "RGBA"):
-        return _decode_png16(im, path, notes, tile_args)
+        return _decode_png16(im, path, notes, tile_args, source)
     if im.format == "TIFF" and mode in ("RGB", "RGBA") and _tiff_bits(im) == 16:
         notes.append("16-bit TIFF reduced to 8 bits (high byte kept)")
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -255,7 +263,7 @@ def _tiff_bits(im: Image.Image) -> int:
     return int(bits[0] if isinstance(bits, tuple) else bits)
 
 
-def _decode_png16(im: Image.Image, path: Path, notes: list[str], tile_args):
+def _decode_png16(im: Image.Image, path: Path, notes: list[str], tile_args, source):
     """Round 16-bit RGB(A) PNG samples to 8 bits in NumPy from the full 16-bit values.
 
     Pillow has no 48-bit mode and keeps only the high byte (a floor). Decoding
@@ -266,7 +274,7 @@ def _decode_png16(im: Image.Image, path: Path, notes: list[str], tile_args):
     low = None
     if isinstance(tile_args, str) and tile_args.endswith(";16B"):
         try:
-            low = _decode_png_variant(path, tile_args[:-1] + "L")
+            low = _decode_png_variant(path, tile_args[:-1] + "L", source)
         except (ImageError, OSError, ValueError, KeyError):
             low = None
     if low is None or low.shape != high.shape:
@@ -280,10 +288,10 @@ def _decode_png16(im: Image.Image, path: Path, notes: list[str], tile_args):
     return np.ascontiguousarray(arr), None
 
 
-def _decode_png_variant(path: Path, rawmode: str) -> np.ndarray:
+def _decode_png_variant(path: Path, rawmode: str, source) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        im = Image.open(path, formats=("PNG",))  # header already checked by load_image
+        im = Image.open(source, formats=("PNG",))  # header already checked by load_image
     with im:
         if len(im.tile) != 1:
             raise ImageError(f"{path}: unexpected PNG layout")
@@ -393,10 +401,7 @@ def save_image(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            if fmt == "PNG" and set(options) <= {"icc_profile"}:  # no metadata to carry: the fast encoder
-                f.write(encode_png(pixels, options.get("icc_profile")))
-            else:
-                Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(f, format=fmt, **options)
+            f.write(_encode(pixels, fmt, options))
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_current_umask())
@@ -409,6 +414,27 @@ def save_image(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def encode_image(rgb_uint8: np.ndarray, alpha: np.ndarray | None = None, *, format: str = "png", quality: int = 95,
+                 metadata: dict | None = None, name: str = "image") -> bytes:
+    """The bytes of an image file as `save_image` writes it (EXIF/XMP stripped, ICC kept), built in memory.
+
+    `format`: png, webp (both lossless), jpg or tif; `name` names the image in error messages.
+    """
+    fmt = SAVE_FORMATS.get("." + format.lower().lstrip("."))
+    if fmt is None:
+        raise ImageError(f"{name}: cannot encode '{format}' images; use png, jpg, webp or tif")
+    pixels = _pixels(Path(name), rgb_uint8, alpha, fmt)
+    return _encode(pixels, fmt, _save_options(fmt, quality, True, False, metadata or {}, "4:4:4"))
+
+
+def _encode(pixels: np.ndarray, fmt: str, options: dict) -> bytes:
+    if fmt == "PNG" and set(options) <= {"icc_profile"}:  # no metadata to carry: the fast encoder
+        return encode_png(pixels, options.get("icc_profile"))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(buffer, format=fmt, **options)
+    return buffer.getvalue()
 
 
 def _pixels(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, fmt: str) -> np.ndarray:
