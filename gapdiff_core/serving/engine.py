@@ -1,0 +1,63 @@
+"""The protection behind the service: one `Protector`, batches of equal-size 8-bit photos in, protected out."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Hashable, Sequence
+
+import numpy as np
+
+from ..protect import MODES
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What `gapdiff serve` runs with (command-line options; the same for every replica)."""
+
+    generator: str
+    device: str = "auto"
+    precision: str = "auto"
+    budget: float | None = None  # default budget: the checkpoint's
+    mode: str = "working"
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    max_queue: int = 64
+    timeout_s: float = 60.0
+    max_body_bytes: int = 50 * 2 ** 20
+    max_pixels: int = 40_000_000
+    max_batch_images: int = 16
+    api_key_env: str = "GAPDIFF_API_KEY"
+
+
+class Engine:
+    """A loaded generator and the `Protector` built from it. A batch key is (shape, mode, budget): photos of
+    one shape share a forward pass; mode and budget come from each request."""
+
+    def __init__(self, settings: ServiceSettings):
+        from ..checkpoint import load_generator
+        from ..protect import Protector
+
+        generator = load_generator(settings.generator)
+        self.info = generator.info
+        self.protector = Protector(generator, budget=settings.budget, mode=settings.mode, device=settings.device,
+                                   precision=settings.precision, batch_size=settings.max_batch)
+
+    def key(self, rgb: np.ndarray, mode: str | None, budget: float | None) -> Hashable:
+        """The batch key of a request, with the defaults filled in; raises ValueError for a bad mode or budget."""
+        mode = self.protector.mode if mode is None else mode
+        budget = self.protector.budget if budget is None else float(budget)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if not 0 < budget <= 255:
+            raise ValueError(f"budget must be in (0, 255] grey levels, not {budget:g}")
+        return rgb.shape, mode, budget
+
+    def run_batch(self, key: Hashable, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Protect equal-shape H x W x 3 uint8 photos in one call of the Protector."""
+        _, mode, budget = key
+        protector = self.protector
+        if (mode, budget) != (protector.mode, protector.budget):
+            protector = copy.copy(protector)  # shares the loaded model; mode and budget are plain settings
+            protector.mode, protector.budget = mode, budget
+        out = protector.protect_uint8(np.stack(images))
+        return list(out)

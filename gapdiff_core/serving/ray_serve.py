@@ -1,0 +1,96 @@
+"""The protection service on Ray Serve: the same app (`app.create_app`, with its batcher) in every replica.
+
+Each replica loads the generator once, then serves the FastAPI app through `@serve.ingress`; Ray's HTTP proxy
+spreads requests over the replicas and restarts a replica that dies. Without an address a local Ray instance is
+started on loopback only (no dashboard). Needs the `ray` extra (`ray[serve]`).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from .engine import ServiceSettings
+
+APP_NAME = "gapdiff"
+_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def protection_app(settings: ServiceSettings, *, replicas: int = 1, num_gpus: float = 0.0, num_cpus: float = 1.0):
+    """A bound Ray Serve application of `replicas` replicas, each with `num_cpus` CPUs and `num_gpus` GPUs."""
+    from ray import serve
+
+    from .app import create_app
+    from .engine import Engine
+
+    @serve.ingress()
+    class ProtectionService:
+        def __init__(self, settings: ServiceSettings):
+            self.settings = settings
+            self.engine = Engine(settings)  # loaded before the replica counts as started
+
+        def __serve_build_asgi_app__(self):
+            return create_app(self.settings, self.engine)
+
+    env = {name: os.environ[name] for name in (settings.api_key_env,) if name in os.environ}
+    deployment = serve.deployment(
+        ProtectionService, name="protect", num_replicas=replicas,
+        max_ongoing_requests=settings.max_queue + settings.max_batch,  # the replica's own queue answers 429
+        ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus, "runtime_env": {"env_vars": env}})
+    return deployment.bind(settings)
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address`, or start a local Ray instance on loopback only, without a dashboard.
+
+    Ray replaces a node address of 127.0.0.1 by the machine's outward address unless clusters are switched off
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray's single-machine setting); with it every Ray process of the local
+    instance listens on 127.0.0.1 only.
+    """
+    if not address:
+        os.environ[_LOCAL_ONLY] = "0"  # inherited by every Ray process started below
+    import ray
+    from ray._private import ray_constants
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
+    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=num_cpus, log_to_driver=False)
+
+
+def deploy(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
+           num_gpus: float = 0.0, num_cpus: float = 1.0, address: str | None = None) -> None:
+    """Start (or join) Ray, start Serve's HTTP proxy on host:port and run the application (returns when every
+    replica is up)."""
+    from ray import serve
+
+    start_ray(address, num_cpus=None if address else max(os.cpu_count() or 1, int(replicas * num_cpus) + 1))
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(protection_app(settings, replicas=replicas, num_gpus=num_gpus, num_cpus=num_cpus),
+              name=APP_NAME, route_prefix="/", blocking=False)
+
+
+def run_ray_serve(settings: ServiceSettings, **options) -> None:
+    """Deploy and serve until SIGINT/SIGTERM, then shut the application down (replicas finish in-flight requests
+    within Serve's graceful shutdown timeout) and leave Ray."""
+    import ray
+    from ray import serve
+
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        deploy(settings, **options)
+        print(f"gapdiff serve --ray: listening on http://{options.get('host', '127.0.0.1')}:"
+              f"{options.get('port', 8000)} ({options.get('replicas', 1)} replicas)", flush=True)
+        while not stop.wait(0.5):  # a timed wait keeps the main thread responsive to signals
+            pass
+        serve.delete(APP_NAME)
+        serve.shutdown()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if ray.is_initialized():
+            ray.shutdown()

@@ -1,0 +1,398 @@
+"""`gapdiff serve`: one API test suite run against a real uvicorn process and a Ray Serve deployment on loopback
+(protect, batch, limits, errors, metrics, batched = single), plus SIGTERM and in-process checks of the batcher,
+timeouts and readiness."""
+import asyncio
+import base64
+import io
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+httpx = pytest.importorskip("httpx")
+
+from gapdiff_core import Generator, GeneratorInfo, Protector, save_generator  # noqa: E402
+from gapdiff_core.serving.batcher import Batcher, QueueFull  # noqa: E402
+
+API_KEY = "test-key-123"
+MAX_BODY = 3 * 2 ** 20
+SERVER_OPTIONS = ["--precision", "fp32", "--max-batch", "4", "--max-wait-ms", "300", "--max-queue", "4",
+                  "--max-body-mb", "2", "--max-pixels", "4000000", "--api-key-env", "GAPDIFF_TEST_KEY"]
+
+
+@pytest.fixture(scope="module")
+def generator_path(tmp_path_factory):
+    torch.manual_seed(0)
+    g = Generator(ngf=8)
+    with torch.no_grad():
+        g.dconv8.weight.mul_(40)  # saturate the output so the budget is reached
+    path = tmp_path_factory.mktemp("models") / "g.safetensors"
+    save_generator(g.eval(), path, GeneratorInfo(ngf=8, budget=8, demo=True, provenance="test"))
+    return path
+
+
+def photo(h=64, w=96, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def png(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`gapdiff serve` in a child process on 127.0.0.1, ready when /readyz answers 200."""
+
+    def __init__(self, generator, extra, tmpdir, ready_timeout):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "GAPDIFF_TEST_KEY": API_KEY, **({"TMPDIR": str(tmpdir)} if tmpdir else {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "gapdiff_core.cli", "serve", "-g", str(generator),
+                                      "--port", str(self.port), *SERVER_OPTIONS, *extra],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gapdiff serve exited with {self.proc.returncode}:\n{self.proc.stdout.read()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"gapdiff serve not ready within {ready_timeout} s")
+
+    def client(self, key=API_KEY) -> "httpx.Client":
+        return httpx.Client(base_url=self.url, timeout=60, headers={"X-API-Key": key} if key else {})
+
+    def stop(self, timeout=60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
+@pytest.fixture(scope="module", params=["uvicorn", pytest.param("ray", marks=pytest.mark.ray)])
+def server(request, generator_path, tmp_path_factory):
+    if request.param == "ray":
+        pytest.importorskip("ray.serve")
+        extra, ready = ["--ray", "--replicas", "1", "--num-cpus", "1"], 300
+    else:
+        extra, ready = [], 60
+    tmpdir = None if request.param == "ray" else tmp_path_factory.mktemp("tmp")  # Ray keeps its sessions there
+    s = Server(generator_path, extra, tmpdir, ready)
+    s.kind, s.tmpdir = request.param, tmpdir
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def offline(generator_path):
+    return Protector(str(generator_path), precision="fp32")
+
+
+def post(client, rgb, **params):
+    return client.post("/v1/protect", content=png(rgb), params=params, headers={"Content-Type": "image/png"})
+
+
+# ------------------------------------------------------------------ the API suite (uvicorn and Ray Serve)
+
+def test_health_readiness_and_openapi(server):
+    with server.client(key=None) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        ready = c.get("/readyz").json()
+        assert ready["status"] == "ready" and ready["demo"] is True and ready["budget"] == 8
+        spec = c.get("/openapi.json").json()
+        body = spec["paths"]["/v1/protect"]["post"]["requestBody"]["content"]
+        assert {"image/*", "multipart/form-data"} <= set(body)
+        assert "/v1/protect/batch" in spec["paths"]
+        assert c.get("/docs").status_code == 200
+
+
+def test_protect_raw_body_returns_the_protected_png_with_its_stats(server, offline):
+    rgb = photo(seed=1)
+    with server.client() as c:
+        r = post(c, rgb)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    out = decode(r.content)
+    change = np.abs(out.astype(int) - rgb.astype(int))
+    assert out.shape == rgb.shape and change.max() <= 8 and change.mean() > 0.5
+    assert float(r.headers["x-gapdiff-max-change"]) == change.max()
+    mse = (change.astype(float) ** 2).mean()
+    assert float(r.headers["x-gapdiff-psnr"]) == pytest.approx(10 * np.log10(255 ** 2 / mse), abs=0.01)
+    assert r.headers["x-gapdiff-demo"] == "true"
+    expected = offline.protect_uint8(rgb)  # what `gapdiff protect` computes, within 1 grey level across processes
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    assert (out == expected).mean() > 0.99
+
+
+def test_multipart_fields_set_budget_mode_and_format(server, generator_path):
+    rgb = photo(seed=2)
+    with server.client() as c:
+        r = c.post("/v1/protect", files={"image": ("face.png", png(rgb), "image/png")},
+                   data={"budget": "4", "format": "webp", "mode": "native"})
+        jpg = post(c, rgb, format="jpg")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/webp"
+    assert r.headers["x-gapdiff-budget"] == "4" and r.headers["x-gapdiff-mode"] == "native"
+    out = decode(r.content)  # lossless WebP keeps the bound
+    assert 0 < np.abs(out.astype(int) - rgb.astype(int)).max() <= 4
+    expected = Protector(str(generator_path), precision="fp32", budget=4, mode="native").protect_uint8(rgb)
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1 and (out == expected).mean() > 0.99
+    assert jpg.status_code == 200 and jpg.headers["content-type"] == "image/jpeg" and jpg.content[:2] == b"\xff\xd8"
+
+
+def test_batch_form_goes_on_past_a_bad_file(server):
+    files = [("images", ("a.png", png(photo(seed=3)), "image/png")),
+             ("images", ("notes.txt", b"not an image at all", "text/plain")),
+             ("images", ("b.png", png(photo(80, 80, seed=4)), "image/png"))]
+    with server.client() as c:
+        r = c.post("/v1/protect/batch", files=files, data={"budget": "6"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["protected"], body["failed"]) == (2, 1)
+    a, bad, b = body["results"]
+    assert bad["ok"] is False and bad["name"] == "notes.txt" and bad["error"]["kind"] == "bad_image"
+    assert "notes.txt" in bad["error"]["message"] and "text file" in bad["error"]["message"]
+    for result, seed, shape in ((a, 3, (64, 96)), (b, 4, (80, 80))):
+        out = decode(base64.b64decode(result["image_base64"]))
+        original = photo(*shape, seed=seed)
+        assert result["ok"] and result["budget"] == 6
+        assert 0 < np.abs(out.astype(int) - original.astype(int)).max() == result["max_change"] <= 6
+
+
+def test_batched_results_are_identical_to_single_ones(server):
+    images = [photo(seed=10 + i) for i in range(4)]
+    with server.client() as c:
+        singles = [decode(post(c, rgb).content) for rgb in images]
+        for attempt in range(3):  # the 4 requests must arrive within max_wait (300 ms) to share a batch
+            with ThreadPoolExecutor(4) as pool:
+                responses = list(pool.map(lambda rgb: post(c, rgb), images))
+            sizes = [int(r.headers["x-gapdiff-batch-size"]) for r in responses]
+            if max(sizes) > 1:
+                break
+    assert all(r.status_code == 200 for r in responses)
+    assert max(sizes) > 1, f"no batching happened in 3 tries: batch sizes {sizes}"
+    for single, r in zip(singles, responses):
+        np.testing.assert_array_equal(decode(r.content), single)
+
+
+def test_limits_body_size_and_pixel_count(server):
+    with server.client() as c:
+        big = c.post("/v1/protect", content=os.urandom(MAX_BODY), headers={"Content-Type": "image/png"})
+        over = c.post("/v1/protect", content=png_header_only(3000, 3000), headers={"Content-Type": "image/png"})
+        bomb = c.post("/v1/protect", content=png_header_only(30000, 30000), headers={"Content-Type": "image/png"})
+    assert big.status_code == 413 and big.json()["error"]["kind"] == "body_too_large"
+    assert over.status_code == 413 and over.json()["error"]["kind"] == "too_many_pixels"
+    assert "3000x3000" in over.json()["error"]["message"] and "4,000,000 pixel limit" in over.json()["error"]["message"]
+    assert bomb.status_code == 413 and bomb.json()["error"]["kind"] == "too_many_pixels"
+
+
+def png_header_only(width, height, bit_depth=8, rows=b"\x00" * 64) -> bytes:
+    """An RGB PNG whose header declares width x height (a decompression bomb as far as the header says), with
+    `rows` (filter byte + samples per row) as its data."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("params, kind, words", [
+    ({"budget": "abc"}, "bad_parameter", "budget"),
+    ({"budget": "0"}, "bad_parameter", "budget must be in (0, 255]"),
+    ({"mode": "fast"}, "bad_parameter", "mode must be one of working, native"),
+    ({"format": "gif"}, "bad_parameter", "format must be one of png, webp, jpg"),
+])
+def test_bad_parameters_get_json_errors_naming_them(server, params, kind, words):
+    with server.client() as c:
+        r = post(c, photo(seed=5), **params)
+    assert r.status_code == 422
+    assert r.json()["error"]["kind"] == kind and words in r.json()["error"]["message"]
+
+
+def test_bad_input_and_auth_errors_are_json(server):
+    with server.client() as c:
+        text = c.post("/v1/protect", content=b"hello, not a photo")
+        empty = c.post("/v1/protect", content=b"")
+        truncated = c.post("/v1/protect", content=png(photo(seed=6))[:400])
+        missing = c.get("/v1/nothing")
+    with server.client(key=None) as anonymous, server.client(key="wrong") as wrong:
+        no_key, bad_key = post(anonymous, photo()), post(wrong, photo())
+    assert text.status_code == 422 and "text file" in text.json()["error"]["message"]
+    assert empty.status_code == 422 and "empty" in empty.json()["error"]["message"]
+    assert truncated.status_code == 422 and truncated.json()["error"]["kind"] == "bad_image"
+    assert missing.status_code == 404 and missing.json()["error"]["kind"] == "not_found"
+    for r in (no_key, bad_key):
+        assert r.status_code == 401 and r.json()["error"]["kind"] == "unauthorized"
+
+
+def test_a_full_queue_answers_429_with_retry_after(server):
+    # 8 requests of 8 different sizes: none can share a batch, the first waits max_wait (300 ms) for mates,
+    # and the queue holds 4, so some of the others are refused.
+    sizes = [(64 + 8 * i, 64) for i in range(8)]
+    with server.client() as c:
+        for attempt in range(3):
+            with ThreadPoolExecutor(8) as pool:
+                responses = list(pool.map(lambda hw: post(c, photo(*hw)), sizes))
+            codes = [r.status_code for r in responses]
+            if 429 in codes:
+                break
+    assert 429 in codes, f"no request was refused in 3 tries: {codes}"
+    assert set(codes) <= {200, 429}
+    for r in responses:
+        if r.status_code == 429:
+            assert r.json()["error"]["kind"] == "queue_full" and int(r.headers["retry-after"]) >= 1
+
+
+def test_metrics_count_requests_batches_queue_and_errors(server):
+    with server.client() as c:
+        post(c, photo(seed=7))
+        c.post("/v1/protect", content=b"hello")
+        text = c.get("/metrics").text
+    assert 'gapdiff_requests_total{endpoint="/v1/protect",status="200"}' in text
+    assert 'gapdiff_errors_total{kind="bad_image"}' in text
+    assert "gapdiff_request_seconds_bucket" in text and "gapdiff_batch_size_bucket" in text
+    assert "gapdiff_queue_depth 0.0" in text
+    count = [line for line in text.splitlines() if line.startswith("gapdiff_batch_size_count")]
+    assert float(count[0].split()[-1]) >= 1
+
+
+def test_nothing_is_written_to_the_temp_folder(server):
+    with server.client() as c:  # a multipart upload over 1 MiB: frameworks spool those to a temp file
+        big = np.random.default_rng(8).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+        r = c.post("/v1/protect", files={"image": ("big.png", png(big), "image/png")})
+    assert r.status_code == 200 and len(png(big)) > 2 ** 20
+    if server.tmpdir is None:
+        pytest.skip("Ray's own session files live in the temp folder; the same app is checked on uvicorn")
+    assert list(server.tmpdir.rglob("*")) == []
+
+
+# ------------------------------------------------------------------ graceful shutdown (a process of its own)
+
+def test_sigterm_finishes_in_flight_requests_then_exits(generator_path, tmp_path):
+    s = Server(generator_path, ["--max-wait-ms", "1500"], tmp_path, 60)  # a request waits 1.5 s for mates
+    try:
+        with ThreadPoolExecutor(1) as pool, s.client() as c:
+            in_flight = pool.submit(post, c, photo(seed=9))
+            deadline = time.monotonic() + 10
+            while "gapdiff_queue_depth 1.0" not in c.get("/metrics").text:  # the request is queued
+                assert time.monotonic() < deadline
+            s.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            refused = False
+            while not refused and time.monotonic() < deadline:  # new connections are refused at once
+                try:
+                    httpx.get(s.url + "/healthz", timeout=1)
+                except httpx.TransportError:
+                    refused = True
+            assert refused and not in_flight.done()
+            r = in_flight.result(timeout=30)
+        assert r.status_code == 200 and decode(r.content).shape == (64, 96, 3)
+        assert s.proc.wait(30) == 0
+    finally:
+        s.stop()
+
+
+# ------------------------------------------------------------------ in process: batcher, timeout, readiness
+
+def test_batcher_groups_equal_keys_up_to_max_batch_and_fails_a_batch_together():
+    calls = []
+
+    def run(key, payloads):
+        calls.append((key, list(payloads)))
+        if key == "bad":
+            raise ValueError("broken batch")
+        return [p * 10 for p in payloads]
+
+    async def main():
+        b = Batcher(run, max_batch=2, max_wait_ms=50, max_queue=5)
+        b.start()
+        futures = [b.submit(k, p) for k, p in [("a", 1), ("b", 2), ("a", 3), ("a", 4), ("bad", 5)]]
+        with pytest.raises(QueueFull) as full:
+            b.submit("a", 6)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        await b.stop()
+        return full.value, results
+
+    full, results = asyncio.run(main())
+    assert full.retry_after >= 1 and "5 requests waiting" in str(full)
+    assert results[:4] == [(10, 2), (20, 1), (30, 2), (40, 1)]
+    assert isinstance(results[4], ValueError)
+    assert calls == [("a", [1, 3]), ("b", [2]), ("a", [4]), ("bad", [5])]
+
+
+def test_a_request_over_its_timeout_gets_504_and_leaves_the_queue(generator_path):
+    from fastapi.testclient import TestClient
+
+    from gapdiff_core.serving import ServiceSettings
+    from gapdiff_core.serving.app import create_app
+    from gapdiff_core.serving.engine import Engine
+
+    settings = ServiceSettings(generator=str(generator_path), precision="fp32", max_wait_ms=60_000, timeout_s=0.3)
+    app = create_app(settings, Engine(settings))
+    with TestClient(app) as c:
+        r = c.post("/v1/protect", content=png(photo()))
+        assert r.status_code == 504 and r.json()["error"]["kind"] == "timeout"
+        assert "gapdiff_queue_depth 0.0" in c.get("/metrics").text
+
+
+def test_not_ready_until_the_generator_loads(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from gapdiff_core.serving import ServiceSettings
+    from gapdiff_core.serving.app import create_app
+
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    with TestClient(create_app(ServiceSettings(generator=str(broken)))) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").json()["status"] == "loading":
+            assert time.monotonic() < deadline
+        ready = c.get("/readyz")
+        r = c.post("/v1/protect", content=png(photo()))
+        assert c.get("/healthz").status_code == 200
+    assert ready.status_code == 503 and ready.json()["status"] == "failed" and "broken" in ready.json()["error"]
+    assert r.status_code == 503 and r.json()["error"]["kind"] == "not_ready"
+
+
+def test_uploads_decode_in_memory_like_files_16_bit_png_included(tmp_path):
+    from gapdiff_core.imageio import encode_image, load_image
+
+    deep = np.random.default_rng(1).integers(0, 65536, (40, 50, 3), dtype=np.uint16)
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in deep)
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_header_only(50, 40, bit_depth=16, rows=rows))
+    from_file, uploaded = load_image(path), load_image("deep.png", data=path.read_bytes())
+    np.testing.assert_array_equal(uploaded.rgb, from_file.rgb)
+    np.testing.assert_array_equal(uploaded.rgb, ((deep.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8))
+    assert uploaded.notes == ["16-bit PNG reduced to 8 bits"]  # the exact reduction, read from the bytes twice
+    assert str(uploaded.path) == "deep.png"
+    assert decode(encode_image(uploaded.rgb)).tolist() == uploaded.rgb.tolist()
