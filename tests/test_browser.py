@@ -101,3 +101,26 @@ def test_protect_in_the_browser_and_download(served, tmp_path):
     assert np.abs(downloaded.astype(int) - original.rgb.astype(int)).max() <= BUDGET
     core = gc.Protector(gc.load_generator(gen), budget=BUDGET, mode="working", device="cpu", precision="fp32")
     np.testing.assert_array_equal(downloaded, to_uint8(core(original.tensor())))
+
+
+def test_protect_without_a_photo_shows_one_message_and_leaves_the_outputs(served):
+    """The request is refused before it starts: one toast, and no result pane turns into an error."""
+    url, *_ = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.set_default_timeout(30_000)
+            page.goto(url)
+            page.locator("#gapdiff_generator_info").get_by_text("DEMO generator").first.wait_for()
+            page.locator("#gapdiff_protect").click()
+            page.get_by_text("Upload one or more photos first.").first.wait_for()
+            page.wait_for_timeout(500)  # let any per-pane error state render
+            panes = ["#gapdiff_gallery", "#gapdiff_downloads", "#gapdiff_before", "#gapdiff_after",
+                     "#gapdiff_perturbation", "#gapdiff_status", "#gapdiff_photo_stats"]
+            flagged = [sel for sel in panes if "error" in page.locator(sel).first.inner_text().lower()
+                       or page.locator(f"{sel} .error").count()]
+            assert flagged == [], f"panes showing an error: {flagged}"
+            assert page.get_by_text("Upload one or more photos first.").count() == 1
+        finally:
+            browser.close()

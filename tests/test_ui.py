@@ -266,3 +266,151 @@ def test_ten_concurrent_protect_requests_while_server_stays_responsive(app_url, 
         np.testing.assert_array_equal(png_pixels(Path(r[1][0]).read_bytes()), expected)
     assert light_s < 10, f"a light request took {light_s:.1f} s under load"
     assert pending_at_light_answer > 0, "the load had finished before the light request answered"
+
+
+# ---------------------------------------------------------------- limits and failures a user can cause
+
+
+def _ui_fn(blocks, api_name):
+    fns = blocks.fns.values() if isinstance(blocks.fns, dict) else blocks.fns
+    return next(f for f in fns if f.api_name == api_name).fn
+
+
+def test_one_bad_checkpoint_is_named_and_skipped_at_start(models, tmp_path, monkeypatch, capsys):
+    """A file that raises anything while loading (here a MemoryError, as an archive bomb did) costs one entry."""
+    import shutil
+
+    from gapdiff_core import app
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(models / "tiny_real.safetensors", folder / "good.safetensors")
+    (folder / "bomb.pth").write_bytes(b"PK\x03\x04 pretend")
+    real_load = logic.load_generator
+
+    def load(path):
+        if Path(path).name == "bomb.pth":
+            raise MemoryError("archive expands past memory")
+        return real_load(path)
+
+    monkeypatch.setattr(logic, "load_generator", load)
+    args = argparse.Namespace(host="127.0.0.1", port=0, models_dir=str(folder), budget=8.0, device="cpu",
+                              precision="fp32", max_file_size="2mb", max_photos=8, queue_size=4, share=False)
+    blocks = app.create_app(args)
+    err = capsys.readouterr().err
+    assert "skipped bomb.pth" in err and "MemoryError" in err
+    choices = {e.choice: e for e in logic.list_generators(folder)}
+    assert "good.safetensors" in choices and choices["bomb.pth  [unreadable]"].error.startswith("bomb.pth: ")
+    assert _ui_fn(blocks, "list_generators") is not None
+
+
+def test_port_in_use_is_a_message_not_a_traceback(models, capsys):
+    import socket
+
+    from gapdiff_core import app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = argparse.Namespace(host="127.0.0.1", port=port, models_dir=str(models), budget=8.0, device="cpu",
+                                  precision="fp32", max_file_size="2mb", max_photos=8, queue_size=4, share=False)
+        assert app.run(args) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err and "Traceback" not in err
+
+
+def test_robustness_surrogate_path_reveals_nothing_outside_the_models_folder(models, photo, tmp_path):
+    import gradio as gr
+
+    from gapdiff_core.ui import build_ui
+
+    inside = models / "my-surrogate"
+    inside.mkdir(exist_ok=True)
+    s = logic.UISettings(models_dir=models)
+    assert logic.resolve_surrogate_path("my-surrogate", s) == inside.resolve()
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    answers = set()
+    for probe in (str(outside), str(tmp_path / "missing"), "/", "../" + outside.name, str(models / ".." / "x"),
+                  "", "bad\x00name"):
+        with pytest.raises(UIError) as err:
+            logic.resolve_surrogate_path(probe, s)
+        answers.add(str(err.value).replace(repr(probe), "<name>"))
+    assert len(answers) == 1  # an existing folder and a missing one get the same answer
+    robustness = _ui_fn(build_ui(s), "robustness")
+    texts = set()
+    for probe in (str(outside), str(tmp_path / "missing")):
+        with pytest.raises(gr.Error) as err:
+            robustness(str(photo), str(photo), 75, "local model (path below)", probe, None, None, 8, "working")
+        texts.add(str(err.value).replace(repr(probe), "<name>"))
+    assert len(texts) == 1
+
+
+def test_robustness_without_diffusers_says_so_and_still_compares(models, photo, tmp_path, monkeypatch):
+    """A host whose diffusers cannot import: the surrogate option explains itself, the JPEG comparison works."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_diffusers(name, *args, **kwargs):
+        if name == "diffusers" or name.startswith("diffusers.") or name.endswith("diffusion"):
+            raise RuntimeError("Failed to import diffusers.models: cannot import name 'resolve_revision'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(logic, "_SURROGATES", {})
+    monkeypatch.setattr(builtins, "__import__", no_diffusers)
+    with pytest.raises(UIError, match="needs diffusers.*resolve_revision.*surrogate 'none'"):
+        logic.load_surrogate_cached("tiny")
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    r = logic.robustness_check(str(photo), str(photo), 60, tmp_path)
+    assert "Perturbation energy kept through JPEG" in r.markdown
+
+
+def test_evaluate_and_protect_limit_photos_and_pixels(models, photo, tmp_path):
+    s = logic.UISettings(models_dir=models, max_photos=2, max_pixels=10_000)
+    with pytest.raises(UIError, match="3 generated photos uploaded; at most 2"):
+        logic.evaluate_uploads([str(photo)] * 3, None, s)
+    with pytest.raises(UIError, match="3 reference photos uploaded; at most 2"):
+        logic.evaluate_uploads([str(photo)], [str(photo)] * 3, s)
+    with pytest.raises(UIError, match="3 photos uploaded; at most 2"):
+        logic.check_protect_request([str(photo)] * 3, "tiny_real.safetensors", None, s)
+    protector = logic.get_protector(models / "tiny_real.safetensors", BUDGET, "working", "cpu", "fp32")
+    with pytest.raises(UIError, match=r"face one.jpg: larger than this server's limit of 0.01 megapixels"):
+        logic.protect_photo(protector, str(photo), tmp_path, 0, False, max_pixels=s.max_pixels)
+    with pytest.raises(UIError, match="0.01 megapixels"):
+        logic.robustness_check(str(photo), None, 75, tmp_path, protector, max_pixels=s.max_pixels)
+
+
+def test_outputs_and_uploads_stay_private(models, tmp_path, monkeypatch):
+    import stat
+    import tempfile
+
+    from gapdiff_core import app
+
+    root = tmp_path / "gapdiff-ui"
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)
+    monkeypatch.setattr(logic, "OUTPUT_ROOT", root)
+    out = logic.new_output_dir()
+    assert out.parent == root and stat.S_IMODE(root.stat().st_mode) == 0o700
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "")
+    monkeypatch.delenv("GRADIO_TEMP_DIR")  # restored afterwards to what it was
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    args = argparse.Namespace(host="127.0.0.1", port=0, models_dir=str(models), budget=8.0, device="cpu",
+                              precision="fp32", max_file_size="2mb", max_photos=8, queue_size=4, share=False)
+    app.create_app(args)
+    cache = Path(app.os.environ["GRADIO_TEMP_DIR"])
+    assert cache.parent == tmp_path and stat.S_IMODE(cache.stat().st_mode) == 0o700
+
+
+def test_ssim_in_strips_equals_the_whole_image():
+    from gapdiff_core.metrics.fidelity import ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (600, 40, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
+    whole = float(ssim(torch.from_numpy(b).permute(2, 0, 1)[None].float() / 255,
+                       torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255)[0])
+    assert logic.ssim8(b, a) == pytest.approx(whole, abs=1e-5)
+    assert np.isnan(logic.ssim8(a[:10], b[:10]))

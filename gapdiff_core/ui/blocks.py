@@ -56,11 +56,12 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
         gr.Markdown("# GAP-Diff photo protection\nAdds a small, JPEG-robust perturbation to face photos so that "
                     "DreamBooth-style fine-tuning on them fails. Read the **About** tab for what it does and does not do.")
         with gr.Accordion("Generator", open=True):
-            with gr.Row():
+            with make(gr.Row, equal_height=False):  # 3.41 defaults to True: the button grew as tall as the upload
                 generator = make(gr.Dropdown, choices=choices, value=choices[0] if choices else None,
                                  label=f"Generator in the models folder ({initial.models_dir or 'not set'})",
                                  elem_id="gapdiff_generator", scale=3)
-                refresh = make(gr.Button, value="Refresh", elem_id="gapdiff_refresh", scale=0)
+                refresh = make(gr.Button, value="Refresh", elem_id="gapdiff_refresh", scale=0, size="sm",
+                               min_width=80)
                 checkpoint = make(gr.File, label="…or upload a checkpoint (.safetensors / .pth)",
                                   file_types=[".safetensors", ".pth", ".pt"], type=FILE_TYPE,
                                   elem_id="gapdiff_checkpoint", scale=2)
@@ -111,8 +112,9 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                                    elem_id="gapdiff_quality")
                     surrogate = make(gr.Radio, choices=list(SURROGATE_CHOICES), value=SURROGATE_CHOICES[0],
                                      label="Surrogate model for the adversarial effect", elem_id="gapdiff_surrogate")
-                    surrogate_path = make(gr.Textbox, label="Local surrogate (diffusers folder or .safetensors)",
-                                          elem_id="gapdiff_surrogate_path")
+                    roots = ", ".join(str(r) for r in initial.surrogate_roots()) or "no folder set"
+                    surrogate_path = make(gr.Textbox, label=f"Local surrogate: the name of a diffusers folder or SD "
+                                          f".safetensors in {roots}", elem_id="gapdiff_surrogate_path")
                 rb_btn = make(gr.Button, value="Compress and compare", variant="primary", elem_id="gapdiff_rb_run")
                 with gr.Row():
                     rb_clean_out = make(gr.Image, label="Clean after JPEG", type="filepath", interactive=False,
@@ -151,14 +153,13 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
         listen(generator.change, _readable(lambda c: _describe_choice(c, get())), inputs=[generator],
                outputs=[generator_info], queue=False, api_name="describe_generator")
 
+        def check_request(uploads, choice, ckpt):
+            logic.check_protect_request(uploads, choice, ckpt, get())
+
         def protect(uploads, choice, ckpt, budget_value, mode_value, progress=gr.Progress()):
             s = get()
-            uploads = uploads if isinstance(uploads, list) else ([uploads] if uploads else [])
-            if not uploads:
-                raise UIError("Upload one or more photos first.")
-            if len(uploads) > s.max_photos:
-                raise UIError(f"{len(uploads)} photos uploaded; at most {s.max_photos} at a time.")
-            path = logic.resolve_generator(choice, ckpt, s.models_dir)
+            uploads = logic.as_list(uploads)
+            path = logic.check_protect_request(uploads, choice, ckpt, s)
             progress(0, desc="Loading the generator")
             with s.work_lock():
                 protector = logic.get_protector(path, budget_value, mode_value, s.device, s.precision)
@@ -171,7 +172,7 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                 yield (skip, skip, skip, skip, skip, f"Protecting photo {i + 1} of {len(uploads)}…", skip, skip)
                 try:
                     with s.work_lock():
-                        results.append(logic.protect_photo(protector, up, out, i, demo))
+                        results.append(logic.protect_photo(protector, up, out, i, demo, s.max_pixels))
                 except UIError as exc:
                     failures.append(str(exc))
             if not results:
@@ -185,8 +186,12 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
             yield (items, files, first["original"], first["protected"], first["perturbation"], summary,
                    _photo_markdown(first, demo), state)
 
+        # A request that cannot start (no photo, no generator) is refused by a step without outputs: one message,
+        # and the result panes keep what they show instead of each turning into an error.
+        checked = listen(protect_btn.click, _readable(check_request), inputs=[photos, generator, checkpoint],
+                         outputs=[], api_name=False, concurrency_limit=None, concurrency_id="gapdiff_check")
         protect_event = listen(
-            protect_btn.click, _readable(protect), inputs=[photos, generator, checkpoint, budget, mode],
+            checked.success, _readable(protect), inputs=[photos, generator, checkpoint, budget, mode],
             outputs=[gallery, downloads, before, after, perturbation, status, photo_stats, results_state],
             api_name="protect", concurrency_limit=1, concurrency_id="gapdiff_gpu")
         listen(cancel_btn.click, None, cancels=[protect_event], queue=False)
@@ -216,15 +221,13 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                 progress(0.1, desc="Loading the tiny demo surrogate")
                 sur = logic.load_surrogate_cached("tiny", _device_name(s.device))
             elif surrogate_choice == SURROGATE_CHOICES[2]:
-                if not surrogate_dir or not Path(surrogate_dir).exists():
-                    raise UIError(f"Surrogate path not found: {surrogate_dir!r}. Give a local diffusers folder or "
-                                  "an SD single-file checkpoint.")
+                local = logic.resolve_surrogate_path(surrogate_dir, s)
                 progress(0.1, desc="Loading the surrogate")
-                sur = logic.load_surrogate_cached(str(surrogate_dir), _device_name(s.device))
+                sur = logic.load_surrogate_cached(str(local), _device_name(s.device))
             progress(0.5, desc="Compressing and measuring")
             with s.work_lock():
                 r = logic.robustness_check(clean, prot or None, int(q), logic.new_output_dir(), protector, sur,
-                                           float(budget_value))
+                                           float(budget_value), s.max_pixels)
             demo_note = f"⚠️ {logic.DEMO_WARNING}\n\n" if protector is not None and protector.info.demo else ""
             return str(r.clean_jpeg_png), str(r.protected_jpeg_png), str(r.perturbation_png), demo_note + r.markdown
 
@@ -236,7 +239,7 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
 
         def evaluate(refs, gen, progress=gr.Progress()):
             progress(0.1, desc="Detecting and embedding faces")
-            return logic.evaluate_uploads(_as_list(gen), _as_list(refs))
+            return logic.evaluate_uploads(logic.as_list(gen), logic.as_list(refs), get())
 
         listen(ev_btn.click, _readable(evaluate), inputs=[ev_refs, ev_gen], outputs=[ev_report],
                api_name="evaluate", concurrency_limit=1, concurrency_id="gapdiff_metrics")
@@ -244,10 +247,6 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _as_list(x):
-    return [] if not x else (x if isinstance(x, list) else [x])
 
 
 def _device_name(device) -> str:

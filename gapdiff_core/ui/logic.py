@@ -7,6 +7,8 @@ passes file paths to Gradio, which serves them byte for byte (it re-encodes only
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import math
 import os
 import shutil
@@ -22,18 +24,26 @@ from typing import Callable, ContextManager
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..checkpoint import CheckpointError, GeneratorInfo, load_generator
 from ..imageio import ImageError, load_image, save_image, to_uint8
-from ..metrics.fidelity import psnr, ssim
+from ..metrics.fidelity import ssim
 from ..protect import MODES, Protector, protection_stats
 
+log = logging.getLogger("gapdiff.ui")
 GENERATOR_SUFFIXES = (".safetensors", ".pth", ".pt")
 DEMO_TAG = "  [DEMO: protects nothing real]"
 DEMO_WARNING = ("**DEMO generator**: it was trained against a toy model and protects nothing real. "
                 "Use these outputs to see how the tool works, not to protect photos.")
-OUTPUT_ROOT = Path(tempfile.gettempdir()) / "gapdiff-ui"
+# One private folder per user (0700): photos and their protected versions are nobody else's business.
+OUTPUT_ROOT = Path(tempfile.gettempdir()) / f"gapdiff-ui-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 OUTPUT_MAX_AGE_S = 6 * 3600
+# Peak memory of one photo through protect_photo (working mode, fp32, CPU) is about this many bytes per pixel
+# above the loaded generator (bench/app_memory.py: 40-43), so the default pixel limit keeps a photo near 1.1 GB.
+# Photos of a request run one after another, so this bounds the request too.
+BYTES_PER_PIXEL = 45
+DEFAULT_MAX_PIXELS = 25_000_000
 
 
 class UIError(ValueError):
@@ -48,8 +58,15 @@ class UISettings:
     device: str = "auto"
     precision: str = "auto"
     default_budget: float = 8.0
-    max_photos: int = 64
+    max_photos: int = 64  # per request, in each file list (Protect, Evaluate)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # per photo: memory grows with it (BYTES_PER_PIXEL)
     work_lock: Callable[[], ContextManager] = contextlib.nullcontext  # e.g. A1111's queue_lock
+    # Folders a local surrogate may be read from (default: the models folder). Paths outside them get the same
+    # answer as missing ones, so the tab cannot be used to probe the server's file system.
+    surrogate_dirs: tuple = ()
+
+    def surrogate_roots(self) -> list[Path]:
+        return [Path(d) for d in (self.surrogate_dirs or (self.models_dir,)) if d]
 
 
 # ------------------------------------------------------------------ generators
@@ -71,13 +88,20 @@ _INFO_CACHE: dict[tuple, GeneratorInfo | str] = {}
 
 
 def _info_of(path: Path) -> GeneratorInfo | str:
-    st = path.stat()
+    """The checkpoint's metadata, or why it cannot be used: one bad file must not stop the listing (or the app)."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"{path.name}: cannot be read ({exc.strerror})"
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _INFO_CACHE:
         try:
             _INFO_CACHE[key] = load_generator(path).info
         except CheckpointError as exc:
             _INFO_CACHE[key] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - anything else a broken file can raise is reported the same way
+            log.warning("gapdiff: skipped %s (%s: %s)", path, type(exc).__name__, exc)
+            _INFO_CACHE[key] = f"{path.name}: not a usable generator checkpoint ({type(exc).__name__}: {exc})"
     return _INFO_CACHE[key]
 
 
@@ -115,6 +139,23 @@ def resolve_generator(choice: str | None, uploaded: str | None, models_dir) -> P
                 raise UIError(entry.error)
             return entry.path
     raise UIError(f"Generator '{choice}' is no longer in {models_dir}; press Refresh.")
+
+
+def check_protect_request(uploads, choice: str | None, uploaded: str | None, s: UISettings) -> Path:
+    """Everything about a Protect request that can be checked without loading anything; the generator's path."""
+    if not as_list(uploads):
+        raise UIError("Upload one or more photos first.")
+    _check_count(as_list(uploads), s, "photos")
+    return resolve_generator(choice, uploaded, s.models_dir)
+
+
+def _check_count(files: list, s: UISettings, what: str) -> None:
+    if len(files) > s.max_photos:
+        raise UIError(f"{len(files)} {what} uploaded; at most {s.max_photos} at a time.")
+
+
+def as_list(x) -> list:
+    return [] if not x else (x if isinstance(x, list) else [x])
 
 
 _PROTECTORS: "OrderedDict[tuple, Protector]" = OrderedDict()
@@ -168,9 +209,21 @@ class PhotoResult:
     notes: list[str] = field(default_factory=list)
 
 
+def private_dir(path: Path) -> Path:
+    """`path` as a folder only this user can enter (0700), refused if another user owns it or it is a link."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.lstat()
+    if path.is_symlink() or not path.is_dir() or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+        raise UIError(f"{path} belongs to another user or is not a folder; remove it or set TMPDIR.")
+    if st.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
 def new_output_dir() -> Path:
-    """A fresh folder for one request's files; folders older than a few hours are removed."""
-    OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
+    """A fresh folder for one request's files inside this user's private OUTPUT_ROOT; folders older than a few
+    hours are removed."""
+    private_dir(OUTPUT_ROOT)
     now = time.time()
     for old in OUTPUT_ROOT.iterdir():
         with contextlib.suppress(OSError):
@@ -181,39 +234,76 @@ def new_output_dir() -> Path:
     return out
 
 
-def amplified_perturbation(original: torch.Tensor, protected: torch.Tensor, budget: float) -> tuple[np.ndarray, float]:
-    """The 8-bit difference scaled so the budget fills the range around mid-grey; returns (H×W×3 uint8, gain)."""
-    diff = torch.round(protected * 255) - torch.round(original * 255)
+def amplified_perturbation(original: np.ndarray, protected: np.ndarray, budget: float) -> tuple[np.ndarray, float]:
+    """The 8-bit difference (H×W×3 uint8 images) scaled so the budget fills the range around mid-grey; returns
+    (H×W×3 uint8, gain)."""
     gain = 127.0 / max(float(budget), 1.0)
-    vis = (128 + diff * gain).clamp(0, 255).div(255)
-    return to_uint8(vis), gain
+    vis = np.empty(original.shape, np.uint8)
+    for rows in _row_blocks(original.shape[0]):  # a few rows at a time: no full-size float copy
+        diff = protected[rows].astype(np.float32) - original[rows]
+        vis[rows] = np.rint(np.clip(128 + diff * gain, 0, 255))
+    return vis, gain
 
 
-def protect_photo(protector: Protector, upload: str, out_dir: Path, index: int, demo: bool) -> PhotoResult:
-    """Protect one uploaded photo; write original, protected and amplified-perturbation PNGs into `out_dir`."""
-    src = Path(_file_path(upload))
+def ssim8(a: np.ndarray, b: np.ndarray, window: int = 11) -> float:
+    """SSIM of two H×W×3 uint8 images (metrics.fidelity.ssim), computed in strips of rows so a large photo never
+    exists as a float tensor at once; nan below the 11×11 window."""
+    h, w = a.shape[:2]
+    if min(h, w) < window:
+        return float("nan")
+    total, count = 0.0, 0
+    for start in range(0, h - window + 1, 256):
+        stop = min(start + 256, h - window + 1)  # valid output rows [start, stop)
+        strip = slice(start, stop + window - 1)
+        ta, tb = (torch.from_numpy(np.ascontiguousarray(v[strip])).permute(2, 0, 1)[None].float().div_(255)
+                  for v in (a, b))
+        n = (stop - start) * (w - window + 1)
+        total += float(ssim(ta, tb, window_size=window)[0]) * n
+        count += n
+    return total / count
+
+
+def _row_blocks(h: int, rows: int = 512):
+    return (slice(i, min(i + rows, h)) for i in range(0, h, rows))
+
+
+def _load(path: Path, max_pixels: int, label: str | None = None):
     try:
-        loaded = load_image(src)
+        return load_image(path, max_pixels=max_pixels)
     except ImageError as exc:
-        raise UIError(f"{_display_name(src)}: {str(exc).split(': ', 1)[-1]}") from exc
-    x = loaded.tensor()
+        raise UIError(f"{label or _display_name(path)}: {_reason(exc, max_pixels)}") from exc
+
+
+def _reason(exc: ImageError, max_pixels: int) -> str:
+    text = str(exc).split(": ", 1)[-1]
+    if "pixel limit" in text:
+        return (f"larger than this server's limit of {max_pixels / 1e6:g} megapixels per photo; "
+                "downscale it and upload again.")
+    return text
+
+
+def protect_photo(protector: Protector, upload: str, out_dir: Path, index: int, demo: bool,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> PhotoResult:
+    """Protect one uploaded photo; write original, protected and amplified-perturbation PNGs into `out_dir`.
+    Everything at full resolution stays in 8 bits (Protector.protect_uint8), so memory follows BYTES_PER_PIXEL."""
+    src = Path(_file_path(upload))
+    loaded = _load(src, max_pixels)
     try:
-        y = protector(x)
+        prot8 = protector.protect_uint8(loaded.rgb)
     except (ValueError, RuntimeError) as exc:
         raise UIError(f"{_display_name(src)}: protection failed ({exc}).") from exc
     stem = f"{index + 1:02d}_{_safe_stem(src)}"
     tag = "_DEMO" if demo else ""
-    prot8 = to_uint8(y)
     protected_png = save_image(out_dir / f"{stem}_protected{tag}.png", prot8)
     (out_dir / "preview").mkdir(exist_ok=True)
     original_png = save_image(out_dir / "preview" / f"{stem}_original.png", loaded.rgb)
-    vis, gain = amplified_perturbation(x, y, protector.budget)
+    vis, gain = amplified_perturbation(loaded.rgb, prot8, protector.budget)
     pert_png = save_image(out_dir / "preview" / f"{stem}_perturbation_x{gain:.0f}.png", vis)
+    del vis
     stats = protection_stats(loaded.rgb, prot8)
     return PhotoResult(name=_display_name(src), original_png=original_png, protected_png=protected_png,
                        perturbation_png=pert_png, max_change=stats.max_change, psnr_db=stats.psnr,
-                       ssim=float(ssim(y, x)[0]) if min(x.shape[-2:]) >= 11 else float("nan"),
-                       notes=loaded.notes)
+                       ssim=ssim8(prot8, loaded.rgb), notes=loaded.notes)
 
 
 def zip_outputs(results: list[PhotoResult], out_dir: Path, demo: bool) -> Path:
@@ -260,15 +350,35 @@ _SURROGATES: dict[str, object] = {}
 _SURROGATE_LOCK = threading.Lock()
 
 
+def resolve_surrogate_path(text: str | None, s: UISettings) -> Path:
+    """A local surrogate named by the user, accepted only inside `s.surrogate_roots()` (relative names are taken
+    inside them). Outside them, missing and unreadable all get one answer, which reveals nothing about the server."""
+    roots = [r.resolve() for r in s.surrogate_roots() if r.is_dir()]
+    where = ", ".join(str(r) for r in s.surrogate_roots()) or "no folder is set"
+    refused = UIError(f"No surrogate {text!r} in the surrogate folders ({where}). Put a diffusers folder or an SD "
+                      "single-file checkpoint there and give its name.")
+    if not text or not str(text).strip() or "\x00" in str(text):
+        raise refused
+    for root in roots:
+        candidate = Path(text) if Path(text).is_absolute() else root / text
+        with contextlib.suppress(OSError, ValueError):
+            resolved = candidate.resolve()
+            if resolved.is_relative_to(root) and resolved != root and resolved.exists():
+                return resolved
+    raise refused
+
+
 def load_surrogate_cached(spec: str, device: str = "cpu"):
     """`tiny` (the built-in demo model) or a local diffusers folder / single-file checkpoint."""
     with _SURROGATE_LOCK:
         if spec not in _SURROGATES:
             try:
                 from ..diffusion import load_surrogate
-            except ImportError as exc:
-                raise UIError(f"Loading a surrogate needs the diffusion extra: pip install 'gapdiff[diffusion]' "
-                              f"({exc}).") from exc
+            except Exception as exc:  # noqa: BLE001 - a host's broken diffusers raises RuntimeError too
+                raise UIError(f"The surrogate model needs diffusers, which cannot be imported here "
+                              f"({type(exc).__name__}: {exc}). Install the diffusion extra "
+                              "(pip install 'gapdiff[diffusion]') or choose surrogate 'none': the JPEG "
+                              "comparison works without it.") from exc
             try:
                 _SURROGATES[spec] = load_surrogate(spec).to(device)
             except (OSError, ValueError, RuntimeError) as exc:
@@ -293,51 +403,42 @@ def denoising_effect(surrogate, x01: torch.Tensor, timesteps=(100, 300, 500, 700
     return sum(values) / len(values)
 
 
-def robustness_check(clean_upload: str, protected: torch.Tensor | str | None, quality: int, out_dir: Path,
-                     protector: Protector | None = None, surrogate=None, budget: float = 8.0) -> RobustnessResult:
+def robustness_check(clean_upload: str, protected: str | None, quality: int, out_dir: Path,
+                     protector: Protector | None = None, surrogate=None, budget: float = 8.0,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> RobustnessResult:
     """JPEG both the clean and the protected photo at `quality`; measure how much of the perturbation (and, with
-    a surrogate, of the adversarial effect) survives."""
-    from ..preprocess.real import jpeg
-
+    a surrogate, of the adversarial effect) survives. Full-resolution data stays in 8 bits."""
     clean_path = Path(_file_path(clean_upload))
-    try:
-        clean = load_image(clean_path).tensor()
-    except ImageError as exc:
-        raise UIError(f"{_display_name(clean_path)}: {str(exc).split(': ', 1)[-1]}") from exc
+    clean = _load(clean_path, max_pixels).rgb
     if isinstance(protected, (str, os.PathLike)):
-        try:
-            prot = load_image(_file_path(protected)).tensor()
-        except ImageError as exc:
-            raise UIError(f"Protected photo: {str(exc).split(': ', 1)[-1]}") from exc
+        prot = _load(Path(_file_path(protected)), max_pixels, "Protected photo").rgb
         if prot.shape != clean.shape:
-            raise UIError(f"The protected photo is {prot.shape[-1]}×{prot.shape[-2]} but the clean one is "
-                          f"{clean.shape[-1]}×{clean.shape[-2]}; upload the matching pair.")
+            raise UIError(f"The protected photo is {prot.shape[1]}×{prot.shape[0]} but the clean one is "
+                          f"{clean.shape[1]}×{clean.shape[0]}; upload the matching pair.")
     elif protector is not None:
-        prot = protector(clean)
+        prot = protector.protect_uint8(clean)
         budget = protector.budget
     else:
         raise UIError("Upload the protected photo too, or choose a generator to protect the clean one.")
     if not 1 <= int(quality) <= 100:
         raise UIError(f"JPEG quality must be 1..100, not {quality}.")
-    jc, jp = jpeg(clean, int(quality)), jpeg(prot, int(quality))
-    d0 = torch.round(prot * 255) - torch.round(clean * 255)
-    dj = torch.round(jp * 255) - torch.round(jc * 255)
-    kept = dj.norm().item() / max(d0.norm().item(), 1e-12)
-    corr = torch.nn.functional.cosine_similarity(d0.flatten(), dj.flatten(), dim=0).item() if d0.any() else 0.0
-    clean_jpeg_png = save_image(out_dir / f"clean_jpeg_q{quality}.png", to_uint8(jc))
-    protected_jpeg_png = save_image(out_dir / f"protected_jpeg_q{quality}.png", to_uint8(jp))
+    jc, jp = _jpeg8(clean, int(quality)), _jpeg8(prot, int(quality))
+    before, after = _DiffStats(clean, prot), _DiffStats(jc, jp)
+    kept = math.sqrt(after.sq) / max(math.sqrt(before.sq), 1e-12)
+    corr = before.cross(after)
+    clean_jpeg_png = save_image(out_dir / f"clean_jpeg_q{quality}.png", jc)
+    protected_jpeg_png = save_image(out_dir / f"protected_jpeg_q{quality}.png", jp)
     vis, gain = amplified_perturbation(jc, jp, max(budget, 1))
     pert_png = save_image(out_dir / f"perturbation_after_jpeg_x{gain:.0f}.png", vis)
     lines = [f"JPEG quality {quality}: both photos compressed the same way (Pillow, 4:2:0).", "",
              "| | before JPEG | after JPEG |", "|---|---|---|",
-             f"| max change (grey levels) | {d0.abs().max().item():.0f} | {dj.abs().max().item():.0f} |",
-             f"| RMS change (grey levels) | {_rms(d0):.2f} | {_rms(dj):.2f} |",
-             f"| PSNR vs clean (dB) | {_fmt(float(psnr(prot, clean)[0]), 2)} | {_fmt(float(psnr(jp, jc)[0]), 2)} |",
+             f"| max change (grey levels) | {before.max:.0f} | {after.max:.0f} |",
+             f"| RMS change (grey levels) | {before.rms:.2f} | {after.rms:.2f} |",
+             f"| PSNR vs clean (dB) | {_fmt(before.psnr, 2)} | {_fmt(after.psnr, 2)} |",
              "", f"Perturbation energy kept through JPEG: **{100 * kept:.0f}%** "
                  f"(correlation with the original perturbation {corr:.2f})."]
     if surrogate is not None:
-        l_clean, l_prot = denoising_effect(surrogate, clean), denoising_effect(surrogate, prot)
-        l_jc, l_jp = denoising_effect(surrogate, jc), denoising_effect(surrogate, jp)
+        l_clean, l_prot, l_jc, l_jp = (denoising_effect(surrogate, _tensor(v)) for v in (clean, prot, jc, jp))
         before, after = l_prot - l_clean, l_jp - l_jc
         share = after / before if before > 0 else float("nan")
         name = getattr(surrogate, "name", "surrogate")
@@ -352,6 +453,41 @@ def robustness_check(clean_upload: str, protected: torch.Tensor | str | None, qu
     return RobustnessResult(clean_jpeg_png, protected_jpeg_png, pert_png, "\n".join(lines))
 
 
+def _jpeg8(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """preprocess.real.jpeg on 8-bit pixels: Pillow's JPEG round trip (4:2:0), without float copies."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _tensor(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255)
+
+
+class _DiffStats:
+    """Statistics of `b - a` (8-bit images) in grey levels, accumulated over blocks of rows."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray):
+        self.a, self.b, self.n = a, b, a.size
+        self.max, self.sq = 0.0, 0.0
+        for rows in _row_blocks(a.shape[0]):
+            d = b[rows].astype(np.float64) - a[rows]
+            self.max = max(self.max, float(np.abs(d).max(initial=0)))
+            self.sq += float(np.vdot(d, d))
+        self.rms = math.sqrt(self.sq / self.n)
+        self.psnr = float("inf") if self.sq == 0 else 10 * math.log10(255 ** 2 * self.n / self.sq)
+
+    def cross(self, other: "_DiffStats") -> float:
+        """Cosine similarity of the two differences (0 when either is zero)."""
+        if self.sq == 0 or other.sq == 0:
+            return 0.0
+        dot = sum(float(np.vdot(self.b[r].astype(np.float64) - self.a[r],
+                                 other.b[r].astype(np.float64) - other.a[r])) for r in _row_blocks(self.a.shape[0]))
+        return dot / math.sqrt(self.sq * other.sq)
+
+
 # ------------------------------------------------------------------ evaluate
 
 
@@ -360,16 +496,20 @@ METRIC_DIRECTIONS = {"fdfr": ("FDFR", "higher = stronger protection"), "ism": ("
                      "serfiq": ("SER-FIQ", "lower = stronger protection")}
 
 
-def evaluate_uploads(generated: list[str], references: list[str] | None) -> str:
-    """The four protocol metrics of generated photos (ISM against the clean references) as Markdown."""
+def evaluate_uploads(generated: list[str], references: list[str] | None, s: UISettings | None = None) -> str:
+    """The four protocol metrics of generated photos (ISM against the clean references) as Markdown; at most
+    `s.max_photos` photos per list and `s.max_pixels` pixels per photo."""
+    s = s or UISettings()
     if not generated:
         raise UIError("Upload the photos generated by the fine-tuned model.")
+    _check_count(generated, s, "generated photos")
+    _check_count(references or [], s, "reference photos")
     try:
         from ..metrics import evaluate_images
     except ImportError as exc:
         raise UIError(f"The metrics need the metrics extra: pip install 'gapdiff[metrics]' ({exc}).") from exc
-    gen = [_rgb(p) for p in generated]
-    refs = [_rgb(p) for p in references] if references else None
+    gen = [_load(Path(_file_path(p)), s.max_pixels).rgb for p in generated]
+    refs = [_load(Path(_file_path(p)), s.max_pixels).rgb for p in references] if references else None
     try:
         result = evaluate_images(gen, refs)
     except Exception as exc:  # backends raise their own types (ONNX, OpenCV); shown as a message
@@ -406,18 +546,6 @@ def _display_name(path: Path) -> str:
 def _safe_stem(path: Path) -> str:
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)[:60]
     return stem or "photo"
-
-
-def _rgb(upload) -> np.ndarray:
-    path = Path(_file_path(upload))
-    try:
-        return load_image(path).rgb
-    except ImageError as exc:
-        raise UIError(f"{path.name}: {str(exc).split(': ', 1)[-1]}") from exc
-
-
-def _rms(d: torch.Tensor) -> float:
-    return d.float().pow(2).mean().sqrt().item()
 
 
 def _fmt(v, digits: int) -> str:
