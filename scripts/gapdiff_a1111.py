@@ -53,9 +53,17 @@ def current_settings():
     from modules import devices
 
     lock = _host_lock()
-    return UISettings(models_dir=_option("gapdiff_models_dir", default_models_dir()), device=str(devices.device),
+    models_dir = _option("gapdiff_models_dir", default_models_dir())
+    return UISettings(models_dir=models_dir, device=str(devices.device),
                       precision=_option("gapdiff_precision", "auto"),
-                      default_budget=float(_option("gapdiff_default_budget", 8)), work_lock=lambda: lock)
+                      default_budget=float(_option("gapdiff_default_budget", 8)), work_lock=lambda: lock,
+                      surrogate_dirs=(models_dir, _host_checkpoints_dir()))
+
+
+def _host_checkpoints_dir() -> str:
+    """The webui's own SD checkpoints (models/Stable-diffusion), which the Robustness tab may use as surrogates."""
+    own = getattr(getattr(shared, "cmd_opts", None), "ckpt_dir", None)  # --ckpt-dir
+    return own or os.path.join(os.path.dirname(default_models_dir()), "Stable-diffusion")
 
 
 def on_ui_settings():

@@ -69,6 +69,7 @@ def test_registers_settings_and_tab_built_from_the_shared_blocks(a1111, tmp_path
     a1111.shared.opts.gapdiff_default_budget = 4
     s = script.current_settings()
     assert (s.device, s.precision, s.default_budget, s.models_dir) == ("meta", "fp16", 4.0, str(tmp_path / "elsewhere"))
+    assert s.surrogate_dirs == (str(tmp_path / "elsewhere"), str(tmp_path / "models" / "Stable-diffusion"))
     from modules import call_queue
     assert s.work_lock() is call_queue.queue_lock
 
