@@ -4,9 +4,12 @@ Nothing here unpickles code: `.pth` files go through `torch.load(weights_only=Tr
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
-import tempfile
+import unicodedata
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -15,10 +18,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .generator import Generator
+from .imageio import current_umask, new_temp_path
 
 ARCHITECTURE = "gap-diff-unet"
 FORMAT_VERSION = "1"
 OFFICIAL_PREFIX = "generator."
+MAX_NGF = 128  # twice the official width (ngf=64): 293 M parameters
+WORKING_RESOLUTIONS = (64, 1024)  # the largest fine-tuning resolution in use (SDXL); memory grows with its square
+_BUDGET_RANGE = (1.0, 255.0)  # grey levels: below 1 no 8-bit pixel can move
+_UNPACK_RATIO = 4  # a .pth archive may unpack to at most this many times its own size (torch.save stores, never deflates)
 
 
 class CheckpointError(ValueError):
@@ -39,10 +47,24 @@ class GeneratorInfo:
     source: str = ""
 
     def describe(self) -> str:
+        """One line for people; text from the file has its control characters escaped (see `printable`)."""
         label = "DEMO generator (trained on a toy model: protects nothing real)" if self.demo else "generator"
         return (f"{label}: width ngf={self.ngf}, trained budget {self.budget:g} grey levels, "
-                f"working resolution {self.working_resolution}, surrogate {self.surrogate or 'unknown'}, "
-                f"provenance: {self.provenance or 'unknown'}")
+                f"working resolution {self.working_resolution}, surrogate {printable(self.surrogate or 'unknown')}, "
+                f"provenance: {printable(self.provenance or 'unknown')}")
+
+
+def printable(text) -> str:
+    """`text` safe to print on a terminal: control and bidirectional-override characters (escape sequences, carriage
+    returns, newlines) and unpaired surrogates are shown as backslash escapes. Use it wherever a checkpoint's own
+    text (metadata, tensor names) is shown."""
+    return "".join(ch if _shows_as_itself(ch) else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
+
+
+def _shows_as_itself(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    return not (category in ("Cc", "Cs", "Zl", "Zp") or (category == "Cf" and unicodedata.bidirectional(ch) in
+                                                           ("LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI")))
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> Generator:
@@ -60,11 +82,15 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
         state, info = _read_safetensors(path)
     else:
         state, info = _read_pth(path), GeneratorInfo(provenance=f"official-format state dict ({path.name})")
-    state = _strip_prefix(state)
-    if "conv1.weight" not in state:
+    state = _strip_prefix(state, path)
+    first = state.get("conv1.weight")
+    if first is None:
         raise CheckpointError(f"{path}: not a GAP-Diff generator (no conv1.weight; keys start with "
-                              f"{sorted(state)[:3]})")
-    info.ngf = int(state["conv1.weight"].shape[0])
+                              f"{printable(sorted(state)[:3])})")
+    if first.dim() != 4 or not 1 <= first.shape[0] <= MAX_NGF:
+        raise CheckpointError(f"{path}: conv1.weight has shape {tuple(first.shape)}; a GAP-Diff generator's is "
+                              f"(ngf, 3, 7, 7) with ngf 1-{MAX_NGF} (the official width is 64)")
+    info.ngf = int(first.shape[0])
     info.source = str(path)
     with torch.device("meta"):  # no random initialisation: every tensor comes from the file
         generator = Generator(ngf=info.ngf)
@@ -80,18 +106,19 @@ def save_generator(generator: Generator, path: str | os.PathLike, info: Generato
         raise CheckpointError(f"{path}: generators are saved as .safetensors")
     meta = asdict(info)
     meta.pop("source")
+    for key, value in meta.items():
+        _checked_field(path, key, value)
     metadata = {"format": "pt", "gapdiff.format_version": FORMAT_VERSION, "architecture": ARCHITECTURE,
                 **{k: json.dumps(v) for k, v in meta.items()}}
     state = {k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = new_temp_path(path.parent)
     try:
-        save_file(state, tmp, metadata=metadata)
+        save_file(state, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~current_umask())  # as any new file: mode from the umask, not a temp file's 0600
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -101,6 +128,7 @@ def read_info(path: str | os.PathLike) -> GeneratorInfo:
 
 
 def _read_pth(path: Path) -> dict:
+    _check_archive_sizes(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the safe unpickler refuses code and foreign objects
@@ -110,7 +138,34 @@ def _read_pth(path: Path) -> dict:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    if not all(isinstance(k, str) for k in state):
+        odd = next(k for k in state if not isinstance(k, str))
+        raise CheckpointError(f"{path}: state dict keys must be tensor names (strings); found {printable(repr(odd))}")
     return state
+
+
+def _check_archive_sizes(path: Path) -> None:
+    """Refuse a zip `.pth` whose entries declare more bytes than a generator can hold, before anything is unpacked
+    (torch.load would allocate every declared byte: a few MB of deflated zeros can claim many GB)."""
+    if not zipfile.is_zipfile(path):
+        return  # the legacy format stores tensors raw: it cannot unpack to more than its own size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: damaged .pth archive ({exc})") from None
+    limit = min(_UNPACK_RATIO * path.stat().st_size, _largest_state_bytes()) + (1 << 20)
+    if declared > limit:
+        raise CheckpointError(f"{path}: the archive declares {declared:,} bytes unpacked from a {path.stat().st_size:,}"
+                              f"-byte file, over the {limit:,}-byte limit for a GAP-Diff generator (ngf <= {MAX_NGF}, "
+                              "stored as torch.save writes it); it is not a generator state dict, or is a zip bomb")
+
+
+@functools.lru_cache(maxsize=1)
+def _largest_state_bytes() -> int:
+    """Bytes of the widest accepted generator's state dict in float64 (no memory: built on the meta device)."""
+    with torch.device("meta"):
+        return sum(8 * t.numel() for t in Generator(ngf=MAX_NGF).state_dict().values())
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -130,15 +185,46 @@ def _read_safetensors(path: Path) -> tuple[dict, GeneratorInfo]:
     for key in (f.name for f in fields(GeneratorInfo) if f.name != "source"):
         if key in meta:
             try:
-                setattr(info, key, json.loads(meta[key]))
-            except json.JSONDecodeError:
+                value = json.loads(meta[key])
+            except (json.JSONDecodeError, RecursionError):
                 raise CheckpointError(f"{path}: metadata field {key!r} is not valid JSON") from None
+            setattr(info, key, _checked_field(path, key, value))
     return state, info
 
 
-def _strip_prefix(state: dict) -> dict:
+def _checked_field(path: Path, key: str, value):
+    """A metadata value of the type and range its field needs, or CheckpointError (a working resolution of 16384
+    would make every photo cost tens of GB)."""
+    def refuse(what: str):
+        return CheckpointError(f"{path}: metadata field {key!r} is {printable(repr(value))[:80]}; {what}")
+
+    if key in ("ngf", "working_resolution"):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise refuse("it must be a whole number")
+        lo, hi = (1, MAX_NGF) if key == "ngf" else WORKING_RESOLUTIONS
+        if not lo <= value <= hi:
+            raise refuse(f"it must be {lo}-{hi}")
+    elif key == "budget":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise refuse("it must be a number of grey levels")
+        if not _BUDGET_RANGE[0] <= value <= _BUDGET_RANGE[1]:
+            raise refuse("it must be 1-255 grey levels (0-255 scale)")
+        value = float(value)
+    elif key == "demo" and not isinstance(value, bool):
+        raise refuse("it must be true or false")
+    elif key in ("provenance", "surrogate") and not isinstance(value, str):
+        raise refuse("it must be a string")
+    elif key == "training_config" and not isinstance(value, dict):
+        raise refuse("it must be a JSON object")
+    return value
+
+
+def _strip_prefix(state: dict, path: Path) -> dict:
     """Official checkpoints hold `Generator_Prelayer.state_dict()`: every key starts with `generator.`."""
-    return {k.removeprefix(OFFICIAL_PREFIX): v for k, v in state.items()}
+    stripped = {k.removeprefix(OFFICIAL_PREFIX): v for k, v in state.items()}
+    if len(stripped) != len(state):
+        raise CheckpointError(f"{path}: holds both prefixed ({OFFICIAL_PREFIX}...) and plain names for one tensor")
+    return stripped
 
 
 def _load_strict(generator: Generator, state: dict, path: Path) -> None:
@@ -146,13 +232,26 @@ def _load_strict(generator: Generator, state: dict, path: Path) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
+    types = sorted(k for k in set(expected) & set(state) if not _dtype_fits(state[k].dtype, expected[k].dtype))
+    if missing or unexpected or wrong or types:
         parts = []
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong),
+                            ("wrong number types (weights must be floating point)", types)):
             if keys:
-                shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+                shown = ", ".join(map(printable, keys[:8])) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
                 parts.append(f"{label}: {shown}")
         raise CheckpointError(f"{path}: does not match the GAP-Diff generator (ngf={generator.ngf}); "
                               + "; ".join(parts))
+    broken = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} tensors hold NaN or infinite values ({', '.join(broken[:8])}); "
+                              "the generator is broken (a diverged training run?): use an earlier checkpoint")
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     generator.load_state_dict(state, strict=True, assign=True)
+
+
+def _dtype_fits(found: torch.dtype, expected: torch.dtype) -> bool:
+    """Floating weights for floating parameters; integers for counters (BatchNorm's num_batches_tracked)."""
+    if expected.is_floating_point:
+        return found.is_floating_point
+    return not found.is_floating_point and not found.is_complex and found != torch.bool

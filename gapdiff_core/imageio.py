@@ -18,11 +18,15 @@ instead of silently dropping it.
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import os
+import re
+import socket
 import tempfile
 import threading
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -37,6 +41,9 @@ DEFAULT_MAX_PIXELS = 150_000_000  # a 100 MP photo passes, a 30000x30000 bomb do
 MIN_SIDE = 16
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
 DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "DIB", "GIF")
+UNDECODABLE_PHOTOS = {".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF"}  # phone formats, reported when skipped
+NAME_MAX = 255  # bytes in one file name on common file systems
+TEMP_PREFIX = ".gapdiff-"
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 _ORIENTATION_TAG = 0x0112
@@ -84,11 +91,10 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, data: 
     elif not data:
         raise ImageError(f"{path}: is empty (0 bytes); send the image file itself")
     source = path if data is None else io.BytesIO(data)
-    Image.init()  # register every plugin (WebP, TIFF) before restricting formats
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
-            im = Image.open(source, formats=DECODE_FORMATS)
+            im = Image.open(source, formats=decode_formats())
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: refused as a possible decompression bomb ({exc}); "
                          "if the image is genuine, downscale it first") from exc
@@ -135,6 +141,17 @@ def _decode(im: Image.Image, path: Path, fmt: str, notes: list[str], source):
     return rgb, alpha, orientation, metadata
 
 
+def decode_formats() -> tuple[str, ...]:
+    """The formats load_image reads: DECODE_FORMATS, plus AVIF where this Pillow has it (11.3+ with libavif)."""
+    Image.init()  # register every plugin (WebP, TIFF, AVIF) before restricting formats
+    return DECODE_FORMATS + (("AVIF",) if "AVIF" in Image.OPEN else ())
+
+
+def image_extensions() -> frozenset[str]:
+    """File extensions that folder and glob inputs pick up (IMAGE_EXTENSIONS, plus .avif where decodable)."""
+    return IMAGE_EXTENSIONS | ({".avif"} if "AVIF" in decode_formats() else set())
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise ImageError(f"{path}: file not found; check the path")
@@ -163,7 +180,8 @@ def _describe_unreadable(path: Path, data: bytes | None = None) -> str:
     else:
         head = data[:512]
     if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif", b"ftyphevc"):
-        return "HEIC/AVIF images are not supported; convert the photo to JPEG or PNG first"
+        what = "AVIF needs Pillow 11.3+ built with libavif; " if head[8:12] == b"avif" else "HEIC is not supported; "
+        return what + "convert the photo to JPEG or PNG first"
     if b"\x00" not in head:
         try:
             head.decode("utf-8")
@@ -397,14 +415,16 @@ def save_image(
     options = _save_options(fmt, quality, lossless_webp, keep_metadata, metadata or {}, jpeg_subsampling)
     if not path.parent.is_dir():
         raise ImageError(f"{path}: output folder {path.parent} does not exist; create it first")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
+    try:
+        fd, tmp = new_temp_file(path.parent)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot write in {path.parent} ({exc}); choose a writable output folder") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(_encode(pixels, fmt, options))
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         _commit(tmp, path, overwrite, guard)
         _fsync_dir(path.parent)
     except ImageError:
@@ -522,37 +542,128 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"([0-9a-f]{8})-([0-9]+)-[A-Za-z0-9_]+\.tmp")
+_swept: set[Path] = set()
+
+
+def prepare_output_folder(folder: str | Path) -> Path:
+    """Create `folder` if missing and check that files can be written in it; ImageError naming it otherwise."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ImageError(f"{folder}: is a file, not a folder; give an output folder that is new or a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = new_temp_file(folder)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise ImageError(f"{folder}: cannot write in this output folder ({exc.strerror or exc}); choose a folder "
+                         "you can write to") from None
+    return folder
+
+
+def new_temp_file(folder: str | Path) -> tuple[int, Path]:
+    """(fd, path) of a new hidden temp file in `folder`, for a write that is renamed into place when complete.
+
+    Named .gapdiff-<host>-<pid>-<random>.tmp: short whatever the destination's name (NAME_MAX), and recognisable,
+    so the temp files of a killed run are removed by the next write into that folder (`sweep_stale_temps`).
+    """
+    sweep_stale_temps(folder)
+    fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-", suffix=".tmp", dir=folder)
+    return fd, Path(name)
+
+
+def new_temp_path(folder: str | Path) -> Path:
+    """`new_temp_file` for writers that open the file themselves."""
+    fd, path = new_temp_file(folder)
+    os.close(fd)
+    return path
+
+
+def sweep_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove our temp files in `folder` left by processes of this host that no longer run (once per folder and
+    process). Files of live processes, of other hosts and of any other naming are never touched."""
+    folder = Path(folder)
+    key = folder.resolve()
+    if key in _swept or os.name == "nt":  # no safe liveness probe on Windows (os.kill terminates there)
+        return []
+    _swept.add(key)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if not match or match[1] != _HOST or not entry.is_file(follow_symlinks=False) or _alive(int(match[2])):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except (OverflowError, ValueError):  # no such pid can exist
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- batches
 
 
 class ExpandedInputs(NamedTuple):
-    """Image files found, one message per input entry that yielded nothing, and the folder whose layout outputs
-    mirror (see `output_root`)."""
+    """Image files found, one message per input entry that yielded nothing (or per photo that cannot be decoded),
+    and the folder whose layout outputs mirror (see `output_root`)."""
 
     paths: list[Path]
     problems: list[str]
     root: Path | None
 
 
-def iter_image_paths(inputs: Iterable[str | Path], recursive: bool = False) -> ExpandedInputs:
+def iter_image_paths(inputs: Iterable[str | Path], recursive: bool = False, *, out_dir: str | Path | None = None,
+                     output_ending: str = "") -> ExpandedInputs:
     """Expand files, folders (images by extension, sorted) and glob patterns; never raises for a bad entry.
 
     Explicit files are kept whatever their extension (load_image reports them);
-    folders and patterns keep image extensions only and skip hidden files.
-    Duplicates are removed, first occurrence wins.
+    folders and patterns keep image extensions only and skip hidden files. Their HEIC (and, without
+    libavif, AVIF) photos are reported in `problems`, not skipped silently. Recursion never follows
+    symbolic links to folders (no cycles). Duplicates are removed, first occurrence wins.
+    With `out_dir`, folders and patterns leave out earlier outputs: all of `out_dir` when it lies inside the
+    folder scanned, and the files named like outputs (ending in `output_ending`) when it is that folder or above.
     """
     paths: list[Path] = []
     problems: list[str] = []
     bases: list[Path] = []
     seen: set[Path] = set()
+    out = Path(out_dir).resolve() if out_dir is not None else None
 
-    def add(found: list[Path], base: Path) -> None:
+    def earlier_output(f: Path, base: Path) -> bool:
+        folder = f.resolve().parent
+        if out is None or (folder != out and out not in folder.parents):
+            return False
+        scanned = base.resolve()
+        return (out != scanned and scanned in out.parents) or bool(output_ending and f.name.endswith(output_ending))
+
+    def add(found: list[Path], base: Path, scanned: bool) -> None:
+        if scanned:
+            found = [f for f in found if not earlier_output(f, base)]
         if found:  # an entry that matched nothing does not shape the output layout
             bases.append(base)
         for p in found:
@@ -564,20 +675,25 @@ def iter_image_paths(inputs: Iterable[str | Path], recursive: bool = False) -> E
     for entry in inputs:
         p = Path(entry)
         if p.is_file():
-            add([p], p.parent)
+            add([p], p.parent, scanned=False)
         elif p.is_dir():
-            found = _images_in(p, recursive)
-            if not found:
+            found, undecodable = _images_in(p, recursive)
+            problems += undecodable
+            if not found and not undecodable:
                 where = "or its subfolders " if recursive else ""
                 problems.append(f"{p}: folder {where}contains no images "
-                                f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
-            add(found, p)
+                                f"({', '.join(sorted(image_extensions()))})")
+            add(found, p, scanned=True)
         elif glob.has_magic(str(entry)):
-            found = sorted(Path(m) for m in glob.glob(str(entry), recursive=recursive)
-                           if Path(m).is_file() and _is_image_name(Path(m)))
-            if not found:
+            try:
+                found, undecodable = _glob_images(p, recursive)
+            except ValueError as exc:  # a pattern pathlib cannot use, e.g. '**' inside a name
+                problems.append(f"{entry}: invalid pattern ({exc}); use '**' as a whole path part, e.g. dir/**/*.jpg")
+                continue
+            problems += undecodable
+            if not found and not undecodable:
                 problems.append(f"{entry}: no image file matches this pattern")
-            add(found, _glob_root(p))
+            add(found, _glob_root(p), scanned=True)
         else:
             problems.append(f"{entry}: no such file or folder")
     return ExpandedInputs(paths, problems, output_root(bases))
@@ -633,14 +749,38 @@ class InputGuard:
         return self._by_inode.get((st.st_dev, st.st_ino))
 
 
-def _is_image_name(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+def _images_in(folder: Path, recursive: bool) -> tuple[list[Path], list[str]]:
+    return _pick_images(folder, folder.rglob("*") if recursive else folder.iterdir())
 
 
-def _images_in(folder: Path, recursive: bool) -> list[Path]:
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in candidates if _is_image_name(p) and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]))
+def _glob_images(pattern: Path, recursive: bool) -> tuple[list[Path], list[str]]:
+    if not recursive:  # '**' acts as '*': no descent, no cycles
+        return _pick_images(_glob_root(pattern), map(Path, glob.glob(str(pattern))))
+    root = _glob_root(pattern)  # pathlib's '**' does not follow folder symlinks (glob.glob's does, endlessly)
+    return _pick_images(root, root.glob(str(Path(*pattern.parts[len(root.parts):]))))
+
+
+def _pick_images(base: Path, candidates: Iterable[Path]) -> tuple[list[Path], list[str]]:
+    """(sorted image files, one message per photo that cannot be decoded) among `candidates` below `base`, leaving
+    out hidden files and anything in hidden folders."""
+    extensions = image_extensions()
+    images, undecodable = [], []
+    for p in candidates:
+        suffix = p.suffix.lower()
+        if suffix not in extensions and suffix not in UNDECODABLE_PHOTOS:
+            continue
+        try:
+            hidden = any(part.startswith(".") for part in p.relative_to(base).parts)
+        except ValueError:
+            hidden = p.name.startswith(".")
+        if hidden or not p.is_file():
+            continue
+        if suffix in extensions:
+            images.append(p)
+        else:
+            undecodable.append(f"{p}: skipped, {UNDECODABLE_PHOTOS[suffix]} photos cannot be decoded by this "
+                               "installation (Pillow); convert it to JPEG or PNG")
+    return sorted(images), sorted(undecodable)
 
 
 def output_path_for(input_path: str | Path, out_dir: str | Path, suffix: str = ".png", tag: str = "",
@@ -650,13 +790,14 @@ def output_path_for(input_path: str | Path, out_dir: str | Path, suffix: str = "
     The source extension is always part of the name, so `a.jpg` and `a.png`
     map to `a_jpg.png` and `a_png.png`. With `root` (`iter_image_paths(...).root`),
     the input's folders below root are mirrored under out_dir, so `x/a.jpg` and
-    `y/a.jpg` do not collide either.
+    `y/a.jpg` do not collide either. A name longer than NAME_MAX bytes keeps its
+    start and gets a hash of the whole instead of its end.
     """
     input_path = Path(input_path)
     if not suffix.startswith("."):
         suffix = "." + suffix
     ext = input_path.suffix.lstrip(".") or "noext"
-    name = f"{input_path.stem}_{ext}{tag}{suffix}"
+    name = _fit_name(f"{input_path.stem}_{ext}", f"{tag}{suffix}")
     out_dir = Path(out_dir)
     if root is not None:
         try:
@@ -665,3 +806,14 @@ def output_path_for(input_path: str | Path, out_dir: str | Path, suffix: str = "
             rel_parent = Path()
         out_dir = out_dir / rel_parent
     return out_dir / name
+
+
+def _fit_name(base: str, ending: str) -> str:
+    """`base + ending`, or, when over NAME_MAX bytes, base cut short + "~" + 8 hex digits of its hash + ending."""
+    if len(os.fsencode(base + ending)) <= NAME_MAX:
+        return base + ending
+    digest = hashlib.sha1(os.fsencode(base)).hexdigest()[:8]
+    room = NAME_MAX - len(os.fsencode(ending)) - 1 - len(digest)
+    while len(os.fsencode(base)) > room:
+        base = base[:-1]
+    return f"{base}~{digest}{ending}"

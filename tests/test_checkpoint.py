@@ -1,0 +1,150 @@
+"""Broken and hostile generator checkpoints: each is refused with a CheckpointError naming the file and the problem,
+before it can cost memory, produce silent no-op outputs or print terminal escapes."""
+import json
+import os
+import stat
+import zipfile
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gapdiff_core import Generator, GeneratorInfo, save_generator
+from gapdiff_core.checkpoint import CheckpointError, load_generator, printable, read_safetensors
+from gapdiff_core.cli import main
+
+
+@pytest.fixture(scope="module")
+def state():
+    torch.manual_seed(0)
+    return {k: v.contiguous() for k, v in Generator(ngf=8).state_dict().items()}
+
+
+def write_safetensors(path, state, **meta):
+    metadata = {"format": "pt", "architecture": "gap-diff-unet", "gapdiff.format_version": "1"}
+    metadata.update({k: json.dumps(v) for k, v in meta.items()})
+    save_file(state, str(path), metadata=metadata)
+    return path
+
+
+def refused(path, *words):
+    with pytest.raises(CheckpointError) as exc:
+        load_generator(path)
+    message = str(exc.value)
+    assert str(path) in message and all(w in message for w in words), message
+    return message
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused(tmp_path, state, value):
+    bad = dict(state)
+    bad["dconv8.weight"] = bad["dconv8.weight"].clone()
+    bad["dconv8.weight"][0, 0, 0, 0] = value
+    refused(write_safetensors(tmp_path / "g.safetensors", bad), "dconv8.weight", "NaN or infinite")
+    torch.save({"generator." + k: v for k, v in bad.items()}, tmp_path / "g.pth")
+    refused(tmp_path / "g.pth", "dconv8.weight", "NaN or infinite")
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("working_resolution", 16384, "64-1024"),
+    ("working_resolution", 0, "64-1024"),
+    ("working_resolution", "abc", "whole number"),
+    ("working_resolution", 512.5, "whole number"),
+    ("budget", 0, "1-255"),
+    ("budget", 0.5, "1-255"),
+    ("budget", 1e9, "1-255"),
+    ("budget", float("nan"), "number of grey levels"),
+    ("budget", [1, 2], "number of grey levels"),
+    ("budget", True, "number of grey levels"),
+    ("ngf", "x", "whole number"),
+    ("ngf", 100000, "1-128"),
+    ("demo", "yes", "true or false"),
+    ("provenance", {"a": 1}, "string"),
+    ("surrogate", 3, "string"),
+    ("training_config", [1], "JSON object"),
+])
+def test_metadata_of_wrong_type_or_range_is_refused(tmp_path, state, field, value, words):
+    path = write_safetensors(tmp_path / "g.safetensors", state, **{field: value})
+    refused(path, repr(field), words)
+    if field != "ngf":  # the writer checks the same ranges, so gapdiff never writes such a file
+        with pytest.raises(CheckpointError):
+            save_generator(Generator(ngf=8), tmp_path / "h.safetensors", GeneratorInfo(ngf=8, **{field: value}))
+
+
+def test_metadata_that_is_not_json_is_refused(tmp_path, state):
+    path = write_safetensors(tmp_path / "g.safetensors", state)
+    tensors, _ = read_safetensors(path)
+    save_file(tensors, str(path), metadata={"format": "pt", "budget": "[[[["})
+    refused(path, "'budget'", "not valid JSON")
+
+
+def test_state_dicts_of_the_wrong_kind_are_refused(tmp_path, state):
+    cases = {
+        "intkey": ({1: torch.zeros(3), **state}, "keys must be tensor names"),
+        "tuplekey": ({("a",): torch.zeros(3)}, "keys must be tensor names"),
+        "zero_d": ({**state, "conv1.weight": torch.tensor(2.0)}, "conv1.weight has shape ()"),
+        "zero_d_inner": ({**state, "conv2.weight": torch.tensor(2.0)}, "wrong shapes: conv2.weight"),
+        "integers": ({k: v.long() if v.is_floating_point() else v for k, v in state.items()}, "floating point"),
+        "booleans": ({k: v.bool() if v.is_floating_point() else v for k, v in state.items()}, "floating point"),
+        "complex": ({k: v.to(torch.complex64) if v.is_floating_point() else v for k, v in state.items()},
+                    "floating point"),
+        "float_counter": ({k: v.float() for k, v in state.items()}, "num_batches_tracked"),
+    }
+    for name, (bad, words) in cases.items():
+        torch.save(bad, tmp_path / f"{name}.pth")
+        refused(tmp_path / f"{name}.pth", words)
+    ints = {k: v.to(torch.int32) if v.is_floating_point() else v for k, v in state.items()}
+    refused(write_safetensors(tmp_path / "ints.safetensors", ints), "floating point")
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}  # a half-precision file is fine
+    assert load_generator(write_safetensors(tmp_path / "half.safetensors", half)).conv1.weight.dtype == torch.float32
+
+
+def test_pth_zip_bomb_is_refused_before_unpacking(tmp_path, monkeypatch):
+    torch.save({"x": torch.zeros(4)}, tmp_path / "small.pth")
+    with zipfile.ZipFile(tmp_path / "small.pth") as src, zipfile.ZipFile(tmp_path / "bomb.pth", "w") as out:
+        for entry in src.infolist():
+            if entry.filename.endswith("/data/0"):  # 64 MB of zeros deflate to 64 KB
+                packed = zipfile.ZipInfo(entry.filename)
+                packed.compress_type = zipfile.ZIP_DEFLATED
+                with out.open(packed, "w") as f:
+                    for _ in range(64):
+                        f.write(bytes(1 << 20))
+            else:
+                out.writestr(entry, src.read(entry))
+    assert (tmp_path / "bomb.pth").stat().st_size < 1 << 20
+
+    def unpack(*args, **kwargs):
+        raise AssertionError("torch.load ran on a zip bomb")
+
+    monkeypatch.setattr(torch, "load", unpack)
+    refused(tmp_path / "bomb.pth", "declares 67,", "zip bomb")
+
+
+def test_generator_files_follow_the_umask(tmp_path):
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        previous = os.umask(umask)
+        try:
+            path = save_generator(Generator(ngf=8), tmp_path / f"g{umask:o}.safetensors", GeneratorInfo(ngf=8))
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_control_characters_in_metadata_are_escaped(tmp_path, state, capsys):
+    path = write_safetensors(tmp_path / "g.safetensors", state, provenance="\x1b[31mRED\x1b]0;title\x07 \x1b[2J",
+                             surrogate="sd\r\nFAKE LINE \u202eevil \x9b2J", training_config={"k": "\x1b[5m"})
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    for raw in ("\x1b", "\x07", "\r", "\u202e", "\x9b", "FAKE LINE\n"):
+        assert raw not in out
+    assert "\\x1b[31mRED" in out and "sd\\r\\nFAKE LINE \\u202eevil \\x9b2J" in out
+    assert printable("photo é 日本 ok") == "photo é 日本 ok"
+
+
+def test_info_and_protect_refuse_bad_checkpoints_with_exit_code_2(tmp_path, state, capsys):
+    path = write_safetensors(tmp_path / "g.safetensors", state, working_resolution=16384)
+    assert main(["info", str(path)]) == 2
+    assert main(["protect", str(tmp_path), "-o", str(tmp_path / "out"), "-g", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("'working_resolution' is 16384") == 2 and "Traceback" not in err
