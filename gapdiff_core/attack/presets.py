@@ -9,7 +9,9 @@ PRESETS: dict[str, dict] = {
     "paper-full": dict(mode="full", resolution=512, learning_rate=5e-7, max_train_steps=1000, train_batch_size=2,
                        prior_loss_weight=1.0, num_class_images=200, train_text_encoder=True,
                        mixed_precision="bf16", gradient_checkpointing=True, checkpointing_steps=250),
-    # What most attackers run: LoRA DreamBooth (diffusers train_dreambooth_lora.py defaults, rank 8).
+    # What most attackers run: LoRA DreamBooth after diffusers' examples/dreambooth/train_dreambooth_lora.py, whose
+    # defaults are rank 4 and lr 5e-4 (its README example: lr 1e-4, 500 steps, constant, no warm-up). Rank 8 and
+    # 800 steps at lr 1e-4 are this project's choice (a somewhat stronger attacker), not diffusers' defaults.
     "lora": dict(mode="lora", lora_rank=8, learning_rate=1e-4, max_train_steps=800, train_batch_size=1,
                  prior_loss_weight=1.0, num_class_images=200, train_text_encoder=False, mixed_precision="bf16",
                  checkpointing_steps=200),
