@@ -43,11 +43,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     keep_freed_memory()
+    safe_console()
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def safe_console() -> None:
+    """Let stdout/stderr print any file name: characters the console's encoding lacks (an ASCII console, a
+    non-UTF-8 byte name) are written as backslash escapes instead of aborting the batch with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream that cannot be reconfigured (closed, or already written)
+                pass
 
 
 if __name__ == "__main__":

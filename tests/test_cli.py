@@ -107,7 +107,9 @@ def test_compress_writes_real_jpeg(tmp_path):
     jpg = tmp_path / "out" / "a_png_q50.jpg"
     im = Image.open(jpg)
     assert im.format == "JPEG" and im.size == (256, 256)
-    assert main(["compress", str(photo), "-o", str(tmp_path / "o2"), "-q", "0"]) == 2
+    with pytest.raises(SystemExit) as refused:  # argparse: the option named, exit code 2
+        main(["compress", str(photo), "-o", str(tmp_path / "o2"), "-q", "0"])
+    assert refused.value.code == 2 and not (tmp_path / "o2").exists()
 
 
 @pytest.mark.parametrize("how", ["folder", "glob"])

@@ -1,6 +1,8 @@
 """`gapdiff attack`: DreamBooth / LoRA fine-tuning on photos, as an attacker would, then optional sampling."""
 from __future__ import annotations
 
+from . import options
+
 HELP = "fine-tune a diffusion model on photos with DreamBooth/LoRA (the test attack) and sample from it"
 DESCRIPTION = """\
 Run the DreamBooth test attack on PHOTOS (files or folders): fine-tune a copy of the model with the instance
@@ -44,7 +46,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint-every", type=int, help="save resumable state every N steps")
     parser.add_argument("--class-cache", help="folder caching class images (default $GAPDIFF_CACHE or ~/.cache/gapdiff)")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--device", type=options.device, default="auto", help="auto, cpu, cuda, cuda:1, mps")
     g = parser.add_argument_group("sampling after the attack")
     g.add_argument("--generate", type=int, default=0, metavar="N", help="images per prompt (the paper: 30)")
     g.add_argument("--prompt", action="append", help="prompt to sample (repeatable; default: the paper's four)")

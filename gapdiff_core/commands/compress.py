@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
+from . import options
 from .batch_log import BatchLog
 
 HELP = "JPEG-compress photos as a platform would (to test robustness)"
@@ -18,12 +18,16 @@ Exit code 1 when any input failed (the others are still written)."""
 def add_arguments(p) -> None:
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders or glob patterns")
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder (created if missing)")
-    p.add_argument("-q", "--quality", type=int, default=70, help="JPEG quality 1-100 (default 70, the paper's)")
+    p.add_argument("-q", "--quality", type=options.quality, default=70,
+                   help="JPEG quality 1-100 (default 70, the paper's)")
     p.add_argument("--subsampling", choices=("4:2:0", "4:2:2", "4:4:4"), default="4:2:0",
                    help="chroma subsampling (default 4:2:0, as platforms do)")
     p.add_argument("--keep-metadata", action="store_true", help="keep EXIF/GPS/XMP (stripped by default)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace outputs of an earlier run in OUTDIR (inputs are never replaced)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace outputs of an earlier run in OUTDIR (inputs are never replaced)")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="leave inputs whose output is already in OUTDIR (continue an interrupted batch)")
     p.add_argument("--recursive", action="store_true",
                    help="descend into sub-folders of folder inputs (mirrored under OUTDIR)")
 
@@ -31,23 +35,29 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..imageio import ImageError, InputGuard, iter_image_paths, load_image, output_path_for, save_image
+    from ..imageio import (ImageError, InputGuard, iter_image_paths, load_image, output_path_for,
+                           prepare_output_folder, save_image)
 
-    if not 1 <= args.quality <= 100:
-        print(f"gapdiff compress: --quality must be 1-100, not {args.quality}", file=sys.stderr)
+    try:
+        out_dir = prepare_output_folder(args.out)
+    except ImageError as exc:
+        print(f"gapdiff compress: {exc}", file=sys.stderr)
         return 2
-    paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive)
+    tag = f"_q{args.quality}"
+    paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive, out_dir=out_dir,
+                                             output_ending=tag + ".jpg")
     inputs = InputGuard(paths)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     done = 0
     log = BatchLog(failures)
     for path in tqdm(paths, desc=f"JPEG q{args.quality}", unit="photo", disable=not paths):
+        dest = output_path_for(path, out_dir, suffix=".jpg", tag=tag, root=root)
+        if args.skip_existing and dest.exists():
+            log.skip()
+            continue
         try:
             image = load_image(path)
             if image.alpha is not None:
                 tqdm.write(f"{path}: transparency dropped (JPEG has none)")
-            dest = output_path_for(path, out_dir, suffix=".jpg", tag=f"_q{args.quality}", root=root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             save_image(dest, image.rgb, None, quality=args.quality, jpeg_subsampling=args.subsampling,
                        keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=inputs,

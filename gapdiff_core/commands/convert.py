@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from . import options
+
 HELP = "convert the authors' .pth generator to a .safetensors file with metadata"
 DESCRIPTION = """Convert an official GAP-Diff generator state dict (e.g. G_per16_pretrain.pth) into a .safetensors
 file with metadata (architecture, width, budget, working resolution, provenance). The .pth is read with
@@ -14,7 +16,7 @@ torch.load(weights_only=True): a file that would run code is refused.
 def add_arguments(p) -> None:
     p.add_argument("source", metavar="OFFICIAL.pth", help="the official state dict")
     p.add_argument("dest", metavar="OUT.safetensors", help="where to write (must not exist)")
-    p.add_argument("--budget", type=float, default=8.0,
+    p.add_argument("--budget", type=options.budget, default=8.0,
                    help="budget the generator was trained for, grey levels (official 16 on [-1,1] = 8)")
     p.add_argument("--working-resolution", type=int, default=512, help="resolution it was trained at")
     p.add_argument("--provenance", default=None, help="free text recorded in the metadata")

@@ -4,9 +4,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import options
 from .batch_log import BatchLog
 
 HELP = "protect photos with a trained GAP-Diff generator"
+MAX_WORKING_PIXELS = 2048 * 2048  # ~1.6 GB of generator activations at ngf=64, fp32 (a 512 x 8192 strip)
 DESCRIPTION = """Protect photos with a trained GAP-Diff generator (one forward pass per photo).
 
 Writes one protected copy per input into OUTDIR (never over an input), PNG by default, with EXIF/GPS/XMP
@@ -27,22 +29,27 @@ def add_arguments(p) -> None:
     p.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     p.add_argument("-g", "--generator", metavar="CKPT",
                    help="generator checkpoint: official .pth or gapdiff .safetensors")
-    p.add_argument("--budget", type=float, default=None,
-                   help="L-infinity budget in grey levels (0-255 scale); default: the checkpoint's (8)")
+    p.add_argument("--budget", type=options.budget, default=None,
+                   help="L-infinity budget in grey levels (1-255 on the 0-255 scale); default: the checkpoint's (8)")
     p.add_argument("--mode", choices=("working", "native"), default="working",
                    help="working: compute at the fine-tuning resolution (512 short side) and resize the "
                         "perturbation to the photo (fast, default); native: full resolution, tiled")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    p.add_argument("--device", type=options.device, default="auto",
+                   help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto picks the fastest precision within 1 grey level of fp32 for the device")
     p.add_argument("--batch-size", type=int, default=4,
                    help="photos read at a time; those of equal size go through the generator together")
     p.add_argument("--format", choices=("png", "webp", "jpg"), default="png",
                    help="output format; png (default) and webp are lossless; jpg weakens the protection")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality for --format jpg")
+    p.add_argument("--quality", type=options.quality, default=95,
+                   help="JPEG quality 1-100 for --format jpg (the reported change is measured on the saved file)")
     p.add_argument("--keep-metadata", action="store_true", help="keep EXIF/GPS/XMP (stripped by default)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace outputs of an earlier run in OUTDIR (inputs are never replaced)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace outputs of an earlier run in OUTDIR (inputs are never replaced)")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="leave inputs whose output is already in OUTDIR (continue an interrupted batch)")
     p.add_argument("--recursive", action="store_true",
                    help="descend into sub-folders of folder inputs (mirrored under OUTDIR)")
     p.add_argument("--official-mode", action="store_true",
@@ -62,8 +69,9 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..checkpoint import CheckpointError, load_generator
-    from ..imageio import ImageError, InputGuard, iter_image_paths, load_image, output_path_for, save_image
-    from ..protect import Protector, protection_stats
+    from ..imageio import (ImageError, InputGuard, iter_image_paths, load_image, output_path_for,
+                           prepare_output_folder)
+    from ..protect import Protector
 
     if getattr(args, "method", "gap-diff").lower() not in ("gap-diff", "gapdiff"):
         return _run_iterative(args)
@@ -78,6 +86,7 @@ def run(args) -> int:
         protector = Protector(generator, budget=args.budget, mode=args.mode, device=args.device,
                               precision=args.precision, batch_size=args.batch_size,
                               official_mode=args.official_mode, seed=args.seed)
+        out_dir = prepare_output_folder(args.out)
     except (CheckpointError, ValueError, RuntimeError) as exc:
         print(f"gapdiff protect: {exc}", file=sys.stderr)
         return 2
@@ -91,10 +100,10 @@ def run(args) -> int:
     print(f"budget {protector.budget:g} grey levels, mode {protector.mode}, device {protector.device}, "
           f"precision {protector.precision}")
 
-    paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive)
+    suffix = "." + args.format
+    paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive, out_dir=out_dir,
+                                             output_ending=tag + suffix)
     inputs = InputGuard(paths)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     done = 0
     log = BatchLog(failures)
     bar = tqdm(total=len(paths), desc="protecting", unit="photo", disable=not paths)
@@ -106,8 +115,14 @@ def run(args) -> int:
     for start in range(0, len(paths), protector.batch_size):
         loaded = []
         for path in paths[start:start + protector.batch_size]:
+            if args.skip_existing and output_path_for(path, out_dir, suffix=suffix, tag=tag, root=root).exists():
+                log.skip()
+                bar.update(1)
+                continue
             try:
-                loaded.append((path, load_image(path)))
+                image = load_image(path)
+                _check_working_size(path, image, protector)
+                loaded.append((path, image))
             except (ImageError, OSError) as exc:
                 fail(path, exc)
         for group in _same_size_groups(loaded):  # one generator call per group of equal-size photos
@@ -120,18 +135,11 @@ def run(args) -> int:
                 continue
             for i, (path, image) in enumerate(group):
                 try:
-                    dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag, root=root)
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    alpha = image.alpha if args.format != "jpg" else None
-                    save_image(dest, out[i], alpha, quality=args.quality, keep_metadata=args.keep_metadata,
-                               metadata=image.metadata, protect_paths=inputs, overwrite=args.overwrite)
+                    dest = output_path_for(path, out_dir, suffix=suffix, tag=tag, root=root)
+                    tqdm.write(_save_and_describe(path, dest, image, out[i], args, inputs, protector.budget))
                 except (ImageError, OSError, ValueError) as exc:
                     fail(path, exc)
                     continue
-                stats = protection_stats(image.rgb, out[i])
-                notes = f" ({'; '.join(image.notes)})" if image.notes else ""
-                tqdm.write(f"{path} -> {dest}: max change {stats.max_change:.0f} grey levels, "
-                           f"PSNR {stats.psnr:.1f} dB{notes}")
                 done += 1
                 bar.update(1)
     bar.close()
@@ -187,6 +195,42 @@ def _run_iterative(args) -> int:
         except (ImageError, ValueError, RuntimeError, OSError) as exc:
             log.fail(path, exc)
     return log.finish(done, "protected", demo=demo)
+
+
+def _check_working_size(path, image, protector) -> None:
+    """Refuse a photo whose working-resolution copy would be huge (a 16 x 100000 strip is a small file, but 512 x
+    3.2 million pixels at the generator): memory follows the working size, not the file."""
+    from ..imageio import ImageError
+    from ..protect import working_size
+
+    if protector.mode != "working":
+        return  # native mode runs in tiles
+    h, w = working_size(image.rgb.shape[0], image.rgb.shape[1], protector.working_resolution)
+    if h * w > MAX_WORKING_PIXELS:
+        raise ImageError(f"{path}: a {image.size[0]}x{image.size[1]} photo is {w}x{h} at the working resolution "
+                         f"{protector.working_resolution}, over {MAX_WORKING_PIXELS:,} pixels (its aspect ratio is "
+                         "too extreme); crop it, or use --mode native (tiled, bounded memory)")
+
+
+def _save_and_describe(path, dest, image, protected, args, inputs, budget: float) -> str:
+    """Write one protected photo; the line that reports it, with the change measured on the file as saved (JPEG
+    changes more than the protection did)."""
+    from ..imageio import load_image, save_image
+    from ..protect import protection_stats
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    lossy = args.format == "jpg"
+    save_image(dest, protected, None if lossy else image.alpha, quality=args.quality,
+               keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=inputs,
+               overwrite=args.overwrite)
+    saved = load_image(dest).rgb if lossy else protected  # png and webp are written losslessly
+    stats = protection_stats(image.rgb, saved)
+    notes = list(image.notes)
+    if stats.max_change > budget:
+        notes.append(f"JPEG quality {args.quality} moved pixels beyond the {budget:g}-level budget; "
+                     "save as png for the exact protection")
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    return f"{path} -> {dest}: max change {stats.max_change:.0f} grey levels, PSNR {stats.psnr:.1f} dB{extra}"
 
 
 def _same_size_groups(loaded):

@@ -1,0 +1,53 @@
+"""Checked command-line values shared by the commands: a bad value is an argparse error that names the option
+(exit code 2), never a traceback later."""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def budget(text: str) -> float:
+    """An L-infinity budget in grey levels, 1-255: below 1 no 8-bit pixel could change."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of grey levels") from None
+    if not math.isfinite(value) or not 1 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"{text} is outside 1-255 grey levels (0-255 scale; below 1 no pixel of "
+                                         "an 8-bit photo can change)")
+    return value
+
+
+def quality(text: str) -> int:
+    """A JPEG/WebP quality, 1-100."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number 1-100") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1-100")
+    return value
+
+
+def device(text: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps, refused when this machine lacks it."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available here (no NVIDIA GPU, or PyTorch built "
+                                             "without CUDA); use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise argparse.ArgumentTypeError(f"{text}: Apple MPS is not available here; use --device cpu or auto")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text}: unsupported device; use auto, cpu, cuda, cuda:N or mps")
+    return text
