@@ -1,5 +1,6 @@
-"""Protection speed and memory: 512x512 latency and throughput against the matmul peak, a 4032x3024 photo end to
-end in both modes (with peak RSS), and a folder of 64 photos.
+"""Protection speed and memory: 512x512 latency and throughput against the matmul peak for the default function
+(per-image statistics) side by side with the old folded eval-mode path (running statistics), each precision's
+distance from fp32, a 4032x3024 photo end to end in both modes (with peak RSS), and a folder of 64 photos.
 
 Runs a full-width (ngf=64) generator with random weights: speed does not depend on the weights. Memory is
 managed as in the `gapdiff` CLI (`gapdiff_core.allocator.keep_freed_memory`).
@@ -73,29 +74,59 @@ print(2 * 2048 ** 3 * 10 / (time.perf_counter() - t) / 1e9)
     return [float(p.communicate()[0]) for p in procs]
 
 
+NORMS = ("running", "image")  # the old folded eval-mode path, then the default
+
+
 def latency(generator, precision: str, device, repeats: int) -> dict:
-    """Per batch size: median seconds per image, median matmul peak, median of the paired fractions of peak."""
-    results = {}
+    """Per norm and batch size: median seconds per image, median matmul peak, median of the paired fractions of
+    peak. The two paths alternate in every repeat, so a loaded host slows both alike."""
+    results = {norm: {} for norm in NORMS}
     flops = generator_flops(512, 512, generator.ngf)
     peak_now = matmul_peak(DTYPES[precision], device)
     for batch in (1, 2, 4, 8):
-        protector = Protector(generator, precision=precision, device=str(device), batch_size=batch)
+        protectors = {norm: Protector(generator, precision=precision, device=str(device), batch_size=batch,
+                                      norm=norm) for norm in NORMS}
         x = torch.rand(batch, 3, 512, 512)
-        protector(x)  # warm-up
-        seconds, peaks = [], []
+        seconds, peaks = {norm: [] for norm in NORMS}, {norm: [] for norm in NORMS}
+        for p in protectors.values():
+            p(x)  # warm-up
         for _ in range(repeats):
-            t = time.perf_counter()
-            protector(x)
-            seconds.append((time.perf_counter() - t) / batch)
-            peaks.append(peak_now())
-        fraction = statistics.median(flops / s / 1e9 / p for s, p in zip(seconds, peaks))
-        r = {"seconds": statistics.median(seconds), "fastest": min(seconds), "peak": statistics.median(peaks),
-             "fraction": fraction}
-        results[batch] = r
-        print(f"  {precision} batch {batch}: median {r['seconds']:.3f} s/image (fastest {r['fastest']:.3f}), "
-              f"{flops / r['seconds'] / 1e9:.0f} GFLOP/s; paired matmul peak median {r['peak']:.0f} GFLOP/s, "
-              f"{fraction:.0%} of it")
+            for norm, p in protectors.items():
+                t = time.perf_counter()
+                p(x)
+                seconds[norm].append((time.perf_counter() - t) / batch)
+                peaks[norm].append(peak_now())
+        for norm in NORMS:
+            fraction = statistics.median(flops / s / 1e9 / p for s, p in zip(seconds[norm], peaks[norm]))
+            r = {"seconds": statistics.median(seconds[norm]), "fastest": min(seconds[norm]),
+                 "peak": statistics.median(peaks[norm]), "fraction": fraction}
+            results[norm][batch] = r
+            print(f"  {precision} {norm:7s} batch {batch}: median {r['seconds']:.3f} s/image (fastest "
+                  f"{r['fastest']:.3f}), {flops / r['seconds'] / 1e9:.0f} GFLOP/s; paired matmul peak median "
+                  f"{r['peak']:.0f} GFLOP/s, {fraction:.0%} of it")
+        ratio = statistics.median(n / o for n, o in zip(seconds["image"], seconds["running"]))
+        results.setdefault("ratio", {})[batch] = ratio
+        print(f"  {precision} batch {batch}: default / old folded = {ratio:.2f}x (median of paired repeats)")
     return results
+
+
+def distance_from_fp32(generator, device) -> dict:
+    """Largest deviation of each precision's default perturbation from fp32, in grey levels at budget 8, on a face
+    photo and on noise."""
+    face = Image.open(ROOT / "gapdiff_core" / "samples" / "obama.jpg").convert("RGB").resize((512, 512))
+    x = torch.cat([torch.from_numpy(np.asarray(face)).permute(2, 0, 1)[None].float() / 255,
+                   torch.rand(1, 3, 512, 512)])
+    ref = Protector(generator, precision="fp32", device=str(device)).perturbation(x)
+    out = {}
+    for precision in ("bf16", "fp16"):
+        try:
+            raw = Protector(generator, precision=precision, device=str(device)).perturbation(x)
+        except RuntimeError as exc:  # fp16 convolutions are missing on some CPU builds
+            print(f"  {precision}: not run ({exc})")
+            continue
+        out[precision] = float((raw - ref).abs().max() * 8)
+        print(f"  {precision}: largest deviation from fp32 {out[precision]:.3f} grey levels at budget 8")
+    return out
 
 
 def big_photo_run(generator_path: str, photo: str, mode: str, out_dir: str) -> dict:
@@ -142,17 +173,25 @@ def main() -> None:
               + ", ".join(f"{g:.0f}" for g in cores) + " GFLOP/s (a slow core means a loaded shared host)")
         kv.update(core_gflops_min=min(cores), core_gflops_max=max(cores))
     for precision in dict.fromkeys([default, "fp32"]):
-        per_batch = latency(generator, precision, device, repeats)
-        best = min(per_batch, key=lambda b: per_batch[b]["seconds"])
-        r = per_batch[best]
-        print(f"  {precision}: best at batch {best}, {flops / r['seconds'] / 1e9:.0f} GFLOP/s, "
-              f"{r['fraction']:.0%} of the paired matmul peak")
-        kv.update({f"sec_per_image_512_{precision}_batch1": per_batch[1]["seconds"],
-                   f"sec_per_image_512_{precision}_best": r["seconds"],
-                   f"fastest_sec_per_image_512_{precision}": min(v["fastest"] for v in per_batch.values()),
-                   f"best_batch_{precision}": best,
-                   f"gflops_{precision}": flops / r["seconds"] / 1e9, f"matmul_peak_gflops_{precision}": r["peak"],
-                   f"fraction_of_peak_{precision}": r["fraction"]})
+        results = latency(generator, precision, device, repeats)
+        for norm in NORMS:
+            per_batch = results[norm]
+            best = min(per_batch, key=lambda b: per_batch[b]["seconds"])
+            r = per_batch[best]
+            print(f"  {precision} {norm}: best at batch {best}, {flops / r['seconds'] / 1e9:.0f} GFLOP/s, "
+                  f"{r['fraction']:.0%} of the paired matmul peak")
+            tag = f"{precision}_{norm}"
+            kv.update({f"sec_per_image_512_{tag}_batch1": per_batch[1]["seconds"],
+                       f"sec_per_image_512_{tag}_best": r["seconds"],
+                       f"fastest_sec_per_image_512_{tag}": min(v["fastest"] for v in per_batch.values()),
+                       f"best_batch_{tag}": best,
+                       f"gflops_{tag}": flops / r["seconds"] / 1e9, f"matmul_peak_gflops_{tag}": r["peak"],
+                       f"fraction_of_peak_{tag}": r["fraction"]})
+        kv[f"ratio_default_over_old_{precision}_batch1"] = results["ratio"][1]
+        kv[f"ratio_default_over_old_{precision}_best"] = (kv[f"sec_per_image_512_{precision}_image_best"]
+                                                          / kv[f"sec_per_image_512_{precision}_running_best"])
+    for precision, grey in distance_from_fp32(generator, device).items():
+        kv[f"max_grey_vs_fp32_{precision}"] = grey
 
     with tempfile.TemporaryDirectory() as tmp:
         gpath = os.path.join(tmp, "g.safetensors")

@@ -74,50 +74,137 @@ class Generator(nn.Module):
         return torch.tanh(self.dconv8(F.selu(d)))
 
 
-class FoldedGenerator(nn.Module):
-    """A `Generator` in eval mode with every BatchNorm folded into the convolution before it.
+#: The normalisation an `InferenceGenerator` computes: "image" (the default) normalises every BatchNorm with the
+#: image's own statistics, as train-mode BatchNorm at batch 1 (what the generator was trained to compute);
+#: "running" uses the BatchNorms' running statistics (eval mode), folded into the convolutions.
+NORMS = ("image", "running")
+_ENC_NORMS = [None, "norm2", "norm4", "norm8", "norm8", "norm8", "norm8", None]
+_DEC_NORMS = ["norm8"] * 4 + ["norm4", "norm2", "norm", None]
+#: Convolutions that always run in fp32 (conv7, conv8, the bottleneck, dconv1): at 512 px their outputs have
+#: 4 x 4 or 2 x 2 pixels, so per-image statistics over so few values are ill-conditioned in bf16/fp16 (measured:
+#: up to 2 grey levels off fp32 at budget 8); they hold 43% of the weights but under 1% of the FLOPs.
+FP32_CONVS = range(6, 17)
 
-    The same function with one pass less over every activation; used for inference (`Protector`). On a CPU its
-    weights are then packed for oneDNN (`onednn_generator.pack_for_cpu`).
+
+class InferenceGenerator(nn.Module):
+    """The function of a `Generator` for inference, with dropout off and the normalisation chosen by `norm`.
+
+    norm="image": each BatchNorm normalises each image with that image's own mean and (biased) variance over the
+    valid region and applies its affine parameters: train-mode BatchNorm at batch size 1, for every image of a
+    batch independently; the running statistics are neither used nor updated. norm="running": eval mode, with
+    every BatchNorm folded into the convolution before it. With norm="image", `FP32_CONVS` run in fp32 whatever
+    `dtype` is; each convolution takes its input in its own weights' dtype.
+
+    `forward(x, valid=None, record=None)`: x is B x 3 x H x W in [-1, 1]; `valid` = (h, w) restricts the
+    statistics to the top-left h x w of the input (the photo, not the padding `Protector` adds; at each level the
+    region is rounded up as the convolutions halve it); `record`, a list, receives each normalisation's
+    (mean, var) in call order, for inspection.
     """
 
-    def __init__(self, g: Generator, dtype: torch.dtype = torch.float32):
+    def __init__(self, g: Generator, norm: str = "image", dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.ngf = g.ngf
-        enc_norms = [None, "norm2", "norm4", "norm8", "norm8", "norm8", "norm8", None]
-        dec_norms = ["norm8"] * 4 + ["norm4", "norm2", "norm", None]
-        self.enc = nn.ParameterList()
-        for i, norm in enumerate(enc_norms):
-            self.enc.extend(_fold(getattr(g, f"conv{i + 1}"), getattr(g, norm) if norm else None, 0, dtype))
-        self.res = nn.ParameterList()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
+        self.ngf, self.norm = g.ngf, norm
+        convs = [(getattr(g, f"conv{i + 1}"), _ENC_NORMS[i]) for i in range(8)]
         for block in g.bottle_neck:
             c = block.conv_block
-            self.res.extend(_fold(c[1], c[2], 0, dtype) + _fold(c[5], c[6], 0, dtype))
-        self.dec = nn.ParameterList()
-        for i, norm in enumerate(dec_norms):
-            self.dec.extend(_fold(getattr(g, f"dconv{i + 1}"), getattr(g, norm) if norm else None, 1, dtype))
+            convs += [(c[1], c[2]), (c[5], c[6])]
+        convs += [(getattr(g, f"dconv{i + 1}"), _DEC_NORMS[i]) for i in range(8)]
+        self.weights, self.biases, self.gammas, self.betas = (nn.ParameterList() for _ in range(4))
+        self.eps = []
+        for conv, bn in convs:
+            bn = getattr(g, bn) if isinstance(bn, str) else bn
+            out_dim = 1 if isinstance(conv, nn.ConvTranspose2d) else 0
+            layer_dtype = torch.float32 if len(self.weights) in FP32_CONVS and norm == "image" else dtype
+            w, b = _fold(conv, bn if norm == "running" else None, out_dim, layer_dtype)
+            self.weights.append(w)
+            self.biases.append(b)
+            if norm == "image" and bn is not None:
+                self.gammas.append(nn.Parameter(bn.weight.detach().float().clone()))
+                self.betas.append(nn.Parameter(bn.bias.detach().float().clone()))
+                self.eps.append(bn.eps)
         self.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: tuple[int, int] | None = None,
+                record: list | None = None) -> torch.Tensor:
         check_input_size(x.shape[-2], x.shape[-1])
-        skips = []  # activations are applied in place on fresh tensors: inference only (no autograd)
-        for i in range(7):
-            x = F.leaky_relu_(F.conv2d(x, self.enc[2 * i], self.enc[2 * i + 1], 2, 1), 0.2)
+        norm = _Normaliser(self, valid, record)
+        x = self.conv(0, x, "leaky_relu")
+        skips = [x]  # activations are applied in place on fresh tensors: inference only (no autograd)
+        for i in range(1, 7):
+            x = norm(self.conv(i, x, norm.fused("leaky_relu")), i + 1, "leaky_relu")
             skips.append(x)
-        x = F.conv2d(x, self.enc[14], self.enc[15], 2, 1)
-        for j in range(0, len(self.res), 4):
-            r = F.relu_(F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.res[j], self.res[j + 1]))
-            x = x + F.conv2d(F.pad(r, (1, 1, 1, 1), mode="reflect"), self.res[j + 2], self.res[j + 3])
+        x = self.conv(7, x, "none")
+        for k in range(8, 16, 2):
+            r = norm(self.res_conv(k, x, norm.fused("relu")), 8, "relu")
+            x = norm.residual(self.res_conv(k + 1, r, norm.fused("add"), x), x)
         x = F.selu(x, inplace=True)
         for i in range(7):
-            x = torch.cat((F.conv_transpose2d(x, self.dec[2 * i], self.dec[2 * i + 1], 2, 1), skips[6 - i]), 1)
-            x = F.selu(x, inplace=True)
-        return torch.tanh_(F.conv_transpose2d(x, self.dec[14], self.dec[15], 2, 1))
+            up = norm(self.dconv(16 + i, x), 7 - i, "none")
+            x = F.selu(torch.cat((up, skips[6 - i]), 1), inplace=True)
+        return self.last(x)
+
+    # The convolutions, with an optional activation fused after them ("none", "relu", "leaky_relu"; "add" adds
+    # `other`); `OneDNNGenerator` overrides these with packed oneDNN kernels.
+    # Inputs are cast to the layer's dtype (the bias's: packed weights have none of their own).
+    def conv(self, k: int, x: torch.Tensor, act: str) -> torch.Tensor:
+        return _act(F.conv2d(x.to(self.biases[k].dtype), self.weights[k], self.biases[k], 2, 1), act)
+
+    def res_conv(self, k: int, x: torch.Tensor, act: str, other: torch.Tensor | None = None) -> torch.Tensor:
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.weights[k], self.biases[k])
+        return y.add_(other) if act == "add" else _act(y, act)
+
+    def dconv(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x.to(self.biases[k].dtype), self.weights[k], self.biases[k], 2, 1)
+
+    def last(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh_(F.conv_transpose2d(x, self.weights[23], self.biases[23], 2, 1))
+
+
+class _Normaliser:
+    """Per-image normalisation of one forward pass: the BatchNorms in call order, with statistics computed over
+    the valid region of each level, followed by the layer's activation."""
+
+    def __init__(self, model: InferenceGenerator, valid, record):
+        self.model, self.valid, self.record = model, valid, record
+        self.active = model.norm == "image"
+        self.index = 0
+
+    def fused(self, act: str) -> str:
+        """The activation to fuse into the convolution before a BatchNorm: none where the normalisation runs."""
+        return "none" if self.active else act
+
+    def __call__(self, y: torch.Tensor, level: int, act: str) -> torch.Tensor:
+        if not self.active:
+            return y
+        i, self.index = self.index, self.index + 1
+        region = y if self.valid is None else y[..., :-(-self.valid[0] >> level), :-(-self.valid[1] >> level)]
+        var, mean = torch.var_mean(region.float(), dim=(2, 3), keepdim=True, correction=0)
+        if self.record is not None:
+            self.record.append((mean, var))
+        scale = self.model.gammas[i].view(1, -1, 1, 1) * torch.rsqrt(var + self.model.eps[i])
+        shift = self.model.betas[i].view(1, -1, 1, 1) - mean * scale
+        return _act(torch.addcmul(shift, y, scale, out=y), act)
+
+    def residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The second convolution of a residual block, normalised and added to the block's input (folded: the
+        convolution added it already)."""
+        return self(y, 8, "none").add_(x) if self.active else y
+
+
+def _act(y: torch.Tensor, act: str) -> torch.Tensor:
+    if act == "leaky_relu":
+        return F.leaky_relu_(y, 0.2)
+    if act == "relu":
+        return F.relu_(y)
+    return y
 
 
 def _fold(conv: nn.Module, bn: nn.BatchNorm2d | None, out_dim: int, dtype: torch.dtype) -> list[nn.Parameter]:
-    """Weight and bias of `bn(conv(x))` as one convolution (out_dim: 0 for Conv2d, 1 for ConvTranspose2d),
-    folded in fp32 and stored in `dtype` (layer by layer, so memory never holds two fp32 copies)."""
+    """Weight and bias of `bn(conv(x))` in eval mode as one convolution (out_dim: 0 for Conv2d, 1 for
+    ConvTranspose2d; `bn=None`: the convolution alone), computed in fp32 and stored in `dtype` (layer by layer,
+    so memory never holds two fp32 copies)."""
     w = conv.weight.detach().float()
     b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(w.shape[out_dim])
     if bn is not None:

@@ -1,4 +1,4 @@
-"""Fast CPU inference for the folded generator: oneDNN weights packed once, activations fused into convolutions.
+"""Fast CPU inference for the generator: oneDNN weights packed once, activations fused into convolutions.
 
 `F.conv2d` / `F.conv_transpose2d` reorder every weight into oneDNN's blocked layout on *every* call; with 73 M
 parameters, most of them in layers with tiny feature maps, that reorder was about a third of a 512x512 forward.
@@ -13,21 +13,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .generator import FoldedGenerator, check_input_size
+from .generator import InferenceGenerator
 
 _MK = torch.ops.mkldnn
 _TWO, _ONE, _ZERO = [2, 2], [1, 1], [0, 0]
+_ACT_ARGS = {"none": [], "relu": [], "leaky_relu": [0.2], "tanh": []}
 
 # Transposed conv (kernel 4, stride 2, padding 1) as a 3x3 conv + pixel shuffle: output phase `a` at input offset
 # `d` (3x3 tap d + 1) takes transposed-kernel tap a + 1 - 2d. Keys: (phase, 3x3 tap) -> transposed-kernel tap.
 _PHASE_TAPS = {(0, 0): 3, (0, 1): 1, (1, 1): 2, (1, 2): 0}
 
 
-def pack_for_cpu(model: FoldedGenerator) -> nn.Module:
+def pack_for_cpu(model: InferenceGenerator) -> nn.Module:
     """`model` with its weights packed for oneDNN (fp32 / bf16 on a CPU), or `model` itself where oneDNN or
     its packing ops are unavailable or turned off (`torch.backends.mkldnn.flags(enabled=False)`), or for fp16."""
-    dtype = model.enc[0].dtype
-    if model.enc[0].device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) \
+    dtype = model.weights[0].dtype
+    if model.weights[0].device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) \
             or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return model
     try:
@@ -36,50 +37,48 @@ def pack_for_cpu(model: FoldedGenerator) -> nn.Module:
         return model
 
 
-class OneDNNGenerator(nn.Module):
-    """The function of a CPU `FoldedGenerator`, with packed weights (inference only; inputs in the weights' dtype,
-    fastest channels-last, as `Protector` passes them)."""
+class OneDNNGenerator(InferenceGenerator):
+    """The function of a CPU `InferenceGenerator`, with packed weights (inference only; inputs in the weights'
+    dtype, fastest channels-last, as `Protector` passes them)."""
 
-    def __init__(self, model: FoldedGenerator):
-        super().__init__()
-        self.ngf = model.ngf
+    def __init__(self, model: InferenceGenerator):
+        nn.Module.__init__(self)
+        self.ngf, self.norm, self.eps = model.ngf, model.norm, model.eps
+        self.gammas, self.betas, self.biases = model.gammas, model.betas, model.biases
         # Packing picks the blocked layout for a 512x512 input; other sizes use the same layout.
         size, channels = 512, 3
-        self.enc = []
-        for i in range(8):
-            w = model.enc[2 * i]
-            self.enc.append((_pack_conv(w, _ONE, _TWO, [1, channels, size, size]), model.enc[2 * i + 1]))
+        self.packed = []
+        for w in model.weights[:8]:
+            self.packed.append(_pack_conv(w, _ONE, _TWO, [1, channels, size, size]))
             channels, size = w.shape[0], size // 2
-        self.res = [(_pack_conv(model.res[j], _ZERO, _ONE, [1, channels, size + 2, size + 2]), model.res[j + 1])
-                    for j in range(0, len(model.res), 2)]
-        self.dec = []
-        for i in range(7):
-            w = model.dec[2 * i]
-            packed = _MK._reorder_convolution_transpose_weight(w, _ONE, _ZERO, _TWO, _ONE, 1,
-                                                               [1, w.shape[0], size, size])
-            self.dec.append((packed, model.dec[2 * i + 1]))
+        for w in model.weights[8:16]:
+            self.packed.append(_pack_conv(w, _ZERO, _ONE, [1, channels, size + 2, size + 2]))
+        for w in model.weights[16:23]:
+            self.packed.append(_MK._reorder_convolution_transpose_weight(w, _ONE, _ZERO, _TWO, _ONE, 1,
+                                                                          [1, w.shape[0], size, size]))
             size *= 2
-        w, b = _transposed_as_subpixel(model.dec[14], model.dec[15])
-        self.last = (_pack_conv(w, _ONE, _ONE, [1, w.shape[1], size, size]), b)
+        w, b = _transposed_as_subpixel(model.weights[23], model.biases[23])
+        self.packed.append(_pack_conv(w, _ONE, _ONE, [1, w.shape[1], size, size]))
+        self.last_bias = b
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x.shape[-2], x.shape[-1])
-        skips = []
-        for w, b in self.enc[:7]:
-            x = _MK._convolution_pointwise(x, w, b, _ONE, _TWO, _ONE, 1, "leaky_relu", [0.2], "")
-            skips.append(x)
-        w, b = self.enc[7]
-        x = _MK._convolution_pointwise(x, w, b, _ONE, _TWO, _ONE, 1, "none", [], "")
-        for (w1, b1), (w2, b2) in zip(self.res[::2], self.res[1::2]):
-            r = _MK._convolution_pointwise(_reflect(x), w1, b1, _ZERO, _ONE, _ONE, 1, "relu", [], "")
-            x = _MK._convolution_pointwise.binary(_reflect(r), x, w2, b2, _ZERO, _ONE, _ONE, 1,
-                                                  "add", 1.0, None, [], "")
-        x = F.selu(x, inplace=True)
-        for (w, b), skip in zip(self.dec, reversed(skips)):
-            up = _MK._convolution_transpose_pointwise(x, w, b, _ONE, _ZERO, _TWO, _ONE, 1, "none", [], "")
-            x = F.selu(torch.cat((up, skip), 1), inplace=True)
-        w, b = self.last
-        return F.pixel_shuffle(_MK._convolution_pointwise(x, w, b, _ONE, _ONE, _ONE, 1, "tanh", [], ""), 2)
+    def conv(self, k: int, x: torch.Tensor, act: str) -> torch.Tensor:
+        return _MK._convolution_pointwise(x.to(self.biases[k].dtype), self.packed[k], self.biases[k], _ONE, _TWO, _ONE, 1, act,
+                                          _ACT_ARGS[act], "")
+
+    def res_conv(self, k: int, x: torch.Tensor, act: str, other: torch.Tensor | None = None) -> torch.Tensor:
+        if act == "add":
+            return _MK._convolution_pointwise.binary(_reflect(x), other, self.packed[k], self.biases[k], _ZERO,
+                                                     _ONE, _ONE, 1, "add", 1.0, None, [], "")
+        return _MK._convolution_pointwise(_reflect(x), self.packed[k], self.biases[k], _ZERO, _ONE, _ONE, 1, act,
+                                          _ACT_ARGS[act], "")
+
+    def dconv(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        return _MK._convolution_transpose_pointwise(x.to(self.biases[k].dtype), self.packed[k], self.biases[k], _ONE, _ZERO, _TWO, _ONE, 1,
+                                                    "none", [], "")
+
+    def last(self, x: torch.Tensor) -> torch.Tensor:
+        y = _MK._convolution_pointwise(x, self.packed[23], self.last_bias, _ONE, _ONE, _ONE, 1, "tanh", [], "")
+        return F.pixel_shuffle(y, 2)
 
 
 def _pack_conv(w: torch.Tensor, padding, stride, input_size) -> torch.Tensor:

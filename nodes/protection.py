@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..gapdiff_core import load_generator
-from ..gapdiff_core.protect import MODES, PRECISIONS, Protector
+from ..gapdiff_core.protect import MODES, NORM_DESCRIPTIONS, NORMS, PRECISIONS, Protector
 from . import host
 
 CATEGORY = "GAP-Diff"
@@ -26,7 +26,7 @@ class LoadGenerator:
 
     def load(self, generator_name):
         generator = load_generator(host.generator_path(generator_name), device="cpu")
-        info = generator.info.describe()
+        info = f"{generator.info.describe()}\nprotection computes: {NORM_DESCRIPTIONS['image']}"
         host.log.info("GAP-Diff: loaded %s: %s", generator_name, info)
         return (generator, info)
 
@@ -54,15 +54,20 @@ class ProtectImage:
                                               "tiled."}),
             "precision": (["auto", *PRECISIONS], {"default": "auto",
                                                   "tooltip": "Generator precision; auto picks per device."}),
+        }, "optional": {
+            "norm": (list(NORMS), {"default": "image",
+                                   "tooltip": "image: each BatchNorm uses the photo's own statistics, the function "
+                                              "the generator was trained to compute; running: eval-mode running "
+                                              "statistics (not what it was trained on)."}),
         }}
 
-    def protect(self, image, generator, budget, mode, precision):
+    def protect(self, image, generator, budget, mode, precision, norm="image"):
         x = host.image_to_core(image)
         if getattr(generator.info, "demo", False):
             host.log.warning("GAP-Diff: %s is a DEMO generator; its output protects nothing real",
                              getattr(generator.info, "source", "this generator"))
         protector = Protector(generator, budget=float(budget), mode=mode, device=str(host.device()),
-                              precision=precision)  # works on its own copy: the loader's cached module is untouched
+                              precision=precision, norm=norm)  # works on its own copy: the loader's cached module is untouched
         progress = host.Progress(x.shape[0])
         protected = []
         for i in range(x.shape[0]):

@@ -1,4 +1,6 @@
-"""Protection respects the budget after 8-bit rounding, in every mode, for any size."""
+"""Protection computes the trained function (per-image statistics) and respects the budget after 8-bit rounding,
+in every mode, for any size."""
+import copy
 import math
 
 import numpy as np
@@ -7,6 +9,7 @@ import torch
 
 from gapdiff_core import Generator, Protector
 from gapdiff_core.imageio import to_uint8
+from gapdiff_core.generator import InferenceGenerator
 from gapdiff_core.protect import apply_budget, padded_size, protection_stats, working_size
 
 
@@ -18,6 +21,27 @@ def generator():
     with torch.no_grad():
         g.dconv8.weight.mul_(40)
     return g.eval()
+
+
+@pytest.fixture(scope="module")
+def trained_stats_generator():
+    """Running statistics as training leaves them (a blend of the layers that share each BatchNorm), from several
+    training-mode passes, not the defaults."""
+    torch.manual_seed(1)
+    g = Generator(ngf=16)
+    g.train()
+    with torch.no_grad():
+        for _ in range(4):
+            g(torch.rand(2, 3, 512, 512) * 2 - 1)
+    return g.eval()
+
+
+def official_batch1(g, x01):
+    """The authors' module at batch 1 in train mode with dropout off: the function training optimises."""
+    m = copy.deepcopy(g).train()
+    m.dropout.p = 0.0
+    with torch.no_grad():
+        return torch.cat([m(x01[i:i + 1] * 2 - 1) for i in range(len(x01))])
 
 
 def photo(h, w, seed=0):
@@ -166,3 +190,62 @@ def test_stats_and_bad_arguments(generator):
         Protector(generator, precision="int8")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         Protector(generator)(x * 255)
+
+
+def test_default_equals_the_official_module_at_batch_1_without_dropout(trained_stats_generator):
+    g = trained_stats_generator
+    x = torch.cat([photo(512, 512, seed=s) for s in range(2)])
+    ref = official_batch1(g, x)
+    p = Protector(g, precision="fp32", budget=8)
+    assert (p.perturbation(x) - ref).abs().max() * 8 <= 0.5  # within 0.5 grey levels at budget 8
+    expected = apply_budget(x, ref * 8 / 255, 8)
+    assert grey_change(p(x), expected).max() <= 1  # 8-bit rounding may flip a level, no more
+    running = Protector(g, precision="fp32", norm="running").perturbation(x)
+    assert (running - ref).abs().max() * 8 > 2  # eval mode is another function: the test can tell them apart
+    assert torch.equal(running, Protector(g, precision="fp32", norm="running").perturbation(x))
+
+
+def test_running_statistics_are_never_updated(trained_stats_generator):
+    g = trained_stats_generator
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    for options in ({}, {"official_mode": True}, {"norm": "running"}):
+        Protector(g, precision="fp32", **options)(photo(512, 512))
+    assert all(torch.equal(g.state_dict()[k], v) for k, v in before.items())
+
+
+def test_a_photos_result_does_not_depend_on_its_batch(trained_stats_generator):
+    p = Protector(trained_stats_generator, precision="fp32", batch_size=3)
+    x = torch.cat([photo(512, 683, seed=s) for s in range(3)])
+    x[2] = x[2] * 0.3  # a dark photo: batch statistics would pull the others
+    together = p.perturbation(x)
+    alone = torch.cat([p.perturbation(x[i:i + 1]) for i in range(3)])
+    assert (together - alone).abs().max() * 8 < 0.01
+
+
+def test_statistics_cover_the_photo_not_the_padding(trained_stats_generator):
+    m = InferenceGenerator(trained_stats_generator)
+    x = photo(512, 512) * 2 - 1
+    padded = torch.cat([x, torch.full((1, 3, 512, 256), -1.0)], dim=-1)  # black padding, as far from the photo as
+    own, masked, unmasked = [], [], []                                   # any padding could be
+    with torch.no_grad():
+        m(x, record=own)
+        m(padded, valid=(512, 512), record=masked)
+        m(padded, record=unmasked)
+    # The first normalised layer: masked statistics are the photo's (the conv at the photo's edge sees one padded
+    # column, no more); unmasked ones are pulled by the padding.
+    mean_o, var_o = own[0]
+    assert torch.allclose(masked[0][0], mean_o, atol=0.02 * var_o.sqrt().max())
+    assert (unmasked[0][0] - mean_o).abs().max() > 10 * (masked[0][0] - mean_o).abs().max()
+
+
+def test_tiles_are_normalised_as_photos_and_agree_with_the_untiled_result(trained_stats_generator):
+    """A tile sees only part of the photo (the U-Net's receptive field spans it all), so tiled and untiled results
+    cannot be equal; each tile normalised with its own statistics, they agree closely and show no seam."""
+    g = trained_stats_generator
+    x = torch.nn.functional.interpolate(photo(96, 128, seed=7), (768, 1024), mode="bilinear")  # smooth content
+    untiled = Protector(g, mode="native", precision="fp32").perturbation(x)
+    tiled = Protector(g, mode="native", precision="fp32", tile_size=512, tile_overlap=256).perturbation(x)
+    assert torch.corrcoef(torch.stack([tiled.flatten(), untiled.flatten()]))[0, 1] > 0.85
+    # no seam: across the tile grid lines the perturbation changes no more than between other neighbours
+    step = (tiled[..., :, 1:] - tiled[..., :, :-1]).abs().mean(dim=(0, 1, 2))
+    assert step[[255, 511, 767]].max() < 3 * step.median()

@@ -11,6 +11,7 @@ from PIL import Image
 from ..losses import denoising_error
 from ..metrics.fidelity import psnr, ssim
 from ..preprocess import real
+from ..protect import Protector
 
 VAL_SEED = 1234
 
@@ -40,14 +41,12 @@ def mean_denoising_error(surrogate, images01: torch.Tensor, prompt_embeds: torch
 
 @torch.no_grad()
 def protect_batch(generator, x01: torch.Tensor, budget: float) -> torch.Tensor:
-    """Deterministic (eval-mode) protection, rounded to 8 bits as a saved PNG would be."""
-    was_training = generator.training
-    generator.eval()
-    try:
-        raw = generator(x01 * 2 - 1).float()
-    finally:
-        generator.train(was_training)
-    return real.quantize_8bit(x01 + raw * (budget / 255.0))
+    """The generator's protection of `x01` as users get it (`Protector`: per-image statistics, dropout off, whole
+    grey levels within the budget), in fp32 at the images' own size; the generator itself is left untouched."""
+    device = next(generator.parameters()).device
+    protector = Protector(generator, budget=budget, device=str(device), precision="fp32",
+                          working_resolution=min(x01.shape[-2:]), batch_size=len(x01))
+    return protector(x01.clamp(0, 1))
 
 
 def random_sign_noise(x01: torch.Tensor, budget: float, seed: int = VAL_SEED) -> torch.Tensor:
