@@ -255,8 +255,7 @@ def ssim8(a: np.ndarray, b: np.ndarray, window: int = 11) -> float:
     for start in range(0, h - window + 1, 256):
         stop = min(start + 256, h - window + 1)  # valid output rows [start, stop)
         strip = slice(start, stop + window - 1)
-        ta, tb = (torch.from_numpy(np.ascontiguousarray(v[strip])).permute(2, 0, 1)[None].float().div_(255)
-                  for v in (a, b))
+        ta, tb = _tensor(a[strip]), _tensor(b[strip])
         n = (stop - start) * (w - window + 1)
         total += float(ssim(ta, tb, window_size=window)[0]) * n
         count += n
