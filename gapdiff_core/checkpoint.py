@@ -24,7 +24,7 @@ ARCHITECTURE = "gap-diff-unet"
 FORMAT_VERSION = "1"
 OFFICIAL_PREFIX = "generator."
 MAX_NGF = 128  # twice the official width (ngf=64): 293 M parameters
-WORKING_RESOLUTIONS = (64, 1024)  # the largest fine-tuning resolution in use (SDXL); memory grows with its square
+WORKING_RESOLUTIONS = (64, 2048)  # up to twice SDXL's 1024; generator memory grows with its square
 _BUDGET_RANGE = (1.0, 255.0)  # grey levels: below 1 no 8-bit pixel can move
 _UNPACK_RATIO = 4  # a .pth archive may unpack to at most this many times its own size (torch.save stores, never deflates)
 

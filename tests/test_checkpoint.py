@@ -46,8 +46,8 @@ def test_non_finite_weights_are_refused(tmp_path, state, value):
 
 
 @pytest.mark.parametrize("field, value, words", [
-    ("working_resolution", 16384, "64-1024"),
-    ("working_resolution", 0, "64-1024"),
+    ("working_resolution", 16384, "64-2048"),
+    ("working_resolution", 0, "64-2048"),
     ("working_resolution", "abc", "whole number"),
     ("working_resolution", 512.5, "whole number"),
     ("budget", 0, "1-255"),
