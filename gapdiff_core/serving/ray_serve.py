@@ -13,7 +13,6 @@ import threading
 from .engine import ServiceSettings
 
 APP_NAME = "gapdiff"
-_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def protection_app(settings: ServiceSettings, *, replicas: int = 1, num_gpus: float = 0.0, num_cpus: float = 1.0):
@@ -40,32 +39,13 @@ def protection_app(settings: ServiceSettings, *, replicas: int = 1, num_gpus: fl
     return deployment.bind(settings)
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address`, or start a local Ray instance on loopback only, without a dashboard.
-
-    Ray replaces a node address of 127.0.0.1 by the machine's outward address unless clusters are switched off
-    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray's single-machine setting); with it every Ray process of the local
-    instance listens on 127.0.0.1 only.
-    """
-    if not address:
-        os.environ[_LOCAL_ONLY] = "0"  # inherited by every Ray process started below
-    import ray
-    from ray._private import ray_constants
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return
-    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=num_cpus, log_to_driver=False)
-
-
 def deploy(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
            num_gpus: float = 0.0, num_cpus: float = 1.0, address: str | None = None) -> None:
     """Start (or join) Ray, start Serve's HTTP proxy on host:port and run the application (returns when every
     replica is up)."""
     from ray import serve
+
+    from ..ray_local import start_ray
 
     start_ray(address, num_cpus=None if address else max(os.cpu_count() or 1, int(replicas * num_cpus) + 1))
     serve.start(http_options={"host": host, "port": port})
