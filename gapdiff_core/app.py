@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .commands import options
+
 DEFAULT_MODELS_DIR = os.environ.get("GAPDIFF_MODELS_DIR", "models")
 DEFAULT_MAX_MEGAPIXELS = 25  # ui.logic.DEFAULT_MAX_PIXELS: about 1.1 GB per photo at ui.logic.BYTES_PER_PIXEL
 
@@ -22,10 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR,
                    help="folder with generator checkpoints (.safetensors / .pth); default $GAPDIFF_MODELS_DIR or ./models")
-    p.add_argument("--budget", type=float, default=8.0, help="default budget in grey levels (0-255 scale)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--budget", type=options.budget, default=8.0,
+                   help="default budget in grey levels (1-255 on the 0-255 scale)")
+    p.add_argument("--device", type=options.device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--max-file-size", default="50mb", help="largest accepted upload, e.g. 50mb (default)")
+    p.add_argument("--max-file-size", type=options.file_size, default="50mb",
+                   help="largest accepted upload, e.g. 50mb (default)")
     p.add_argument("--max-photos", type=int, default=64,
                    help="most photos in one request (Protect; each list of Evaluate)")
     p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS,

@@ -217,3 +217,15 @@ def test_extreme_aspect_ratio_is_refused_in_working_mode_before_it_costs_memory(
     assert main(args + ["--mode", "native"]) == 0  # tiled: bounded memory
     saved = load_image(tmp_path / "out" / "strip_png_demo-protected.png").rgb.astype(int)
     assert 0 < np.abs(saved - load_image(strip).rgb).max() <= 8
+
+
+def test_app_options_are_checked_before_anything_starts(capsys):
+    from gapdiff_core.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["app", "--max-file-size", "2 GB"]).max_file_size == "2gb"
+    for argv, words in ((["--max-file-size", "banana"], "argument --max-file-size: 'banana' is not a size"),
+                        (["--budget", "0.2"], "argument --budget: 0.2 is outside 1-255")):
+        with pytest.raises(SystemExit) as refused:
+            parser.parse_args(["app", *argv])
+        assert refused.value.code == 2 and words in capsys.readouterr().err

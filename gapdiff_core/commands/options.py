@@ -51,3 +51,13 @@ def device(text: str) -> str:
     elif dev.type != "cpu":
         raise argparse.ArgumentTypeError(f"{text}: unsupported device; use auto, cpu, cuda, cuda:N or mps")
     return text
+
+
+def file_size(text: str) -> str:
+    """An upload limit such as 50mb: a whole number and a unit b, kb, mb, gb or tb (as Gradio reads it)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]+)\s*(b|kb|mb|gb|tb)\s*", text, re.IGNORECASE)
+    if not match or int(match[1]) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write a whole number and a unit, e.g. 50mb or 2gb")
+    return f"{int(match[1])}{match[2].lower()}"
