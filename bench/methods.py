@@ -84,12 +84,14 @@ def effect(surrogate, clean, protected):
     return out
 
 
-def tiny_part(photos, res):
+def tiny_part(photos, res, class_cache):
     surrogate = Surrogate.tiny(0)
     warm_up_surrogate(surrogate, photos)  # as training does: a random tiny UNet's error ignores its input
     rows = {}
     for name in METHODS:
-        method = get_protection(name, surrogate, schedule="tiny", resolution=res, **BENCH_SCHEDULE.get(name, {}))
+        method = get_protection(name, surrogate, schedule="tiny", resolution=res, class_cache_dir=class_cache,
+                                **BENCH_SCHEDULE.get(name, {}))
+        method.prior_images()  # class images are generated (or read from the cache) before the clock starts
         with PeakRSS() as mem:
             start = time.perf_counter()
             protected = method.protect(photos)
@@ -127,9 +129,9 @@ def sd_unit_costs(device, iters):
     sd = Surrogate.random("sd21-base").to(device)
     print(f"  built random SD-2.1-base-size surrogate in {time.perf_counter() - t0:.0f} s on {device}", flush=True)
     x = torch.rand(1, 3, 512, 512, device=device)
-    probe = METHODS["aspl"](sd)
+    probe = METHODS["aspl"](sd, class_images=x)  # a training unit: one instance + one class image, as Anti-DB
     costs = {}
-    costs["pgd"] = time_it(lambda: probe.denoising_grad(sd.unet, x), iters)
+    costs["pgd"] = time_it(lambda: probe.denoising_grad(sd, x), iters)
     print(f"  pgd unit {costs['pgd']:.2f} s", flush=True)
 
     def encoder_step():
@@ -140,10 +142,11 @@ def sd_unit_costs(device, iters):
 
     def train_step(params):
         opt = torch.optim.SGD(params, lr=1e-9)  # memory: AdamW's state would double a 3.5 GB UNet again
-        return lambda: probe.finetune(sd.unet, x, 1, 1e-9, params=params, optimizer=opt)
-    sd.unet.requires_grad_(True)
-    costs["train"] = time_it(train_step(list(sd.unet.parameters())), iters)
-    sd.unet.requires_grad_(False)
+        return lambda: probe.finetune(sd, x, 1, 1e-9, params=params, optimizer=opt)
+    for m in (sd.unet, sd.text_encoder):  # ASPL, FSMG, SimAC and MetaCloak train both
+        m.requires_grad_(True)
+    costs["train"] = time_it(train_step(list(sd.unet.parameters()) + list(sd.text_encoder.parameters())), iters)
+    sd.freeze()
     print(f"  train unit {costs['train']:.2f} s", flush=True)
     kv = cross_attention_kv(sd.unet)
     for p in kv:
@@ -158,7 +161,7 @@ def sd_unit_costs(device, iters):
     sd.unet.requires_grad_(False)
     print(f"  train_kv unit {costs['train_kv']:.2f} s", flush=True)
     t0 = time.perf_counter()
-    clone = probe.clone_unet()
+    clone = probe.clone()
     costs["clone"] = time.perf_counter() - t0
     del clone
     lora = add_lora(sd.unet, 4)
@@ -168,12 +171,14 @@ def sd_unit_costs(device, iters):
 
 
 def gapdiff_seconds(device):
-    from gapdiff_core import Generator, Protector
+    """GAP-Diff's row of the harness: get_protection("gap-diff") -> Protector (default norm="image")."""
+    from gapdiff_core import Generator
 
     torch.manual_seed(0)
-    protector = Protector(Generator(ngf=64), budget=8, device=device, precision="fp32", batch_size=1)
+    method = get_protection("gap-diff", generator=Generator(ngf=64), budget=8, device=device, precision="fp32",
+                            batch_size=1)
     x = torch.rand(1, 3, 512, 512)
-    return time_it(lambda: protector(x), 2)
+    return time_it(lambda: method.protect(x), 2)
 
 
 def write_svg(path, seconds: dict[str, float], title: str):
@@ -222,7 +227,7 @@ def main():
           f"full-schedule times are EXTRAPOLATED from its per-unit costs")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: more threads only oversubscribe a shared CPU
-    tiny, random = tiny_part(photos, args.res)
+    tiny, random = tiny_part(photos, args.res, Path(args.out) / "class_images")
     torch.set_num_threads(threads)
 
     gap = gapdiff_seconds(args.device)

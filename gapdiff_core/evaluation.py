@@ -30,8 +30,9 @@ from .protections import METHODS as ITERATIVE_METHODS
 STAGES = ("protect", "transform", "attack", "generate", "metrics")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 CACHE_VERSION = 1
-# a protection: 1×3×H×W in [0, 1] -> protected 1×3×H×W in [0, 1]
-ProtectFn = Callable[[torch.Tensor], torch.Tensor]
+# a protection: (an identity's set_B photos, its clean set_A photos), lists of 1×3×H×W in [0, 1] -> the protected
+# set_B photos; iterative methods protect the set together, as their released code does
+ProtectFn = Callable[[list, list], list]
 
 
 # ---------------------------------------------------------------- configuration
@@ -89,12 +90,14 @@ class ProtocolConfig:
 # ---------------------------------------------------------------- inputs
 @dataclass
 class Identity:
-    """One identity: the photos that get protected and attacked (set_B) and its clean references (set_C)."""
+    """One identity: the photos that get protected and attacked (set_B), its clean references (set_C) and its
+    clean set_A (the clean photos ASPL-style protections fine-tune their surrogate on; empty if there is none)."""
 
     name: str
     attacked: list
     references: list
     layout: str  # "anti-dreambooth" | "plain-folder"
+    clean_set: list = field(default_factory=list)
 
 
 def list_photos(folder: Path) -> list[Path]:
@@ -105,8 +108,9 @@ def find_identities(root: str | Path) -> list[Identity]:
     """Identities under ``root``:
 
     - Anti-DreamBooth layout: ``root/set_B`` (+ ``set_C``) is one identity; ``root/<identity>/set_B`` many.
-      ``set_A`` is not used by the protocol's test attack. Without ``set_C`` the identity's ``set_B`` serves as
-      the reference (reported in the layout).
+      ``set_A`` (optional) is handed to the protections that fine-tune on clean photos (ASPL, FSMG, SimAC), not
+      to the test attack. Without ``set_C`` the identity's ``set_B`` serves as the reference (reported in the
+      layout).
     - A plain folder of photos: sorted by name, the first half (rounded up) is protected and attacked, the rest
       are the clean references; a single photo is both.
     """
@@ -119,7 +123,9 @@ def find_identities(root: str | Path) -> list[Identity]:
         if not b:
             raise ValueError(f"{folder / 'set_B'} holds no photos")
         c = list_photos(folder / "set_C") if (folder / "set_C").is_dir() else []
-        return Identity(name, b, c or b, "anti-dreambooth" if c else "anti-dreambooth (no set_C: set_B as reference)")
+        a = list_photos(folder / "set_A") if (folder / "set_A").is_dir() else []
+        return Identity(name, b, c or b, "anti-dreambooth" if c else "anti-dreambooth (no set_C: set_B as reference)",
+                        a)
 
     if (root / "set_B").is_dir():
         return [identity(root, root.resolve().name)]
@@ -151,32 +157,46 @@ PROTECTIONS: dict = {}
 
 
 def register_protection(name: str, factory: Callable[..., ProtectFn], describe: str = "") -> None:
-    """Make ``name`` (and ``name:arg``) usable as an evaluation method: ``factory(arg, budget, config, model)``
-    returns a function protecting a 1×3×H×W [0, 1] photo. ``config`` is the protocol's settings (device,
+    """Make ``name`` (and ``name:arg``) usable as an evaluation method: ``factory(arg, budget, config, model,
+    cache_dir)`` returns a :data:`ProtectFn`, which protects one identity's set_B photos (a list of 1×3×H×W in
+    [0, 1]) given its clean set_A photos (a list, maybe empty). ``config`` is the protocol's settings (device,
     resolution, …); ``model()`` returns the protocol's diffusion model, loaded once and shared with the attack
-    stage (methods that attack it must not change it). ``describe`` is shown in reports."""
+    stage (methods that attack it must not change it); ``cache_dir`` is the protocol's cache folder (class images
+    live in ``cache_dir/class_images``, shared with the attack stage). ``describe`` is shown in reports."""
     PROTECTIONS[name] = (factory, describe)
 
 
-def _none_factory(arg, budget, config, model) -> ProtectFn:
-    return lambda x: x
+def _none_factory(arg, budget, config, model, cache_dir) -> ProtectFn:
+    return lambda photos, clean_set: photos
 
 
 def _iterative_factory(name: str):
     """An iterative protection (ASPL, Mist, …) against the protocol's own model, white-box as in the paper;
-    ``name:tiny`` picks the method's few-step schedule. The methods train private copies of the UNet only."""
-    def factory(arg, budget, config, model) -> ProtectFn:
+    ``name:tiny`` picks the method's few-step schedule. Each identity's set_B is protected as one set, with its
+    set_A as the clean set where the method's code uses one; class images come from the protocol's model and are
+    cached beside the attack stage's. The methods train private copies of the model only."""
+    def factory(arg, budget, config, model, cache_dir) -> ProtectFn:
         from .protections import get_protection
 
         if arg not in (None, "tiny", "default"):
             raise ValueError(f"method '{name}:{arg}': the argument is a schedule, 'tiny' or 'default'")
         method = get_protection(name, model(), schedule=arg or "default", budget=budget,
-                                resolution=config.resolution)
-        return method.protect
+                                resolution=config.resolution, seed=config.seed,
+                                class_cache_dir=Path(cache_dir) / "class_images")
+
+        def protect_set(photos: list, clean_set: list) -> list:
+            return method.protect(photos, reference=clean_set or None)
+        protect_set.method = method
+        return protect_set
     return factory
 
 
-def _generator_factory(arg, budget, config, model) -> ProtectFn:
+def _generator_factory(arg, budget, config, model, cache_dir) -> ProtectFn:
+    protector = _generator_protector(arg, budget, config)
+    return lambda photos, clean_set: [protector(x) for x in photos]  # one photo at a time, as the authors' code
+
+
+def _generator_protector(arg, budget, config):
     from .protect import Protector
 
     if not arg:
@@ -391,6 +411,8 @@ class ProtocolRunner:
                "arg_fingerprint": method.fingerprint, "budget": method.budget,
                "model": None if method.kind in ("none", "generator") else
                [self.config.model, self.config.model_seed, self.config.resolution]}
+        if method.kind not in ("none", "generator"):  # a set protection: its clean set_A and seed matter too
+            cfg.update(clean_set=[file_digest(p) for p in ident.clean_set], seed=self.config.seed)
         key, rec, folder = self.cache.lookup("protect", cfg)
         if rec is None:
             from .imageio import load_image
@@ -399,7 +421,7 @@ class ProtocolRunner:
             self.cache.start("protect", key)
             fn = self._protector(method)
             clean = [load_image(p).tensor() for p in ident.attacked]
-            protected = [fn(x).clamp(0, 1) for x in clean]
+            protected = [x.clamp(0, 1) for x in fn(clean, [load_image(p).tensor() for p in ident.clean_set])]
             names = _save_pngs(folder, protected, [f"{i:02d}_{p.stem}.png" for i, p in enumerate(ident.attacked)])
             protected = _load_pngs(folder, names)  # score what was written (8-bit)
             rec = self.cache.finish("protect", key, cfg, {
@@ -412,7 +434,7 @@ class ProtocolRunner:
         k = (method.kind, method.arg, method.budget)
         if k not in self._protectors:
             factory = PROTECTIONS[method.kind][0]
-            self._protectors[k] = factory(method.arg, method.budget, self.config, lambda: self.base)
+            self._protectors[k] = factory(method.arg, method.budget, self.config, lambda: self.base, self.cache.root)
         return self._protectors[k]
 
     def stage_transform(self, protect: tuple[dict, Path], spec: str) -> tuple[dict, Path]:

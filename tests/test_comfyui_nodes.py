@@ -38,7 +38,8 @@ INTERFACE = {
                                   [("fdfr", "FLOAT"), ("ism", "FLOAT"), ("brisque", "FLOAT"), ("serfiq", "FLOAT"),
                                    ("summary", "STRING")]),
     "GAPDiffIterativeProtect": ([("image", "IMAGE"), ("surrogate", "GAPDIFF_SURROGATE"), ("method", "COMBO"),
-                                 ("schedule", "COMBO"), ("budget", "FLOAT"), ("seed", "INT"), ("resolution", "INT")],
+                                 ("schedule", "COMBO"), ("budget", "FLOAT"), ("seed", "INT"), ("resolution", "INT"),
+                                 ("clean_set", "IMAGE")],
                                 [("protected", "IMAGE"), ("info", "STRING")]),
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -372,3 +373,20 @@ def test_iterative_protection_node_respects_the_budget(comfy, surrogate):
     change = ((protected - photos) * 255).round().abs()
     assert protected.shape == photos.shape and 1 <= change.max() <= 5
     assert "photoguard" in info and "DEMO" in info
+
+
+def test_iterative_protection_node_protects_the_batch_as_one_set_with_its_clean_set(comfy, surrogate):
+    pack, *_ = comfy
+    surrogate, _ = surrogate
+    photos, clean = faces(2, 64, 64), faces(3, 72, 72)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: more threads only oversubscribe a shared CPU
+    try:
+        with torch.inference_mode():
+            protected, info = run(pack, "GAPDiffIterativeProtect", image=photos, surrogate=surrogate, method="aspl",
+                                  schedule="tiny", budget=6.0, seed=0, resolution=64, clean_set=clean)
+    finally:
+        torch.set_num_threads(threads)
+    change = ((protected - photos) * 255).round().abs()
+    assert protected.shape == photos.shape and change.max() <= 6
+    assert "2 photo(s) protected as one set" in info and "clean set: 3 photo(s)" in info

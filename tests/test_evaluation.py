@@ -173,10 +173,10 @@ def test_find_identities_layouts(tmp_path, data):
 def test_registered_protection_is_a_method(tmp_path, data):
     calls = []
 
-    def darken(arg, budget, config, model):
-        def fn(x):
-            calls.append(x.shape)
-            return (x - budget / 255).clamp(0, 1)
+    def darken(arg, budget, config, model, cache_dir):
+        def fn(photos, clean_set):
+            calls.append(len(photos))
+            return [(x - budget / 255).clamp(0, 1) for x in photos]
         return fn
 
     register_protection("darken", darken, "test method")
@@ -187,7 +187,7 @@ def test_registered_protection_is_a_method(tmp_path, data):
                                 progress=False)
         (ident,) = find_identities(data)
         rec, folder = runner.stage_protect(ident, m)
-        assert len(calls) == 2 and 3.5 < rec["fidelity"]["linf_grey_levels"] <= 4.0 + 1e-3
+        assert calls == [2] and 3.5 < rec["fidelity"]["linf_grey_levels"] <= 4.0 + 1e-3  # the set in one call
         with pytest.raises(ValueError, match="unknown protection method"):
             resolve_method("nonexistent-method", 8.0)
     finally:
@@ -228,9 +228,9 @@ def test_iterative_protection_is_a_method_against_the_protocol_model(tmp_path, d
     before = {k: v.clone() for k, v in runner.base.unet.state_dict().items()}
     rec, _ = runner.stage_protect(ident, m)
     assert 1 <= rec["fidelity"]["linf_grey_levels"] <= 6.0 + 1e-3
-    assert runner._protectors[("photoguard", "tiny", 6.0)].__self__.surrogate is runner.base  # one model in memory
+    assert runner._protectors[("photoguard", "tiny", 6.0)].method.surrogate is runner.base  # one model in memory
     aspl = runner._protector(resolve_method("aspl:tiny", 6.0))  # ASPL fine-tunes its surrogate: on a private copy
-    aspl(torch.rand(1, 3, 64, 64))
+    aspl([torch.rand(1, 3, 64, 64)], [])
     assert all(torch.equal(v, runner.base.unet.state_dict()[k]) for k, v in before.items())
     with pytest.raises(ValueError, match="schedule"):
         runner._protector(resolve_method("aspl:fast", 6.0))

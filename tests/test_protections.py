@@ -1,12 +1,17 @@
-"""Competing protections: each runs end to end on the tiny surrogate within the budget; ASPL raises the loss."""
+"""Competing protections: each runs end to end on the tiny surrogate within the budget; sets are protected jointly
+(a photo's result depends on its set-mates, ASPL's surrogate trains on the clean set_A) in the harness, the CLI and
+the protocol runner; the departures from the released code that were fixed stay fixed."""
 import threading
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gapdiff_core.diffusion import Surrogate
 from gapdiff_core.losses import denoising_error
 from gapdiff_core.protections import CLOSED, METHODS, ProtectionCancelled, get_protection
+from gapdiff_core.protections import base as base_module
 
 RES = 64  # working resolution of the tests (the tiny model's VAE downsamples by 8)
 
@@ -23,9 +28,26 @@ def photo():
     return torch.rand(1, 3, 72, 88, generator=g)  # not square, not the working size: resize path is used
 
 
+@pytest.fixture(scope="module")
+def class_images():
+    g = torch.Generator().manual_seed(4)
+    return torch.rand(2, 3, RES, RES, generator=g)
+
+
+def _photos(n, seed, size=RES):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g) * 0.6 + 0.2
+
+
+def _method(name, surrogate, class_images, **kw):
+    if "num_class_images" in METHODS[name].defaults:
+        kw.setdefault("class_images", class_images)
+    return get_protection(name, surrogate, schedule="tiny", resolution=RES, **kw)
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_runs_and_respects_the_budget(surrogate, photo, name):
-    method = get_protection(name, surrogate, schedule="tiny", resolution=RES)
+def test_every_method_runs_and_respects_the_budget(surrogate, photo, class_images, name):
+    method = _method(name, surrogate, class_images)
     out = method.protect(photo)
     assert out.shape == photo.shape
     diff = (out * 255 - torch.round(photo * 255)).abs()
@@ -38,6 +60,147 @@ def test_every_method_runs_and_respects_the_budget(surrogate, photo, name):
 def test_budget_override_in_grey_levels(surrogate, photo):
     out = get_protection("photoguard", surrogate, schedule="tiny", resolution=RES, budget=2).protect(photo)
     assert (out * 255 - torch.round(photo * 255)).abs().max() <= 2 + 1e-4
+
+
+def test_a_photos_result_depends_on_its_set_mates(surrogate, class_images):
+    a, b, c = _photos(3, 11).split(1)
+    ref = _photos(2, 12)
+    # the main surrogate trains on both perturbed photos (lr raised so the tiny model moves within two steps)
+    kw = dict(iterations=2, surrogate_steps=2, pgd_steps=1, step=3.0, lr=1e-3)
+    with_b = _method("aspl", surrogate, class_images, **kw).protect(torch.cat([a, b]), reference=ref)
+    with_c = _method("aspl", surrogate, class_images, **kw).protect(torch.cat([a, c]), reference=ref)
+    again = _method("aspl", surrogate, class_images, **kw).protect(torch.cat([a, b]), reference=ref)
+    assert torch.equal(with_b, again)  # deterministic: the difference below comes from the set-mate
+    assert not torch.equal(with_b[0], with_c[0])  # ASPL fine-tunes on the whole (perturbed) set
+    # a method that treats photos one by one (PhotoGuard's encoder attack) gives the same result either way
+    pg = [get_protection("photoguard", surrogate, schedule="tiny", resolution=RES).protect(torch.cat([a, m]))
+          for m in (b, c)]
+    assert torch.equal(pg[0][0], pg[1][0])
+
+
+def test_aspl_fine_tunes_its_surrogate_on_the_clean_set(surrogate, class_images, monkeypatch):
+    seen = []
+    real = METHODS["aspl"].finetune
+
+    def spy(self, model, images, *args, **kw):
+        seen.append((images.clone(), {id(p) for p in model.text_encoder.parameters() if p.requires_grad}))
+        return real(self, model, images, *args, **kw)
+
+    monkeypatch.setattr(METHODS["aspl"], "finetune", spy)
+    x, ref = _photos(2, 21), _photos(3, 22, size=80)
+    method = _method("aspl", surrogate, class_images, iterations=1, surrogate_steps=1, pgd_steps=1)
+    te_before = [p.clone() for p in surrogate.text_encoder.parameters()]
+    method.protect(x, reference=ref)
+    (first, te_first), (second, _) = seen
+    expected = base_module.resize(ref, (RES, RES)).clamp(0, 1)
+    assert torch.allclose(first, expected)  # the clone is fine-tuned on set_A, at the working resolution
+    assert (second - x).abs().max() <= 6.4 / 255 + 1e-6 and not torch.equal(second, x)  # main: perturbed set
+    assert te_first  # the text encoder is trained too, as Anti-DreamBooth does...
+    assert all(torch.equal(p, q) for p, q in zip(surrogate.text_encoder.parameters(), te_before))  # ...on a copy
+    seen.clear()
+    method.protect(x)  # no set_A: the photos themselves are the clean set
+    assert torch.equal(seen[0][0], x)
+
+
+def test_prior_preservation_and_batches_follow_the_released_code(surrogate, class_images, monkeypatch):
+    calls = []
+    real = base_module.dreambooth_loss
+
+    def spy(model, x, emb, cls, cls_emb, prior_weight=1.0, **kw):
+        calls.append((x.shape[0], None if cls is None else cls.shape[0], prior_weight))
+        return real(model, x, emb, cls, cls_emb, prior_weight=prior_weight, **kw)
+
+    monkeypatch.setattr(base_module, "dreambooth_loss", spy)
+    x = _photos(3, 31)
+    _method("fsmg", surrogate, class_images, finetune_steps=2, pgd_steps=1).protect(x)
+    assert calls == [(2, 2, 1.0)] * 2  # batch 2 instance + 2 class images, prior weight 1
+    calls.clear()
+    _method("aspl", surrogate, class_images, iterations=1, surrogate_steps=1, pgd_steps=1).protect(x)
+    assert calls == [(1, 1, 1.0)] * 2
+    calls.clear()
+    _method("ace", surrogate, class_images, epochs=1, pgd_steps=1, lora_steps=1).protect(x)
+    assert calls == [(1, 1, 0.1)]
+    with pytest.raises(ValueError, match="no class images"):
+        get_protection("caat", surrogate, class_images=class_images)
+
+
+def test_class_images_are_generated_once_and_cached(surrogate, tmp_path):
+    method = get_protection("aspl", surrogate, schedule="tiny", resolution=RES, class_cache_dir=tmp_path,
+                            iterations=1, surrogate_steps=1, pgd_steps=1)
+    method.protect(_photos(1, 41))
+    cached = sorted(tmp_path.rglob("*.png"))
+    assert len(cached) == METHODS["aspl"].tiny["num_class_images"]
+    assert method.class_images.shape == (len(cached), 3, RES, RES)
+
+
+def test_simac_deletes_the_reference_window_and_starts_aspl_from_clean(surrogate, class_images, monkeypatch):
+    method = _method("simac", surrogate, class_images, select_rounds=1, probes=3, keep=100)
+    probes = []
+    real = method.denoising_grad
+
+    def grad_growing_with_t(model, x, t=None, transform=None, embeds=None):
+        grad, loss = real(model, x, t, transform, embeds)
+        if t is not None and len(probes) < 3:
+            probes.append(int(t))
+            return torch.ones_like(grad) * (int(t) + 1), loss  # the smallest probed t is the weakest
+        return grad, loss
+
+    monkeypatch.setattr(method, "denoising_grad", grad_growing_with_t)
+    x0 = _photos(1, 51)
+    torch.manual_seed(0)
+    (kept,) = method.select_timesteps(x0)
+    del_t = min(max(min(probes), 20), 980)
+    assert set(range(1000)) - set(kept.tolist()) == set(range(del_t - 20, del_t + 20))
+    starts = []
+    real_attack = METHODS["simac"].attack
+    monkeypatch.setattr(METHODS["simac"], "attack",
+                        lambda self, model, x_adv, x0_: starts.append(x_adv.clone()) or real_attack(self, model, x_adv,
+                                                                                                   x0_))
+    method.perturb(x0)
+    assert torch.equal(starts[0], x0)  # the selection's perturbation is discarded
+
+
+def test_caat_flips_once_at_load(surrogate, monkeypatch):
+    from gapdiff_core.protections import caat
+
+    inputs = []
+    real = caat.denoising_error
+    monkeypatch.setattr(caat, "denoising_error", lambda model, x, emb: inputs.append(x.detach().clone()) or
+                        real(model, x, emb))
+    g = torch.Generator().manual_seed(61)
+    x0 = torch.rand(4, 3, RES, RES, generator=g)  # random pixels: a flipped photo is far from the photo
+    torch.manual_seed(0)
+    get_protection("caat", surrogate, resolution=RES, steps=6).perturb(x0)
+    eps = 6.4 / 255 + 1e-6
+    for x in inputs:  # every step sees the same orientation of each photo as the first
+        assert (x - inputs[0]).abs().amax() <= 2 * eps
+
+
+def test_metacloak_blur_sigma_is_torchvision_default_range(monkeypatch):
+    from gapdiff_core.protections import metacloak
+
+    sigmas = []
+    monkeypatch.setattr(metacloak, "gaussian_blur", lambda x, sigma, kernel_size: sigmas.append((sigma, kernel_size))
+                        or x)
+    torch.manual_seed(0)
+    for _ in range(300):
+        metacloak.random_blur_flip(torch.zeros(1, 3, 8, 8))
+    values = [s for s, _ in sigmas]
+    assert {k for _, k in sigmas} == {7} and 0.1 <= min(values) < 0.3 and 1.8 < max(values) <= 2.0
+
+
+def test_mist_textural_weight_in_mean_units(surrogate):
+    mist = get_protection("mist", surrogate)
+    assert mist.semantic_weight(torch.zeros(1, 4, 64, 64)) == pytest.approx(1e4 / 16384)  # ~0.61 at 512 px
+    assert mist.semantic_weight(torch.zeros(2, 4, 8, 8)) == pytest.approx(1e4 / 256)  # per photo, any resolution
+
+
+def test_photoguard_pulls_the_latent_towards_zero(surrogate):
+    x = _photos(2, 71)
+    y = get_protection("photoguard", surrogate, resolution=RES, iterations=8).protect(x)
+    with torch.no_grad():
+        norm = [surrogate.encode_images(v, sample=False).flatten(1).norm(dim=1) for v in (x, y)]
+    assert (norm[1] < norm[0]).all()
 
 
 def _loss(surrogate, x, seed=7):
@@ -53,7 +216,7 @@ def test_aspl_increases_the_denoising_loss(surrogate):
     g = torch.Generator().manual_seed(5)
     x = torch.rand(2, 3, RES, RES, generator=g) * 0.6 + 0.2
     method = get_protection("aspl", surrogate, resolution=RES, iterations=1, surrogate_steps=1, pgd_steps=6,
-                            budget=8, step=1.5)
+                            budget=8, step=1.5, num_class_images=0)  # no prior: its draws would add noise
     y = method.protect(x)
     signs = torch.randint(0, 2, x.shape, generator=g) * 2 - 1
     noisy = (torch.round(x * 255) + 8 * signs).clamp(0, 255) / 255  # a random perturbation of the same size
@@ -95,3 +258,69 @@ def test_defaults_follow_the_papers():
     assert METHODS["ace"].defaults["budget"] == 4.0
     units = METHODS["aspl"](None).schedule_units(4)
     assert units["pgd"] == 50 * 6 * 4 and units["train"] == 300
+    assert METHODS["metacloak"](None).snapshot_steps() == [0, 199, 399, 599, 799, 999]
+
+
+# ---------------------------------------------------------------- the entry points protect sets
+def _save(path, seed, size=(48, 40)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+
+
+def test_cli_protects_a_folder_as_one_set_unless_per_photo(tmp_path, monkeypatch, surrogate):
+    from gapdiff_core import protections
+    from gapdiff_core.cli import main
+
+    for i in range(2):
+        _save(tmp_path / "in" / "alice" / f"{i}.png", i)
+    _save(tmp_path / "in" / "bob" / "0.png", 9)
+    for i in range(2):
+        _save(tmp_path / "set_a" / f"{i}.png", 20 + i)
+    sets = []
+    real, tiny = protections.get_protection, surrogate
+
+    def tiny_at_64(name, surrogate=None, **kw):  # the test's tiny model (loaded once) at the tests' resolution
+        method = real(name, tiny, resolution=RES, **kw)
+        protect = method.protect
+        method.protect = lambda photos, reference=None: sets.append((len(photos), None if reference is None else
+                                                                     len(reference))) or protect(photos, reference)
+        return method
+
+    monkeypatch.setattr(protections, "get_protection", tiny_at_64)
+    args = ["protect", str(tmp_path / "in"), "--recursive", "--method", "mist", "--schedule", "tiny"]
+    assert main(args + ["-o", str(tmp_path / "sets"), "--clean-set", str(tmp_path / "set_a")]) == 0
+    assert sorted(sets) == [(1, 2), (2, 2)]  # alice's two photos together, bob's alone; set_A handed over
+    sets.clear()
+    assert main(args + ["-o", str(tmp_path / "single"), "--per-photo"]) == 0
+    assert sets == [(1, None)] * 3
+    for out in ("sets", "single"):
+        assert len(list((tmp_path / out).rglob("*_mist-demo-protected.png"))) == 3
+    assert main(args + ["-o", str(tmp_path / "x"), "--clean-set", str(tmp_path / "nothing")]) == 2
+
+
+def test_protocol_runner_protects_each_identity_set_with_its_set_a(tmp_path):
+    from gapdiff_core.evaluation import (PROTECTIONS, ProtocolConfig, ProtocolRunner, find_identities,
+                                         register_protection, resolve_method)
+
+    root = tmp_path / "data"
+    for part, n in (("set_A", 3), ("set_B", 2), ("set_C", 1)):
+        for i in range(n):
+            _save(root / part / f"{i}.png", hash((part, i)) % 1000)
+    calls = []
+
+    def spy(arg, budget, config, model, cache_dir):
+        return lambda photos, clean_set: calls.append((len(photos), len(clean_set))) or photos
+
+    register_protection("spy-set", spy)
+    try:
+        (ident,) = find_identities(root)
+        assert len(ident.clean_set) == 3
+        runner = ProtocolRunner(root, tmp_path / "out", ProtocolConfig(methods=["spy-set"]), progress=False)
+        rec, _ = runner.stage_protect(ident, resolve_method("spy-set", 8.0))
+        assert calls == [(2, 3)]  # the whole set_B at once, with its set_A
+        _save(root / "set_A" / "0.png", 999)  # a changed set_A is a different protection
+        (ident,) = find_identities(root)
+        assert runner.stage_protect(ident, resolve_method("spy-set", 8.0))[0]["key"] != rec["key"]
+    finally:
+        PROTECTIONS.pop("spy-set")

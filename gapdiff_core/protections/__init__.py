@@ -3,7 +3,7 @@ after 8-bit rounding), same step loop, progress and cancellation.
 
     from gapdiff_core.protections import get_protection
     method = get_protection("aspl", surrogate="tiny", schedule="tiny")
-    protected = method.protect(images)          # B×3×H×W in [0, 1] -> same size, 8-bit values
+    protected = method.protect(set_b, reference=set_a)   # one identity's photos, protected together
 
 Registry names: aspl, fsmg, photoguard, mist, ace (alias mist-v2), metacloak, caat, simac — iterative methods
 (:mod:`.base`) — and gap-diff (one forward pass of a trained generator, via :class:`gapdiff_core.Protector`).
@@ -11,6 +11,8 @@ Glaze is closed source (a desktop app and web service, no published code): it is
 imitated.
 """
 from __future__ import annotations
+
+import torch
 
 from .aspl import ASPL, FSMG
 from .base import IterativeProtection, ProtectionCancelled
@@ -47,8 +49,11 @@ class GapDiffMethod:
     def budget(self) -> float:
         return self.protector.budget
 
-    def protect(self, images):
-        return self.protector(images)
+    def protect(self, images, reference=None):
+        """Photos (B×3×H×W or a list) -> protected photos; each is computed on its own (``reference`` unused)."""
+        if isinstance(images, torch.Tensor):
+            return self.protector(images)
+        return [self.protector(x if x.dim() == 4 else x.unsqueeze(0)) for x in images]
 
     __call__ = protect
 
@@ -70,8 +75,8 @@ def get_protection(name: str, surrogate=None, *, schedule: str = "default", gene
     :func:`~gapdiff_core.diffusion.load_surrogate` (``"tiny"``, a diffusers folder, a single-file checkpoint);
     default the tiny demo model (protects nothing real). ``schedule="tiny"`` picks the few-step test schedule.
     ``overrides``: any of the method's settings (``budget`` and ``step`` in grey levels, schedule lengths, …), plus
-    ``progress``, ``should_stop``, ``class_images``, ``reference``. For ``gap-diff`` pass ``generator=`` and
-    :class:`Protector` options instead.
+    ``progress``, ``should_stop``, ``class_images`` (N×3×H×W) and ``class_cache_dir`` (where generated class images
+    are cached). For ``gap-diff`` pass ``generator=`` and :class:`Protector` options instead.
     """
     key = canonical_name(name)
     if key == "gap-diff":

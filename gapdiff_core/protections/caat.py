@@ -1,21 +1,24 @@
 """CAAT (Xu et al., "Perturbing Attention Gives You More Bang for the Buck: Subtle Imaging Perturbations That
-Efficiently Fool Customized Diffusion Models", CVPR 2024; settings of CO2-cityao/CAAT and GAP-Diff's benchmark
-scripts).
+Efficiently Fool Customized Diffusion Models", CVPR 2024; CO2-cityao/CAAT ``CAAT.py`` with
+``scripts/train_CAAT.sh``).
 
 Custom-Diffusion style: only the key/value projections of the cross-attention layers (``attn2.to_k``/``to_v``) are
-trainable. For 250 steps, one forward/backward gives both (a) a sign-gradient *ascent* step on the photos that
-increases the denoising loss and (b) an AdamW *descent* step on the K/V weights (lr 1e-5). Random horizontal flip
-augmentation; prompt "a photo of a person". Budget 0.05 on [-1, 1] = 6.4 grey levels (6 after rounding), step
-5e-3 on [-1, 1] = 0.64 grey levels.
+trainable. The photos are loaded once with a random horizontal flip (p = 0.5 each, drawn once). Then for 250 steps,
+one forward/backward on the whole set gives both (a) a sign-gradient *ascent* step on the photos that increases
+the denoising loss and (b) an AdamW *descent* step on the K/V weights (lr 1e-5) with their gradients clipped at
+norm 1.0. Prompt "a photo of a person", no prior preservation (``train_CAAT.sh``). Budget 0.05 on [-1, 1] = 6.4
+grey levels (6 after rounding), step 5e-3 on [-1, 1] = 0.64 grey levels.
 
-Departures: prior preservation only with ``class_images`` (CAAT: optional, 200 class images); fp32, not bf16.
+Departures: the perturbation of a flipped photo is flipped back and added to the photo as given (the released code
+saves the flipped photo); fp32, not bf16. The repository's prior-preservation script is not offered: with it, its
+loop splits the batch of perturbed photos in two halves and scores the second half as "class" images.
 """
 from __future__ import annotations
 
 import torch
 
-from ..losses import dreambooth_loss
-from .base import IterativeProtection, resize, with_unet
+from ..losses import denoising_error
+from .base import IterativeProtection, with_models
 
 
 def cross_attention_kv(unet) -> list[torch.nn.Parameter]:
@@ -35,7 +38,7 @@ class CAAT(IterativeProtection):
 
     def perturb(self, x0: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        unet = self.clone_unet()
+        unet = self.clone().unet
         unet.requires_grad_(False)
         kv = cross_attention_kv(unet)
         if not kv:
@@ -43,25 +46,23 @@ class CAAT(IterativeProtection):
         for p in kv:
             p.requires_grad_(True)
         opt = torch.optim.AdamW(kv, lr=float(s["lr"]), weight_decay=1e-2)
-        view = with_unet(self.surrogate, unet)
-        x_adv = x0.clone()
-        pw = float(s["prior_weight"])
-        cls = cls_emb = None
-        if self.class_images is not None and pw > 0:
-            cls = resize(self.class_images[:x0.shape[0]].to(x0), tuple(x0.shape[-2:]))
-            cls_emb = self.embeds(cls.shape[0], "a photo of person")
+        view = with_models(self.surrogate, unet)
+        flip = (torch.rand(x0.shape[0]) < 0.5).to(x0.device).view(-1, 1, 1, 1) if s["hflip"] else None
+        flipped = (lambda x: torch.where(flip, x.flip(-1), x)) if flip is not None else (lambda x: x)
+        x0f = flipped(x0)
+        x_adv = x0f.clone()
+        emb = self.embeds(x0.shape[0])
         for _ in range(int(s["steps"])):
             x = x_adv.detach().requires_grad_(True)
             with self.timed("train_kv", x.shape[0]):
-                flip = torch.rand(x.shape[0], device=x.device) < 0.5 if s["hflip"] else None
-                inp = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x) if flip is not None else x
-                loss = dreambooth_loss(view, inp, self.embeds(x.shape[0]), cls, cls_emb, prior_weight=pw)
+                loss = denoising_error(view, x, emb).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                torch.nn.utils.clip_grad_norm_(kv, 1.0)
                 opt.step()
-            x_adv = self.sign_step(x_adv, x0, x.grad)
+            x_adv = self.sign_step(x_adv, x0f, x.grad)
             self.tick(float(loss.detach()))
-        return x_adv
+        return flipped(x_adv)  # a flip is its own inverse
 
     def schedule_units(self, set_size: int = 4) -> dict[str, float]:
         return {"clone": 1, "train_kv": self.settings["steps"] * set_size}

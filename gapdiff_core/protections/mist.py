@@ -1,20 +1,27 @@
 """Mist v1 (Liang et al., "Adversarial Example Does Good: Preventing Painting Imitation from Diffusion Models via
-Adversarial Examples", ICML 2023 + Mist technical report; psyker-team/mist) and ACE / Mist-v2 (Zheng et al.,
-"Targeted Attack Improves Protection against Unauthorized Diffusion Customization", ICLR 2025; psyker-team/mist-v2).
+Adversarial Examples", ICML 2023 + Mist technical report; psyker-team/mist ``mist_v3.py``) and ACE / Mist-v2
+(Zheng et al., "Targeted Attack Improves Protection against Unauthorized Diffusion Customization", ICLR 2025;
+psyker-team/mist-v2 ``attacks/mist.py``).
 
-**Mist (v1)**, fused mode: L∞ sign-PGD that at once pulls the VAE latent towards a textured target's latent
-(textural loss, minimised) and raises the diffusion loss averaged over t (semantic / AdvDM loss, maximised):
-minimise ‖E(x') − E(target)‖² − w·L_diff(x'). Strength 16 grey levels (recommended), 100 steps.
-Departures: the step (1 grey level) and the fused weight w = 1 are our choices (not verified against the v1 code);
-the target is a procedural high-contrast texture (:func:`target_texture`), not Mist's ``MIST.png``.
+**Mist (v1)**, fused mode (the default ``--mode 2``): L∞ sign-PGD from a uniform random start (advertorch's
+``LinfPGDAttack``) minimising ``Σ(E(x') − E(target))² − rate · L_diff(x')``: the *sum*-reduced squared distance of
+the VAE latents (textural loss) minus ``rate`` = 1e4 times the *mean*-reduced diffusion loss at a random t
+(semantic loss, prompt "a painting"). In mean units that is ``w = rate / (latent elements per photo)``, ≈ 0.61 at
+512 px (4×64×64 latents), computed here from the working resolution. Strength 16 grey levels, step 1 grey level
+(``alpha = 1/255·2`` on [-1, 1]), 100 steps.
+Departures: the target is a procedural high-contrast texture (:func:`target_texture`), not ``MIST.png``; its
+latent is drawn once, not re-encoded every step; one encoder pass feeds both terms (the code encodes twice, which
+differs only by the VAE's posterior noise).
 
 **ACE (Mist-v2)**, ``lunet`` mode: ASPL-like alternation with a *LoRA* surrogate — 5 epochs × (30 targeted PGD
-steps + 10 LoRA steps, lr 1e-4). The PGD objective pushes the UNet's noise prediction towards the target's VAE
-latent, min ‖ε̂(x'_t, t) − z_target‖², so every protected photo induces the same error pattern. Budget 8/255 on
-[-1, 1] = 4 grey levels (CLI; the web UI's default strength 12 = 6 grey levels), step 0.005 on [-1, 1] = 0.64.
-Departures: LoRA via peft on the UNet's attention projections (``to_q/k/v/out``, rank 4, alpha 4) — no
-text-encoder LoRA (Mist-v2: lr 5e-6); prior preservation only with ``class_images`` (Mist-v2: weight 0.1, 50
-images); no gradient checkpointing; procedural target texture as above.
+steps + 10 LoRA steps, lr 1e-4). The PGD objective, on the VAE posterior *mean* of each photo, pushes the UNet's
+noise prediction towards the target's VAE latent, min ‖ε̂(x'_t, t) − z_target‖², so every protected photo induces
+the same error pattern. Each LoRA step takes one random photo plus one class image (prior weight 0.1, 50 class
+images), gradients clipped at 1.0; the text encoder is not trained (the CLI default). Budget 8/255 on [-1, 1] = 4
+grey levels (CLI; the web UI's default strength 12 = 6 grey levels), step 0.005 on [-1, 1] = 0.64.
+Departures: LoRA via peft on the UNet's attention projections (``to_q/k/v/out``, rank 4, alpha 4); PGD on the
+whole set at once (the code loops over the photos; the gradients do not mix); no gradient checkpointing;
+procedural target texture as above.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ import math
 import torch
 
 from ..losses import latent_denoising_error
-from .base import IterativeProtection, with_unet
+from .base import IterativeProtection, with_models
 
 
 def target_texture(h: int, w: int, device=None) -> torch.Tensor:
@@ -42,7 +49,8 @@ def target_texture(h: int, w: int, device=None) -> torch.Tensor:
 class Mist(IterativeProtection):
     name = "mist"
     paper = "Mist v1 (Liang et al., ICML 2023 + tech report): fused textural + semantic PGD, 100 steps, strength 16"
-    defaults = dict(budget=16.0, step=1.0, iterations=100, semantic_weight=1.0)
+    prompt = "a painting"
+    defaults = dict(budget=16.0, step=1.0, iterations=100, rate=1e4, random_start=True)
     tiny = dict(iterations=3)
 
     def total_steps(self, n: int) -> int:
@@ -51,19 +59,24 @@ class Mist(IterativeProtection):
     def perturb(self, x0: torch.Tensor) -> torch.Tensor:
         s = self.settings
         with torch.no_grad():
-            target = self.surrogate.encode_images(target_texture(*x0.shape[-2:], x0.device), sample=False)
-        x_adv = x0.clone()
+            target = self.surrogate.encode_images(target_texture(*x0.shape[-2:], x0.device))
+        x_adv = self.random_start(x0) if s["random_start"] else x0.clone()
+        emb = self.embeds(x0.shape[0])
         for _ in range(int(s["iterations"])):
             x = x_adv.detach().requires_grad_(True)
             with self.timed("pgd", x.shape[0]):
-                z, z_mean = self.surrogate.encode_sample_and_mean(x)  # one encoder pass for both losses
-                textural = (z_mean - target).pow(2).mean()
-                semantic = latent_denoising_error(self.surrogate, z, self.embeds(x.shape[0])).mean()
-                loss = textural - float(s["semantic_weight"]) * semantic
+                z = self.surrogate.encode_images(x)  # one encoder pass for both terms
+                textural = (z - target).pow(2).mean()
+                semantic = latent_denoising_error(self.surrogate, z, emb).mean()
+                loss = textural - self.semantic_weight(z) * semantic
                 grad, = torch.autograd.grad(loss, x)
             x_adv = self.sign_step(x_adv, x0, grad, ascend=False)
             self.tick(float(loss.detach()))
         return x_adv
+
+    def semantic_weight(self, latents: torch.Tensor) -> float:
+        """The reference's ``sum-MSE − rate · mean loss`` in mean units: rate / (latent elements per photo)."""
+        return float(self.settings["rate"]) / latents[0].numel()
 
     def schedule_units(self, set_size: int = 4) -> dict[str, float]:
         return {"pgd": self.settings["iterations"] * set_size}
@@ -89,34 +102,35 @@ class ACE(IterativeProtection):
     paper = ("ACE / Mist-v2 (Zheng et al., ICLR 2025): 5 x (30 targeted PGD + 10 LoRA steps), "
              "budget 4 grey levels (CLI)")
     defaults = dict(budget=4.0, step=0.64, epochs=5, pgd_steps=30, lora_steps=10, lr=1e-4, rank=4,
-                    prior_weight=0.1)
-    tiny = dict(epochs=2, pgd_steps=2, lora_steps=1)
+                    num_class_images=50, prior_weight=0.1)
+    tiny = dict(epochs=2, pgd_steps=2, lora_steps=1, num_class_images=2, class_steps=2)
 
     def total_steps(self, n: int) -> int:
         return self.settings["epochs"] * (self.settings["pgd_steps"] + self.settings["lora_steps"])
 
     def perturb(self, x0: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        unet = self.clone_unet()
+        unet = self.clone().unet
         lora = add_lora(unet, int(s["rank"]))
-        view = with_unet(self.surrogate, unet)
+        view = with_models(self.surrogate, unet)
         with torch.no_grad():
-            z_target = self.surrogate.encode_images(target_texture(*x0.shape[-2:], x0.device), sample=False)
+            z_target = self.surrogate.encode_images(target_texture(*x0.shape[-2:], x0.device))
         sched = self.surrogate.scheduler
+        emb = self.embeds(x0.shape[0])
         x_adv = x0.clone()
         for _ in range(int(s["epochs"])):
             for _ in range(int(s["pgd_steps"])):
                 x = x_adv.detach().requires_grad_(True)
                 with self.timed("pgd", x.shape[0]):
-                    z = self.surrogate.encode_images(x)
+                    z = self.surrogate.encode_images(x, sample=False)  # the posterior mean, as Mist-v2
                     t = torch.randint(0, sched.config.num_train_timesteps, (x.shape[0],), device=x.device)
                     noisy = sched.add_noise(z, torch.randn_like(z), t)
-                    pred = view.predict(noisy, t, self.embeds(x.shape[0]))
+                    pred = view.predict(noisy, t, emb)
                     loss = (pred.float() - z_target.expand_as(pred)).pow(2).mean()
                     grad, = torch.autograd.grad(loss, x)
                 x_adv = self.sign_step(x_adv, x0, grad, ascend=False)
                 self.tick(float(loss.detach()))
-            self.finetune(unet, x_adv, s["lora_steps"], s["lr"], params=lora, kind="train_lora")
+            self.finetune(view, x_adv, s["lora_steps"], s["lr"], order="random", params=lora, kind="train_lora")
         return x_adv
 
     def schedule_units(self, set_size: int = 4) -> dict[str, float]:
