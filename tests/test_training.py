@@ -3,6 +3,7 @@
 The model tests run real 512x512 steps (the generator's minimum size) with an ngf=8 generator and batch 1, so they
 are kept to a handful of steps; the two-process run is marked ``distributed`` (select with ``-m distributed``).
 """
+import csv
 import os
 import subprocess
 import sys
@@ -49,6 +50,18 @@ def test_config_file_overrides_and_unknown_keys(tmp_path):
         load_config(None, ["resolution=300"])
     for name in ("paper", "official", "tiny-cpu"):
         load_config(ROOT / "train" / "configs" / f"{name}.yaml")
+
+
+def test_paper_config_marks_where_each_setting_comes_from():
+    """Every setting of paper.yaml says whether the paper, the official code or this project fixes it."""
+    import re
+
+    lines = [line for line in (ROOT / "train" / "configs" / "paper.yaml").read_text().splitlines()
+             if re.match(r"[a-z_]+:", line)]
+    assert len(lines) >= 25
+    unmarked = [line for line in lines if not re.search(r"#.*\[(paper|official|proposal)\]", line)]
+    assert unmarked == []
+    assert load_config(ROOT / "train" / "configs" / "paper.yaml").finetune_on == "protected"
 
 
 def test_dataset_skips_too_small_and_too_oblong(tmp_path, caplog):
@@ -122,13 +135,19 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_trajectory(tmp_path):
     assert full.steps_per_epoch == 3  # 3 training photos, batch 1: the resumed part crosses into epoch 1
     full.run(validate=False)
     first = Trainer(_resume_config(tmp_path, "split"), surrogate=Surrogate.tiny(0))
-    first.run(validate=False, stop_after=2)  # "killed" after step 2 (its checkpoint is on disk), mid-epoch
+    first.run(validate=False, stop_after=3)  # "killed" after step 3, mid-epoch: its last checkpoint is step 2
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "split" / "checkpoints")] == ["step-00000002"]
     second = Trainer(_resume_config(tmp_path, "split"), surrogate=Surrogate.tiny(0))
     second.run(validate=False, resume="auto")
     assert second.step == 4 and [r["step"] for r in second.history] == [3, 4]  # step 4 opens epoch 1
+    assert second.run_id == first.run_id
+    # log.csv: step 3, logged by the killed run and again after the resume, appears once (the resumed run's)
+    with (tmp_path / "split" / "log.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[2]["loss_total"]) == pytest.approx(second.history[0]["loss_total"], rel=1e-6)
     keys = ("loss_total", "loss_gan", "adv_preprocessed", "d_loss", "finetune_loss")
-    for got, want in zip(first.history + second.history, full.history):
+    for got, want in zip(first.history[:2] + second.history, full.history):
         assert got["preprocess"] == want["preprocess"]
         for k in keys:
             if k in want:
@@ -136,6 +155,68 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_trajectory(tmp_path):
     for a, b in zip(second.unwrapped_generator().state_dict().values(),
                     full.unwrapped_generator().state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+# ---------------------------------------------------------------- a reused output folder
+def test_a_reused_output_folder_neither_loses_nor_mixes_runs(tmp_path, surrogate):
+    out = tmp_path / "run"
+    first = Trainer(load_config(None, **TINY, output_dir=str(out), max_steps=2, checkpoint_every=1,
+                                keep_checkpoints=1, beta=0.0, gamma=0.0), surrogate=surrogate)
+    first.run(validate=False)
+    export = out / "generator.safetensors"
+    saved = export.read_bytes()
+    other = load_config(None, **TINY, output_dir=str(out), max_steps=1, checkpoint_every=1, keep_checkpoints=1,
+                        beta=0.0, gamma=0.0, seed=7, lr=5e-4)
+    second = Trainer(other, surrogate=surrogate)
+    with pytest.raises(ckpt.ResumeError, match="already holds training run .*--resume auto.*--overwrite"):
+        second.run(validate=False)
+    with pytest.raises(ckpt.ResumeError, match=r"differs in lr .*max_steps .*seed \(0 -> 7\)"):
+        second.run(validate=False, resume="auto")
+    assert export.read_bytes() == saved  # nothing of the first run was touched
+    assert ckpt.read_run(out)["run_id"] == first.run_id
+    second.run(validate=False, overwrite=True)
+    info = load_generator(export).info
+    assert second.run_id != first.run_id and f"run {second.run_id} " in info.provenance
+    assert "seed 7" in info.provenance and info.training_config["seed"] == 7 and info.training_config["lr"] == 5e-4
+    [only] = ckpt.list_checkpoints(out / "checkpoints")
+    assert ckpt.read_meta(only)["run_id"] == second.run_id and only.name == "step-00000001"
+
+
+# ---------------------------------------------------------------- what the surrogate is fine-tuned on (L_ft)
+def test_finetune_on_chooses_the_instance_images_of_the_surrogate_step(tmp_path, surrogate, monkeypatch):
+    """``finetune_on: clean`` fine-tunes on the clean batch (ASPL-like), ``protected`` on [protected; p(protected)]
+    (the default), ``both`` on all three; checked on what the DreamBooth loss actually receives."""
+    from gapdiff_core import losses
+
+    seen = []
+    real = losses.dreambooth_loss
+
+    def spy(s, instance, *args, **kwargs):
+        seen.append(instance.detach().clone())
+        return real(s, instance, *args, **kwargs)
+
+    monkeypatch.setattr(losses, "dreambooth_loss", spy)
+    cfg = load_config(None, **TINY, output_dir=str(tmp_path), max_steps=3, beta=0.0, gamma=0.0, finetune_steps=1,
+                      finetune_every=1, preprocess="default", finetune_on="clean")
+    trainer = Trainer(cfg, surrogate=_private_copy(surrogate))
+    clean = trainer.dataset[0][None]
+    for on in ("clean", "protected", "both"):
+        trainer.cfg.finetune_on = on
+        trainer.train_step(clean)
+    by_clean, by_protected, by_both = seen
+    assert torch.equal(by_clean, clean)
+    assert by_protected.shape[0] == 2 and not torch.allclose(by_protected[:1], clean, atol=1e-4)
+    assert (by_protected[:1] - clean).abs().max() <= cfg.budget / 255 + 1e-6
+    assert by_both.shape[0] == 3 and torch.equal(by_both[:1], clean)
+    with pytest.raises(ValueError, match="finetune_on='noisy'; choose one of protected, clean, both"):
+        load_config(None, finetune_on="noisy")
+
+
+def _private_copy(surrogate):
+    """A private copy of the shared tiny surrogate (fine-tuning changes its UNet)."""
+    import copy
+
+    return copy.deepcopy(surrogate)
 
 
 # ---------------------------------------------------------------- two processes (torchrun, MULTI_CPU over gloo)

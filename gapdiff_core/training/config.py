@@ -11,6 +11,8 @@ import yaml
 
 from ..losses import DISTANCES, SCHEDULES, TIMESTEP_WEIGHTINGS
 
+FINETUNE_ON = ("protected", "clean", "both")
+
 
 @dataclass
 class TrainConfig:
@@ -55,6 +57,7 @@ class TrainConfig:
     finetune_every: int = 10                 # K generator steps between fine-tuning rounds
     finetune_steps: int = 0                  # M steps per round; 0 = the official fixed base model
     finetune_lr: float = 5e-6
+    finetune_on: str = "protected"           # L_ft's instance images: protected ([x; p(x)]) | clean | both
     prior_weight: float = 1.0                # λ
     class_prompt: str = "a photo of person"
     class_dir: Optional[str] = None          # class images; None -> the clean training batch stands in
@@ -95,6 +98,8 @@ class TrainConfig:
             bad(f"mixed_precision={self.mixed_precision!r}; choose no, fp16 or bf16")
         if self.surrogate_dtype not in ("fp32", "bf16", "fp16"):
             bad(f"surrogate_dtype={self.surrogate_dtype!r}; choose fp32, bf16 or fp16")
+        if self.finetune_on not in FINETUNE_ON:
+            bad(f"finetune_on={self.finetune_on!r}; choose one of {', '.join(FINETUNE_ON)}")
         if self.lr_schedule not in ("constant", "cosine"):
             bad(f"lr_schedule={self.lr_schedule!r}; choose constant or cosine")
         for name in ("batch_size", "checkpoint_every", "log_every", "val_every", "finetune_every", "val_timesteps"):

@@ -8,8 +8,6 @@ generator is checkpointed, so a resumed run continues on exactly the same trajec
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import random
@@ -73,7 +71,6 @@ class Trainer:
         self.acc = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
         self.device = self.acc.device
         self.out = Path(cfg.output_dir)
-        self.ckpt_root = self.out / "checkpoints"
         torch.manual_seed(cfg.seed)  # identical initial weights on every process
         self.surrogate = surrogate if surrogate is not None else build_surrogate(cfg)
         dtype = DTYPES[cfg.surrogate_dtype]
@@ -121,6 +118,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self._writer = None
+        self.run_id: Optional[str] = None  # set by run(): a new id, or the resumed run's own
 
     # ------------------------------------------------------------ helpers
     @property
@@ -138,10 +136,18 @@ class Trainer:
         return self.acc.unwrap_model(self.generator)
 
     # ------------------------------------------------------------ one step
+    def finetune_instances(self, protected: torch.Tensor, preprocessed: torch.Tensor,
+                           clean: torch.Tensor) -> torch.Tensor:
+        """The instance images of L_ft, by ``finetune_on``: ``protected`` = [protected; p(protected)] (L_ft and L_ft'
+        on the generator's output), ``clean`` = the clean batch (DreamBooth on x0, as ASPL's surrogate), ``both``."""
+        on = self.cfg.finetune_on
+        parts = {"protected": [protected, preprocessed], "clean": [clean], "both": [clean, protected, preprocessed]}
+        return torch.cat([x.detach() for x in parts[on]])
+
     def finetune_surrogate(self, protected: torch.Tensor, preprocessed: torch.Tensor, clean: torch.Tensor) -> float:
         """M DreamBooth steps on the surrogate's UNet (only it is trainable, only during these steps)."""
         cfg, s = self.cfg, self.surrogate
-        instance = torch.cat([protected.detach(), preprocessed.detach()])
+        instance = self.finetune_instances(protected, preprocessed, clean)
         inst_emb = self.instance_embeds.expand(instance.shape[0], -1, -1)
         class_emb = s.encode_prompt(cfg.class_prompt)
         s.unet.requires_grad_(True)
@@ -222,7 +228,8 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
     def state_for_checkpoint(self) -> tuple[dict, dict]:
         tensors: dict = {}
-        meta: dict = {"step": self.step, "config": self.cfg.to_dict(), "sched_g": self.sched_g.state_dict(),
+        meta: dict = {"step": self.step, "run_id": self.run_id, "config_hash": ckpt.config_hash(self.cfg.to_dict()),
+                      "config": self.cfg.to_dict(), "sched_g": self.sched_g.state_dict(),
                       "sched_d": self.sched_d.state_dict(), "python_random": _json_random_state(),
                       "num_processes": self.acc.num_processes}
         tensors.update(ckpt.prefixed("generator", self.unwrapped_generator().state_dict()))
@@ -239,17 +246,28 @@ class Trainer:
         return tensors, meta
 
     def save_checkpoint(self) -> Optional[Path]:
-        """Main process writes ``checkpoints/step-NNNNNNNN``; older ones beyond ``keep_checkpoints`` are removed."""
+        """Main process writes ``checkpoints/step-NNNNNNNN`` atomically; older ones beyond ``keep_checkpoints`` are
+        removed only after it is in place."""
         tensors, meta = self.state_for_checkpoint()
         path = None
         if self.acc.is_main_process:
-            path = ckpt.write_checkpoint(self.ckpt_root / f"step-{self.step:08d}", tensors, meta)
-            ckpt.prune_checkpoints(self.ckpt_root, self.cfg.keep_checkpoints)
+            path = ckpt.save_checkpoint(self.out, self.step, tensors, meta, self.cfg.keep_checkpoints)
         self.acc.wait_for_everyone()
         return path
 
     def load_checkpoint(self, folder: Path) -> None:
+        """Restore the whole training state; a damaged or foreign checkpoint raises :class:`ckpt.ResumeError`."""
         tensors, meta = ckpt.read_checkpoint(folder)
+        try:
+            self._restore(tensors, meta, folder)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, ckpt.ResumeError):
+                raise
+            raise ckpt.ResumeError(f"{folder}: cannot restore the training state from it ({type(exc).__name__}: "
+                                   f"{str(exc)[:300]}); it is damaged or was written by another version") from None
+        log.info("resumed from %s at step %d", folder, self.step)
+
+    def _restore(self, tensors: dict, meta: dict, folder: Path) -> None:
         self.unwrapped_generator().load_state_dict(ckpt.unprefixed("generator", tensors))
         self.acc.unwrap_model(self.discriminator).load_state_dict(ckpt.unprefixed("discriminator", tensors))
         self.opt_g.load_state_dict(ckpt.unflatten_optimizer("opt_g", tensors, meta))
@@ -267,27 +285,14 @@ class Trainer:
             torch.cuda.set_rng_state(tensors["rng/cuda"])
         random.setstate(_random_state_from_json(meta["python_random"]))
         self.step = int(meta["step"])
-        log.info("resumed from %s at step %d", folder, self.step)
-
-    def resolve_resume(self, resume: Optional[str]) -> Optional[Path]:
-        if not resume:
-            return None
-        if resume == "auto":
-            found = ckpt.list_checkpoints(self.ckpt_root)
-            return found[-1] if found else None
-        return Path(resume)
+        if not 0 <= self.step <= self.total_steps:
+            raise ValueError(f"step {self.step} is outside this run's 0..{self.total_steps} steps")
 
     # ------------------------------------------------------------ logging and validation
     def _log(self, row: dict, file: str = "log.csv") -> None:
         if not self.acc.is_main_process:
             return
-        path = self.out / file
-        new = not path.exists()
-        with path.open("a", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        ckpt.append_log(self.out / file, row)
         if self._writer is not None:
             tag = "val" if file != "log.csv" else "train"
             for k, v in row.items():
@@ -301,7 +306,8 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional (the `tensorboard` extra)
             return
-        self._writer = SummaryWriter(str(self.out / "tensorboard"))
+        # a resumed run drops the events it is about to log again
+        self._writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step or None)
 
     def validate(self) -> dict:
         """Validation metrics on the fixed held-out batch (main process), logged to val.csv with a grid PNG."""
@@ -321,21 +327,25 @@ class Trainer:
         return row
 
     # ------------------------------------------------------------ the loop
-    def run(self, resume: Optional[str] = None, stop_after: Optional[int] = None, validate: bool = True,
-            time_limit_s: Optional[float] = None) -> dict:
+    def run(self, resume: Optional[str] = None, overwrite: bool = False, stop_after: Optional[int] = None,
+            validate: bool = True, time_limit_s: Optional[float] = None) -> dict:
         """Train to ``total_steps`` and export; returns a summary.
 
+        ``resume``: None (``output_dir`` must be empty unless ``overwrite``), ``"auto"`` or a checkpoint folder; see
+        :func:`state.plan_run`, which raises :class:`state.ResumeError` for any folder it cannot use as asked.
         ``stop_after``: stop after that many steps without exporting (as if killed). ``time_limit_s``: end training
         early when the time is up, then validate and export as if finished (used by the demo)."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        plan = ckpt.plan_run(self.out, cfg.to_dict(), resume, overwrite)
+        self.acc.wait_for_everyone()  # every process has looked before the main one writes
         if self.acc.is_main_process:
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
-        folder = self.resolve_resume(resume)
-        if folder is not None:
-            self.load_checkpoint(folder)
+            ckpt.start_run(self.out, plan, cfg.to_dict())
+        self.acc.wait_for_everyone()
+        self.run_id = plan.run_id if self.acc.is_main_process else ckpt.read_run(self.out)["run_id"]
+        if plan.checkpoint is not None:
+            self.load_checkpoint(plan.checkpoint)
         self._open_tensorboard()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress and self.acc.is_main_process),
                    desc="gapdiff train", unit="step", dynamic_ncols=True)
@@ -397,7 +407,8 @@ class Trainer:
         cfg = self.cfg
         info = GeneratorInfo(ngf=cfg.ngf, budget=cfg.budget, working_resolution=cfg.resolution,
                              demo=bool(getattr(self.surrogate, "is_demo", False)),
-                             provenance=f"gapdiff train, {self.step} steps, seed {cfg.seed}",
+                             provenance=f"gapdiff train run {self.run_id} (config {ckpt.config_hash(cfg.to_dict())}), "
+                                        f"{self.step} steps, seed {cfg.seed}",
                              surrogate=str(getattr(self.surrogate, "name", cfg.surrogate)),
                              training_config=cfg.to_dict())
         return save_generator(self.unwrapped_generator(), self.out / cfg.export_name, info)
@@ -412,6 +423,6 @@ def _random_state_from_json(data: list) -> tuple:
     return data[0], tuple(data[1]), data[2]
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None, surrogate=None) -> dict:
+def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False, surrogate=None) -> dict:
     """Build a :class:`Trainer` and run it; returns the run summary."""
-    return Trainer(cfg, surrogate=surrogate).run(resume=resume)
+    return Trainer(cfg, surrogate=surrogate).run(resume=resume, overwrite=overwrite)
