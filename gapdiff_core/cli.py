@@ -12,7 +12,7 @@ import sys
 from .allocator import keep_freed_memory
 
 COMMANDS = ("protect", "compress", "convert", "info", "demo", "comfyui_demo_assets", "app", "attack", "train", "evaluate",
-            "serve")
+            "serve", "export")
 
 BUDGET_UNITS = ("Budgets are L-infinity bounds in grey levels on the 0-255 scale: 8 means no pixel moves by more "
                 "than 8/255 (the paper's noise_budget=16 on [-1, 1]).")
