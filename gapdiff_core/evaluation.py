@@ -426,6 +426,7 @@ class ProtocolRunner:
             protected = _load_pngs(folder, names)  # score what was written (8-bit)
             rec = self.cache.finish("protect", key, cfg, {
                 "files": names, "clean": [str(p) for p in ident.attacked], "method": method.label,
+                "clean_set": [str(p) for p in ident.clean_set] if method.kind not in ("none", "generator") else [],
                 "is_demo": method.is_demo, "fidelity": _fidelity_of(protected, clean),
                 "seconds": self._timed("protect", t0)})
         return rec, folder

@@ -2,6 +2,7 @@
 (a photo's result depends on its set-mates, ASPL's surrogate trains on the clean set_A) in the harness, the CLI and
 the protocol runner; the departures from the released code that were fixed stay fixed."""
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -319,6 +320,7 @@ def test_protocol_runner_protects_each_identity_set_with_its_set_a(tmp_path):
         runner = ProtocolRunner(root, tmp_path / "out", ProtocolConfig(methods=["spy-set"]), progress=False)
         rec, _ = runner.stage_protect(ident, resolve_method("spy-set", 8.0))
         assert calls == [(2, 3)]  # the whole set_B at once, with its set_A
+        assert [Path(p).name for p in rec["clean_set"]] == ["0.png", "1.png", "2.png"]  # recorded
         _save(root / "set_A" / "0.png", 999)  # a changed set_A is a different protection
         (ident,) = find_identities(root)
         assert runner.stage_protect(ident, resolve_method("spy-set", 8.0))[0]["key"] != rec["key"]
