@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .brisque_iqa import brisque, brisque_backend
+from .face_quality import BACKEND as FACE_QUALITY_BACKEND, face_quality
 from .faces import get_detector, get_embedder
 from .fidelity import psnr, ssim
 from .identity import analyze_faces, fdfr, ism
@@ -19,11 +20,13 @@ def evaluate_images(generated: ImageBatch, references: Optional[ImageBatch | np.
                     detector: str = "yunet", embedder: str = "sface", threshold: float = 0.9,
                     serfiq_T: int = 100, serfiq_alpha: float = 130.0, serfiq_r: float = 0.88,
                     seed: int = 0) -> dict:
-    """FDFR, ISM, BRISQUE and SER-FIQ of ``generated`` (B×3×H×W in [0, 1] or H×W×3 uint8 arrays).
+    """FDFR, ISM, BRISQUE, SER-FIQ and face quality of ``generated`` (B×3×H×W in [0, 1] or H×W×3 uint8
+    arrays).
 
     ``references``: the identity's clean photos (set_C) or their precomputed ``reference_embedding``;
     without them ISM is None. Each entry names its backend; directions: FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓
-    mean stronger protection. Faces are detected and embedded once per image.
+    face_quality↓ mean stronger protection. ``face_quality`` has ``value`` (undetected faces count 0)
+    and ``value_detected_only``. Faces are detected and embedded once per image.
     """
     t0 = time.perf_counter()
     images = to_uint8_rgb(generated)
@@ -41,9 +44,10 @@ def evaluate_images(generated: ImageBatch, references: Optional[ImageBatch | np.
         "serfiq": (serfiq(images, T=serfiq_T, alpha=serfiq_alpha, r=serfiq_r, seed=seed,
                           analyses=analyses).to_dict()
                    if has_dropout else None),
+        "face_quality": face_quality(images, analyses=analyses).to_dict(),
         "backends": {"detector": f"{detector}: {get_detector(detector, float(threshold)).description}",
                      "embedder": f"{embedder}: {get_embedder(embedder).description}",
-                     "brisque": brisque_backend()},
+                     "brisque": brisque_backend(), "face_quality": FACE_QUALITY_BACKEND},
     }
     out["seconds"] = time.perf_counter() - t0
     return out

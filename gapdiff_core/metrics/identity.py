@@ -134,3 +134,68 @@ def ism(images: ImageBatch, references: ImageBatch | np.ndarray, backend: str = 
     found = [s for s in sims if s is not None]
     return ISMResult(float(np.mean(found)) if found else None, len(a), len(found), backend,
                      a.detector, a.threshold, sims)
+
+
+@dataclass
+class DetectionRateResult:
+    """Share of clean reference photos in which the detector finds a face: the detector's floor.
+    FDFR on generated images cannot be read below ``1 - value``."""
+
+    value: float
+    n_images: int
+    n_detected: int
+    backend: str
+    threshold: float
+    missed: list = field(default_factory=list)  # indices of the photos without a detected face
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def reference_detection_rate(references: ImageBatch, backend: str = "yunet", threshold: float = 0.9,
+                             analyses: Optional[Analyses] = None) -> DetectionRateResult:
+    """Detection rate of ``backend`` on clean photos (set_C or set_A), for reports next to FDFR."""
+    a = analyses or analyze_faces(references, detector=backend, embedder=None, threshold=threshold)
+    if len(a) == 0:
+        raise ValueError("reference_detection_rate: no images given")
+    missed = [i for i, it in enumerate(a.items) if not it.detected]
+    return DetectionRateResult(1.0 - len(missed) / len(a), len(a), len(a) - len(missed), a.detector,
+                               a.threshold, missed)
+
+
+@dataclass
+class ISMSummary:
+    """ISM across identities.
+
+    ``value``: the official rule (GAP-Diff ``full_ism_fdfr.py``): each identity's ISM (mean over its
+    detected faces), an identity with no detected face adding 0, divided by all identities.
+    ``value_detected_faces``: mean cosine over every detected face of every identity (None if none).
+    """
+
+    value: float
+    value_detected_faces: Optional[float]
+    n_identities: int
+    n_identities_without_face: int
+    n_faces: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ism_across_identities(per_identity) -> ISMSummary:
+    """Summarise one ISM per identity: ``ISMResult``s or their ``to_dict()`` (``value`` None or
+    ``n_detected`` 0 = no detected face). The detected-face mean weights each identity's ISM by its
+    ``n_detected``, i.e. it pools the faces."""
+    rows = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in per_identity]
+    if not rows:
+        raise ValueError("ism_across_identities: no identities given")
+    total, pooled, n_faces, empty = 0.0, 0.0, 0, 0
+    for r in rows:
+        value, n = r.get("value"), int(r.get("n_detected") or 0)
+        if value is None or n == 0:
+            empty += 1
+            continue
+        total += value
+        pooled += value * n
+        n_faces += n
+    return ISMSummary(total / len(rows), pooled / n_faces if n_faces else None, len(rows), empty, n_faces)

@@ -1,0 +1,142 @@
+"""Learned face image quality: the QualityFace regressor shipped in the ``qualityface`` wheel (MIT).
+
+QualityFace (github.com/siriusdemon/pytorch-QualityFace) is torchvision's MobileNetV2 ``features`` ->
+global mean -> Linear(1280, 1), trained on WIDER FACE crops at 128×128 with inputs normalised to
+[-1, 1]; it outputs about 0.9 for a sharp face and falls with blur, noise and, more weakly, JPEG.
+Its package imports torchvision, so only its checkpoint is used: the weights load (``weights_only``,
+no pickled code runs) into this project's MobileNetV2 (``mobilenet_v2.py``).
+
+The face is the detector's box made square (side = the longer side, centred), border pixels
+replicated where it leaves the image, resized to 128×128. Scores are clipped to [0, 1].
+Protocol mean: images without a detected face score 0 and count (as SER-FIQ in GAP-Diff's code);
+``value_detected_only`` averages the detected faces alone, so quality is not confused with FDFR.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .faces import BackendUnavailable, Face, _cv2
+from .identity import Analyses, analyze_faces
+from .images import ImageBatch, to_uint8_rgb
+from .mobilenet_v2 import MobileNetV2Features
+
+QUALITYFACE_VERSION = "1.0.3"
+QUALITYFACE_INPUT = 128
+BACKEND = (f"QualityFace MobileNetV2 regressor (qualityface {QUALITYFACE_VERSION} checkpoint, WIDER FACE, "
+           f"MIT) on the detector's square face box at {QUALITYFACE_INPUT}×{QUALITYFACE_INPUT}")
+
+
+class QualityFaceNet(nn.Module):
+    """MobileNetV2 features -> spatial mean -> Linear(1280, 1); input B×3×128×128 in [-1, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = MobileNetV2Features()
+        self.classify = nn.Linear(1280, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.backbone(x).mean(dim=(2, 3)))[:, 0]
+
+
+def qualityface_checkpoint() -> Path:
+    """The checkpoint inside the installed qualityface wheel, found without importing the package
+    (its ``__init__`` imports torchvision and builds the model)."""
+    spec = importlib.util.find_spec("qualityface")
+    if spec is None or spec.origin is None:
+        raise BackendUnavailable("the face quality metric needs the weights shipped in qualityface: "
+                                 f"pip install --no-deps qualityface=={QUALITYFACE_VERSION}")
+    path = Path(spec.origin).parent / "checkpoints" / "last.pth"
+    if not path.is_file():
+        raise BackendUnavailable(f"{path} is missing: reinstall qualityface=={QUALITYFACE_VERSION}")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def load_qualityface() -> QualityFaceNet:
+    """QualityFaceNet with the shipped weights, in eval mode (loaded once)."""
+    path = qualityface_checkpoint()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise BackendUnavailable(f"{path}: cannot read the QualityFace checkpoint ({e})") from e
+    # DataParallel-saved: module.backbone.backbone.features.* (IntermediateLayerGetter) and module.classify.*;
+    # module.backbone.net.* holds the same tensors plus torchvision's unused classifier.
+    prefix = "module.backbone.backbone."
+    mapped = {("backbone." + k[len(prefix):]): v for k, v in state.items() if k.startswith(prefix)}
+    mapped.update({k[len("module."):]: v for k, v in state.items() if k.startswith("module.classify.")})
+    net = QualityFaceNet()
+    net.load_state_dict(mapped, strict=True)
+    return net.eval()
+
+
+def face_crop(rgb: np.ndarray, face: Face, size: int = QUALITYFACE_INPUT) -> np.ndarray:
+    """The face box made square (longer side, same centre), edges replicated outside the image,
+    resized to size×size (area averaging when shrinking)."""
+    cv2 = _cv2()
+    x, y, w, h = face.box
+    side = max(w, h, 1.0)
+    x0, y0 = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
+    n = int(round(side))
+    H, W = rgb.shape[:2]
+    pad = max(0, -x0, -y0, x0 + n - W, y0 + n - H)
+    src = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else rgb
+    crop = src[y0 + pad:y0 + pad + n, x0 + pad:x0 + pad + n]
+    interp = cv2.INTER_AREA if n > size else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(crop, (size, size), interpolation=interp))
+
+
+def qualityface_scores(crops: np.ndarray) -> np.ndarray:
+    """Raw QualityFace outputs of N×128×128×3 uint8 RGB face crops (not clipped)."""
+    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.inference_mode():
+        return load_qualityface()(x).double().numpy()
+
+
+@dataclass
+class FaceQualityResult:
+    """Mean learned face quality in [0, 1] (lower = worse faces = stronger protection).
+
+    ``value``: protocol mean, undetected faces count as 0. ``value_detected_only``: mean over the
+    images with a detected face (None if none)."""
+
+    value: float
+    value_detected_only: Optional[float]
+    n_images: int
+    n_detected: int
+    backend: str
+    detector: str
+    threshold: float
+    per_image: list = field(default_factory=list)  # clipped score, None where no face was found
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def face_quality(images: ImageBatch, detector: str = "yunet", threshold: float = 0.9,
+                 analyses: Optional[Analyses] = None) -> FaceQualityResult:
+    """QualityFace score of each image's largest detected face. ``analyses`` (from ``analyze_faces``
+    on the same images) reuses their detections."""
+    rgbs = to_uint8_rgb(images)
+    if not rgbs:
+        raise ValueError("face_quality: no images given")
+    a = analyses or analyze_faces(rgbs, detector=detector, embedder=None, threshold=threshold)
+    if len(a) != len(rgbs):
+        raise ValueError(f"face_quality: {len(a)} analyses for {len(rgbs)} images")
+    found = [i for i, it in enumerate(a.items) if it.detected]
+    per_image: list = [None] * len(rgbs)
+    if found:
+        raw = qualityface_scores(np.stack([face_crop(rgbs[i], a.items[i].largest) for i in found]))
+        for i, s in zip(found, np.clip(raw, 0.0, 1.0)):
+            per_image[i] = float(s)
+    detected = [s for s in per_image if s is not None]
+    return FaceQualityResult(float(sum(detected) / len(rgbs)),
+                             float(np.mean(detected)) if detected else None, len(rgbs), len(detected),
+                             BACKEND, a.detector, a.threshold, per_image)
