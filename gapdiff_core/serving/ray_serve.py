@@ -60,9 +60,12 @@ def run_ray_serve(settings: ServiceSettings, **options) -> None:
     from ray import serve
 
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
     try:
         deploy(settings, **options)
+        for sig in signals:  # after ray.init, which installs a handler that aborts the process on SIGTERM
+            signal.signal(sig, lambda *_: stop.set())
         print(f"gapdiff serve --ray: listening on http://{options.get('host', '127.0.0.1')}:"
               f"{options.get('port', 8000)} ({options.get('replicas', 1)} replicas)", flush=True)
         while not stop.wait(0.5):  # a timed wait keeps the main thread responsive to signals
