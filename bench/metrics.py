@@ -1,13 +1,24 @@
-"""Seconds per 512×512 image of each protection metric (FDFR, ISM, BRISQUE, SER-FIQ) and of all four
-together through `evaluate_images` (one detection per image shared), on the shipped sample photos.
+"""Validity table of the protection metrics: does each one move, and which way, when face photos get worse?
 
-Prints a table, then `key=value` lines. Usage: python bench/metrics.py [--size 512] [--repeats 3]
+Faces: the sample photos shipped in gapdiff_core/samples (from the face_recognition sdist and scikit-image),
+each cut square around its face and resized to --size, in three framings: tight (the detector's face box
+fills the image, like VGGFace2/CelebA-HQ crops), portrait (face ≈ 45 % of the side) and wide (≈ 29 %).
+Conditions: clean, JPEG q90/70/50/30/10/5, Gaussian blur σ 1/2/4 px, Gaussian noise σ 10/30 grey levels.
+Metrics (detector threshold 0.9): FDFR with YuNet and with RetinaFace-MobileNet; on the faces --detector finds
+(default RetinaFace-MobileNet, which still finds faces YuNet loses): ISM (SFace, reference = each identity's
+clean photos; official mean, identities without a face count 0, and the mean over detected faces), face quality
+(QualityFace; detected-only and protocol mean, undetected = 0), SER-FIQ on SFace (as is); BRISQUE (whole image).
+Also the detection rate on the clean photos (the detector's floor) and seconds per image of each metric.
+
+Prints one table per framing, then `key=value` lines. Usage: python bench/metrics.py [--size 512] [--T 100]
 """
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -16,63 +27,127 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gapdiff_core import metrics as M  # noqa: E402
+from gapdiff_core.metrics import face_iqa  # noqa: E402,F401  (M.face_iqa)
 
 SAMPLES = Path(__file__).resolve().parent.parent / "gapdiff_core" / "samples"
+IDENTITIES = {"obama": ["obama.jpg", "obama2.jpg", "obama3.jpg"], "biden": ["biden.jpg"],
+              "astronaut": ["astronaut.png"]}
+FRAMINGS = {"tight": 1.0, "portrait": 2.2, "wide": 3.5}  # square side / face box side
+CONDITIONS = (["clean"] + [f"jpeg{q}" for q in (90, 70, 50, 30, 10, 5)] + [f"blur{s}" for s in (1, 2, 4)]
+              + [f"noise{s}" for s in (10, 30)])
+# name, direction when the face gets worse, format
+ROWS = [("fdfr_yunet", "↑", ".2f"), ("fdfr_retinaface", "↑", ".2f"), ("ism_official", "↓", ".3f"),
+        ("ism_detected", "↓", ".3f"), ("brisque", "↑", ".1f"), ("quality_detected", "↓", ".3f"),
+        ("quality_protocol", "↓", ".3f"), ("serfiq_detected", "↓", ".3f"), ("serfiq_protocol", "↓", ".3f")]
 
 
-def portraits(size: int) -> list[np.ndarray]:
-    """Every sample photo as a size×size crop centred on its largest face (like a generated portrait)."""
-    out = []
-    for p in sorted(SAMPLES.glob("*.jpg")) + sorted(SAMPLES.glob("*.png")):
-        im = Image.open(p).convert("RGB")
-        found = M.get_detector().detect(np.asarray(im))
-        if found:
-            x, y, w, h = max(found, key=lambda f: f.area).box
-            cx, cy, side = x + w / 2, y + h / 2, 2.2 * max(w, h)
-            im = im.crop(tuple(int(v) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)))
-        out.append(np.asarray(im.resize((size, size), Image.LANCZOS)))
-    return out
+def framed(name: str, size: int, margin: float) -> np.ndarray:
+    """The photo cut square around its largest face (side = margin × the face box), resized to size²."""
+    im = Image.open(SAMPLES / name).convert("RGB")
+    face = max(M.get_detector(threshold=0.5).detect(np.asarray(im)), key=lambda f: f.area)
+    x, y, w, h = face.box
+    cx, cy, side = x + w / 2, y + h / 2, margin * max(w, h)
+    box = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
+    return np.asarray(im.crop(box).resize((size, size), Image.LANCZOS))
 
 
-def per_image(fn, n_images: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
+def degrade(x: np.ndarray, condition: str, seed: int) -> np.ndarray:
+    import cv2
+
+    if condition == "clean":
+        return x
+    if condition.startswith("jpeg"):
+        buf = io.BytesIO()
+        Image.fromarray(x).save(buf, "JPEG", quality=int(condition[4:]))
+        return np.asarray(Image.open(buf).convert("RGB"))
+    if condition.startswith("blur"):
+        return cv2.GaussianBlur(x, (0, 0), float(condition[4:]))
+    sigma = float(condition[5:])
+    noisy = x + np.random.default_rng(seed).normal(0.0, sigma, x.shape)
+    return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+
+
+class Timer:
+    def __init__(self):
+        self.seconds, self.images = defaultdict(float), defaultdict(int)
+
+    def __call__(self, key: str, n: int, fn):
         t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best / n_images
+        out = fn()
+        self.seconds[key] += time.perf_counter() - t
+        self.images[key] += n
+        return out
+
+
+def score_condition(photos: dict[str, list[np.ndarray]], refs: dict[str, np.ndarray], condition: str,
+                    T: int, detector: str, timer: Timer) -> dict[str, float]:
+    names = [(ident, i) for ident, xs in photos.items() for i in range(len(xs))]
+    imgs = [degrade(photos[ident][i], condition, seed=k) for k, (ident, i) in enumerate(names)]
+    n = len(imgs)
+    yunet = timer("detect (yunet)", n, lambda: M.fdfr(imgs, backend="yunet"))
+    retina = timer("detect (retinaface-mobilenet)", n, lambda: M.fdfr(imgs, backend="retinaface-mobilenet"))
+    a = timer(f"detect+embed ({detector}, sface)", n,
+              lambda: M.analyze_faces(imgs, detector=detector, embedder="sface", keep_trunk=True))
+    per_ident = []
+    for ident in photos:
+        idx = [k for k, (name, _) in enumerate(names) if name == ident]
+        sub = M.Analyses([a.items[k] for k in idx], a.detector, a.embedder, a.threshold)
+        per_ident.append(M.ism([imgs[k] for k in idx], refs[ident], analyses=sub))
+    ism = M.ism_across_identities(per_ident)
+    q = timer("face quality", n, lambda: M.face_quality(imgs, analyses=a))
+    s = timer(f"ser-fiq T={T}", n, lambda: M.serfiq(imgs, T=T, analyses=a))
+    b = timer("brisque", n, lambda: M.brisque(imgs))
+    nan = float("nan")
+    return {"fdfr_yunet": yunet.value, "fdfr_retinaface": retina.value,
+            "ism_official": ism.value, "ism_detected": nan if ism.value_detected_faces is None else ism.value_detected_faces,
+            "brisque": b.value, "quality_detected": nan if q.value_detected_only is None else q.value_detected_only,
+            "quality_protocol": q.value, "serfiq_detected": nan if s.value_detected_only is None else s.value_detected_only,
+            "serfiq_protocol": s.value}
+
+
+def print_table(framing: str, table: dict[str, dict[str, float]], n: int) -> None:
+    print(f"\n== {framing}: {n} faces; columns = condition, last two = change from clean (Δq5, Δσ4); "
+          "arrow = direction expected as faces get worse")
+    cols = [c.replace("jpeg", "q").replace("blur", "σb").replace("noise", "σn") for c in CONDITIONS]
+    print(f"{'metric':<18}" + "".join(f"{c:>7}" for c in cols) + f"{'Δq5':>8}{'Δσ4':>8}")
+    for name, arrow, fmt in ROWS:
+        vals = [table[c][name] for c in CONDITIONS]
+        d5, d4 = table["jpeg5"][name] - table["clean"][name], table["blur4"][name] - table["clean"][name]
+        print(f"{name + ' ' + arrow:<18}" + "".join(f"{v:>7{fmt}}" for v in vals) + f"{d5:>+8{fmt}}{d4:>+8{fmt}}")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the fastest counts")
     ap.add_argument("--T", type=int, default=100, help="SER-FIQ stochastic passes")
+    ap.add_argument("--framings", nargs="+", default=list(FRAMINGS), choices=list(FRAMINGS))
+    ap.add_argument("--detector", default="retinaface-mobilenet", help="detector for ISM, quality and SER-FIQ")
     args = ap.parse_args(argv)
-    imgs = portraits(args.size)
-    ref = M.reference_embedding(imgs[:2])  # any fixed reference; only the speed matters here
-    M.evaluate_images(imgs[:1], ref, serfiq_T=args.T)  # load and warm every model once
-    n = len(imgs)
-    rows = {
-        "fdfr": per_image(lambda: M.fdfr(imgs), n, args.repeats),
-        "ism": per_image(lambda: M.ism(imgs, ref), n, args.repeats),
-        "brisque": per_image(lambda: M.brisque(imgs), n, args.repeats),
-        "serfiq": per_image(lambda: M.serfiq(imgs, T=args.T), n, args.repeats),
-        "all": per_image(lambda: M.evaluate_images(imgs, ref, serfiq_T=args.T), n, args.repeats),
-    }
-    import cv2
-    import torch
-
-    print(f"{n} photos at {args.size}×{args.size}, best of {args.repeats}; "
-          f"cv2 {cv2.__version__} threads {cv2.getNumThreads()}, torch threads {torch.get_num_threads()}")
-    print("backends: detector yunet, embedder sface, " + M.brisque_iqa.brisque_backend())
-    print(f"{'metric':<10}{'s / image':>10}")
-    for k, v in rows.items():
-        label = "all four" if k == "all" else k
-        print(f"{label:<10}{v:>10.3f}")
-    print(f"images={n}")
-    for k, v in rows.items():
-        print(f"sec_per_image_{k}={v:.4f}")
+    timer = Timer()
+    kv: dict[str, float] = {}
+    for framing in args.framings:
+        photos = {ident: [framed(n, args.size, FRAMINGS[framing]) for n in names]
+                  for ident, names in IDENTITIES.items()}
+        refs = {ident: M.reference_embedding(xs, detector=args.detector) for ident, xs in photos.items()}
+        clean = [x for xs in photos.values() for x in xs]
+        for det in ("yunet", "retinaface-mobilenet"):
+            r = M.reference_detection_rate(clean, backend=det)
+            kv[f"{framing}_detection_rate_clean_{det.split('-')[0]}"] = r.value
+        table = {c: score_condition(photos, refs, c, args.T, args.detector, timer) for c in CONDITIONS}
+        print_table(framing, table, len(clean))
+        sys.stdout.flush()
+        for name, _, _ in ROWS:
+            kv[f"{framing}_{name}_clean"] = table["clean"][name]
+            kv[f"{framing}_{name}_drop_jpeg5"] = table["clean"][name] - table["jpeg5"][name]
+            kv[f"{framing}_{name}_drop_blur4"] = table["clean"][name] - table["blur4"][name]
+            kv[f"{framing}_{name}_drop_noise30"] = table["clean"][name] - table["noise30"][name]
+    print(f"\nface quality: {M.face_iqa.BACKEND}; ISM, quality and SER-FIQ on {args.detector} detections")
+    print("seconds per image: " + ", ".join(f"{k} {timer.seconds[k] / timer.images[k]:.3f}" for k in timer.seconds))
+    for k, v in kv.items():
+        print(f"{k}={v:.4f}")
+    for k in timer.seconds:
+        key = "".join(ch if ch.isalnum() else "_" for ch in k).strip("_")
+        print(f"sec_per_image_{key}={timer.seconds[k] / timer.images[k]:.4f}")
     return 0
 
 

@@ -10,7 +10,7 @@ from .brisque_iqa import BRISQUEResult, brisque, brisque_score
 from .evaluate import evaluate_images, fidelity
 from .faces import (DETECTORS, EMBEDDERS, BackendUnavailable, Face, align_face, available_backends,
                     get_detector, get_embedder, register_detector, register_embedder)
-from .face_quality import FaceQualityResult, face_quality
+from .face_iqa import FaceQualityResult, face_quality
 from .fidelity import psnr, ssim
 from .identity import (Analyses, DetectionRateResult, FaceAnalysis, FDFRResult, ISMResult, ISMSummary, analyze_faces,
                        fdfr, ism, ism_across_identities, reference_detection_rate, reference_embedding)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .brisque_iqa import brisque, brisque_backend
-from .face_quality import BACKEND as FACE_QUALITY_BACKEND, face_quality
+from .face_iqa import BACKEND as FACE_QUALITY_BACKEND, face_quality
 from .faces import get_detector, get_embedder
 from .fidelity import psnr, ssim
 from .identity import analyze_faces, fdfr, ism
