@@ -160,13 +160,12 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_trajectory(tmp_path):
 # ---------------------------------------------------------------- a reused output folder
 def test_a_reused_output_folder_neither_loses_nor_mixes_runs(tmp_path, surrogate):
     out = tmp_path / "run"
-    first = Trainer(load_config(None, **TINY, output_dir=str(out), max_steps=2, checkpoint_every=1,
-                                keep_checkpoints=1, beta=0.0, gamma=0.0), surrogate=surrogate)
+    base = {**TINY, "checkpoint_every": 1, "keep_checkpoints": 1, "beta": 0.0, "gamma": 0.0, "output_dir": str(out)}
+    first = Trainer(load_config(None, **base, max_steps=2), surrogate=surrogate)
     first.run(validate=False)
     export = out / "generator.safetensors"
     saved = export.read_bytes()
-    other = load_config(None, **TINY, output_dir=str(out), max_steps=1, checkpoint_every=1, keep_checkpoints=1,
-                        beta=0.0, gamma=0.0, seed=7, lr=5e-4)
+    other = load_config(None, **base, max_steps=1, seed=7, lr=5e-4)
     second = Trainer(other, surrogate=surrogate)
     with pytest.raises(ckpt.ResumeError, match="already holds training run .*--resume auto.*--overwrite"):
         second.run(validate=False)
@@ -189,11 +188,10 @@ def test_finetune_on_chooses_the_instance_images_of_the_surrogate_step(tmp_path,
     from gapdiff_core import losses
 
     seen = []
-    real = losses.dreambooth_loss
 
-    def spy(s, instance, *args, **kwargs):
+    def spy(s, instance, *args, **kwargs):  # records the instance images; a zero loss keeps the step cheap
         seen.append(instance.detach().clone())
-        return real(s, instance, *args, **kwargs)
+        return sum(p.sum() for p in s.unet.parameters()) * 0.0
 
     monkeypatch.setattr(losses, "dreambooth_loss", spy)
     cfg = load_config(None, **TINY, output_dir=str(tmp_path), max_steps=3, beta=0.0, gamma=0.0, finetune_steps=1,

@@ -260,9 +260,9 @@ class Trainer:
         tensors, meta = ckpt.read_checkpoint(folder)
         try:
             self._restore(tensors, meta, folder)
+        except ckpt.ResumeError:
+            raise
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
-            if isinstance(exc, ckpt.ResumeError):
-                raise
             raise ckpt.ResumeError(f"{folder}: cannot restore the training state from it ({type(exc).__name__}: "
                                    f"{str(exc)[:300]}); it is damaged or was written by another version") from None
         log.info("resumed from %s at step %d", folder, self.step)

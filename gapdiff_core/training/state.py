@@ -28,7 +28,8 @@ from .. import atomic
 log = logging.getLogger("gapdiff.train")
 TENSORS, META, RUN_FILE, CHECKPOINTS = "state.safetensors", "state.json", "run.json", "checkpoints"
 LOG_FILES = ("log.csv", "val.csv")
-ARTIFACTS = (CHECKPOINTS, "grids", "tensorboard", "config.json", RUN_FILE) + LOG_FILES  # plus the export
+# what --overwrite removes, plus the export (run.json first: a kill half-way leaves no folder claiming the old run)
+ARTIFACTS = (RUN_FILE, CHECKPOINTS, "grids", "tensorboard", "config.json") + LOG_FILES
 # settings that change where and how often a run reports, not what it computes: they may differ on resume
 OPERATIONAL = frozenset({"output_dir", "progress", "tensorboard", "log_every", "checkpoint_every", "keep_checkpoints",
                          "val_every", "val_jpeg_quality", "val_timesteps", "num_workers", "export_name"})
@@ -287,7 +288,8 @@ def start_run(out: Path, plan: RunPlan, config: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if plan.clear:
         saved = _saved_config(out) or {}
-        for name in ARTIFACTS + tuple({str(saved.get("export_name", "")), str(config.get("export_name", ""))} - {""}):
+        exports = {str(saved.get("export_name", "")), str(config.get("export_name", ""))}
+        for name in ARTIFACTS + tuple(n for n in exports if n and Path(n).name == n):  # plain names only
             path = out / name
             if path.is_dir():
                 atomic.remove_folder(path)
