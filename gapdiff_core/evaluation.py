@@ -1,9 +1,12 @@
-"""The protocol runner: protect -> transform -> attack -> generate -> metrics, every stage cached on disk.
+"""The protocol runner: protect -> transform -> attack -> identity -> generate -> metrics, every stage cached on disk.
 
 The Anti-DreamBooth protocol (peers.md §2): for each identity, protect its ``set_B`` photos, apply a platform
 transform (e.g. JPEG q 70), DreamBooth-attack a surrogate with them, generate the four prompts' images and score
 them against the identity's clean ``set_C`` photos: FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓ per prompt (↑/↓: the direction
-of stronger protection), plus PSNR / SSIM / L∞ of the protected photos against the clean ones.
+of stronger protection), plus PSNR / SSIM / L∞ of the protected photos against the clean ones. The ``identity``
+stage measures the attacked model's denoising error on ``set_C``; minus that of the model attacked with the clean
+photos it is the identity-learning gap (higher = the attacker learned less). :data:`PROTOCOLS` names complete
+settings (``paper``: what the paper fixes).
 
 Every stage writes its outputs into ``<cache>/<stage>/<key>/`` and a ``stage.json`` last; ``key`` hashes the stage's
 own settings and its parent's key (which hashes the input photos), so a rerun skips finished stages, an interrupted
@@ -25,9 +28,10 @@ from typing import Callable, Optional
 
 import torch
 
+from .attack.generation import PAPER_PROMPTS
 from .protections import METHODS as ITERATIVE_METHODS
 
-STAGES = ("protect", "transform", "attack", "generate", "metrics")
+STAGES = ("protect", "transform", "attack", "identity", "generate", "metrics")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 CACHE_VERSION = 1
 # a protection: (an identity's set_B photos, its clean set_A photos), lists of 1×3×H×W in [0, 1] -> the protected
@@ -41,8 +45,12 @@ class ProtocolConfig:
     """What to run. ``methods``: ``"none"``, a generator checkpoint path, or a registered protection
     (``name`` or ``name:arg``, see :func:`register_protection`); every method except ``none`` runs at each of
     ``budgets`` (grey levels, 0–255). ``transforms``: real transform specs (``none``, ``jpeg:70``, ``blur``,
-    ``resize:256``, ...). ``attack_preset``: a name of :data:`gapdiff_core.attack.PRESETS`."""
+    ``resize:256``, ...). ``attack_preset``: a name of :data:`gapdiff_core.attack.PRESETS`. ``protocol``: the
+    named protocol these settings started from (:data:`PROTOCOLS`, see :func:`protocol_config`), or "custom".
+    ``norm``, ``official_mode`` (seeded by ``seed``): the generator's protection function (:class:`Protector`).
+    ``identity_samples``: (noise, timestep) draws per reference photo for the identity-learning gap."""
 
+    protocol: str = "custom"
     methods: list = field(default_factory=lambda: ["none"])
     transforms: list = field(default_factory=lambda: ["none"])
     budgets: list = field(default_factory=lambda: [8.0])
@@ -62,6 +70,9 @@ class ProtocolConfig:
     embedder: str = "sface"
     threshold: float = 0.9
     serfiq_T: int = 100
+    norm: str = "image"
+    official_mode: bool = False
+    identity_samples: int = 8
     device: str = "cpu"
 
     def __post_init__(self):
@@ -80,11 +91,64 @@ class ProtocolConfig:
         for b in self.budgets:
             if not 0 < b <= 255:
                 raise ValueError(f"budget must be in (0, 255] grey levels, got {b}")
+        from .protect import NORMS
+
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.protocol != "custom" and self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if self.identity_samples < 1:
+            raise ValueError(f"identity_samples must be >= 1, got {self.identity_samples}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["prompts"] = list(self.prompts)
         return d
+
+
+# ---------------------------------------------------------------- named protocols
+# What the paper fixes (official-code.md §5: scripts/db_infer.sh, infer.py, the metric scripts): the paper-full
+# DreamBooth (its own preset holds lr, steps, batch, class images), 512 px, the four prompts, 30 images per prompt
+# in batches of 6, the SD 2.1-base default scheduler (PNDM) with 100 steps, CFG 7.5, budget 16/255 on [-1, 1]
+# (8 grey levels), the photos as protected and after JPEG q70, detection threshold 0.9, SER-FIQ's T = 100.
+PROTOCOLS: dict[str, dict] = {
+    "paper": dict(attack_preset="paper-full", resolution=512, prompts=PAPER_PROMPTS, images_per_prompt=30,
+                  generation_steps=100, guidance_scale=7.5, scheduler="pndm", generation_batch_size=6, budgets=[8.0],
+                  transforms=["none", "jpeg:70"], threshold=0.9, serfiq_T=100),
+}
+# the attack settings a protocol's report lists (from its preset, unless overridden)
+PROTOCOL_ATTACK_FIELDS = ("mode", "train_text_encoder", "learning_rate", "max_train_steps", "train_batch_size",
+                          "prior_loss_weight", "num_class_images", "mixed_precision")
+
+
+def protocol_config(name: str, **overrides) -> ProtocolConfig:
+    """The :class:`ProtocolConfig` of protocol ``name`` (:data:`PROTOCOLS`), with ``overrides`` (fields) applied;
+    the report lists every setting of the protocol next to what actually ran."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
+    return ProtocolConfig(**{**PROTOCOLS[name], **overrides, "protocol": name})
+
+
+def protocol_settings(config: ProtocolConfig, attack) -> list[dict]:
+    """Each setting the protocol fixes: ``{"setting", "protocol", "ran", "matches"}`` (``attack``: the
+    :class:`DreamBoothConfig` that ran). Empty for a custom configuration."""
+    if config.protocol not in PROTOCOLS:
+        return []
+    from .attack import preset
+
+    spec = PROTOCOLS[config.protocol]
+    ran = config.to_dict()
+    rows = []
+    for k, v in spec.items():
+        want, got = (list(v) if isinstance(v, (list, tuple)) else v), ran[k]
+        if k == "resolution":
+            got = attack.resolution
+        rows.append({"setting": k, "protocol": want, "ran": got, "matches": want == got})
+    base = preset(spec["attack_preset"])
+    for k in PROTOCOL_ATTACK_FIELDS:
+        want, got = getattr(base, k), getattr(attack, k)
+        rows.append({"setting": f"attack.{k}", "protocol": want, "ran": got, "matches": want == got})
+    return rows
 
 
 # ---------------------------------------------------------------- inputs
@@ -201,7 +265,8 @@ def _generator_protector(arg, budget, config):
 
     if not arg:
         raise ValueError("method 'generator:PATH' needs a checkpoint path")
-    return Protector(arg, budget=budget, device=config.device)
+    return Protector(arg, budget=budget, device=config.device, norm=config.norm, official_mode=config.official_mode,
+                     seed=config.seed)
 
 
 register_protection("none", _none_factory, "no protection (clean photos attacked)")
@@ -413,6 +478,10 @@ class ProtocolRunner:
                [self.config.model, self.config.model_seed, self.config.resolution]}
         if method.kind not in ("none", "generator"):  # a set protection: its clean set_A and seed matter too
             cfg.update(clean_set=[file_digest(p) for p in ident.clean_set], seed=self.config.seed)
+        if method.kind == "generator":  # the protection function (protect.Protector)
+            cfg["norm"] = self.config.norm
+            if self.config.official_mode:
+                cfg["official_mode_seed"] = self.config.seed
         key, rec, folder = self.cache.lookup("protect", cfg)
         if rec is None:
             from .imageio import load_image
@@ -503,6 +572,37 @@ class ProtocolRunner:
             return load_surrogate(folder / rec["model_dir"], device=self.config.device)
         raise RuntimeError(f"{folder}: the attack stage kept neither a LoRA nor a model folder; delete it to rerun")
 
+    def stage_identity(self, ident: Identity, attacked: tuple[dict, Path, object]) -> tuple[dict, tuple]:
+        """The attacked model's denoising error on the identity's clean reference photos (set_C): the DreamBooth
+        loss (instance prompt, VAE mean, ``identity_samples`` seeded noise/timestep draws per photo, the same for
+        every model). Returns the record and ``attacked`` with its model (reloaded when it had to be)."""
+        arec, afolder, model = attacked
+        c = self.config
+        cfg = {"parent": arec["key"], "references": [file_digest(p) for p in ident.references],
+               "samples": c.identity_samples, "seed": c.seed}
+        key, rec, _ = self.cache.lookup("identity", cfg, arec)
+        if rec is None:
+            from .attack import instance_loss
+
+            t0 = time.perf_counter()
+            self.cache.start("identity", key)
+            if model is None:
+                model = self._reload_attacked(arec, afolder)
+            acfg = self.attack_config()
+            errors = [instance_loss(model, [str(p)], acfg.instance_prompt, resolution=acfg.resolution,
+                                    samples=c.identity_samples, seed=c.seed) for p in ident.references]
+            rec = self.cache.finish("identity", key, cfg, {
+                "denoising_error": sum(errors) / len(errors), "per_photo": errors,
+                "seconds": self._timed("identity", t0)}, arec)
+        return rec, (arec, afolder, model)
+
+    def clean_attack_identity(self, ident: Identity) -> dict:
+        """The identity stage of the model attacked with the identity's clean, untransformed photos (method
+        ``none``, transform ``none``): the reference of the identity-learning gap. Cached like every stage."""
+        prot = self.stage_protect(ident, resolve_method("none", None))
+        att = self.stage_attack(self.stage_transform(prot, "none"))
+        return self.stage_identity(ident, att)[0]
+
     def generation_config(self):
         from .attack import GenerationConfig
 
@@ -534,6 +634,16 @@ class ProtocolRunner:
                                     arec)
         return rec, folder
 
+    def reference_detection(self, ident: Identity) -> dict:
+        """Faces the detector finds on the identity's clean reference photos: its floor (the FDFR of clean faces)."""
+        from .imageio import load_image
+        from .metrics.identity import reference_detection_rate
+
+        r = reference_detection_rate([load_image(p).tensor()[0] for p in ident.references],
+                                     backend=self.config.detector, threshold=self.config.threshold)
+        return {"n_photos": r.n_images, "n_detected": r.n_detected, "rate": r.value,
+                "missed": [ident.references[i].name for i in r.missed]}
+
     def reference_embedding(self, ident: Identity):
         k = tuple(str(p) for p in ident.references)
         if k not in self._references:
@@ -555,7 +665,7 @@ class ProtocolRunner:
         c = self.config
         cfg = {"parent": grec["key"], "references": [file_digest(p) for p in ident.references],
                "detector": c.detector, "embedder": c.embedder, "threshold": c.threshold, "serfiq_T": c.serfiq_T,
-               "seed": c.seed}
+               "seed": c.seed, "summary": SUMMARY_VERSION}
         key, rec, _ = self.cache.lookup("metrics", cfg, grec)
         if rec is None:
             from .metrics import evaluate_images
@@ -570,8 +680,7 @@ class ProtocolRunner:
                                     serfiq_T=c.serfiq_T, seed=c.seed)
                 backends = m["backends"]
                 per_prompt[prompt] = summarize_metrics(m)
-            rec = self.cache.finish("metrics", key, cfg, {"per_prompt": per_prompt, "mean": mean_metrics(per_prompt),
-                                                          "backends": backends,
+            rec = self.cache.finish("metrics", key, cfg, {"per_prompt": per_prompt, "backends": backends,
                                                           "seconds": self._timed("metrics", t0)}, grec)
         return rec
 
@@ -596,11 +705,17 @@ class ProtocolRunner:
             bar.set_postfix_str(f"{ident.name} | {method.label} | {spec}")
             prot = self.stage_protect(ident, method)
             trans = self.stage_transform(prot, spec)
-            att = self.stage_attack(trans)
+            idr, att = self.stage_identity(ident, self.stage_attack(trans))
             gen = self.stage_generate(att)
             met = self.stage_metrics(ident, gen)
-            runs.append(self._run_record(ident, method, spec, prot, trans, att, gen, met))
-        results = _jsonable(self._results(runs, time.perf_counter() - t_start))
+            runs.append(self._run_record(ident, method, spec, prot, trans, att, idr, gen, met))
+        idents = {r[0].name: r[0] for r in rows}
+        clean = {name: self.clean_attack_identity(i)["denoising_error"] for name, i in idents.items()}
+        for run in runs:
+            run["identity_learning"]["clean_error"] = c = clean[run["identity"]]
+            run["identity_learning"]["gap"] = run["identity_learning"]["error"] - c
+        detection = {name: self.reference_detection(i) for name, i in idents.items()}
+        results = _jsonable(self._results(runs, detection, time.perf_counter() - t_start))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
         return results
@@ -611,7 +726,7 @@ class ProtocolRunner:
         except ValueError:
             return str(p)
 
-    def _run_record(self, ident, method, spec, prot, trans, att, gen, met) -> dict:
+    def _run_record(self, ident, method, spec, prot, trans, att, idr, gen, met) -> dict:
         (prec, pfolder), (trec, tfolder), (arec, _, _), (grec, gfolder) = prot, trans, att, gen
         return {
             "identity": ident.name, "layout": ident.layout, "method": method.label, "method_spec": method.spec,
@@ -619,10 +734,13 @@ class ProtocolRunner:
             "method_is_demo": method.is_demo, "model_is_demo": arec.get("is_demo", False),
             "base_model": arec.get("base_model"),
             "keys": {"protect": prec["key"], "transform": trec["key"], "attack": arec["key"],
-                     "generate": grec["key"], "metrics": met["key"]},
+                     "identity": idr["key"], "generate": grec["key"], "metrics": met["key"]},
             "fidelity": prec["fidelity"], "fidelity_after_transform": trec["fidelity"],
             "attack": {k: arec.get(k) for k in ("mode", "steps", "final_loss")},
-            "metrics": met["per_prompt"], "mean": met["mean"], "backends": met["backends"],
+            "metrics": met["per_prompt"], "mean": combine_metrics(list(met["per_prompt"].values())),
+            "backends": met["backends"],
+            # the attacked model's denoising error on set_C; gap = error - that of the clean-attacked model
+            "identity_learning": {"error": idr["denoising_error"]},
             "images": {"clean": [self._rel(Path(p)) for p in prec["clean"]],
                        "references": [self._rel(Path(p)) for p in ident.references],
                        "protected": [self._rel(pfolder / n) for n in prec["files"]],
@@ -630,12 +748,14 @@ class ProtocolRunner:
                        "generated": {p: [self._rel(gfolder / n) for n in names]
                                      for p, names in grec["files"].items()}},
             "stage_seconds": {"protect": prec.get("seconds"), "transform": trec.get("seconds"),
-                              "attack": arec.get("seconds"), "generate": grec.get("seconds"),
-                              "metrics": met.get("seconds")},
+                              "attack": arec.get("seconds"), "identity": idr.get("seconds"),
+                              "generate": grec.get("seconds"), "metrics": met.get("seconds")},
         }
 
-    def _results(self, runs: list, seconds: float) -> dict:
+    def _results(self, runs: list, detection: dict, seconds: float) -> dict:
         is_demo = any(r["model_is_demo"] or r["method_is_demo"] for r in runs)
+        n_photos = sum(d["n_photos"] for d in detection.values())
+        acfg = self.attack_config()
         recorded = {(stage, key): r["stage_seconds"][stage] or 0.0 for r in runs for stage, key in r["keys"].items()}
         stage_seconds = {s: sum(v for (st, _), v in recorded.items() if st == s) for s in STAGES}
         return {
@@ -644,9 +764,17 @@ class ProtocolRunner:
             "demo_note": ("DEMO on a toy model: the surrogate is the tiny built-in random model and/or the generator "
                           "is a demo generator. These numbers show the pipeline, NOT protection." if is_demo else ""),
             "directions": {"fdfr": "higher = stronger protection", "ism": "lower = stronger protection",
-                           "brisque": "higher = stronger protection", "serfiq": "lower = stronger protection"},
+                           "brisque": "higher = stronger protection", "serfiq": "lower = stronger protection",
+                           "face_quality": "lower = stronger protection",
+                           "identity_gap": "higher = the attacker learned less of the identity"},
+            "protocol": {"name": self.config.protocol, "settings": protocol_settings(self.config, acfg)},
+            # the detector's floor: faces found on the clean reference photos (set_C)
+            "reference_detection": {"per_identity": detection, "n_photos": n_photos,
+                                    "n_detected": sum(d["n_detected"] for d in detection.values()),
+                                    "rate": (sum(d["n_detected"] for d in detection.values()) / n_photos
+                                             if n_photos else None)},
             "config": self.config.to_dict(),
-            "attack_config": self.attack_config().to_dict(),
+            "attack_config": acfg.to_dict(),
             "generation_config": self.generation_config().to_dict(),
             "data": self._rel(self.data),
             "cache": self._rel(self.cache.root),
@@ -661,25 +789,58 @@ class ProtocolRunner:
 
 # ---------------------------------------------------------------- metric summaries
 METRIC_KEYS = ("fdfr", "ism", "brisque", "serfiq")
+QUALITY_KEYS = ("serfiq", "face_quality")  # face-quality scores: a protocol mean and a detected-only mean each
+SUMMARY_VERSION = 2  # bump when summarize_metrics changes: cached metrics stages are recomputed
 
 
 def summarize_metrics(m: dict) -> dict:
-    """The protocol's four numbers (plus counts) of an ``evaluate_images`` result."""
-    def value(name):
-        entry = m.get(name)
-        return None if entry is None else entry.get("value")
+    """One prompt of one identity: the protocol's numbers and counts of an ``evaluate_images`` result.
 
-    return {"fdfr": value("fdfr"), "ism": value("ism"), "brisque": value("brisque"), "serfiq": value("serfiq"),
-            "n_images": m.get("n_images"), "n_faces": (m.get("fdfr") or {}).get("n_images", 0)
-            - (m.get("fdfr") or {}).get("n_failed", 0)}
+    ``ism`` is the mean cosine over the images with a detected face (None without any, or without a reference);
+    the face-quality scores (``serfiq``, the paper's; ``face_quality``, the learned one) count images without a
+    face as 0 (the protocol) and their ``*_detected`` twins average the detected faces only.
+    """
+    fd, ism = m.get("fdfr") or {}, m.get("ism")
+    out = {"fdfr": fd.get("value"), "ism": None if ism is None else ism.get("value"),
+           "brisque": (m.get("brisque") or {}).get("value")}
+    for k in QUALITY_KEYS:
+        q = m.get(k)
+        out[k], out[f"{k}_detected"] = (None, None) if q is None else (q.get("value"), q.get("value_detected_only"))
+    return {**out, "has_reference": ism is not None, "n_images": m.get("n_images"),
+            "n_faces": fd.get("n_images", 0) - fd.get("n_failed", 0)}
 
 
-def mean_metrics(per_prompt: dict) -> dict:
-    """Mean over prompts of each metric (prompts where it is undefined are skipped)."""
-    out = {}
-    for k in METRIC_KEYS:
-        vals = [v[k] for v in per_prompt.values() if v.get(k) is not None and math.isfinite(v[k])]
-        out[k] = sum(vals) / len(vals) if vals else None
+def combine_metrics(entries: list) -> dict:
+    """Means over (identity, prompt) entries of :func:`summarize_metrics`, as the official scripts average:
+
+    - FDFR, BRISQUE, the face-quality scores: the mean of the entries (undefined ones skipped);
+    - ISM: an entry without a detected face counts 0 and still counts (the official ``full_ism_fdfr.py``
+      divides by all identities); None when no entry had a reference embedding;
+    - ``ism_detected`` and the face-quality scores' ``*_detected``: pooled over the detected faces of all entries
+      (None without faces).
+    """
+    from .metrics.identity import ism_across_identities
+
+    def finite(v):
+        return v is not None and math.isfinite(v)
+
+    def mean(vals):
+        vals = [v for v in vals if finite(v)]
+        return sum(vals) / len(vals) if vals else None
+
+    def pooled(key):  # each entry weighted by its number of detected faces
+        pairs = [(e.get(key), e.get("n_faces") or 0) for e in entries]
+        pairs = [(v, n) for v, n in pairs if finite(v) and n > 0]
+        return sum(v * n for v, n in pairs) / sum(n for _, n in pairs) if pairs else None
+
+    with_ref = [e for e in entries if e.get("has_reference")]
+    ism = ism_across_identities([{"value": e.get("ism"), "n_detected": e.get("n_faces")} for e in with_ref]) \
+        if with_ref else None
+    out = {"fdfr": mean(e.get("fdfr") for e in entries), "ism": None if ism is None else ism.value,
+           "brisque": mean(e.get("brisque") for e in entries),
+           "ism_detected": None if ism is None else ism.value_detected_faces}
+    for k in QUALITY_KEYS:
+        out[k], out[f"{k}_detected"] = mean(e.get(k) for e in entries), pooled(f"{k}_detected")
     return out
 
 

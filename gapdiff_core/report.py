@@ -18,7 +18,7 @@ from .preprocess.real import JPEG_DEFAULT_QUALITY
 
 METRICS = (("fdfr", "FDFR↑"), ("ism", "ISM↓"), ("brisque", "BRISQUE↑"), ("serfiq", "SER-FIQ↓"))
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-EMPTY_NOTES = {"ism": "undefined: no face detected in any generated image"}
+EMPTY_NOTES = {"ism": "undefined: no face in the reference photos"}
 DEMO_BANNER = ("DEMO ON A TOY MODEL: the diffusion model is the tiny built-in random model and/or the generator is a "
                "demo generator trained for about a minute against it. These numbers and images show how the "
                "protocol runs; they say NOTHING about protection of real photos.")
@@ -31,20 +31,26 @@ def _mean(values):
 
 
 def aggregate(results: dict) -> list[dict]:
-    """One row per (method, transform): metrics per prompt and their mean, averaged over identities; fidelity of
-    the protected photos (and after the transform) vs the clean ones."""
+    """One row per (method, transform): metrics per prompt and their mean over identities and prompts, as the
+    official scripts average (:func:`gapdiff_core.evaluation.combine_metrics`); the identity-learning gap averaged
+    over identities; fidelity of the protected photos (and after the transform) vs the clean ones."""
+    from .evaluation import combine_metrics
+
     groups: dict = {}
     for run in results["runs"]:
         groups.setdefault((run["method"], run["transform"]), []).append(run)
     rows = []
     for (method, transform), runs in groups.items():
-        per_prompt = {p: {k: _mean(r["metrics"].get(p, {}).get(k) for r in runs) for k, _ in METRICS}
+        per_prompt = {p: combine_metrics([r["metrics"][p] for r in runs if p in r["metrics"]])
                       for p in results["prompts"]}
+        learning = [r.get("identity_learning") or {} for r in runs]
         rows.append({
             "method": method, "transform": transform, "budget": runs[0]["budget"],
             "method_spec": runs[0]["method_spec"], "identities": [r["identity"] for r in runs],
             "per_prompt": per_prompt,
-            "mean": {k: _mean(r["mean"].get(k) for r in runs) for k, _ in METRICS},
+            "mean": combine_metrics([e for r in runs for e in r["metrics"].values()]),
+            "identity_gap": _mean(x.get("gap") for x in learning),
+            "identity_error": _mean(x.get("error") for x in learning),
             "psnr_db": _psnr(r["fidelity"] for r in runs),
             "ssim": _mean(r["fidelity"].get("ssim") for r in runs),
             "linf": max((r["fidelity"].get("linf_grey_levels") or 0.0) for r in runs),
@@ -65,9 +71,9 @@ def _psnr(fidelities) -> Optional[float]:
 def no_face_note(rows: list[dict]) -> str:
     """Why ISM is undefined and SER-FIQ 0 when no generated image had a detectable face (else empty)."""
     if rows and all(v.get("fdfr") == 1.0 for r in rows for v in r["per_prompt"].values()):
-        return ("No face was detected in any generated image (FDFR 1.000 everywhere), so ISM is undefined (–) and "
-                "SER-FIQ counts 0 for every image, as in the protocol. Expected with the tiny random model: it "
-                "cannot learn a face from a few photos in a few steps.")
+        return ("No face was detected in any generated image (FDFR 1.000 everywhere), so ISM, SER-FIQ and the face "
+                "quality count 0, as in the protocol, and their means over detected faces are undefined (–). "
+                "Expected with the tiny random model: it cannot learn a face from a few photos in a few steps.")
     return ""
 
 
@@ -80,6 +86,11 @@ def jpeg_quality(spec: str) -> Optional[int]:
     if name == "jpeg":
         return int(arg) if arg else JPEG_DEFAULT_QUALITY
     return None
+
+
+def _fmt_gap(v) -> str:
+    """The identity-learning gap, signed, to 3 significant digits (its size varies by orders of magnitude)."""
+    return _fmt(v) if v is None or not math.isfinite(v) else f"{v:+.3g}"
 
 
 def _fmt(v, digits=3) -> str:
@@ -96,15 +107,25 @@ def json_report(results: dict) -> str:
 
 
 def markdown_report(results: dict) -> str:
-    """The paper's layout: rows method × transform, column groups per prompt (FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓)."""
+    """The protocol that ran, then the paper's layout (rows method × transform, column groups per prompt: FDFR↑ ISM↓
+    BRISQUE↑ SER-FIQ↓), then the summary over prompts with the detected-face means and the identity-learning gap."""
     rows = aggregate(results)
     prompts = results["prompts"]
     lines = [f"# {results.get('title', 'gapdiff evaluation')}" + (" — DEMO on a toy model" if results["is_demo"] else ""), ""]
     if results["is_demo"]:
         lines += [f"> **{DEMO_BANNER}**", ""]
-    lines += ["Prompts: " + "; ".join(f"P{i + 1} = “{p}”" for i, p in enumerate(prompts)), "",
+    title, note, settings = protocol_summary(results)
+    lines += [f"## {title}", "", note, ""]
+    if settings:
+        lines += ["| Setting | Protocol | This run | |", "|---|---|---|---|"]
+        lines += [f"| {name} | {want} | {got} | {'✓' if ok else '✗ departs'} |" for name, want, got, ok in settings]
+        lines.append("")
+    lines += [f"- {k}: {v}" for k, v in run_facts(results)] + [""]
+    lines += ["## Results per prompt", "",
+              "Prompts: " + "; ".join(f"P{i + 1} = “{p}”" for i, p in enumerate(prompts)), "",
               "Arrows point to stronger protection. Values are averaged over identities"
-              f" ({', '.join(sorted({r['identity'] for r in results['runs']}))}).", ""]
+              f" ({', '.join(sorted({r['identity'] for r in results['runs']}))}) as the official scripts do "
+              "(ISM: an identity without a detected face counts 0).", ""]
     head = ["Method", "Transform"] + [f"P{i + 1} {name}" for i in range(len(prompts)) for _, name in METRICS] + \
            [f"mean {name}" for _, name in METRICS]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -115,6 +136,12 @@ def markdown_report(results: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if no_face_note(rows):
         lines += ["", f"*{no_face_note(rows)}*"]
+    lines += ["", "## Summary (mean over prompts and identities)", "", SUMMARY_NOTE, "",
+              "| " + " | ".join(["Method", "Transform"] + [n for _, n in SUMMARY] + [GAP_NAME]) + " |",
+              "|" + "---|" * (len(SUMMARY) + 3)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["method"], r["transform"]] + [_fmt(r["mean"][k]) for k, _ in SUMMARY]
+                                       + [_fmt_gap(r["identity_gap"])]) + " |")
     lines += ["", "## Visibility of the protection (protected vs clean photos)", "",
               "| Method | Transform | PSNR (dB) | SSIM | L∞ (grey levels) | PSNR after transform (dB) |",
               "|---|---|---|---|---|---|"]
@@ -128,6 +155,70 @@ def markdown_report(results: dict) -> str:
     if results["is_demo"]:
         lines += ["", f"*{DEMO_BANNER}*"]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- what ran
+SUMMARY = (("fdfr", "FDFR↑"), ("ism", "ISM↓"), ("ism_detected", "ISM↓ (detected faces)"), ("brisque", "BRISQUE↑"),
+           ("serfiq", "SER-FIQ↓"), ("serfiq_detected", "SER-FIQ↓ (detected faces)"),
+           ("face_quality", "face quality↓"), ("face_quality_detected", "face quality↓ (detected faces)"))
+GAP_NAME = "identity gap↑"
+SUMMARY_NOTE = ("ISM, SER-FIQ and the learned face quality as in the protocol (an image or identity without a "
+                "detected face counts 0), and over the detected faces only. Identity gap: the attacked model's "
+                "denoising error on the identity's clean reference photos (set_C) minus that of the model attacked "
+                "with the clean, untransformed photos; higher = the attacker learned less of the identity "
+                "(none | none is 0 by construction).")
+PROTOCOL_TITLES = {"paper": "the paper's (GAP-Diff, NDSS 2025: its evaluation scripts and released code)"}
+SETTING_NAMES = {
+    "attack_preset": "attack preset", "resolution": "resolution (px)", "prompts": "prompts",
+    "images_per_prompt": "images per prompt", "generation_steps": "sampling steps", "guidance_scale": "CFG scale",
+    "scheduler": "scheduler", "generation_batch_size": "sampling batch", "budgets": "budget (grey levels, 0–255)",
+    "transforms": "transforms", "threshold": "face detection threshold", "serfiq_T": "SER-FIQ passes T",
+    "attack.mode": "attack: fine-tuning", "attack.train_text_encoder": "attack: text encoder trained",
+    "attack.learning_rate": "attack: learning rate", "attack.max_train_steps": "attack: steps",
+    "attack.train_batch_size": "attack: batch", "attack.prior_loss_weight": "attack: prior-preservation weight",
+    "attack.num_class_images": "attack: class images", "attack.mixed_precision": "attack: mixed precision"}
+
+
+def _value(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "; ".join(f"“{x}”" if isinstance(x, str) and " " in x else (f"{x:g}" if isinstance(x, float) else str(x))
+                         for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def protocol_summary(results: dict) -> tuple[str, str, list[tuple[str, str, str, bool]]]:
+    """(title, one-line note, [(setting, protocol value, value that ran, matches)]) of the protocol that ran."""
+    proto = results.get("protocol") or {"name": "custom", "settings": []}
+    name, settings = proto["name"], proto.get("settings") or []
+    if name == "custom" or not settings:
+        return ("Protocol: custom settings",
+                "Not a named protocol; `gapdiff evaluate --protocol paper` runs the paper's. What ran is under Setup.",
+                [])
+    rows = [(SETTING_NAMES.get(s["setting"], s["setting"]), _value(s["protocol"]), _value(s["ran"]), s["matches"])
+            for s in settings]
+    off = [r[0] for r in rows if not r[3]]
+    note = (f"Protocol **{name}**: {PROTOCOL_TITLES.get(name, name)}. Every setting it fixes, and what this run used: "
+            + (f"**{len(off)} setting(s) depart from it ({', '.join(off)}), so these are not the protocol's "
+               "numbers.**" if off else "all match."))
+    return f"Protocol: {name}" + (f" ({len(off)} departure(s))" if off else ""), note, rows
+
+
+def run_facts(results: dict) -> list[tuple[str, str]]:
+    """What every report states up front: the generator's protection function and the detector's floor."""
+    from .protect import NORM_DESCRIPTIONS
+
+    c = results["config"]
+    norm = "official" if c.get("official_mode") else c.get("norm", "image")
+    seed = f", seed {c.get('seed')}" if norm == "official" else ""
+    facts = [("protection function (generator methods)", f"{norm}: {NORM_DESCRIPTIONS.get(norm, norm)}{seed}")]
+    det = results.get("reference_detection")
+    if det and det.get("n_photos"):
+        per = det.get("per_identity") or {}
+        facts.append(("face detection on the clean reference photos (the detector's floor)",
+                      f"{det['n_detected']}/{det['n_photos']} detected (rate {_fmt(det['rate'])}; FDFR of clean "
+                      f"photos {_fmt(1 - det['rate'])})" + ("; " + ", ".join(
+                          f"{k} {v['n_detected']}/{v['n_photos']}" for k, v in per.items()) if len(per) > 1 else "")))
+    return facts
 
 
 def _setup_items(results: dict) -> list[tuple[str, str]]:
@@ -228,10 +319,11 @@ def robustness_plots(rows: list[dict]) -> list[str]:
         return []
     labels = {100: "none"} if any(r["transform"] == "none" for r in jrows) else {}
     plots = []
-    for key, name in METRICS + (("psnr_after_transform_db", "PSNR vs clean (dB)"),):
+    for key, name in METRICS + (("face_quality", "face quality↓"), ("identity_gap", GAP_NAME),
+                                ("psnr_after_transform_db", "PSNR vs clean (dB)")):
         series: dict = {}
         for r in jrows:
-            y = r[key] if key.startswith("psnr") else r["mean"][key]
+            y = r[key] if key in r else r["mean"][key]
             series.setdefault(r["method"], []).append((jpeg_quality(r["transform"]), y))
         plots.append(svg_line_chart(series, f"{name} vs JPEG quality", "JPEG quality", name, xtick_labels=labels,
                                     empty_note=EMPTY_NOTES.get(key, "no data")))
@@ -358,9 +450,18 @@ def html_report(results: dict, base_dir: str | Path) -> str:
     h = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
          f"<style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>", banner,
          "<p>Anti-DreamBooth protocol: protect set_B → transform → DreamBooth attack → generate → metrics against "
-         "the clean set_C. Arrows point to stronger protection; values are averaged over identities.</p>",
-         "<h2>Results per prompt</h2><div class='wide'><table><tr><th class='l' rowspan='2'>Method</th>"
-         "<th class='l' rowspan='2'>Transform</th>"]
+         "the clean set_C. Arrows point to stronger protection; values are averaged over identities as the official "
+         "scripts do (ISM: an identity without a detected face counts 0).</p>"]
+    ptitle, pnote, settings = protocol_summary(results)
+    h.append(f"<h2>{e(ptitle)}</h2><p>{e(pnote).replace('**', '')}</p>")
+    if settings:
+        h.append("<table><tr><th class='l'>Setting</th><th class='l'>Protocol</th><th class='l'>This run</th><th></th>"
+                 "</tr>" + "".join(f"<tr><td class='l'>{e(n)}</td><td class='l'>{e(w)}</td><td class='l'>{e(g)}</td>"
+                                   f"<td>{'✓' if ok else '<b>✗ departs</b>'}</td></tr>" for n, w, g, ok in settings)
+                 + "</table>")
+    h.append("<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in run_facts(results)) + "</ul>")
+    h += ["<h2>Results per prompt</h2><div class='wide'><table><tr><th class='l' rowspan='2'>Method</th>"
+          "<th class='l' rowspan='2'>Transform</th>"]
     for i, p in enumerate(prompts):
         h.append(f"<th colspan='4' title='{e(p)}'>P{i + 1}</th>")
     h.append("<th colspan='4'>mean</th></tr><tr>" + "".join(f"<th>{e(n)}</th>" for _, n in METRICS) *
@@ -371,6 +472,12 @@ def html_report(results: dict, base_dir: str | Path) -> str:
                  "".join(f"<td><b>{_fmt(r['mean'][k])}</b></td>" for k, _ in METRICS) + "</tr>")
     h.append("</table></div><p class='cap'>" + "; ".join(f"P{i + 1} = “{e(p)}”" for i, p in enumerate(prompts))
              + "</p>" + (f"<p class='cap'><b>{e(no_face_note(rows))}</b></p>" if no_face_note(rows) else "")
+             + "<h2>Summary (mean over prompts and identities)</h2><table><tr><th class='l'>Method</th>"
+             "<th class='l'>Transform</th>" + "".join(f"<th>{e(n)}</th>" for _, n in SUMMARY) + f"<th>{GAP_NAME}</th>"
+             "</tr>" + "".join(f"<tr><td class='l'>{e(r['method'])}</td><td class='l'>{e(r['transform'])}</td>"
+                               + "".join(f"<td>{_fmt(r['mean'][k])}</td>" for k, _ in SUMMARY)
+                               + f"<td><b>{_fmt_gap(r['identity_gap'])}</b></td></tr>" for r in rows)
+             + f"</table><p class='cap'>{e(SUMMARY_NOTE)}</p>"
              + "<h2>Visibility of the protection</h2><table><tr><th class='l'>Method</th>"
              "<th class='l'>Transform</th><th>PSNR (dB)</th><th>SSIM</th><th>L∞ (grey levels)</th>"
              "<th>PSNR after transform (dB)</th></tr>")

@@ -12,8 +12,9 @@ def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-def summarize(metrics: dict) -> str:
-    """A few readable lines: each metric, which way means stronger protection, and its backend."""
+def summarize(metrics: dict, reference_faces: tuple[int, int] | None = None) -> str:
+    """A few readable lines: each metric, which way means stronger protection, and its backend;
+    ``reference_faces`` = (faces found, photos) among the clean references: the detector's floor."""
     def fmt(v, spec):
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
@@ -31,7 +32,18 @@ def summarize(metrics: dict) -> str:
     if serfiq is None:
         lines.append("SER-FIQ n/a  (the embedder has no dropout head)")
     else:
-        lines.append(f"SER-FIQ {fmt(serfiq['value'], '.3f')}  (face quality; lower = stronger; 0 where no face)")
+        lines.append(f"SER-FIQ {fmt(serfiq['value'], '.3f')}  (face quality; lower = stronger; 0 where no face; "
+                     f"{fmt(serfiq.get('value_detected_only'), '.3f')} over the {serfiq['n_detected']} detected "
+                     "face(s))")
+    quality = metrics.get("face_quality")
+    if quality is not None:
+        lines.append(f"quality {fmt(quality['value'], '.3f')}  (learned face quality; lower = stronger; 0 where no "
+                     f"face; {fmt(quality.get('value_detected_only'), '.3f')} over the {quality['n_detected']} "
+                     "detected face(s))")
+    if reference_faces is not None:
+        found, n = reference_faces
+        lines.append(f"faces found in {found}/{n} clean reference photo(s) (the detector's floor: FDFR of clean "
+                     f"photos {fmt((n - found) / n if n else None, '.3f')})")
     lines.append("backends: " + "; ".join(f"{k}: {v}" for k, v in metrics["backends"].items()))
     return "\n".join(lines)
 
@@ -56,14 +68,15 @@ class EvaluateProtection:
         }}
 
     def evaluate(self, generated, references, serfiq_passes):
-        from ..gapdiff_core.metrics import evaluate_images
+        from ..gapdiff_core.metrics import evaluate_images, fdfr
 
         progress = host.Progress(1)
-        metrics = evaluate_images(host.image_to_core(generated), host.image_to_core(references),
-                                  serfiq_T=int(serfiq_passes))
+        refs = host.image_to_core(references)
+        metrics = evaluate_images(host.image_to_core(generated), refs, serfiq_T=int(serfiq_passes))
+        floor = fdfr(refs)
         progress.step()
         values = [_number(metrics[k]["value"]) if metrics[k] is not None else float("nan")
                   for k in ("fdfr", "ism", "brisque", "serfiq")]
-        text = summarize(metrics)
+        text = summarize(metrics, (floor.n_images - floor.n_failed, floor.n_images))
         host.log.info("%s", text)
         return {"ui": {"text": [text]}, "result": (*values, text)}

@@ -80,8 +80,8 @@ def finished(tmp_path_factory, data, generator_path):
 
 def test_resume_after_interruption_skips_finished_stages(finished):
     _, results, counts = finished
-    # rows: 2 methods × 2 transforms; the interrupted run finished protect(none), transform(none) and attack(none)
-    assert counts == Counter(protect=1, transform=3, attack=3, generate=4, metrics=4)
+    # rows: 2 methods × 2 transforms; the interrupted run finished protect, transform, attack and identity of none
+    assert counts == Counter(protect=1, transform=3, attack=3, identity=3, generate=4, metrics=4)
     assert len(results["runs"]) == 4
 
 
@@ -94,7 +94,8 @@ def test_results_hold_protocol_metrics_per_prompt(finished):
         for m in run["metrics"].values():
             assert 0.0 <= m["fdfr"] <= 1.0 and m["n_images"] == 1
             assert m["brisque"] is not None
-        assert set(run["mean"]) == {"fdfr", "ism", "brisque", "serfiq"}
+        assert set(run["mean"]) == {"fdfr", "ism", "brisque", "serfiq", "ism_detected", "serfiq_detected",
+                                    "face_quality", "face_quality_detected"}
         assert "detector" in run["backends"] and "embedder" in run["backends"]
         assert all((out / p).is_file() for ps in run["images"]["generated"].values() for p in ps)
     by = {(r["method_kind"], r["transform"]): r for r in on_disk["runs"]}
@@ -104,6 +105,41 @@ def test_results_hold_protocol_metrics_per_prompt(finished):
     assert 0 < prot["linf_grey_levels"] <= 8.0 + 1e-3 and 25 < prot["psnr_db"] < 80
     # JPEG changes the photos further
     assert by[("none", "jpeg:50")]["fidelity_after_transform"]["psnr_db"] < 60
+    # the detector's floor on the clean reference photo, and the protection function, are in every result
+    assert on_disk["reference_detection"]["n_photos"] == 1 and on_disk["config"]["norm"] == "image"
+    assert on_disk["protocol"] == {"name": "custom", "settings": []}
+
+
+def test_identity_learning_gap_is_against_the_clean_attack(finished, data, generator_path):
+    from gapdiff_core.attack import instance_loss
+
+    out, results, _ = finished
+    by = {(r["method_kind"], r["transform"]): r for r in results["runs"]}
+    clean = by[("none", "none")]["identity_learning"]
+    assert clean["gap"] == 0.0 and clean["error"] == clean["clean_error"]
+    for run in results["runs"]:
+        il = run["identity_learning"]
+        assert il["clean_error"] == clean["error"] and il["gap"] == pytest.approx(il["error"] - il["clean_error"])
+    # the error is the attacked model's DreamBooth loss on set_C (the attack lowered it below the base model's)
+    runner = ProtocolRunner(data, out, _config(generator_path), progress=False)
+    rec = runner.cache.load("attack", by[("generator", "jpeg:50")]["keys"]["attack"])
+    attacked = runner._reload_attacked(rec, runner.cache.folder("attack", rec["key"]))
+    (ident,) = find_identities(data)
+    error = instance_loss(attacked, [str(p) for p in ident.references], resolution=32, samples=8, seed=0)
+    assert by[("generator", "jpeg:50")]["identity_learning"]["error"] == pytest.approx(error, rel=1e-4)
+    base = instance_loss(runner.base, [str(p) for p in ident.references], resolution=32, samples=8, seed=0)
+    assert clean["error"] < base
+
+
+def test_gap_reference_is_computed_when_none_is_not_run(finished, data, generator_path):
+    out, results, _ = finished
+    counts = Counter()
+    cfg = _config(generator_path, methods=[str(generator_path)], transforms=["jpeg:50"])
+    again = ProtocolRunner(data, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
+    assert counts == Counter()  # the clean attack (none | none) came from the cache, not from the rows
+    (run,) = again["runs"]
+    before = next(r for r in results["runs"] if r["method_kind"] == "generator" and r["transform"] == "jpeg:50")
+    assert run["identity_learning"] == before["identity_learning"]
 
 
 def test_rerun_recomputes_nothing_and_deleted_stage_reruns_with_dependents(finished, data, generator_path):
@@ -118,7 +154,7 @@ def test_rerun_recomputes_nothing_and_deleted_stage_reruns_with_dependents(finis
     shutil.rmtree(out / "cache" / "attack" / run["keys"]["attack"])
     counts.clear()
     ProtocolRunner(data, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
-    assert counts == Counter(attack=1, generate=1, metrics=1)
+    assert counts == Counter(attack=1, identity=1, generate=1, metrics=1)
 
     shutil.rmtree(out / "cache" / "metrics" / run["keys"]["metrics"])
     counts.clear()
@@ -234,3 +270,115 @@ def test_iterative_protection_is_a_method_against_the_protocol_model(tmp_path, d
     assert all(torch.equal(v, runner.base.unet.state_dict()[k]) for k, v in before.items())
     with pytest.raises(ValueError, match="schedule"):
         runner._protector(resolve_method("aspl:fast", 6.0))
+
+
+def test_combine_metrics_averages_as_the_official_scripts():
+    from gapdiff_core.evaluation import combine_metrics
+
+    def entry(fdfr, ism, q, q_det, n_faces, n=4):
+        return {"fdfr": fdfr, "ism": ism, "brisque": 30.0, "serfiq": q, "serfiq_detected": q_det,
+                "has_reference": True, "n_images": n, "n_faces": n_faces}
+
+    # identity 1: 3 of 4 faces found, ISM 0.6; identity 2: no face found
+    m = combine_metrics([entry(0.25, 0.6, 0.45, 0.6, 3), entry(1.0, None, 0.0, None, 0)])
+    assert m["fdfr"] == pytest.approx(0.625)
+    assert m["ism"] == pytest.approx(0.3)  # the faceless identity counts 0 and still counts (full_ism_fdfr.py)
+    assert m["ism_detected"] == pytest.approx(0.6) and m["serfiq_detected"] == pytest.approx(0.6)
+    assert m["serfiq"] == pytest.approx(0.225)
+    # detected-face means are pooled over faces, not over entries
+    m = combine_metrics([entry(0.0, 0.2, 0.2, 0.2, 4), entry(0.75, 0.8, 0.2, 0.8, 1)])
+    assert m["ism_detected"] == pytest.approx((0.2 * 4 + 0.8) / 5) and m["ism"] == pytest.approx(0.5)
+    assert combine_metrics([dict(entry(1.0, None, 0.0, None, 0), has_reference=False)])["ism"] is None
+
+
+def test_paper_protocol_holds_the_papers_settings(tmp_path, data):
+    from gapdiff_core.attack import PAPER_PROMPTS
+    from gapdiff_core.evaluation import protocol_config
+
+    cfg = protocol_config("paper")
+    assert (cfg.images_per_prompt, cfg.generation_steps, cfg.scheduler, cfg.guidance_scale) == (30, 100, "pndm", 7.5)
+    assert cfg.prompts == PAPER_PROMPTS and len(cfg.prompts) == 4 and cfg.generation_batch_size == 6
+    assert cfg.budgets == [8.0] and cfg.transforms == ["none", "jpeg:70"] and cfg.protocol == "paper"
+    runner = ProtocolRunner(data, tmp_path, cfg, progress=False)
+    a, g = runner.attack_config(), runner.generation_config()
+    assert (a.preset, a.mode, a.resolution, a.learning_rate, a.max_train_steps) == (
+        "paper-full", "full", 512, 5e-7, 1000)
+    assert (a.num_class_images, a.train_batch_size, a.train_text_encoder, a.prior_loss_weight) == (200, 2, True, 1.0)
+    assert (g.images_per_prompt, g.steps, g.scheduler, g.guidance_scale, g.resolution) == (30, 100, "pndm", 7.5, 512)
+    with pytest.raises(ValueError, match="protocol"):
+        protocol_config("nope")
+
+
+def test_paper_protocol_runs_on_the_tiny_model_and_the_report_shows_what_ran(tmp_path, data):
+    from gapdiff_core.evaluation import protocol_config
+    from gapdiff_core.report import markdown_report, write_reports
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # CPU-cheap overrides; the report must show them as departures from the paper
+        cfg = protocol_config("paper", model="tiny", methods=["none"], transforms=["none"], resolution=32,
+                              images_per_prompt=1, generation_steps=3, serfiq_T=4,
+                              attack_overrides=dict(max_train_steps=2, num_class_images=1, class_steps=1,
+                                                    checkpointing_steps=0))
+        results = ProtocolRunner(data, tmp_path, cfg, progress=False).run()
+    finally:
+        torch.set_num_threads(threads)
+    settings = {s["setting"]: s for s in results["protocol"]["settings"]}
+    assert results["protocol"]["name"] == "paper"
+    assert settings["scheduler"]["ran"] == "pndm" and settings["scheduler"]["matches"]
+    assert settings["prompts"]["matches"] and settings["guidance_scale"]["matches"]
+    assert settings["attack_preset"]["matches"] and settings["attack.train_text_encoder"]["matches"]
+    assert not settings["images_per_prompt"]["matches"] and settings["images_per_prompt"]["ran"] == 1
+    assert not settings["resolution"]["matches"] and settings["resolution"]["ran"] == 32
+    assert not settings["attack.num_class_images"]["matches"] and not settings["attack.max_train_steps"]["matches"]
+    assert results["generation_config"]["scheduler"] == "pndm" and results["generation_config"]["steps"] == 3
+    md = markdown_report(results)
+    assert "## Protocol: paper (7 departure(s))" in md
+    assert "| images per prompt | 30 | 1 | ✗ departs |" in md and "| scheduler | pndm | pndm | ✓ |" in md
+    assert "| sampling steps | 100 | 3 | ✗ departs |" in md and "| CFG scale | 7.5 | 7.5 | ✓ |" in md
+    assert "| attack: class images | 200 | 1 | ✗ departs |" in md
+    assert "| attack preset | paper-full | paper-full | ✓ |" in md
+    assert "identity gap" in md and "face detection on the clean reference photos" in md
+    page = write_reports(results, tmp_path)["html"].read_text(encoding="utf-8")
+    assert "Protocol: paper" in page and "✗ departs" in page
+
+
+def test_norm_and_official_mode_reach_the_generator_and_the_report(tmp_path, data, generator_path):
+    from gapdiff_core.report import run_facts
+
+    (ident,) = find_identities(data)
+    m = resolve_method(str(generator_path), 8.0)
+    outs = {}
+    for norm, official in (("image", False), ("running", False), ("image", True)):
+        runner = ProtocolRunner(data, tmp_path, ProtocolConfig(methods=[str(generator_path)], norm=norm,
+                                                               official_mode=official), progress=False)
+        rec, folder = runner.stage_protect(ident, m)
+        outs[(norm, official)] = (rec["key"], _pngs(folder))
+    keys = {k: v[0] for k, v in outs.items()}
+    assert len(set(keys.values())) == 3  # each protection function is its own cache entry
+    image, running = outs[("image", False)][1], outs[("running", False)][1]
+    assert any(np.abs(image[n] - running[n]).max() > 0 for n in image)  # and computes something else
+    results = {"config": ProtocolConfig(norm="running").to_dict()}
+    assert "running" in dict(run_facts(results))["protection function (generator methods)"]
+    assert "official" in dict(run_facts({"config": ProtocolConfig(official_mode=True, seed=3).to_dict()}))[
+        "protection function (generator methods)"]
+    with pytest.raises(ValueError, match="norm"):
+        ProtocolConfig(norm="batch")
+
+
+def test_cli_protocol_paper_sets_the_paper_and_given_flags_override_it():
+    from gapdiff_core.cli import build_parser
+    from gapdiff_core.commands.evaluate import build_config
+
+    parse = build_parser().parse_args
+    cfg = build_config(parse(["evaluate", "data", "--protocol", "paper", "--images-per-prompt", "2",
+                              "--norm", "running"]))
+    assert (cfg.protocol, cfg.attack_preset, cfg.images_per_prompt, cfg.norm) == ("paper", "paper-full", 2, "running")
+    assert (cfg.generation_steps, cfg.scheduler, cfg.guidance_scale, cfg.resolution) == (100, "pndm", 7.5, 512)
+    cfg = build_config(parse(["evaluate", "data"]))
+    assert (cfg.protocol, cfg.attack_preset, cfg.images_per_prompt, cfg.generation_steps, cfg.scheduler) == (
+        "custom", "tiny-lora", 4, 30, "ddim")
+    cfg = build_config(parse(["evaluate", "data", "--model", "sd/", "--official-mode", "--seed", "5",
+                              "--class-images", "3"]))
+    assert cfg.attack_preset == "lora" and cfg.official_mode and cfg.seed == 5
+    assert cfg.attack_overrides == {"num_class_images": 3}

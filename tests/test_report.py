@@ -29,7 +29,8 @@ def _results(tmp_path, budgets=(8.0,), transforms=("none", "jpeg:70", "jpeg:30")
             gname = f"gen_{delta}_{q}.png"
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / gname)
             score = {"fdfr": 0.1 + delta / 100 + (100 - q) / 1000, "ism": 0.6 - delta / 100, "brisque": 20 + delta,
-                     "serfiq": 0.7, "n_images": 1, "n_faces": 1}
+                     "serfiq": 0.7, "serfiq_detected": 0.7, "face_quality": 0.4, "face_quality_detected": 0.8,
+                     "has_reference": True, "n_images": 1, "n_faces": 1}
             runs.append({
                 "identity": "p1", "method": method, "method_spec": "none" if budget is None else "G.safetensors",
                 "method_kind": "none" if budget is None else "generator", "budget": budget, "transform": t,
@@ -38,13 +39,17 @@ def _results(tmp_path, budgets=(8.0,), transforms=("none", "jpeg:70", "jpeg:30")
                              "linf_grey_levels": float(delta), "backend": "torch"},
                 "fidelity_after_transform": {"psnr_db": 30 + q / 10},
                 "metrics": {p: dict(score) for p in PROMPTS}, "mean": dict(score),
+                "identity_learning": {"error": 0.5 + delta / 1000, "clean_error": 0.5, "gap": delta / 1000},
                 "backends": {"detector": "yunet", "embedder": "sface", "brisque": "brisque 0.0.x"},
                 "images": {"clean": ["clean.png"], "protected": [pname], "transformed": [pname],
                            "references": ["clean.png"], "generated": {PROMPTS[0]: [gname], PROMPTS[1]: [gname]}},
             })
     return {"title": "gapdiff evaluation", "is_demo": demo, "prompts": PROMPTS, "runs": runs,
+            "protocol": {"name": "custom", "settings": []},
+            "reference_detection": {"per_identity": {"p1": {"n_photos": 4, "n_detected": 3, "rate": 0.75}},
+                                    "n_photos": 4, "n_detected": 3, "rate": 0.75},
             "config": {"model": "tiny", "budgets": list(budgets), "methods": ["none", "G.safetensors"],
-                       "transforms": list(transforms)},
+                       "transforms": list(transforms), "norm": "image", "official_mode": False, "seed": 0},
             "attack_config": {"preset": "tiny-lora", "mode": "lora", "max_train_steps": 2, "learning_rate": 5e-3,
                               "resolution": 32, "num_class_images": 1},
             "generation_config": {"images_per_prompt": 1, "steps": 1, "scheduler": "ddim", "guidance_scale": 7.5,
@@ -60,7 +65,10 @@ def test_markdown_has_paper_layout_and_demo_label(tmp_path):
     assert cols[:6] == ["Method", "Transform", "P1 FDFR↑", "P1 ISM↓", "P1 BRISQUE↑", "P1 SER-FIQ↓"]
     assert len(cols) == 2 + 4 * (len(PROMPTS) + 1)
     rows = [line for line in md.splitlines() if line.startswith("| G @8 |")]
-    assert len(rows) == 6 and "| G @8 | jpeg:30 | 0.250 | 0.520 | 28.000 | 0.700 |" in md
+    assert len(rows) == 9 and "| G @8 | jpeg:30 | 0.250 | 0.520 | 28.000 | 0.700 |" in md  # per prompt, summary, PSNR
+    # the summary: protocol ISM, ISM over detected faces, BRISQUE, SER-FIQ both ways, the identity-learning gap
+    assert "| G @8 | jpeg:30 | 0.250 | 0.520 | 0.520 | 28.000 | 0.700 | 0.700 | 0.400 | 0.800 | +0.008 |" in md
+    assert "| none | none | 0.100 | 0.600 | 0.600 | 20.000 | 0.700 | 0.700 | 0.400 | 0.800 | +0 |" in md
     assert "DEMO ON A TOY MODEL" in md
     assert "DEMO" not in markdown_report(_results(tmp_path, demo=False))
 
@@ -139,3 +147,37 @@ def test_html_names_an_unreadable_photo_and_still_renders(tmp_path):
     (tmp_path / "clean.png").write_bytes(b"not an image")
     page = html_report(results, tmp_path)
     assert "unreadable image" in page and "clean.png" in page and "vs JPEG quality" in page
+
+
+def test_ism_across_identities_counts_a_faceless_identity_as_zero(tmp_path):
+    results = _results(tmp_path)
+    twin = json.loads(json.dumps(results["runs"][0]))
+    twin["identity"] = "p2"
+    for m in twin["metrics"].values():
+        m.update(fdfr=1.0, ism=None, serfiq=0.0, serfiq_detected=None, face_quality=0.0, face_quality_detected=None,
+                 n_faces=0)
+    results["runs"].append(twin)
+    row = next(r for r in aggregate(results) if r["method"] == "none" and r["transform"] == "none")
+    assert row["mean"]["ism"] == pytest.approx(0.3)  # (0.6 + 0) / 2 identities, as full_ism_fdfr.py
+    assert row["mean"]["ism_detected"] == pytest.approx(0.6) and row["mean"]["serfiq_detected"] == pytest.approx(0.7)
+    assert row["mean"]["serfiq"] == pytest.approx(0.35) and row["per_prompt"][PROMPTS[0]]["ism"] == pytest.approx(0.3)
+    assert row["mean"]["face_quality"] == pytest.approx(0.2)
+    assert row["mean"]["face_quality_detected"] == pytest.approx(0.8)
+
+
+def test_every_report_states_protocol_norm_and_detector_floor(tmp_path):
+    results = _results(tmp_path)
+    md = markdown_report(results)
+    assert "## Protocol: custom settings" in md and "--protocol paper" in md
+    assert "face detection on the clean reference photos (the detector's floor): 3/4 detected (rate 0.750" in md
+    assert "protection function (generator methods): image: per-image statistics" in md
+    results["protocol"] = {"name": "paper", "settings": [
+        {"setting": "scheduler", "protocol": "pndm", "ran": "pndm", "matches": True},
+        {"setting": "images_per_prompt", "protocol": 30, "ran": 2, "matches": False}]}
+    results["config"].update(norm="running")
+    md = markdown_report(results)
+    assert "## Protocol: paper (1 departure(s))" in md and "depart from it (images per prompt)" in md
+    assert "| scheduler | pndm | pndm | ✓ |" in md and "| images per prompt | 30 | 2 | ✗ departs |" in md
+    assert "protection function (generator methods): running: running statistics" in md
+    page = html_report(results, tmp_path)
+    assert "Protocol: paper (1 departure(s))" in page and "identity gap" in page and "3/4 detected" in page
