@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .generator import MIN_SIZE, SIZE_MULTIPLE, Generator, InferenceGenerator
+from .generator import SIZE_MULTIPLE, Generator, InferenceGenerator
 
 OPSET = 18
 INPUT_NAMES = ("images", "budget")

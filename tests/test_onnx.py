@@ -34,7 +34,8 @@ def test_onnxruntime_matches_torch_within_one_grey_level_at_budget_8(exported, s
     g, session, _ = exported
     photos = np.random.default_rng(size[1]).integers(0, 256, (2, *size, 3), dtype=np.uint8)
     ours = run(session, photos, 8.0)
-    reference = Protector(g, budget=8, mode="native", norm="image", precision="fp32", device="cpu").protect_uint8(photos)
+    torch_path = Protector(g, budget=8, mode="native", norm="image", precision="fp32", device="cpu")
+    reference = torch_path.protect_uint8(photos)
     assert ours.dtype == np.uint8 and ours.shape == photos.shape
     diff = np.abs(ours.astype(int) - reference.astype(int))
     assert diff.max() <= 1 and (diff == 0).mean() > 0.999
