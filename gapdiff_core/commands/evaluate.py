@@ -20,8 +20,9 @@ given as well overrides it, and the report lists each of the protocol's settings
 Without --protocol: the tiny-lora (tiny model) or lora preset, 4 images per prompt, 30 DDIM steps.
 
 Every report also gives the identity-learning gap (the attacked model's denoising error on set_C minus that of
-the model attacked with the clean photos; higher = the attacker learned less) and the face detection rate on the
-clean set_C photos (the detector's floor).
+the model attacked with the clean photos; higher = the attacker learned less; that clean attack runs once per
+identity even when 'none' is not among the methods) and the face detection rate on the clean set_C photos (the
+detector's floor).
 
 Example (the paper's protocol on a real SD 2.1-base folder):
   gapdiff evaluate data/ --out eval_out --protocol paper --model sd21-base/ --device cuda \\
