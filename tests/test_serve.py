@@ -396,3 +396,10 @@ def test_uploads_decode_in_memory_like_files_16_bit_png_included(tmp_path):
     assert uploaded.notes == ["16-bit PNG reduced to 8 bits"]  # the exact reduction, read from the bytes twice
     assert str(uploaded.path) == "deep.png"
     assert decode(encode_image(uploaded.rgb)).tolist() == uploaded.rgb.tolist()
+
+
+def test_serve_without_a_generator_file_exits_2_naming_it(tmp_path, capsys):
+    from gapdiff_core.cli import main
+
+    assert main(["serve", "-g", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors: generator checkpoint not found" in capsys.readouterr().err
