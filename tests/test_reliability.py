@@ -229,3 +229,20 @@ def test_app_options_are_checked_before_anything_starts(capsys):
         with pytest.raises(SystemExit) as refused:
             parser.parse_args(["app", *argv])
         assert refused.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_iterative_methods_skip_existing_and_leave_out_earlier_outputs(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    photo(src / "a.png")
+    photo(src / "b.png", seed=1)
+    args = ["protect", str(src), "-o", str(src / "out"), "--recursive", "--method", "photoguard", "--schedule",
+            "tiny", "--format", "jpg", "--quality", "5"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "-level budget; save as png" in first  # the change reported is the saved JPEG's
+    written = sorted(p.name for p in (src / "out").iterdir())
+    assert written == ["a_png_photoguard-demo-protected.jpg", "b_png_photoguard-demo-protected.jpg"]
+    assert main(args + ["--skip-existing"]) == 0
+    assert "0 protected, 2 skipped" in capsys.readouterr().out
+    assert sorted(p.name for p in (src / "out").iterdir()) == written

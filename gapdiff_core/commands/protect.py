@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from . import options
 from .batch_log import BatchLog
 
 HELP = "protect photos with a trained GAP-Diff generator"
-MAX_WORKING_PIXELS = 2048 * 2048  # ~1.6 GB of generator activations at ngf=64, fp32 (a 512 x 8192 strip)
+MAX_WORKING_PIXELS = 2048 * 2048  # a 512 x 8192 strip: +1.4 GB at ngf=64, fp32, CPU (bench/cli_memory.py)
 DESCRIPTION = """Protect photos with a trained GAP-Diff generator (one forward pass per photo).
 
 Writes one protected copy per input into OUTDIR (never over an input), PNG by default, with EXIF/GPS/XMP
@@ -20,6 +19,11 @@ noise_budget=16 on [-1, 1]) no pixel of the saved 8-bit image differs from the i
 A generator is required: the authors' released G_per16_pretrain.pth (see the README), or one you train with
 `gapdiff train`. A generator trained against the built-in tiny demo model protects nothing real; its outputs
 are labelled as demo outputs.
+
+Memory (bench/cli_memory.py): about 40 bytes per photo pixel besides the loaded generator (a 25-megapixel photo
+adds 0.8-0.9 GB), plus the generator's activations at the working size. A photo whose working-resolution copy
+exceeds 2048x2048 pixels (an aspect ratio beyond 16:1 at 512) is refused in working mode: crop it or use
+--mode native. Photos over 150 megapixels are refused from the header, before decoding.
 
 Exit code 0 when every photo was protected, 1 when any input failed (the others are still written)."""
 
@@ -165,8 +169,9 @@ def _run_iterative(args) -> int:
     from tqdm import tqdm
 
     from ..attack.progress import TqdmProgress
-    from ..imageio import ImageError, InputGuard, iter_image_paths, load_image, output_path_for, save_image, to_uint8
-    from ..protect import protection_stats, resolve_device
+    from ..imageio import (ImageError, InputGuard, iter_image_paths, load_image, output_path_for,
+                           prepare_output_folder, to_uint8)
+    from ..protect import resolve_device
     from ..protections import get_protection
     from ..protections.base import ProtectionCancelled, resize
 
@@ -183,6 +188,7 @@ def _run_iterative(args) -> int:
             res = (method.resolution, method.resolution)
             method.class_images = torch.cat([resize(x, res) for x in _load_folder(args.class_images,
                                                                                   "--class-images")])
+        out_dir = prepare_output_folder(args.out)
     except (ValueError, RuntimeError, OSError, ImportError, ImageError) as exc:
         print(f"gapdiff protect: {exc}", file=sys.stderr)
         return 2
@@ -191,16 +197,21 @@ def _run_iterative(args) -> int:
     print(method.describe())
     if demo:
         print("WARNING: the surrogate is a DEMO model with random weights: these outputs are NOT protection.")
-    paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive)
+    suffix = "." + args.format
+    paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive, out_dir=out_dir,
+                                             output_ending=tag + suffix)
     inputs = InputGuard(paths)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     done = 0
     log = BatchLog(failures)
     sets: dict = {}
     for path in paths:
         sets.setdefault(path if args.per_photo else path.resolve().parent, []).append(path)
     for members in sets.values():
+        dests = {path: output_path_for(path, out_dir, suffix=suffix, tag=tag, root=root) for path in members}
+        if args.skip_existing and all(dest.exists() for dest in dests.values()):
+            for _ in members:  # a set is skipped whole: its photos are optimised together
+                log.skip()
+            continue
         loaded = []
         for path in members:
             try:
@@ -219,18 +230,14 @@ def _run_iterative(args) -> int:
                 log.fail(path, exc)
             continue
         for (path, image), y in zip(loaded, out):
+            if args.skip_existing and dests[path].exists():  # the rest of a partly written set
+                log.skip()
+                continue
             try:
-                y8 = to_uint8(y)
-                dest = output_path_for(path, out_dir, suffix="." + args.format, tag=tag, root=root)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                save_image(dest, y8, image.alpha if args.format != "jpg" else None, quality=args.quality,
-                           keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=inputs,
-                           overwrite=args.overwrite)
+                tqdm.write(_save_and_describe(path, dests[path], image, to_uint8(y), args, inputs, method.budget))
             except (ImageError, ValueError, OSError) as exc:
                 log.fail(path, exc)
                 continue
-            stats = protection_stats(image.rgb, y8)
-            tqdm.write(f"{path} -> {dest}: max change {stats.max_change:.0f} grey levels, PSNR {stats.psnr:.1f} dB")
             done += 1
     return log.finish(done, "protected", demo=demo)
 
