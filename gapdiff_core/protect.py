@@ -10,6 +10,7 @@ import copy
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -42,10 +43,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def default_precision(device: torch.device) -> str:
-    """The fastest precision that keeps the 8-bit output within 1 grey level of fp32 (bench/protect.py measures it).
-
-    CPUs with native bf16 (AVX512-BF16 / AMX) run bf16; CUDA runs fp16; everything else fp32.
-    """
+    """The fastest precision worth trying on `device`: bf16 on CPUs with native bf16 (AVX512-BF16 / AMX), fp16 on
+    CUDA, fp32 elsewhere. `Protector(precision="auto")` keeps it only where it stays within 1 grey level of fp32
+    for the generator at hand (bench/protect.py measures the distance)."""
     if device.type == "cuda":
         return "fp16"
     if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
@@ -142,8 +142,7 @@ class Protector:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
-        self.precision = default_precision(self.device) if precision == "auto" else precision
-        if self.precision not in PRECISIONS:
+        if precision != "auto" and precision not in PRECISIONS:
             raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, not {precision!r}")
         self.budget = float(self.info.budget if budget is None else budget)
         if not 0 < self.budget <= 255:
@@ -156,16 +155,36 @@ class Protector:
         self.working_resolution = int(working_resolution or self.info.working_resolution)
         self.batch_size = 1 if official_mode else max(1, batch_size)
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
-        self.dtype = PRECISIONS[self.precision]
-        if official_mode:
+        self._build(generator, default_precision(self.device) if precision == "auto" else precision)
+        self.precision_note = "" if precision != "auto" else "auto"
+        if precision == "auto" and self.precision != "fp32":
+            self._keep_reduced_precision_only_if_close(generator)
+
+    def _build(self, generator: Generator, precision: str) -> None:
+        self.precision, self.dtype = precision, PRECISIONS[precision]
+        if self.official_mode:
             self.model = copy.deepcopy(generator).train().to(self.device, self.dtype)
         else:  # the inference form sets each layer's dtype itself
-            self.model = InferenceGenerator(generator, norm, self.dtype).to(self.device)
+            self.model = InferenceGenerator(generator, self.norm, self.dtype).to(self.device)
         if self.device.type == "cpu":
-            if not official_mode:
+            if not self.official_mode:
                 self.model = pack_for_cpu(self.model)
             if not isinstance(self.model, OneDNNGenerator):  # packed weights have oneDNN's own layout
                 self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _keep_reduced_precision_only_if_close(self, generator: Generator) -> None:
+        """`auto`: keep the device's reduced precision only if, on a probe photo, its step stays within half a grey
+        level of fp32's (so the 8-bit outputs differ by at most 1). Per-image statistics over the few pixels of
+        the deepest layers can be ill-conditioned (an untrained generator's are: 1.7-3.4 grey levels off in bf16),
+        and then fp32 is used."""
+        probe = _probe_photo()
+        reduced, fast = self.perturbation(probe), (self.precision, self.dtype, self.model)
+        self._build(generator, "fp32")
+        deviation = (reduced - self.perturbation(probe)).abs().max().item() * self.budget
+        if deviation <= 0.5:
+            self.precision, self.dtype, self.model = fast
+        self.precision_note = (f"auto: {fast[0]} is {deviation:.2f} grey levels from fp32 on a probe photo, "
+                               + ("kept" if deviation <= 0.5 else "too far: fp32 used"))
 
     def __call__(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Protect a B x 3 x H x W batch (or a list of 1 x 3 x H x W / 3 x H x W images of different sizes)."""
@@ -257,6 +276,15 @@ class Protector:
 def protect(images: torch.Tensor, generator: Generator | str | os.PathLike, **options) -> torch.Tensor:
     """One-call protection: `protect(batch, "G.safetensors", budget=8)`; options as for `Protector`."""
     return Protector(generator, **options)(images)
+
+
+def _probe_photo() -> torch.Tensor:
+    """A bundled face photo at 512 x 512 (1 x 3 x H x W in [0, 1]), for the `auto` precision check."""
+    from PIL import Image
+
+    with Image.open(Path(__file__).parent / "samples" / "obama.jpg") as im:
+        rgb = np.asarray(im.convert("RGB").resize((512, 512), Image.BICUBIC))
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
 
 
 def _check_images(x: torch.Tensor) -> None:

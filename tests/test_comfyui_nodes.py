@@ -19,7 +19,7 @@ sys.path.remove(str(Path(__file__).parent / "stubs"))
 INTERFACE = {
     "GAPDiffLoadGenerator": ([("generator_name", "COMBO")], [("generator", "GAPDIFF_GENERATOR"), ("info", "STRING")]),
     "GAPDiffProtectImage": ([("image", "IMAGE"), ("generator", "GAPDIFF_GENERATOR"), ("budget", "INT"),
-                             ("mode", "COMBO"), ("precision", "COMBO")],
+                             ("mode", "COMBO"), ("precision", "COMBO"), ("norm", "COMBO")],
                             [("protected", "IMAGE"), ("perturbation", "IMAGE")]),
     "GAPDiffJPEGCompress": ([("image", "IMAGE"), ("quality", "INT")], [("image", "IMAGE")]),
     "GAPDiffPreprocess": ([("image", "IMAGE"), ("transform", "COMBO"), ("blur_kernel", "INT"),
@@ -174,6 +174,10 @@ def test_load_generator_and_protect(comfy):
     assert torch.equal(protected * 255, (protected * 255).round())
     assert torch.allclose(perturbation, (0.5 + change / 255 * 255 / 8).clamp(0, 1), atol=1e-5)
     assert calls[-1] == (3, 3) and len(calls) == 3
+    running, _ = run(pack, "GAPDiffProtectImage", image=image, generator=generator, budget=4, mode="working",
+                     precision="fp32", norm="running")
+    assert not torch.equal(running, protected)  # the default is per-image statistics, not eval mode
+    assert "per-image statistics" in info
     before = {k: v.clone() for k, v in generator.state_dict().items()}
     run(pack, "GAPDiffProtectImage", image=image[:1], generator=generator, budget=4, mode="working", precision="bf16")
     after = generator.state_dict()  # the loader's cached generator is left as it was

@@ -16,6 +16,7 @@ def run(args) -> int:
     import json
 
     from ..checkpoint import CheckpointError, load_generator
+    from ..protect import NORM_DESCRIPTIONS
 
     try:
         generator = load_generator(args.checkpoint)
@@ -24,7 +25,8 @@ def run(args) -> int:
         return 2
     info = generator.info
     params = sum(p.numel() for p in generator.parameters())
-    print(f"{args.checkpoint}\n  {info.describe()}\n  parameters: {params:,}")
+    print(f"{args.checkpoint}\n  {info.describe()}\n  parameters: {params:,}\n"
+          f"  protection computes: {NORM_DESCRIPTIONS['image']} (options: --norm running, --official-mode)")
     if info.training_config:
         print("  training config: " + json.dumps(info.training_config, sort_keys=True))
     return 0

@@ -56,8 +56,11 @@ def add_arguments(p) -> None:
                           help="leave inputs whose output is already in OUTDIR (continue an interrupted batch)")
     p.add_argument("--recursive", action="store_true",
                    help="descend into sub-folders of folder inputs (mirrored under OUTDIR)")
+    p.add_argument("--norm", choices=("image", "running"), default="image",
+                   help="image (default): each BatchNorm uses the photo's own statistics, the function the "
+                        "generator was trained to compute; running: eval-mode running statistics (not trained)")
     p.add_argument("--official-mode", action="store_true",
-                   help="reproduce the authors' generate.py (BatchNorm batch statistics and dropout on, seeded)")
+                   help="reproduce the authors' generate.py (train mode, dropout on, one photo at a time, seeded)")
     p.add_argument("--seed", type=int, default=0, help="seed for --official-mode (and iterative methods)")
     p.add_argument("--method", default="gap-diff",
                    help="gap-diff (default; needs --generator) or an iterative protection: aspl, fsmg, photoguard, "
@@ -84,7 +87,7 @@ def run(args) -> int:
     from ..checkpoint import CheckpointError, load_generator
     from ..imageio import (ImageError, InputGuard, iter_image_paths, load_image, output_path_for,
                            prepare_output_folder)
-    from ..protect import Protector
+    from ..protect import NORM_DESCRIPTIONS, Protector
 
     if getattr(args, "method", "gap-diff").lower() not in ("gap-diff", "gapdiff"):
         return _run_iterative(args)
@@ -98,7 +101,7 @@ def run(args) -> int:
         generator = load_generator(args.generator)
         protector = Protector(generator, budget=args.budget, mode=args.mode, device=args.device,
                               precision=args.precision, batch_size=args.batch_size,
-                              official_mode=args.official_mode, seed=args.seed)
+                              norm=args.norm, official_mode=args.official_mode, seed=args.seed)
         out_dir = prepare_output_folder(args.out)
     except (CheckpointError, ValueError, RuntimeError) as exc:
         print(f"gapdiff protect: {exc}", file=sys.stderr)
@@ -111,7 +114,8 @@ def run(args) -> int:
     if protector.budget > info.budget:
         print(f"note: budget {protector.budget:g} exceeds the {info.budget:g} grey levels it was trained for")
     print(f"budget {protector.budget:g} grey levels, mode {protector.mode}, device {protector.device}, "
-          f"precision {protector.precision}")
+          f"precision {protector.precision}{f' ({protector.precision_note})' if protector.precision_note else ''}"
+          f"\nnormalisation: {NORM_DESCRIPTIONS[protector.norm]}")
 
     suffix = "." + args.format
     paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive, out_dir=out_dir,
