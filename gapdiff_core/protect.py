@@ -22,6 +22,9 @@ from .generator import MIN_SIZE, NORMS, SIZE_MULTIPLE, Generator, InferenceGener
 from .onednn_generator import OneDNNGenerator, pack_for_cpu
 
 MODES = ("working", "native")
+#: Largest photo at the working resolution (a 512 x 8192 strip: +1.4 GB at ngf=64, fp32, CPU; bench/cli_memory.py).
+#: A small file can be a huge strip (16 x 100000 pixels is 512 x 3.2 million at the generator).
+MAX_WORKING_PIXELS = 2048 * 2048
 #: What each choice of normalisation computes, for banners, reports and node info.
 NORM_DESCRIPTIONS = {
     "image": "per-image statistics (train-mode BatchNorm at batch 1, dropout off: the trained function)",
@@ -145,8 +148,9 @@ class Protector:
         if precision != "auto" and precision not in PRECISIONS:
             raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, not {precision!r}")
         self.budget = float(self.info.budget if budget is None else budget)
-        if not 0 < self.budget <= 255:
-            raise ValueError(f"budget must be in (0, 255] grey levels, not {self.budget}")
+        if not 1 <= self.budget <= 255:
+            raise ValueError(f"budget must be 1-255 grey levels (a smaller one changes no 8-bit pixel), not "
+                             f"{self.budget}")
         if tile_size % SIZE_MULTIPLE or tile_size < MIN_SIZE or not 0 <= tile_overlap < tile_size:
             raise ValueError(f"tile_size must be a multiple of {SIZE_MULTIPLE} >= {MIN_SIZE} and "
                              f"0 <= tile_overlap < tile_size (got {tile_size}, {tile_overlap})")
@@ -223,10 +227,22 @@ class Protector:
             delta = self._raw(x).float().mul_(self.budget / 255)
             return apply_budget(x, delta, self.budget).cpu()
 
+    def check_size(self, h: int, w: int, name: object = "the photo") -> None:
+        """Refuse an h x w photo whose working-resolution copy would exceed MAX_WORKING_PIXELS (its memory follows
+        the working size, not the file); native mode runs in tiles of bounded memory."""
+        if self.mode != "working":
+            return
+        wh, ww = working_size(h, w, self.working_resolution)
+        if wh * ww > MAX_WORKING_PIXELS:
+            raise ValueError(f"{name}: a {w}x{h} photo is {ww}x{wh} at the working resolution "
+                             f"{self.working_resolution}, over {MAX_WORKING_PIXELS:,} pixels (its aspect ratio is too "
+                             "extreme); crop it, or use native mode (tiled, bounded memory)")
+
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if self.mode == "native":
             return self._tiled(x)
+        self.check_size(h, w)
         wh, ww = working_size(h, w, self.working_resolution)
         small = x if (wh, ww) == (h, w) else F.interpolate(x, (wh, ww), mode="bilinear", antialias=True,
                                                             align_corners=False)

@@ -190,6 +190,10 @@ def test_stats_and_bad_arguments(generator):
         Protector(generator, mode="fast")
     with pytest.raises(ValueError, match="budget"):
         Protector(generator, budget=0)
+    with pytest.raises(ValueError, match="changes no 8-bit pixel"):
+        Protector(generator, budget=0.5)
+    with pytest.raises(ValueError, match="4000x16 photo is 128000x512 at the working resolution"):
+        Protector(generator, precision="fp32")(photo(16, 4000))  # refused before it costs memory
     with pytest.raises(ValueError, match="precision"):
         Protector(generator, precision="int8")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

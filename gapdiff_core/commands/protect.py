@@ -7,7 +7,6 @@ from . import options
 from .batch_log import BatchLog
 
 HELP = "protect photos with a trained GAP-Diff generator"
-MAX_WORKING_PIXELS = 2048 * 2048  # a 512 x 8192 strip: +1.4 GB at ngf=64, fp32, CPU (bench/cli_memory.py)
 DESCRIPTION = """Protect photos with a trained GAP-Diff generator (one forward pass per photo).
 
 Writes one protected copy per input into OUTDIR (never over an input), PNG by default, with EXIF/GPS/XMP
@@ -138,9 +137,9 @@ def run(args) -> int:
                 continue
             try:
                 image = load_image(path)
-                _check_working_size(path, image, protector)
+                protector.check_size(image.rgb.shape[0], image.rgb.shape[1], name=path)
                 loaded.append((path, image))
-            except (ImageError, OSError) as exc:
+            except (ValueError, OSError) as exc:  # ImageError is a ValueError
                 fail(path, exc)
         for group in _same_size_groups(loaded):  # one generator call per group of equal-size photos
             try:
@@ -254,21 +253,6 @@ def _load_folder(folder, option: str) -> list:
     if problems or not paths:
         raise ValueError(f"{option} {folder}: " + ("; ".join(problems) if problems else "no photos in it"))
     return [load_image(p).tensor() for p in paths]
-
-
-def _check_working_size(path, image, protector) -> None:
-    """Refuse a photo whose working-resolution copy would be huge (a 16 x 100000 strip is a small file, but 512 x
-    3.2 million pixels at the generator): memory follows the working size, not the file."""
-    from ..imageio import ImageError
-    from ..protect import working_size
-
-    if protector.mode != "working":
-        return  # native mode runs in tiles
-    h, w = working_size(image.rgb.shape[0], image.rgb.shape[1], protector.working_resolution)
-    if h * w > MAX_WORKING_PIXELS:
-        raise ImageError(f"{path}: a {image.size[0]}x{image.size[1]} photo is {w}x{h} at the working resolution "
-                         f"{protector.working_resolution}, over {MAX_WORKING_PIXELS:,} pixels (its aspect ratio is "
-                         "too extreme); crop it, or use --mode native (tiled, bounded memory)")
 
 
 def _save_and_describe(path, dest, image, protected, args, inputs, budget: float) -> str:
