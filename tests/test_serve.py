@@ -227,7 +227,8 @@ def png_header_only(width, height, bit_depth=8, rows=b"\x00" * 64) -> bytes:
 
 @pytest.mark.parametrize("params, kind, words", [
     ({"budget": "abc"}, "bad_parameter", "budget"),
-    ({"budget": "0"}, "bad_parameter", "budget must be in (0, 255]"),
+    ({"budget": "0.5"}, "bad_parameter", "budget must be 1-8 grey levels"),
+    ({"budget": "9"}, "bad_parameter", "budget must be 1-8 grey levels (the service's budget"),
     ({"mode": "fast"}, "bad_parameter", "mode must be one of working, native"),
     ({"format": "gif"}, "bad_parameter", "format must be one of png, webp, jpg"),
 ])

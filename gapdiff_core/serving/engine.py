@@ -31,7 +31,8 @@ class ServiceSettings:
 
 class Engine:
     """A loaded generator and the `Protector` built from it. A batch key is (shape, mode, budget): photos of
-    one shape share a forward pass; mode and budget come from each request."""
+    one shape share a forward pass; mode and budget come from each request, the budget at most the service's
+    (the Protector's automatic precision is checked to stay within 1 grey level of fp32 at that budget)."""
 
     def __init__(self, settings: ServiceSettings):
         from ..checkpoint import load_generator
@@ -48,8 +49,9 @@ class Engine:
         budget = self.protector.budget if budget is None else float(budget)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        if not 0 < budget <= 255:
-            raise ValueError(f"budget must be in (0, 255] grey levels, not {budget:g}")
+        if not 1 <= budget <= self.protector.budget:  # auto precision was checked at the service's budget
+            raise ValueError(f"budget must be 1-{self.protector.budget:g} grey levels (the service's budget; start "
+                             f"it with --budget to allow more), not {budget:g}")
         return rgb.shape, mode, budget
 
     def run_batch(self, key: Hashable, images: Sequence[np.ndarray]) -> list[np.ndarray]:
