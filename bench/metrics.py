@@ -1,8 +1,9 @@
 """Validity table of the protection metrics: does each one move, and which way, when face photos get worse?
 
 Faces: the sample photos shipped in gapdiff_core/samples (from the face_recognition sdist and scikit-image),
-each cut square around its face and resized to --size, in three framings: tight (the detector's face box
-fills the image, like VGGFace2/CelebA-HQ crops), portrait (face ≈ 45 % of the side) and wide (≈ 29 %).
+each cut square around its face and resized to --size, in three framings: tight (the square is 0.9 × the YuNet
+face box: brow and chin touch the edges, as in tightly cropped dataset photos), portrait (face ≈ 45 % of the
+side) and wide (≈ 29 %).
 Conditions: clean, JPEG q90/70/50/30/10/5, Gaussian blur σ 1/2/4 px, Gaussian noise σ 10/30 grey levels.
 Metrics (detector threshold 0.9): FDFR with YuNet and with RetinaFace-MobileNet; on the faces --detector finds
 (default RetinaFace-MobileNet, which still finds faces YuNet loses): ISM (SFace, reference = each identity's
@@ -32,7 +33,7 @@ from gapdiff_core.metrics import face_iqa  # noqa: E402,F401  (M.face_iqa)
 SAMPLES = Path(__file__).resolve().parent.parent / "gapdiff_core" / "samples"
 IDENTITIES = {"obama": ["obama.jpg", "obama2.jpg", "obama3.jpg"], "biden": ["biden.jpg"],
               "astronaut": ["astronaut.png"]}
-FRAMINGS = {"tight": 1.0, "portrait": 2.2, "wide": 3.5}  # square side / face box side
+FRAMINGS = {"tight": 0.9, "portrait": 2.2, "wide": 3.5}  # square side / face box side
 CONDITIONS = (["clean"] + [f"jpeg{q}" for q in (90, 70, 50, 30, 10, 5)] + [f"blur{s}" for s in (1, 2, 4)]
               + [f"noise{s}" for s in (10, 30)])
 # name, direction when the face gets worse, format
