@@ -257,23 +257,25 @@ def _noise(x: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def small_faces() -> list[np.ndarray]:
-    """The five sample faces at 320² with the face about 45 % of the side (a head-and-shoulders shot)."""
-    return [_portrait(n, size=320) for n in FACE_NAMES]
+    """Three sample faces (two identities and the astronaut) at 320² with the face about 45 % of the side."""
+    return [_portrait(n, size=320) for n in ("obama.jpg", "biden.jpg", "astronaut.png")]
 
 
 def test_face_quality_falls_on_degraded_faces(small_faces):
     clean = M.face_quality(small_faces)
-    assert clean.n_detected == 5 and clean.value == pytest.approx(clean.value_detected_only)
+    assert clean.n_detected == 3 and clean.value == pytest.approx(clean.value_detected_only)
     assert "QualityFace" in clean.backend and clean.value_detected_only > 0.85
-    for label, degraded, min_drop in (("jpeg5", [_jpeg(x, 5) for x in small_faces], 0.06),
-                                      ("blur4", [_blur(x, 4) for x in small_faces], 0.3),
-                                      ("noise30", [_noise(x, 30) for x in small_faces], 0.06)):
+    blurred = {s: [_blur(x, s) for x in small_faces] for s in (1, 2, 4)}
+    scores = {}
+    for label, degraded in (("jpeg5", [_jpeg(x, 5) for x in small_faces]), ("noise30", [_noise(x, 30) for x in small_faces]),
+                            *((f"blur{s}", xs) for s, xs in blurred.items())):
         r = M.face_quality(degraded, detector="retinaface-mobilenet")  # YuNet at 0.9 loses some of these faces
-        assert r.n_detected == 5 and r.detector == "retinaface-mobilenet", label
-        drop = clean.value_detected_only - r.value_detected_only
-        assert drop > min_drop, (label, clean.per_image, r.per_image)
+        assert r.n_detected == 3 and r.detector == "retinaface-mobilenet", label
+        scores[label] = r.per_image
+    drop = lambda label: clean.value_detected_only - np.mean(scores[label])
+    assert drop("jpeg5") > 0.06 and drop("noise30") > 0.06 and drop("blur4") > 0.3, (clean.per_image, scores)
     # worse blur, lower score (face by face)
-    steps = [M.face_quality([_blur(x, s) for x in small_faces]).per_image for s in (1, 2, 4)]
+    steps = [clean.per_image, scores["blur1"], scores["blur2"], scores["blur4"]]
     assert all(a > b for s1, s2 in zip(steps, steps[1:]) for a, b in zip(s1, s2)), steps
 
 
