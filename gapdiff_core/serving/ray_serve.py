@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 
+from ..ray_local import LOCAL_ONLY_VARIABLE
 from .engine import ServiceSettings
 
 APP_NAME = "gapdiff"
@@ -25,6 +26,8 @@ def protection_app(settings: ServiceSettings, *, replicas: int = 1, num_gpus: fl
     @serve.ingress()
     class ProtectionService:
         def __init__(self, settings: ServiceSettings):
+            if os.environ.get(LOCAL_ONLY_VARIABLE) == "0":
+                _bind_replica_grpc_to_loopback()
             self.settings = settings
             self.engine = Engine(settings)  # loaded before the replica counts as started
 
@@ -77,3 +80,19 @@ def run_ray_serve(settings: ServiceSettings, **options) -> None:
             signal.signal(sig, handler)
         if ray.is_initialized():
             ray.shutdown()
+
+
+def _bind_replica_grpc_to_loopback() -> None:
+    """Ray Serve binds each replica's inter-deployment gRPC server to [::] (every interface), with no setting for
+    it; in a loopback-only local instance (see ray_local) it is bound to 127.0.0.1 like every other Ray server."""
+    from ray.serve._private import replica
+
+    bind = replica.add_port_to_grpc_server
+    if getattr(bind, "loopback", False):
+        return
+
+    def loopback(server, address: str):
+        return bind(server, address.replace("[::]", "127.0.0.1"))
+
+    loopback.loopback = True
+    replica.add_port_to_grpc_server = loopback
