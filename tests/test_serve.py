@@ -404,3 +404,51 @@ def test_serve_without_a_generator_file_exits_2_naming_it(tmp_path, capsys):
 
     assert main(["serve", "-g", str(tmp_path / "missing.safetensors")]) == 2
     assert "missing.safetensors: generator checkpoint not found" in capsys.readouterr().err
+
+
+def test_every_socket_of_the_service_listens_on_loopback_only(server):
+    """The server process and all it started (for Ray: GCS, raylet, agents, proxy, replicas) listen on loopback."""
+    listening = listening_sockets(server.proc.pid)
+    assert listening, "no listening socket found for the service's processes"
+    assert [a for a in listening if not a[0].startswith("127.") and a[0] != "::1"] == []
+    assert ("127.0.0.1", server.port) in listening
+
+
+def listening_sockets(root: int) -> set:
+    """(address, port) of every TCP socket in LISTEN state owned by `root` or its descendants (from /proc)."""
+    import ipaddress
+    from pathlib import Path
+
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    tree, grown = {root}, True
+    while grown:
+        children = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= children
+        grown = bool(children)
+    inodes = set()
+    for pid in tree:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            pass
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            addr, port = cols[1].split(":")
+            raw = bytes.fromhex(addr)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word little-endian
+            ip = ipaddress.ip_address(raw)
+            found.add((str(ip.ipv4_mapped) if ip.version == 6 and ip.ipv4_mapped else str(ip), int(port, 16)))
+    return found

@@ -43,14 +43,16 @@ def protection_app(settings: ServiceSettings, *, replicas: int = 1, num_gpus: fl
 
 
 def deploy(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
-           num_gpus: float = 0.0, num_cpus: float = 1.0, address: str | None = None) -> None:
-    """Start (or join) Ray, start Serve's HTTP proxy on host:port and run the application (returns when every
-    replica is up)."""
+           num_gpus: float = 0.0, num_cpus: float = 1.0, address: str | None = None, on_ray_started=None) -> None:
+    """Start (or join) Ray, then call `on_ray_started()` if given, start Serve's HTTP proxy on host:port and run
+    the application (returns when every replica is up)."""
     from ray import serve
 
     from ..ray_local import start_ray
 
     start_ray(address, num_cpus=None if address else max(os.cpu_count() or 1, int(replicas * num_cpus) + 1))
+    if on_ray_started is not None:
+        on_ray_started()
     serve.start(http_options={"host": host, "port": port})
     serve.run(protection_app(settings, replicas=replicas, num_gpus=num_gpus, num_cpus=num_cpus),
               name=APP_NAME, route_prefix="/", blocking=False)
@@ -65,10 +67,13 @@ def run_ray_serve(settings: ServiceSettings, **options) -> None:
     stop = threading.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.getsignal(sig) for sig in signals}
-    try:
-        deploy(settings, **options)
-        for sig in signals:  # after ray.init, which installs a handler that aborts the process on SIGTERM
+
+    def catch_signals():  # after ray.init, which installs a handler that aborts the process on SIGTERM
+        for sig in signals:
             signal.signal(sig, lambda *_: stop.set())
+
+    try:
+        deploy(settings, **options, on_ray_started=catch_signals)
         print(f"gapdiff serve --ray: listening on http://{options.get('host', '127.0.0.1')}:"
               f"{options.get('port', 8000)} ({options.get('replicas', 1)} replicas)", flush=True)
         while not stop.wait(0.5):  # a timed wait keeps the main thread responsive to signals
