@@ -210,10 +210,12 @@ def test_limits_body_size_and_pixel_count(server):
         big = c.post("/v1/protect", content=os.urandom(MAX_BODY), headers={"Content-Type": "image/png"})
         over = c.post("/v1/protect", content=png_header_only(3000, 3000), headers={"Content-Type": "image/png"})
         bomb = c.post("/v1/protect", content=png_header_only(30000, 30000), headers={"Content-Type": "image/png"})
+        thin = post(c, photo(40, 2100))  # 512 x 26880 at the working resolution: refused before it is queued
     assert big.status_code == 413 and big.json()["error"]["kind"] == "body_too_large"
     assert over.status_code == 413 and over.json()["error"]["kind"] == "too_many_pixels"
     assert "3000x3000" in over.json()["error"]["message"] and "4,000,000 pixel limit" in over.json()["error"]["message"]
     assert bomb.status_code == 413 and bomb.json()["error"]["kind"] == "too_many_pixels"
+    assert thin.status_code == 422 and "aspect ratio is too extreme" in thin.json()["error"]["message"]
 
 
 def png_header_only(width, height, bit_depth=8, rows=b"\x00" * 64) -> bytes:

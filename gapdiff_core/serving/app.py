@@ -143,6 +143,10 @@ class Service:
         except ValueError as exc:
             raise ApiError(422, "bad_parameter", str(exc)) from exc
         try:
+            engine.check_size(key, name)
+        except ValueError as exc:
+            raise ApiError(422, "bad_image", str(exc)) from exc
+        try:
             future = self.batcher.submit(key, image.rgb)
         except QueueFull as exc:
             raise ApiError(429, "queue_full", str(exc), {"Retry-After": str(exc.retry_after)}) from exc

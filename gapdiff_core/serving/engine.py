@@ -54,12 +54,19 @@ class Engine:
                              f"it with --budget to allow more), not {budget:g}")
         return rgb.shape, mode, budget
 
+    def check_size(self, key: Hashable, name: str) -> None:
+        """Raise ValueError for a photo the Protector refuses (a working-size copy too large to hold)."""
+        shape, mode, budget = key
+        self._protector(mode, budget).check_size(shape[0], shape[1], name)
+
     def run_batch(self, key: Hashable, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Protect equal-shape H x W x 3 uint8 photos in one call of the Protector."""
         _, mode, budget = key
+        return list(self._protector(mode, budget).protect_uint8(np.stack(images)))
+
+    def _protector(self, mode: str, budget: float):
         protector = self.protector
         if (mode, budget) != (protector.mode, protector.budget):
             protector = copy.copy(protector)  # shares the loaded model; mode and budget are plain settings
             protector.mode, protector.budget = mode, budget
-        out = protector.protect_uint8(np.stack(images))
-        return list(out)
+        return protector
