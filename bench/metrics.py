@@ -28,7 +28,6 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gapdiff_core import metrics as M  # noqa: E402
-from gapdiff_core.metrics import face_iqa  # noqa: E402,F401  (M.face_iqa)
 
 SAMPLES = Path(__file__).resolve().parent.parent / "gapdiff_core" / "samples"
 IDENTITIES = {"obama": ["obama.jpg", "obama2.jpg", "obama3.jpg"], "biden": ["biden.jpg"],

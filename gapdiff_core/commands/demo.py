@@ -1,6 +1,8 @@
 """`gapdiff demo`: the whole protocol on the embedded default (sample photos, tiny built-in model, demo generator)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 HELP = "run protect -> JPEG -> LoRA DreamBooth -> generate -> metrics on a toy model (a demo, not protection)"
 DESCRIPTION = """Run the evaluation protocol end to end on the sample face photos that ship with the package,
 offline, on CPU, in a few minutes:
@@ -33,10 +35,9 @@ def add_arguments(p) -> None:
                         "busy machine makes extra threads much slower)")
 
 
-def prepare_photos(root) -> "Path":
+def prepare_photos(root) -> Path:
     """Copy the sample photos of one identity into the Anti-DreamBooth layout (set_B attacked, set_C reference)."""
     import shutil
-    from pathlib import Path
 
     from ..preprocess.fidelity import SAMPLES_DIR
 
@@ -49,10 +50,9 @@ def prepare_photos(root) -> "Path":
     return root
 
 
-def demo_generator(cache, minutes: float, log=print) -> "Path":
+def demo_generator(cache, minutes: float, log=print) -> Path:
     """The cached demo generator, trained now (``minutes`` at most) when missing."""
     import time
-    from pathlib import Path
 
     path = Path(cache) / "demo_generator.safetensors"
     if not path.is_file():
@@ -67,7 +67,6 @@ def demo_generator(cache, minutes: float, log=print) -> "Path":
 
 def run(args) -> int:
     import time
-    from pathlib import Path
 
     import torch
 
