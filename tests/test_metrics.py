@@ -352,3 +352,12 @@ def test_evaluate_images_reports_face_quality(faces):
     assert fq["n_detected"] == 1 and fq["value"] == pytest.approx(fq["value_detected_only"] / 2)
     assert fq["per_image"][0] == pytest.approx(M.face_quality(gen).per_image[0], abs=1e-6)
     assert "QualityFace" in out["backends"]["face_quality"]
+
+
+def test_detections_with_non_finite_boxes_are_dropped():
+    from gapdiff_core.metrics.faces import Face, _ranked
+
+    lm = np.zeros((5, 2), np.float32)
+    faces = [Face((0.0, 0.0, float("inf"), 10.0), lm, 0.99), Face((1.0, 2.0, 30.0, 30.0), lm, 0.95),
+             Face((1.0, 2.0, 30.0, 30.0), lm + np.nan, 0.97), Face((5.0, 5.0, 20.0, 20.0), lm, 0.98)]
+    assert [f.score for f in _ranked(faces)] == [0.98, 0.95]

@@ -132,7 +132,15 @@ class YuNetDetector:
         for r in ([] if rows is None else rows):
             faces.append(Face(tuple(float(v) / scale for v in r[:4]),
                               (r[4:14].reshape(5, 2) / scale).astype(np.float32), float(r[14])))
-        return sorted(faces, key=lambda f: -f.score)
+        return _ranked(faces)
+
+
+def _ranked(faces: list[Face]) -> list[Face]:
+    """Detections by falling score, without any whose box, landmarks or score is not finite (a detector's
+    decoding can overflow on degenerate images, such as a random model's tiny generations)."""
+    finite = [f for f in faces if np.isfinite(f.box).all() and np.isfinite(f.landmarks).all()
+              and np.isfinite(f.score)]
+    return sorted(finite, key=lambda f: -f.score)
 
 
 class TinyRetinaFaceDetector:
@@ -157,7 +165,7 @@ class TinyRetinaFaceDetector:
         found = self._mod.detect_faces(rgb, score_threshold=self.threshold, nms_threshold=self.nms_threshold)
         faces = [Face((float(f.x), float(f.y), float(f.width), float(f.height)),
                       np.array([[p.x, p.y] for p in f.landmarks], np.float32), float(f.score)) for f in found]
-        return sorted(faces, key=lambda f: -f.score)
+        return _ranked(faces)
 
 
 class FacexlibRetinaFaceDetector:
@@ -194,7 +202,7 @@ class FacexlibRetinaFaceDetector:
             dets = self._model.detect_faces(np.ascontiguousarray(rgb[:, :, ::-1]), self.threshold)
         faces = [Face((float(d[0]), float(d[1]), float(d[2] - d[0]), float(d[3] - d[1])),
                       np.asarray(d[5:15], np.float32).reshape(5, 2), float(d[4])) for d in dets]
-        return sorted(faces, key=lambda f: -f.score)
+        return _ranked(faces)
 
 
 # ----------------------------------------------------------------------------- embedders
