@@ -354,10 +354,11 @@ def test_evaluate_images_reports_face_quality(faces):
     assert "QualityFace" in out["backends"]["face_quality"]
 
 
-def test_detections_with_non_finite_boxes_are_dropped():
+def test_implausible_detections_are_dropped():
     from gapdiff_core.metrics.faces import Face, _ranked
 
     lm = np.zeros((5, 2), np.float32)
     faces = [Face((0.0, 0.0, float("inf"), 10.0), lm, 0.99), Face((1.0, 2.0, 30.0, 30.0), lm, 0.95),
-             Face((1.0, 2.0, 30.0, 30.0), lm + np.nan, 0.97), Face((5.0, 5.0, 20.0, 20.0), lm, 0.98)]
-    assert [f.score for f in _ranked(faces)] == [0.98, 0.95]
+             Face((1.0, 2.0, 30.0, 30.0), lm + np.nan, 0.97), Face((5.0, 5.0, 20.0, 20.0), lm, 0.98),
+             Face((4.1e27, 5.7e27, 0.0, 0.0), lm, 1.0), Face((-90.0, 5.0, 60.0, 20.0), lm, 0.96)]
+    assert [f.score for f in _ranked(faces, (64, 64, 3))] == [0.98, 0.95]

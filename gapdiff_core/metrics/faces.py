@@ -132,15 +132,20 @@ class YuNetDetector:
         for r in ([] if rows is None else rows):
             faces.append(Face(tuple(float(v) / scale for v in r[:4]),
                               (r[4:14].reshape(5, 2) / scale).astype(np.float32), float(r[14])))
-        return _ranked(faces)
+        return _ranked(faces, rgb.shape)
 
 
-def _ranked(faces: list[Face]) -> list[Face]:
-    """Detections by falling score, without any whose box, landmarks or score is not finite (a detector's
-    decoding can overflow on degenerate images, such as a random model's tiny generations)."""
-    finite = [f for f in faces if np.isfinite(f.box).all() and np.isfinite(f.landmarks).all()
-              and np.isfinite(f.score)]
-    return sorted(finite, key=lambda f: -f.score)
+def _ranked(faces: list[Face], shape: tuple) -> list[Face]:
+    """Detections by falling score, keeping only plausible ones: finite numbers, a box of positive size whose
+    centre lies in the image and whose sides are at most twice the image's (a detector's decoding can overflow
+    on degenerate images, such as a random model's tiny generations: boxes at 1e27 were seen)."""
+    h, w = shape[:2]
+
+    def plausible(f: Face) -> bool:
+        x, y, bw, bh = f.box
+        return (np.isfinite(f.box).all() and np.isfinite(f.landmarks).all() and np.isfinite(f.score)
+                and 0 < bw <= 2 * w and 0 < bh <= 2 * h and 0 <= x + bw / 2 <= w and 0 <= y + bh / 2 <= h)
+    return sorted(filter(plausible, faces), key=lambda f: -f.score)
 
 
 class TinyRetinaFaceDetector:
@@ -165,7 +170,7 @@ class TinyRetinaFaceDetector:
         found = self._mod.detect_faces(rgb, score_threshold=self.threshold, nms_threshold=self.nms_threshold)
         faces = [Face((float(f.x), float(f.y), float(f.width), float(f.height)),
                       np.array([[p.x, p.y] for p in f.landmarks], np.float32), float(f.score)) for f in found]
-        return _ranked(faces)
+        return _ranked(faces, rgb.shape)
 
 
 class FacexlibRetinaFaceDetector:
@@ -202,7 +207,7 @@ class FacexlibRetinaFaceDetector:
             dets = self._model.detect_faces(np.ascontiguousarray(rgb[:, :, ::-1]), self.threshold)
         faces = [Face((float(d[0]), float(d[1]), float(d[2] - d[0]), float(d[3] - d[1])),
                       np.asarray(d[5:15], np.float32).reshape(5, 2), float(d[4])) for d in dets]
-        return _ranked(faces)
+        return _ranked(faces, rgb.shape)
 
 
 # ----------------------------------------------------------------------------- embedders
