@@ -220,3 +220,11 @@ def test_cli_attack_writes_model_lora_and_samples(tmp_path):
     assert attack.run(args) == 0
     assert (out / "lora.safetensors").is_file() and (out / "model" / "unet").is_dir()
     assert len(list((out / "samples" / "a_photo_of_sks_person").glob("*.png"))) == 1
+
+
+def test_bf16_on_a_cpu_without_avx512_is_a_clear_error(base, cache, tmp_path, monkeypatch):
+    """torch's bf16 attention on a CPU needs AVX-512 ('pack_vnni2 is only supported when avx512 is supported')."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    with pytest.raises(ValueError, match="needs AVX-512; use mixed_precision='no'"):
+        DreamBoothAttack(base, _config("lora", max_train_steps=1, mixed_precision="bf16"),
+                         cache_dir=cache).run(_photos(), tmp_path)

@@ -319,7 +319,7 @@ def test_paper_protocol_runs_on_the_tiny_model_and_the_report_shows_what_ran(tmp
         cfg = protocol_config("paper", model="tiny", methods=["none"], transforms=["none"], resolution=32,
                               images_per_prompt=1, generation_steps=3, serfiq_T=4,
                               attack_overrides=dict(max_train_steps=2, num_class_images=1, class_steps=1,
-                                                    checkpointing_steps=0))
+                                                    checkpointing_steps=0, mixed_precision="no"))
         results = ProtocolRunner(data, tmp_path, cfg, progress=False).run()
     finally:
         torch.set_num_threads(threads)
@@ -331,9 +331,10 @@ def test_paper_protocol_runs_on_the_tiny_model_and_the_report_shows_what_ran(tmp
     assert not settings["images_per_prompt"]["matches"] and settings["images_per_prompt"]["ran"] == 1
     assert not settings["resolution"]["matches"] and settings["resolution"]["ran"] == 32
     assert not settings["attack.num_class_images"]["matches"] and not settings["attack.max_train_steps"]["matches"]
+    assert not settings["attack.mixed_precision"]["matches"]  # fp32 here: bf16 attention needs AVX-512 on a CPU
     assert results["generation_config"]["scheduler"] == "pndm" and results["generation_config"]["steps"] == 3
     md = markdown_report(results)
-    assert "## Protocol: paper (7 departure(s))" in md
+    assert "## Protocol: paper (8 departure(s))" in md
     assert "| images per prompt | 30 | 1 | ✗ departs |" in md and "| scheduler | pndm | pndm | ✓ |" in md
     assert "| sampling steps | 100 | 3 | ✗ departs |" in md and "| CFG scale | 7.5 | 7.5 | ✓ |" in md
     assert "| attack: class images | 200 | 1 | ✗ departs |" in md

@@ -373,6 +373,10 @@ class DreamBoothAttack:
         use_scaler = cfg.mixed_precision == "fp16"
         if use_scaler and device.type != "cuda":
             raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no'")
+        if cfg.mixed_precision == "bf16" and device.type == "cpu" \
+                and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+            raise ValueError(f"mixed_precision='bf16' on this CPU ({torch.backends.cpu.get_cpu_capability()}) fails "
+                             "in torch's bf16 attention, which needs AVX-512; use mixed_precision='no'")
         scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         ckpt = out_dir / CHECKPOINT_DIR
         step, losses = 0, []
