@@ -33,7 +33,8 @@ def fsync_dir(folder: PathLike) -> None:
         os.close(fd)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -48,7 +49,7 @@ def write_bytes(path: PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -68,7 +69,7 @@ def folder_beside(dest: PathLike) -> Iterator[Path]:
     and it replaces ``dest`` (:func:`replace_folder`). On an error it is removed and ``dest`` is left as it was."""
     dest = Path(dest)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}{TMP_MARK}"))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         yield tmp
         for item in tmp.rglob("*"):

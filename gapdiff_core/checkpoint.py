@@ -18,7 +18,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .generator import Generator
-from .imageio import current_umask, new_temp_path
+from .atomic import current_umask
+from .imageio import new_temp_path
 
 ARCHITECTURE = "gap-diff-unet"
 FORMAT_VERSION = "1"

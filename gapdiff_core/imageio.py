@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from .atomic import current_umask, fsync_dir
 from .png_writer import encode_png
 
 DEFAULT_MAX_PIXELS = 150_000_000  # a 100 MP photo passes, a 30000x30000 bomb does not
@@ -426,7 +427,7 @@ def save_image(
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         _commit(tmp, path, overwrite, guard)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except ImageError:
         raise
     except (OSError, ValueError) as exc:
@@ -528,24 +529,6 @@ def _commit(tmp: Path, path: Path, overwrite: bool, guard: InputGuard) -> None:
             raise ImageError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it") from None
         os.replace(tmp, path)
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # e.g. Windows: directories cannot be opened
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 _HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
 _TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"([0-9a-f]{8})-([0-9]+)-[A-Za-z0-9_]+\.tmp")
