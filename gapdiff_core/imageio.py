@@ -24,7 +24,6 @@ import os
 import re
 import socket
 import tempfile
-import threading
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .atomic import current_umask, fsync_dir
 from .png_writer import encode_png
@@ -48,7 +47,6 @@ TEMP_PREFIX = ".gapdiff-"
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 _ORIENTATION_TAG = 0x0112
-_TRUNCATION_LOCK = threading.Lock()
 
 
 class ImageError(ValueError):
@@ -114,9 +112,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, data: 
         except (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError) as exc:
             raise ImageError(f"{path}: could not decode the {fmt} image ({type(exc).__name__}: {exc}); "
                              "re-export it as PNG or JPEG") from exc
-    if orientation in _ORIENT_OPS and orientation != 1:
-        rgb = np.ascontiguousarray(_ORIENT_OPS[orientation](rgb))
-        alpha = None if alpha is None else np.ascontiguousarray(_ORIENT_OPS[orientation](alpha))
+    if orientation in range(2, 9):
+        rgb, alpha = _upright(rgb, orientation), None if alpha is None else _upright(alpha, orientation)
         notes.append(f"EXIF orientation {orientation} applied")
     return LoadedImage(path=path, rgb=rgb, alpha=alpha, format=fmt, notes=notes, metadata=metadata)
 
@@ -210,17 +207,35 @@ def _metadata_of(im: Image.Image, exif: Image.Exif) -> dict:
 
 
 def _load_pixels(im: Image.Image, path: Path) -> None:
-    """im.load(), refusing truncated files even if someone set LOAD_TRUNCATED_IMAGES globally."""
-    with _TRUNCATION_LOCK:
-        previous = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        try:
-            im.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageError(f"{path}: image data is truncated or corrupt ({exc}); "
-                             "re-download or re-export the file") from exc
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    """im.load(), refusing truncated files even where a host has set Pillow's global `LOAD_TRUNCATED_IMAGES`
+    (which is left alone: other threads of the host read it). Truncation is seen per call: the decoder asked the
+    file for more data after its end."""
+    watch = _EndWatch(im.fp)
+    im.fp = watch
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{path}: image data is truncated or corrupt ({exc}); "
+                         "re-download or re-export the file") from exc
+    if watch.ran_out:
+        raise ImageError(f"{path}: image data is truncated (the file ends inside the image data); "
+                         "re-download or re-export the file")
+
+
+class _EndWatch:
+    """A file object that notes a read past the end (an empty answer to a read that asked for bytes)."""
+
+    def __init__(self, fp):
+        self._fp, self.ran_out = fp, False
+
+    def read(self, size=-1):
+        data = self._fp.read(size)
+        if size != 0 and not data:
+            self.ran_out = True
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._fp, name)
 
 
 def _scale16(a: np.ndarray) -> np.ndarray:
@@ -349,16 +364,11 @@ def _cmyk_to_rgb(im: Image.Image, notes: list[str]) -> np.ndarray:
     return np.asarray(im.convert("RGB")).copy()
 
 
-_ORIENT_OPS = {
-    1: lambda a: a,
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.swapaxes(0, 1),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
-    8: lambda a: np.rot90(a, 1),
-}
+def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """`pixels` (as stored) turned upright for EXIF orientation 1-8, by Pillow's `ImageOps.exif_transpose`."""
+    im = Image.fromarray(pixels)
+    im.getexif()[_ORIENTATION_TAG] = orientation
+    return np.asarray(ImageOps.exif_transpose(im)).copy()
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:

@@ -2,6 +2,9 @@
 
 import io
 import struct
+import sys
+import threading
+import types
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -111,6 +114,80 @@ def test_truncated_jpeg_refused_even_if_global_flag_set(tmp_path):
         assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored for whoever set it
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _truncated_photos(tmp_path):
+    """A truncated file of each format whose decoder reads the file incrementally."""
+    paths = []
+    for fmt, suffix in (("JPEG", "jpg"), ("PNG", "png"), ("BMP", "bmp"), ("GIF", "gif"), ("TIFF", "tif")):
+        buf = io.BytesIO()
+        Image.fromarray(pattern(64, 64)).save(buf, fmt)
+        paths.append(tmp_path / f"cut.{suffix}")
+        paths[-1].write_bytes(buf.getvalue()[: len(buf.getvalue()) * 9 // 10])
+    return paths
+
+
+class _RecordingModule(types.ModuleType):
+    writes: list = []
+
+    def __setattr__(self, name, value):
+        if name == "LOAD_TRUNCATED_IMAGES":
+            type(self).writes.append(value)
+        super().__setattr__(name, value)
+
+
+@pytest.mark.parametrize("host_flag", [False, True])
+def test_pillows_global_truncation_flag_is_never_written(tmp_path, monkeypatch, host_flag):
+    """Another thread of the host may read PIL.ImageFile.LOAD_TRUNCATED_IMAGES at any moment: loading (good or
+    truncated files, whatever the host set) must not change it, even for an instant."""
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", host_flag)
+    monkeypatch.setattr(_RecordingModule, "writes", [])
+    monkeypatch.setattr(ImageFile, "__class__", _RecordingModule)
+    good = tmp_path / "good.png"
+    Image.fromarray(pattern()).save(good)
+    load_image(good)
+    for path in _truncated_photos(tmp_path):
+        with pytest.raises(ImageError, match="truncated"):
+            load_image(path)
+    assert _RecordingModule.writes == [] and ImageFile.LOAD_TRUNCATED_IMAGES is host_flag
+
+
+def test_host_threads_loading_truncated_images_are_not_disturbed(tmp_path, monkeypatch):
+    """A host that set LOAD_TRUNCATED_IMAGES keeps getting its partial images from Pillow in its own thread while
+    gapdiff refuses truncated files in another."""
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    cut = _truncated_photos(tmp_path)
+    problems = []
+
+    def host():
+        for _ in range(30):
+            for path in cut:
+                try:
+                    with Image.open(path) as im:
+                        im.load()
+                except OSError as exc:
+                    problems.append(f"host load of {path.name} failed: {exc}")
+
+    def ours():
+        for _ in range(30):
+            for path in cut:
+                try:
+                    load_image(path)
+                    problems.append(f"gapdiff accepted truncated {path.name}")
+                except ImageError:
+                    pass
+
+    threads = [threading.Thread(target=host), threading.Thread(target=ours)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert problems == []
 
 
 def test_one_pixel_png_is_too_small(tmp_path):
@@ -251,6 +328,23 @@ def test_exif_orientation_6_rotates_pixels(tmp_path):
     kept = Image.Exif()
     kept.load(img.metadata["exif"])
     assert 0x0112 not in kept  # pixels are upright now: re-writing must not rotate again
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_turns_pixels_and_alpha_upright(tmp_path, orientation):
+    """The 8 orientations of the EXIF 2.3 specification, applied to colour and alpha alike."""
+    upright = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+               5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+               7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}[orientation]
+    rgba = np.dstack([pattern(20, 36, seed=orientation), pattern(20, 36, seed=9)[..., 0]])
+    p = tmp_path / "o.png"
+    Image.fromarray(rgba, "RGBA").save(p, exif=exif_with_gps(orientation=orientation))
+    img = load_image(p)
+    np.testing.assert_array_equal(img.rgb, upright(rgba[..., :3]))
+    np.testing.assert_array_equal(img.alpha, upright(rgba[..., 3]))
+    kept = Image.Exif()
+    kept.load(img.metadata["exif"])
+    assert 0x0112 not in kept and kept[0x010F] == "PhoneMaker"
 
 
 def test_exif_orientation_6_jpeg(tmp_path):
