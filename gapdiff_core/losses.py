@@ -18,8 +18,6 @@ import torch.nn.functional as F
 TIMESTEP_WEIGHTINGS = ("uniform", "min_snr", "snr", "small_t")
 DISTANCES = ("mse", "l1")
 SCHEDULES = ("constant", "official")
-INSTANCE_PROMPT = "a photo of sks person"
-CLASS_PROMPT = "a photo of person"
 
 
 # ---------------------------------------------------------------- timestep weighting w(t)

@@ -7,6 +7,7 @@ import tempfile
 
 import folder_paths
 
+from ..gapdiff_core.prompts import CLASS_PROMPT, INSTANCE_PROMPT
 from . import host
 from .surrogate import SURROGATE
 
@@ -43,8 +44,8 @@ class DreamBoothTestAttack:
         return {"required": {
             "surrogate": (SURROGATE, {}),
             "images": ("IMAGE", {"tooltip": "The instance photos of one person (protected or clean)."}),
-            "instance_prompt": ("STRING", {"default": "a photo of sks person"}),
-            "class_prompt": ("STRING", {"default": "a photo of person",
+            "instance_prompt": ("STRING", {"default": INSTANCE_PROMPT}),
+            "class_prompt": ("STRING", {"default": CLASS_PROMPT,
                                         "tooltip": "Prompt of the prior-preservation class images."}),
             "preset": (list(PRESETS), {"default": "tiny-lora"}),
             "steps": ("INT", {"default": 0, "min": 0, "max": 10000, "step": 1,
@@ -114,7 +115,7 @@ class Generate:
     def INPUT_TYPES(cls):
         return {"required": {
             "attacked_model": (ATTACKED, {}),
-            "prompts": ("STRING", {"default": "a photo of sks person", "multiline": True,
+            "prompts": ("STRING", {"default": INSTANCE_PROMPT, "multiline": True,
                                    "tooltip": "One prompt per line."}),
             "count": ("INT", {"default": 4, "min": 1, "max": 256, "step": 1, "tooltip": "Images per prompt."}),
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "step": 1}),

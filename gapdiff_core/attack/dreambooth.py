@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..prompts import CLASS_PROMPT, INSTANCE_PROMPT
 from .class_images import class_images, model_fingerprint
 from .progress import ProgressFn, StopFn, stop_requested
 
-INSTANCE_PROMPT = "a photo of sks person"
-CLASS_PROMPT = "a photo of person"
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 CHECKPOINT_DIR = "checkpoint"

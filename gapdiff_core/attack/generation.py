@@ -14,10 +14,9 @@ from typing import Callable
 
 import torch
 
+from ..prompts import PAPER_PROMPTS
 from .progress import ProgressFn, StopFn, stop_requested
 
-PAPER_PROMPTS = ("a photo of sks person", "a dslr portrait of sks person",
-                 "a photo of sks person looking at the mirror", "a photo of sks person in front of eiffel tower")
 SCHEDULERS = ("ddim", "pndm", "dpm++", "euler", "ddpm")
 
 

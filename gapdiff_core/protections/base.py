@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from ..attack.progress import ProgressFn, StopFn, stop_requested
-from ..losses import CLASS_PROMPT, INSTANCE_PROMPT, denoising_error, dreambooth_loss
+from ..losses import denoising_error, dreambooth_loss
+from ..prompts import CLASS_PROMPT, INSTANCE_PROMPT
 from ..protect import apply_budget
 
 GREY = 1.0 / 255.0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..losses import denoising_error
+from ..prompts import CAAT_PROMPT
 from .base import IterativeProtection, with_models
 
 
@@ -29,7 +30,7 @@ def cross_attention_kv(unet) -> list[torch.nn.Parameter]:
 class CAAT(IterativeProtection):
     name = "caat"
     paper = "CAAT (Xu et al., CVPR 2024): 250 joint steps, image ascent + cross-attention K/V descent (lr 1e-5)"
-    prompt = "a photo of a person"
+    prompt = CAAT_PROMPT
     defaults = dict(budget=6.4, step=0.64, steps=250, lr=1e-5, hflip=True)
     tiny = dict(steps=3)
 

@@ -10,6 +10,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..losses import DISTANCES, SCHEDULES, TIMESTEP_WEIGHTINGS
+from ..prompts import CLASS_PROMPT, INSTANCE_PROMPT
 
 FINETUNE_ON = ("protected", "clean", "both")
 
@@ -40,7 +41,7 @@ class TrainConfig:
     disc_ngf: int = 64
     disc_blocks: int = 4
     # objective
-    instance_prompt: str = "a photo of sks person"
+    instance_prompt: str = INSTANCE_PROMPT
     weighting: str = "uniform"               # uniform | min_snr (alias snr) | small_t
     snr_gamma: float = 5.0
     distance: str = "mse"                    # mse | l1
@@ -59,7 +60,7 @@ class TrainConfig:
     finetune_lr: float = 5e-6
     finetune_on: str = "protected"           # L_ft's instance images: protected ([x; p(x)]) | clean | both
     prior_weight: float = 1.0                # λ
-    class_prompt: str = "a photo of person"
+    class_prompt: str = CLASS_PROMPT
     class_dir: Optional[str] = None          # class images; None -> the clean training batch stands in
     # optimisation
     batch_size: int = 6

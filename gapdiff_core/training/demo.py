@@ -57,11 +57,12 @@ def warm_up_surrogate(surrogate, images01, steps: int = 30, lr: float = 3e-3, ba
     import torch
 
     from ..losses import denoising_error
+    from ..prompts import CLASS_PROMPT
 
     s = surrogate
     with torch.no_grad():
         latents = torch.cat([s.encode_images(x[None].to(s.device), sample=sample_latents) for x in images01])
-    emb = s.encode_prompt("a photo of person")
+    emb = s.encode_prompt(CLASS_PROMPT)
     opt = torch.optim.AdamW(s.unet.parameters(), lr=lr)
     identity = _LatentIdentity(s)
     history = []

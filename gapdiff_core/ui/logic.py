@@ -389,7 +389,7 @@ def denoising_effect(surrogate, x01: torch.Tensor, timesteps=(100, 300, 500, 700
     """The surrogate's mean denoising error on `x01` (the training objective of `gapdiff_core.losses`, uniform
     weighting) over fixed timesteps with seeded noise, so clean and protected photos are compared on the same
     draws. Higher means the model learns these photos worse."""
-    from ..losses import INSTANCE_PROMPT
+    from ..prompts import INSTANCE_PROMPT
     from ..training.validation import mean_denoising_error
 
     res = surrogate.resolution
