@@ -85,13 +85,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
         state, info = _read_pth(path), GeneratorInfo(provenance=f"official-format state dict ({path.name})")
     state = _strip_prefix(state, path)
     first = state.get("conv1.weight")
-    if first is None:
-        raise CheckpointError(f"{path}: not a GAP-Diff generator (no conv1.weight; keys start with "
-                              f"{printable(sorted(state)[:3])})")
-    if first.dim() != 4 or not 1 <= first.shape[0] <= MAX_NGF:
-        raise CheckpointError(f"{path}: conv1.weight has shape {tuple(first.shape)}; a GAP-Diff generator's is "
-                              f"(ngf, 3, 7, 7) with ngf 1-{MAX_NGF} (the official width is 64)")
-    info.ngf = int(first.shape[0])
+    info.ngf = _width(path, None if first is None else tuple(first.shape), state)
     info.source = str(path)
     with torch.device("meta"):  # no random initialisation: every tensor comes from the file
         generator = Generator(ngf=info.ngf)
@@ -124,14 +118,50 @@ def save_generator(generator: Generator, path: str | os.PathLike, info: Generato
 
 
 def read_info(path: str | os.PathLike) -> GeneratorInfo:
-    """The metadata of a checkpoint without building the model (for `gapdiff info`)."""
-    return load_generator(path).info
+    """What a checkpoint says about its generator, without reading its weights (for listing a models folder).
+
+    `.safetensors`: the header only (metadata, and the width from conv1.weight's shape); `.pth`: the state dict
+    memory-mapped, so its tensors are not read. The metadata is checked as `load_generator` checks it; the weights
+    are checked only when the generator is loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such generator checkpoint")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                names = {k.removeprefix(OFFICIAL_PREFIX): k for k in f.keys()}
+                shape = tuple(f.get_slice(names["conv1.weight"]).get_shape()) if "conv1.weight" in names else None
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable .safetensors file ({exc})") from None
+        info = _info_from_metadata(path, meta)
+    else:
+        state = _strip_prefix(_read_pth(path, mmap=zipfile.is_zipfile(path)), path)
+        shape = tuple(state["conv1.weight"].shape) if "conv1.weight" in state else None
+        info, names = GeneratorInfo(provenance=f"official-format state dict ({path.name})"), state
+    info.ngf = _width(path, shape, names)
+    info.source = str(path)
+    return info
 
 
-def _read_pth(path: Path) -> dict:
+def _width(path: Path, shape: tuple | None, names) -> int:
+    """ngf, from the shape of conv1.weight (None: no such tensor among `names`)."""
+    if shape is None:
+        raise CheckpointError(f"{path}: not a GAP-Diff generator (no conv1.weight; keys start with "
+                              f"{printable(sorted(names)[:3])})")
+    if len(shape) != 4 or not 1 <= shape[0] <= MAX_NGF:
+        raise CheckpointError(f"{path}: conv1.weight has shape {shape}; a GAP-Diff generator's is "
+                              f"(ngf, 3, 7, 7) with ngf 1-{MAX_NGF} (the official width is 64)")
+    return int(shape[0])
+
+
+def _read_pth(path: Path, mmap: bool = False) -> dict:
+    """The state dict of a `.pth` file; with `mmap` (zip archives only), its tensors map the file unread."""
     _check_archive_sizes(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # the safe unpickler refuses code and foreign objects
         raise CheckpointError(f"{path}: cannot be read as a plain PyTorch state dict with the safe loader "
                               f"(weights_only=True); it may be corrupt, truncated, or contain code: {exc}") from None
@@ -180,6 +210,10 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
 def _read_safetensors(path: Path) -> tuple[dict, GeneratorInfo]:
     state, meta = read_safetensors(path)
+    return state, _info_from_metadata(path, meta)
+
+
+def _info_from_metadata(path: Path, meta: dict[str, str]) -> GeneratorInfo:
     if meta.get("architecture", ARCHITECTURE) != ARCHITECTURE:
         raise CheckpointError(f"{path}: architecture {meta['architecture']!r} is not {ARCHITECTURE!r}")
     info = GeneratorInfo()
@@ -190,7 +224,7 @@ def _read_safetensors(path: Path) -> tuple[dict, GeneratorInfo]:
             except (json.JSONDecodeError, RecursionError):
                 raise CheckpointError(f"{path}: metadata field {key!r} is not valid JSON") from None
             setattr(info, key, _checked_field(path, key, value))
-    return state, info
+    return info
 
 
 def _checked_field(path: Path, key: str, value):

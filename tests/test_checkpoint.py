@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from gapdiff_core import Generator, GeneratorInfo, save_generator
-from gapdiff_core.checkpoint import CheckpointError, load_generator, printable, read_safetensors
+from gapdiff_core import checkpoint
+from gapdiff_core.checkpoint import CheckpointError, load_generator, printable, read_info, read_safetensors
 from gapdiff_core.cli import main
 
 
@@ -66,6 +67,8 @@ def test_non_finite_weights_are_refused(tmp_path, state, value):
 def test_metadata_of_wrong_type_or_range_is_refused(tmp_path, state, field, value, words):
     path = write_safetensors(tmp_path / "g.safetensors", state, **{field: value})
     refused(path, repr(field), words)
+    with pytest.raises(CheckpointError, match=words):  # listing a models folder checks the metadata the same way
+        read_info(path)
     if field != "ngf":  # the writer checks the same ranges, so gapdiff never writes such a file
         with pytest.raises(CheckpointError):
             save_generator(Generator(ngf=8), tmp_path / "h.safetensors", GeneratorInfo(ngf=8, **{field: value}))
@@ -148,3 +151,53 @@ def test_info_and_protect_refuse_bad_checkpoints_with_exit_code_2(tmp_path, stat
     assert main(["protect", str(tmp_path), "-o", str(tmp_path / "out"), "-g", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("'working_resolution' is 16384") == 2 and "Traceback" not in err
+
+
+def test_read_info_reads_metadata_without_loading_weights(tmp_path, state, monkeypatch):
+    """Listing a models folder must not read each file's weights (the official generator has 73 M parameters):
+    `read_info` takes the metadata and the width from the header (safetensors) or a memory map (.pth)."""
+    sft = tmp_path / "g.safetensors"
+    save_generator(load_generator(write_safetensors(sft, state)), sft,
+                   GeneratorInfo(ngf=8, budget=12.0, demo=True, provenance="unit test", surrogate="none"))
+    pth = tmp_path / "official.pth"
+    torch.save({"generator." + k: v for k, v in state.items()}, pth)
+    real_open, real_load, loads = checkpoint.safe_open, torch.load, []
+
+    class HeaderOnly:
+        def __init__(self, *args, **kwargs):
+            self._file = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self._open = self._file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self._file.__exit__(*exc)
+
+        def get_tensor(self, name):
+            raise AssertionError(f"read_info loaded the tensor {name}")
+
+        def __getattr__(self, name):
+            return getattr(self._open, name)
+
+    def load(*args, **kwargs):
+        loads.append(kwargs.get("mmap"))
+        return real_load(*args, **kwargs)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("read_info built a generator")
+
+    monkeypatch.setattr(checkpoint, "safe_open", HeaderOnly)
+    monkeypatch.setattr(torch, "load", load)
+    monkeypatch.setattr(checkpoint, "Generator", no_model)
+    info = read_info(sft)
+    assert (info.ngf, info.budget, info.demo, info.provenance, info.source) == (8, 12.0, True, "unit test", str(sft))
+    official = read_info(pth)
+    assert (official.ngf, official.demo, official.budget) == (8, False, 8.0) and "official" in official.provenance
+    assert loads == [True]  # the .pth state dict is memory-mapped, not read
+    for bad, words in ((tmp_path / "none.safetensors", "no such"), (tmp_path / "x.pth", "no such")):
+        with pytest.raises(CheckpointError, match=words):
+            read_info(bad)
+    torch.save({"conv1.weight": torch.zeros(200, 3, 7, 7)}, tmp_path / "wide.pth")
+    with pytest.raises(CheckpointError, match=r"shape \(200, 3, 7, 7\)"):
+        read_info(tmp_path / "wide.pth")
