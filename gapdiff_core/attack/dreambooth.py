@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import seeds
 from ..prompts import CLASS_PROMPT, INSTANCE_PROMPT
 from .class_images import class_images, model_fingerprint
 from .progress import ProgressFn, StopFn, stop_requested
@@ -137,7 +138,7 @@ def load_photos(images, resolution: int, center_crop: bool = True) -> torch.Tens
 
 # ---------------------------------------------------------------- helpers
 def _step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + salt) % (2 ** 63))
+    return torch.Generator().manual_seed(seeds.derive_seed(seeds.STEP, seed, step, salt))
 
 
 def _batch_indices(step: int, batch: int, length: int, seed: int) -> list[int]:

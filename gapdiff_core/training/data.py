@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .. import seeds
+
 log = logging.getLogger("gapdiff.train")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -84,7 +86,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         x = self._image(i)
         if self.augment:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 10_007 + i)
+            g = torch.Generator().manual_seed(seeds.derive_seed(seeds.AUGMENT, self.seed, self.epoch, i))
             _, h, w = x.shape
             f = 0.8 + 0.2 * float(torch.rand((), generator=g))
             ch, cw = max(1, int(h * f)), max(1, int(w * f))
@@ -113,7 +115,7 @@ class EpochSampler(torch.utils.data.Sampler):
     def __iter__(self):
         if not self.shuffle:
             return iter(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        g = torch.Generator().manual_seed(seeds.derive_seed(seeds.EPOCH, self.seed, self.epoch))
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from .. import losses
+from .. import losses, seeds
 from ..checkpoint import GeneratorInfo, save_generator
 from ..generator import Discriminator, Generator
 from ..preprocess import PreprocessSampler, official_prelayer_config
@@ -100,7 +100,7 @@ class Trainer:
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d.optimizer if hasattr(self.opt_d, "optimizer")
                                                          else self.opt_d, _lr_lambda(cfg.lr_schedule, self.total_steps))
         self.preprocess = PreprocessSampler(preprocess_config(cfg.preprocess),
-                                            seed=cfg.seed * 1000 + self.acc.process_index)
+                                            seed=seeds.derive_seed(seeds.PROCESS, cfg.seed, self.acc.process_index))
         self.opt_unet, self.class_images = None, None
         if cfg.finetune_steps > 0:
             self.opt_unet = torch.optim.AdamW(self.surrogate.unet.parameters(), lr=cfg.finetune_lr)
@@ -129,7 +129,7 @@ class Trainer:
                 "noise_samples": c.noise_samples}
 
     def _seed_step(self, step: int) -> None:
-        torch.manual_seed((self.cfg.seed * 1_000_003 + self.acc.process_index * 7_919 + step) % (2**63))
+        torch.manual_seed(seeds.derive_seed(seeds.STEP, self.cfg.seed, self.acc.process_index, step))
         random.seed(step)
 
     def unwrapped_generator(self) -> Generator:
