@@ -1,9 +1,10 @@
-"""Process-wide glibc malloc settings for gapdiff's own processes (the CLI, the app, the benchmarks).
+"""Process-wide glibc malloc settings for gapdiff's short batch processes (`gapdiff protect`, `gapdiff compress`,
+bench/protect.py).
 
 By default glibc serves large blocks with mmap and hands freed heap back to the kernel, so every forward pass
 of the generator page-faults its activations in again (at 512x512 in fp32 about 30 MB, 15 % of the time in
 the kernel). `keep_freed_memory()` serves everything from the heap and keeps up to 512 MB of freed memory for
-reuse. Hosts (ComfyUI, AUTOMATIC1111) keep their own allocator settings: only our entry points call this.
+reuse. Hosts (ComfyUI, AUTOMATIC1111) and long-running commands (app, serve, train) keep the defaults.
 """
 from __future__ import annotations
 

@@ -13,6 +13,9 @@ from .allocator import keep_freed_memory
 
 COMMANDS = ("protect", "compress", "convert", "info", "demo", "comfyui_demo_assets", "app", "attack", "train", "evaluate",
             "serve", "export")
+# Short batch commands whose repeated generator passes gain from keeping freed memory (see allocator.py); long-running
+# ones (app, serve, train) keep glibc's defaults, which hand freed memory back to the system.
+KEEP_FREED_MEMORY = ("protect", "compress")
 
 BUDGET_UNITS = ("Budgets are L-infinity bounds in grey levels on the 0-255 scale: 8 means no pixel moves by more "
                 "than 8/255 (the paper's noise_budget=16 on [-1, 1]).")
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    keep_freed_memory()
+    if args.command in KEEP_FREED_MEMORY:
+        keep_freed_memory()
     safe_console()
     try:
         return int(args.run(args) or 0)

@@ -134,3 +134,31 @@ def test_convert_official_pth_and_info(tmp_path, capsys):
     assert "budget 8 grey levels" in out and "G_per16.pth" in out and "ngf=8" in out
     assert main(["convert", str(tmp_path / "G_per16.pth"), str(dest)]) == 2  # never overwrites
     assert main(["info", str(tmp_path / "nothing.pth")]) == 2
+
+
+def test_malloc_keeps_freed_memory_only_for_batch_commands(monkeypatch, tmp_path):
+    """protect and compress keep freed memory for their repeated generator passes; long-running commands (app,
+    serve, train) and every other command keep glibc's defaults."""
+    import argparse
+
+    from gapdiff_core import cli
+
+    tuned = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: tuned.append(True))
+    photo = write_photo(tmp_path / "a.png")
+    assert main(["protect", str(photo), "-o", str(tmp_path / "out")]) == 2  # no generator: fails after the tuning
+    assert main(["info", str(tmp_path / "missing.pth")]) == 2
+    assert tuned == [True]
+
+    class Parser:
+        def __init__(self, command):
+            self.command = command
+
+        def parse_args(self, argv):
+            return argparse.Namespace(command=self.command, run=lambda args: 0)
+
+    for name in cli.COMMANDS:
+        tuned.clear()
+        monkeypatch.setattr(cli, "build_parser", lambda name=name: Parser(name.replace("_", "-")))
+        assert main([]) == 0
+        assert tuned == ([True] if name in ("protect", "compress") else []), name
