@@ -1,11 +1,11 @@
 """DreamBooth / LoRA test attack on (protected) photos, and sampling from the attacked model."""
+from ..progress import TqdmProgress, stop_requested
 from .class_images import class_images, default_cache_dir, model_fingerprint
 from .dreambooth import (CLASS_PROMPT, INSTANCE_PROMPT, AttackResult, DreamBoothAttack, DreamBoothConfig,
                          instance_loss, load_photos, run_dreambooth)
 from .generation import PAPER_GENERATION, PAPER_PROMPTS, Generated, GenerationConfig, generate, sample
 from .lora_export import kohya_state_dict, load_kohya_lora, merge_kohya_lora, save_kohya_lora
 from .presets import PRESETS, preset
-from .progress import TqdmProgress, stop_requested
 
 __all__ = ["AttackResult", "CLASS_PROMPT", "DreamBoothAttack", "DreamBoothConfig", "Generated", "GenerationConfig",
            "INSTANCE_PROMPT", "PAPER_GENERATION", "PAPER_PROMPTS", "PRESETS", "TqdmProgress", "class_images",

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..progress import ProgressFn, StopFn, stop_requested
 from .generation import sample
-from .progress import ProgressFn, StopFn, stop_requested
 
 
 def default_cache_dir() -> Path:

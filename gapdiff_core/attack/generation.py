@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
+from ..progress import ProgressFn, StopFn, stop_requested
 from ..prompts import PAPER_PROMPTS
-from .progress import ProgressFn, StopFn, stop_requested
 
 SCHEDULERS = ("ddim", "pndm", "dpm++", "euler", "ddpm")
 

@@ -171,7 +171,7 @@ def _run_iterative(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..attack.progress import TqdmProgress
+    from ..progress import TqdmProgress
     from ..imageio import (ImageError, InputGuard, iter_image_paths, load_image, output_path_for,
                            prepare_output_folder, to_uint8)
     from ..protect import resolve_device

@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..attack.progress import ProgressFn, StopFn, stop_requested
+from ..progress import ProgressFn, StopFn, stop_requested
 from ..losses import denoising_error, dreambooth_loss
 from ..prompts import CLASS_PROMPT, INSTANCE_PROMPT
 from ..protect import apply_budget

@@ -1,4 +1,4 @@
-"""Progress callbacks and cancellation shared by the attack and generation loops."""
+"""Progress callbacks and cancellation shared by the long loops: attack, generation, protections, evaluation."""
 from __future__ import annotations
 
 import threading
