@@ -5,6 +5,7 @@ import torch
 
 from ..gapdiff_core import load_generator
 from ..gapdiff_core.protect import MODES, NORM_DESCRIPTIONS, NORMS, PRECISIONS, Protector
+from ..gapdiff_core.visualize import amplified_perturbation
 from . import host
 
 CATEGORY = "GAP-Diff"
@@ -75,6 +76,6 @@ class ProtectImage:
             protected.append(protector(x[i:i + 1]))
             progress.step()
         out = host.core_to_image(torch.cat(protected))
-        change = out - host.core_to_image(torch.round(x * 255) / 255)
-        amplified = (0.5 + change * (255.0 / (2 * float(budget)))).clamp(0, 1)
-        return (out, amplified)
+        clean = host.core_to_image(torch.round(x * 255) / 255)
+        amplified, _ = amplified_perturbation(clean.numpy() * 255, out.numpy() * 255, float(budget))
+        return (out, torch.from_numpy(amplified).float() / 255)

@@ -172,7 +172,7 @@ def test_load_generator_and_protect(comfy):
     change = (protected * 255).round() - (image * 255).round()
     assert change.abs().max() <= 4 and change.abs().max() > 0
     assert torch.equal(protected * 255, (protected * 255).round())
-    assert torch.allclose(perturbation, (0.5 + change / 255 * 255 / 8).clamp(0, 1), atol=1e-5)
+    assert torch.allclose(perturbation, (127.5 + change * 127.5 / 4).clamp(0, 255).round() / 255, atol=1e-6)
     assert calls[-1] == (3, 3) and len(calls) == 3
     running, _ = run(pack, "GAPDiffProtectImage", image=image, generator=generator, budget=4, mode="working",
                      precision="fp32", norm="running")

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gapdiff_core.report import (aggregate, amplified_perturbation, html_report, jpeg_quality, markdown_report,
-                                 svg_line_chart, write_reports)
+from gapdiff_core.report import aggregate, html_report, jpeg_quality, markdown_report, svg_line_chart, write_reports
 
 PROMPTS = ["a photo of sks person", "a dslr portrait of sks person"]
 
@@ -84,6 +83,21 @@ def test_html_is_self_contained_with_images_and_plots(tmp_path):
     assert "perturbation" in page
 
 
+def test_html_perturbation_image_maps_budget_to_full_range(tmp_path):
+    """The report's amplified perturbation: grey (128) where nothing changed, +-budget at 255 / 0."""
+    import base64
+    import io
+
+    page = html_report(_results(tmp_path), tmp_path)
+    uri = re.search(r'<img src="data:image/png;base64,([^"]+)" alt="perturbation ×16">', page).group(1)
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGB")).astype(int)
+    clean = np.asarray(Image.open(tmp_path / "clean.png")).astype(int)
+    diff = np.asarray(Image.open(tmp_path / "prot_8.png")).astype(int) - clean
+    np.testing.assert_array_equal(shown, np.clip(np.round(127.5 + diff * 127.5 / 8), 0, 255))
+    assert shown[diff == 0].min() == shown[diff == 0].max() == 128
+    assert shown[diff == 8].min() == 255 and shown[diff == -8].max() == 0
+
+
 def test_aggregate_averages_identities(tmp_path):
     results = _results(tmp_path)
     twin = json.loads(json.dumps(results["runs"][0]))
@@ -101,13 +115,6 @@ def test_svg_chart_draws_each_series():
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     assert svg.count("<polyline") == 1 and svg.count("<circle") == 4 and ">none<" in svg
     assert "no data" in svg_line_chart({"a": [(1, None)]}, "t", "x", "y")
-
-
-def test_amplified_perturbation_maps_budget_to_full_range():
-    clean = Image.fromarray(np.full((4, 4, 3), 100, np.uint8))
-    prot = Image.fromarray(np.full((4, 4, 3), 108, np.uint8))
-    amp = np.asarray(amplified_perturbation(clean, prot, 8.0))
-    assert amp.min() == 255
 
 
 def test_write_reports_writes_three_files(tmp_path):

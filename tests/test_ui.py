@@ -93,9 +93,9 @@ def test_protect_photo_is_lossless_core_result_within_budget(models, photo, tmp_
     assert np.abs(out.astype(int) - orig).max() <= BUDGET
     assert r.max_change <= BUDGET and r.psnr_db > 30 and 0.9 < r.ssim <= 1
     np.testing.assert_array_equal(png_pixels(r.original_png.read_bytes()), orig)
-    vis = png_pixels(r.perturbation_png.read_bytes()).astype(int)  # 128 + diff * gain
-    gain = 127 / BUDGET
-    np.testing.assert_allclose(vis, np.clip(np.round(128 + (out.astype(int) - orig) * gain), 0, 255), atol=1)
+    vis = png_pixels(r.perturbation_png.read_bytes()).astype(int)  # grey + diff * gain: +-budget -> 255 / 0
+    gain = 127.5 / BUDGET
+    np.testing.assert_array_equal(vis, np.clip(np.round(127.5 + (out.astype(int) - orig) * gain), 0, 255))
     zpath = logic.zip_outputs([r], tmp_path, demo=True)
     assert zpath.name.endswith("_DEMO.zip")
     with zipfile.ZipFile(zpath) as zf:

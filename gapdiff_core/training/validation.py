@@ -12,6 +12,7 @@ from ..losses import denoising_error
 from ..metrics.fidelity import psnr, ssim
 from ..preprocess import real
 from ..protect import Protector
+from ..visualize import amplified_perturbation
 
 VAL_SEED = 1234
 
@@ -80,8 +81,9 @@ def evaluate_generator(generator, surrogate, clean01: torch.Tensor, budget: floa
 
 def save_grid(path: Path, clean01: torch.Tensor, protected01: torch.Tensor, budget: float, max_side: int = 256) -> Path:
     """PNG grid, one column per image: clean / protected / perturbation amplified to the full grey range."""
-    amp = ((protected01 - clean01) * (255.0 / (2 * budget)) + 0.5).clamp(0, 1)
-    rows = [clean01, protected01, amp]
+    clean01, protected01 = clean01.cpu(), protected01.cpu()
+    amp, _ = amplified_perturbation(clean01.numpy() * 255, protected01.numpy() * 255, budget)
+    rows = [clean01, protected01, torch.from_numpy(amp).float() / 255]
     scale = min(1.0, max_side / clean01.shape[-1])
     if scale < 1:
         rows = [torch.nn.functional.interpolate(r, scale_factor=scale, mode="area") for r in rows]

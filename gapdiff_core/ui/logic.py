@@ -27,9 +27,10 @@ import torch
 from PIL import Image
 
 from ..checkpoint import CheckpointError, GeneratorInfo, load_generator
-from ..imageio import ImageError, load_image, save_image, to_uint8
+from ..imageio import ImageError, load_image, save_image
 from ..metrics.fidelity import ssim
 from ..protect import MODES, Protector, protection_stats
+from ..visualize import amplified_perturbation
 
 log = logging.getLogger("gapdiff.ui")
 GENERATOR_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -234,17 +235,6 @@ def new_output_dir() -> Path:
     return out
 
 
-def amplified_perturbation(original: np.ndarray, protected: np.ndarray, budget: float) -> tuple[np.ndarray, float]:
-    """The 8-bit difference (H×W×3 uint8 images) scaled so the budget fills the range around mid-grey; returns
-    (H×W×3 uint8, gain)."""
-    gain = 127.0 / max(float(budget), 1.0)
-    vis = np.empty(original.shape, np.uint8)
-    for rows in _row_blocks(original.shape[0]):  # a few rows at a time: no full-size float copy
-        diff = protected[rows].astype(np.float32) - original[rows]
-        vis[rows] = np.rint(np.clip(128 + diff * gain, 0, 255))
-    return vis, gain
-
-
 def ssim8(a: np.ndarray, b: np.ndarray, window: int = 11) -> float:
     """SSIM of two H×W×3 uint8 images (metrics.fidelity.ssim), computed in strips of rows so a large photo never
     exists as a float tensor at once; nan below the 11×11 window."""
@@ -427,7 +417,7 @@ def robustness_check(clean_upload: str, protected: str | None, quality: int, out
     corr = before.cross(after)
     clean_jpeg_png = save_image(out_dir / f"clean_jpeg_q{quality}.png", jc)
     protected_jpeg_png = save_image(out_dir / f"protected_jpeg_q{quality}.png", jp)
-    vis, gain = amplified_perturbation(jc, jp, max(budget, 1))
+    vis, gain = amplified_perturbation(jc, jp, budget)
     pert_png = save_image(out_dir / f"perturbation_after_jpeg_x{gain:.0f}.png", vis)
     lines = [f"JPEG quality {quality}: both photos compressed the same way (Pillow, 4:2:0).", "",
              "| | before JPEG | after JPEG |", "|---|---|---|",
