@@ -212,6 +212,35 @@ def test_packing_keeps_fp16_and_a_disabled_onednn_on_the_plain_path():
         assert pack_for_cpu(model) is model
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+def test_packed_generator_falls_back_to_the_plain_path_when_its_first_pass_fails(monkeypatch):
+    """Packing can succeed and the packed ops still fail when first run (an op this CPU or build lacks): that pass
+    and every later one then run on the plain model, with a single warning."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = InferenceGenerator(Generator(ngf=8).eval()).to(memory_format=torch.channels_last)
+    x = (torch.rand(1, 3, 512, 512) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = model(x)
+        packed = pack_for_cpu(model)
+        assert isinstance(packed, OneDNNGenerator)
+
+        def unsupported(*args, **kwargs):
+            raise RuntimeError("could not create a primitive")
+
+        monkeypatch.setattr(packed, "res_conv", unsupported)
+        with pytest.warns(RuntimeWarning, match="could not create a primitive") as caught:
+            first = packed(x)
+        assert len(caught) == 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no second warning
+            second = packed(x)
+        assert torch.equal(first, expected) and torch.equal(second, expected)
+        working = pack_for_cpu(InferenceGenerator(Generator(ngf=8).eval()))
+        assert working(x).shape == x.shape and working._plain[0] is None  # plain weights dropped once verified
+
+
 def test_small_maps_run_in_fp32_whatever_the_precision():
     model = InferenceGenerator(Generator(ngf=8).eval(), "image", torch.bfloat16)
     dtypes = [b.dtype for b in model.biases]
