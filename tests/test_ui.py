@@ -414,3 +414,23 @@ def test_ssim_in_strips_equals_the_whole_image():
                        torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255)[0])
     assert logic.ssim8(b, a) == pytest.approx(whole, abs=1e-5)
     assert np.isnan(logic.ssim8(a[:10], b[:10]))
+
+
+def test_compat_warns_once_about_each_keyword_it_drops(monkeypatch):
+    """A keyword the installed Gradio lacks is dropped (the component is still built with the rest), but not
+    silently: one warning names the component and the keyword."""
+    gr = pytest.importorskip("gradio")
+    from gapdiff_core.ui import compat
+
+    monkeypatch.setattr(compat, "_WARNED", set())
+    with gr.Blocks(), pytest.warns(UserWarning) as caught:
+        button = compat.make(gr.Button, value="Go", no_such_option=1)
+        compat.make(gr.Button, value="Again", no_such_option=2)  # same component and keyword: no second warning
+        compat.make(gr.Textbox, label="t", no_such_option=3)
+        compat.listen(button.click, lambda: None, no_such_listener_option=True)
+    ours = sorted(str(w.message) for w in caught if str(w.message).startswith("gapdiff:"))
+    assert len(ours) == 3, ours
+    assert "gr.Button has no option 'no_such_option'" in ours[0]
+    assert "gr.Button.click has no option 'no_such_listener_option'" in ours[1]
+    assert "gr.Textbox has no option 'no_such_option'" in ours[2]
+    assert button.value == "Go"

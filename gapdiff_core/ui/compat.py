@@ -1,11 +1,12 @@
 """The one place that knows Gradio versions differ: 3.41 (A1111 1.10), 4.x (Forge) and the current release.
 
-Keyword arguments a version does not know are dropped (checked against the real signatures), and the few
-renamed options are mapped here.
+Keyword arguments a version does not know are dropped (checked against the real signatures), with one warning
+per component and keyword, and the few renamed options are mapped here.
 """
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import gradio as gr
 
@@ -15,21 +16,32 @@ GRADIO_MAJOR = int(GRADIO_VERSION.split(".")[0])
 FILE_TYPE = "filepath" if GRADIO_MAJOR >= 4 else "file"
 
 
-def _accepted(fn, kwargs: dict) -> dict:
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _accepted(fn, kwargs: dict, name: str) -> dict:
+    """The `kwargs` that `fn` accepts; each one dropped is reported once per (name, keyword)."""
     params = inspect.signature(fn).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return kwargs
+    for key in kwargs.keys() - params.keys():
+        if (name, key) not in _WARNED:
+            _WARNED.add((name, key))
+            warnings.warn(f"gapdiff: Gradio {GRADIO_VERSION} {name} has no option {key!r}; it is left out",
+                          stacklevel=3)
     return {k: v for k, v in kwargs.items() if k in params}
 
 
 def make(component, **kwargs):
     """Build a component with the keyword arguments this Gradio version accepts."""
-    return component(**_accepted(component.__init__, kwargs))
+    return component(**_accepted(component.__init__, kwargs, f"gr.{component.__name__}"))
 
 
 def listen(event, fn, **kwargs):
     """Attach `fn` to an event (e.g. `button.click`) with the keyword arguments this version accepts."""
-    return event(fn, **_accepted(event, kwargs))
+    owner = getattr(event, "__self__", None)
+    name = getattr(event, "event_name", None) or getattr(event, "__name__", "event")
+    return event(fn, **_accepted(event, kwargs, f"gr.{type(owner).__name__}.{name}" if owner is not None else name))
 
 
 def enable_queue(blocks, concurrency: int = 1, max_size: int = 64):
@@ -40,4 +52,4 @@ def enable_queue(blocks, concurrency: int = 1, max_size: int = 64):
 
 def launch(blocks, **kwargs):
     """`blocks.launch` without the options this version lacks (e.g. `max_file_size` before 4.x)."""
-    return blocks.launch(**_accepted(blocks.launch, kwargs))
+    return blocks.launch(**_accepted(blocks.launch, kwargs, "Blocks.launch"))
