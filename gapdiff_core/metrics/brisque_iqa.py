@@ -22,7 +22,7 @@ def _brisque_model():
     try:
         from brisque import BRISQUE
     except ImportError as e:
-        raise ImportError(f"the BRISQUE metric needs the brisque package: pip install 'brisque>=0.2' ({e})") from e
+        raise ImportError(f"the BRISQUE metric needs the brisque package: pip install brisque==0.2.0 ({e})") from e
     import cv2
     import skimage.color
 
