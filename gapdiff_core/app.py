@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import os
 import socket
 import sys
@@ -100,7 +101,7 @@ def _check_port(host: str, port: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import gradio  # noqa: F401
+        importlib.import_module("gradio")  # installed and importable (the app extra)
     except ImportError:
         print("gapdiff app needs Gradio: pip install 'gapdiff[app]'", file=sys.stderr)
         return 2

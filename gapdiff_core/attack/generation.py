@@ -64,12 +64,6 @@ class Generated:
     seeds: list[int] = field(default_factory=list)
     completed: bool = True
 
-    def by_prompt(self) -> dict[str, torch.Tensor]:
-        out: dict[str, list[torch.Tensor]] = {}
-        for img, p in zip(self.images, self.prompts):
-            out.setdefault(p, []).append(img)
-        return {p: torch.stack(v) for p, v in out.items()}
-
     def save(self, folder: str | Path, overwrite: bool = True) -> list[Path]:
         """PNG files ``<folder>/<prompt_with_underscores>/<seed>.png``; returns the paths."""
         from ..imageio import save_image, to_uint8
