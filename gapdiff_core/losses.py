@@ -42,7 +42,7 @@ def _raw_weights(scheduler, t: torch.Tensor, scheme: str, snr_gamma: float) -> t
         return w
     if scheme == "small_t":
         return alphas_cumprod(scheduler, t.device)[t.long()].sqrt()  # √ᾱ_t: share of the image left in x_t
-    raise ValueError(f"gapdiff_core/losses.py: unknown timestep weighting {scheme!r}; "
+    raise ValueError(f"unknown timestep weighting {scheme!r}; "
                      f"choose one of {', '.join(TIMESTEP_WEIGHTINGS)}")
 
 
@@ -75,7 +75,7 @@ def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: t
         return noise
     if kind == "v_prediction":
         return scheduler.get_velocity(latents, noise, t)
-    raise ValueError(f"gapdiff_core/losses.py: unsupported prediction type {kind!r} (epsilon or v_prediction)")
+    raise ValueError(f"unsupported prediction type {kind!r} (epsilon or v_prediction)")
 
 
 def distance(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -85,7 +85,7 @@ def distance(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> tor
         return diff.pow(2).flatten(1).mean(1)
     if kind == "l1":
         return diff.abs().flatten(1).mean(1)
-    raise ValueError(f"gapdiff_core/losses.py: unknown distance {kind!r}; choose one of {', '.join(DISTANCES)}")
+    raise ValueError(f"unknown distance {kind!r}; choose one of {', '.join(DISTANCES)}")
 
 
 def denoising_error(surrogate, x01: torch.Tensor, prompt_embeds: torch.Tensor, *, timesteps: Optional[torch.Tensor] = None,
@@ -187,7 +187,7 @@ def scheduled_weights(schedule: str, weights: LossWeights, progress: float, swit
         if progress < switch:
             return LossWeights(weights.alpha, 0.0, 1.0)
         return LossWeights(weights.alpha, 0.6, 0.4)
-    raise ValueError(f"gapdiff_core/losses.py: unknown loss schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    raise ValueError(f"unknown loss schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 # ---------------------------------------------------------------- surrogate fine-tuning (DreamBooth, L_ft and L_ft')

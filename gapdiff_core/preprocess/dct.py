@@ -21,7 +21,7 @@ def dct_matrix(n: int = BLOCK, dtype=torch.float32, device=None) -> torch.Tensor
 def _check_blocks(x: torch.Tensor) -> None:
     if x.dim() != 4 or x.shape[-2] % BLOCK or x.shape[-1] % BLOCK:
         raise ValueError(
-            f"gapdiff_core/preprocess/dct.py: expected B×C×H×W with H, W multiples of {BLOCK}, got {tuple(x.shape)}"
+            f"block DCT: expected B×C×H×W with H, W multiples of {BLOCK}, got {tuple(x.shape)}"
         )
 
 

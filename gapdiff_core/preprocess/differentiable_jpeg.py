@@ -48,7 +48,7 @@ def quality_tensor(quality: Union[float, torch.Tensor], batch: int, device=None)
         q = q.expand(batch)
     if q.numel() != batch:
         raise ValueError(
-            f"gapdiff_core/preprocess/differentiable_jpeg.py: quality has {q.numel()} values for a batch of {batch}"
+            f"differentiable JPEG: quality has {q.numel()} values for a batch of {batch}"
         )
     return q.round().clamp(1, 100)
 
@@ -112,7 +112,7 @@ def diff_jpeg(x: torch.Tensor, quality: Union[float, torch.Tensor] = 75, subsamp
     subsampling=True is 4:2:0 (Pillow's default); False is 4:4:4.
     """
     if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"gapdiff_core/preprocess/differentiable_jpeg.py: expected B×3×H×W in [0, 1], got {tuple(x.shape)}")
+        raise ValueError(f"differentiable JPEG: expected B×3×H×W in [0, 1], got {tuple(x.shape)}")
     bsz, _, h, w = x.shape
     q = quality_tensor(quality, bsz, x.device)
     qy, qc = quantization_tables(q, x.dtype)

@@ -36,7 +36,7 @@ def jpeg_mask(x: torch.Tensor, keep_y: int = 5, keep_c: int = 3) -> torch.Tensor
     With keep_y = keep_c = 8 nothing is masked and the input comes back (up to float error).
     """
     if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"gapdiff_core/preprocess/jpeg_masking.py: expected B×3×H×W, got {tuple(x.shape)}")
+        raise ValueError(f"JPEG feature masking: expected B×3×H×W, got {tuple(x.shape)}")
     h, w = x.shape[-2:]
     img = (x.clamp(-1, 1) + 1) * 127.5
     img = pad_to_multiple(img, BLOCK, mode="constant")

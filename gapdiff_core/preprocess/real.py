@@ -30,7 +30,7 @@ JPEG_DEFAULT_QUALITY = 70  # a bare 'jpeg' transform
 def jpeg(x: torch.Tensor, quality: int = JPEG_DEFAULT_QUALITY) -> torch.Tensor:
     """Pillow (libjpeg) JPEG round trip per image, Pillow's default chroma subsampling (4:2:0)."""
     if not 1 <= int(quality) <= 100:
-        raise ValueError(f"gapdiff_core/preprocess/real.py: JPEG quality must be 1..100, got {quality}")
+        raise ValueError(f"image transform: JPEG quality must be 1..100, got {quality}")
     out = []
     for a in batch_to_uint8(x):
         buf = io.BytesIO()
@@ -44,7 +44,7 @@ def _gaussian_kernel_fixed_point(n: int, sigma: float, fraction_bits: int = 8) -
     """OpenCV's bit-exact 8-bit Gaussian kernel: normalised Gaussian, then rounded to
     `fraction_bits` with error diffusion from the outside in; the centre takes the remainder."""
     if n % 2 == 0 or n < 1:
-        raise ValueError(f"gapdiff_core/preprocess/real.py: kernel size must be odd, got {n}")
+        raise ValueError(f"image transform: kernel size must be odd, got {n}")
     if sigma <= 0:
         sigma = ((n - 1) * 0.5 - 1) * 0.3 + 0.8
     xs = np.arange(n) - (n - 1) / 2
@@ -106,7 +106,7 @@ def gaussian_noise(x: torch.Tensor, std: float = 0.05, seed: Optional[int] = 0) 
 def quantize(x: torch.Tensor, levels: int = 64) -> torch.Tensor:
     """floor(x·levels)/levels as the official script, stored back as 8-bit."""
     if int(levels) < 2:
-        raise ValueError(f"gapdiff_core/preprocess/real.py: quantize needs at least 2 levels, got {levels}")
+        raise ValueError(f"image transform: quantize needs at least 2 levels, got {levels}")
     return quantize_8bit(torch.floor(quantize_8bit(x) * int(levels)) / int(levels))
 
 
@@ -125,7 +125,7 @@ def resize(x: torch.Tensor, size: Union[int, Sequence[int]] = 256, method: str =
         y = torch.nn.functional.interpolate(quantize_8bit(x), size=(th, tw), mode="bilinear", align_corners=False)
         return quantize_8bit(y)
     if method != "pillow":
-        raise ValueError(f"gapdiff_core/preprocess/real.py: resize method must be 'pillow' or 'opencv', got {method!r}")
+        raise ValueError(f"image transform: resize method must be 'pillow' or 'opencv', got {method!r}")
     out = [np.asarray(Image.fromarray(a).resize((tw, th), Image.BILINEAR)) for a in batch_to_uint8(x)]
     return from_uint8(np.stack(out), x)
 
@@ -153,25 +153,25 @@ def parse_transform(spec: str) -> Callable[[torch.Tensor], torch.Tensor]:
     name, _, arg = text.partition(":")
     if name not in REAL_TRANSFORMS:
         raise ValueError(
-            f"gapdiff_core/preprocess/real.py: unknown transform {spec!r}; known: {', '.join(REAL_TRANSFORMS)}"
+            f"image transform: unknown transform {spec!r}; known: {', '.join(REAL_TRANSFORMS)}"
         )
     fn, param, kind = REAL_TRANSFORMS[name]
     kwargs = {}
     if arg:
         if param is None:
-            raise ValueError(f"gapdiff_core/preprocess/real.py: transform {name!r} takes no argument, got {spec!r}")
+            raise ValueError(f"image transform: transform {name!r} takes no argument, got {spec!r}")
         try:
             value = kind(arg)
         except ValueError:
             raise ValueError(
-                f"gapdiff_core/preprocess/real.py: bad {param} {arg!r} in {spec!r}; expected {kind.__name__}"
+                f"image transform: bad {param} {arg!r} in {spec!r}; expected {kind.__name__}"
             ) from None
         if name == "jpeg" and not 1 <= value <= 100:
-            raise ValueError(f"gapdiff_core/preprocess/real.py: JPEG quality must be 1..100 in {spec!r}")
+            raise ValueError(f"image transform: JPEG quality must be 1..100 in {spec!r}")
         if name in ("quantize", "resize") and value < (2 if name == "quantize" else 1):
-            raise ValueError(f"gapdiff_core/preprocess/real.py: {param} too small in {spec!r}")
+            raise ValueError(f"image transform: {param} too small in {spec!r}")
         if name == "noise" and not value >= 0:
-            raise ValueError(f"gapdiff_core/preprocess/real.py: noise std must be >= 0 in {spec!r}")
+            raise ValueError(f"image transform: noise std must be >= 0 in {spec!r}")
         kwargs[param] = value
 
     def apply(x: torch.Tensor) -> torch.Tensor:

@@ -56,25 +56,25 @@ class PreprocessSampler(torch.nn.Module):
         super().__init__()
         self.config = copy.deepcopy(list(DEFAULT_CONFIG if config is None else config))
         if not self.config:
-            raise ValueError("gapdiff_core/preprocess/sampler.py: empty preprocessing config")
+            raise ValueError("preprocessing config: it is empty; give at least one transform with p > 0")
         probs = []
         for i, entry in enumerate(self.config):
             name = entry.get("name")
             if name not in _SIMULATORS:
                 raise ValueError(
-                    f"gapdiff_core/preprocess/sampler.py: entry {i} has unknown name {name!r}; "
+                    f"preprocessing config: entry {i} has unknown name {name!r}; "
                     f"known: {', '.join(SIMULATOR_NAMES)}"
                 )
             extra = set(entry) - {"name", "p"} - set(_SIMULATORS[name][1])
             if extra:
-                raise ValueError(f"gapdiff_core/preprocess/sampler.py: entry {i} ({name}) has unknown keys {sorted(extra)}")
+                raise ValueError(f"preprocessing config: entry {i} ({name}) has unknown keys {sorted(extra)}")
             p = float(entry.get("p", 1.0))
             if not p >= 0:
-                raise ValueError(f"gapdiff_core/preprocess/sampler.py: entry {i} ({name}) has negative p={p}")
+                raise ValueError(f"preprocessing config: entry {i} ({name}) has negative p={p}")
             probs.append(p)
         total = sum(probs)
         if not total > 0:
-            raise ValueError("gapdiff_core/preprocess/sampler.py: probabilities must sum to > 0, got " + str(probs))
+            raise ValueError("preprocessing config: probabilities must sum to > 0, got " + str(probs))
         self.register_buffer("probs", torch.tensor(probs, dtype=torch.float64) / total, persistent=False)
         self.generator = torch.Generator()
         if seed is None:

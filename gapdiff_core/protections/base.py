@@ -117,7 +117,7 @@ class IterativeProtection:
                  should_stop: StopFn = None, class_images: Optional[torch.Tensor] = None,
                  class_cache_dir: str | Path | None = None, **overrides):
         if schedule not in ("default", "tiny"):
-            raise ValueError(f"gapdiff_core/protections: schedule must be 'default' or 'tiny', not {schedule!r}")
+            raise ValueError(f"protection: schedule must be 'default' or 'tiny', not {schedule!r}")
         settings = dict(resolution=None, seed=0, prompt=self.prompt)
         if "num_class_images" in self.defaults:
             settings.update(self.PRIOR)
@@ -126,7 +126,7 @@ class IterativeProtection:
             settings.update(self.tiny)
         unknown = sorted(set(overrides) - set(settings))
         if unknown:
-            raise ValueError(f"gapdiff_core/protections/{self.name}: unknown setting(s) {', '.join(unknown)}; "
+            raise ValueError(f"protection {self.name}: unknown setting(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(settings))}")
         settings.update(overrides)
         if not 0 < float(settings["budget"]) <= 255:

@@ -87,7 +87,7 @@ def add_lora(unet, rank: int = 4) -> list[torch.nn.Parameter]:
     try:
         from peft import LoraConfig
     except ImportError as exc:  # pragma: no cover - peft is in the [diffusion] extra
-        raise ImportError("gapdiff_core/protections/mist.py: ACE needs peft (pip install 'gapdiff[diffusion]')") from exc
+        raise ImportError("the ACE (Mist) protection needs peft (pip install 'gapdiff[diffusion]')") from exc
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
