@@ -102,7 +102,7 @@ def _fmt(v, digits=3) -> str:
 
 # ---------------------------------------------------------------- JSON / Markdown
 def json_report(results: dict) -> str:
-    from .evaluation import _jsonable
+    from .evaluation import jsonable as _jsonable
 
     return json.dumps(_jsonable(results), indent=2, ensure_ascii=False, allow_nan=False, default=str)
 

@@ -1,8 +1,10 @@
 """Fixtures shared by several test modules."""
 import pytest
 import torch
+from PIL import Image
 
 from gapdiff_core import Generator, GeneratorInfo, save_generator
+from gapdiff_core.samples import SAMPLES_DIR
 
 
 @pytest.fixture(scope="module")
@@ -14,4 +16,28 @@ def saturated_generator_file(tmp_path_factory):
         g.dconv8.weight.mul_(40)
     path = tmp_path_factory.mktemp("models") / "g.safetensors"
     save_generator(g.eval(), path, GeneratorInfo(ngf=8, budget=8, demo=True, provenance="test"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def identity_folder(tmp_path_factory):
+    """One identity in the Anti-DreamBooth layout, small: set_B two sample photos (160 px wide), set_C a third
+    (320 px wide)."""
+    root = tmp_path_factory.mktemp("photos") / "obama"
+    for name, dest, side in (("obama.jpg", "set_B/a.png", 160), ("obama2.jpg", "set_B/b.png", 160),
+                             ("obama3.jpg", "set_C/c.png", 320)):
+        (root / dest).parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(SAMPLES_DIR / name) as im:
+            im = im.convert("RGB")
+            im.thumbnail((side, side * 2))
+            im.save(root / dest)
+    return root
+
+
+@pytest.fixture(scope="module")
+def toy_generator_file(tmp_path_factory):
+    """A random, demo-labelled ngf=4 generator file (seed 0)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("gen") / "toy.safetensors"
+    save_generator(Generator(ngf=4).eval(), path, GeneratorInfo(ngf=4, demo=True, provenance="test, random"))
     return path

@@ -36,7 +36,7 @@ def test_demo_writes_labelled_reports(tmp_path, monkeypatch, capsys):
     assert (out / "cache" / "demo_generator.safetensors").is_file()
     results = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert results["is_demo"] and len(results["runs"]) == 4
-    assert {r["method_kind"] for r in results["runs"]} == {"none", "generator"}
+    assert {r["method_kind"] for r in results["runs"]} == {"none", "gap-diff"}
     assert {r["transform"] for r in results["runs"]} == {"none", "jpeg:70"}
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "DEMO ON A TOY MODEL" in page and "data:image/png;base64," in page and "<svg" in page

@@ -14,40 +14,11 @@ from PIL import Image
 from gapdiff_core.evaluation import (PROTECTIONS, ProtocolConfig, ProtocolRunner, find_identities,
                                      register_protection, resolve_method)
 
-SAMPLES = Path(__file__).resolve().parent.parent / "gapdiff_core" / "samples"
 PROMPTS = ("a photo of sks person", "a dslr portrait of sks person")
 
 
-def _small_copy(src: Path, dst: Path, side: int = 160) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(src) as im:
-        im = im.convert("RGB")
-        im.thumbnail((side, side * 2))
-        im.save(dst)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("photos") / "obama"
-    _small_copy(SAMPLES / "obama.jpg", root / "set_B" / "a.png")
-    _small_copy(SAMPLES / "obama2.jpg", root / "set_B" / "b.png")
-    _small_copy(SAMPLES / "obama3.jpg", root / "set_C" / "c.png", side=320)
-    return root
-
-
-@pytest.fixture(scope="module")
-def generator_path(tmp_path_factory) -> Path:
-    from gapdiff_core.checkpoint import GeneratorInfo, save_generator
-    from gapdiff_core.generator import Generator
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("gen") / "toy.safetensors"
-    save_generator(Generator(ngf=4).eval(), path, GeneratorInfo(ngf=4, demo=True, provenance="test, random"))
-    return path
-
-
-def _config(generator_path, **kw) -> ProtocolConfig:
-    base = dict(methods=["none", str(generator_path)], transforms=["none", "jpeg:50"], budgets=[8.0],
+def _config(toy_generator_file, **kw) -> ProtocolConfig:
+    base = dict(methods=["none", str(toy_generator_file)], transforms=["none", "jpeg:50"], budgets=[8.0],
                 resolution=32, prompts=PROMPTS, images_per_prompt=1, generation_steps=1, generation_batch_size=2,
                 serfiq_T=4, attack_overrides=dict(max_train_steps=2, num_class_images=1, class_steps=1,
                                                   checkpointing_steps=0))
@@ -59,21 +30,21 @@ class Interrupt(Exception):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, data, generator_path):
+def finished(tmp_path_factory, identity_folder, toy_generator_file):
     """An interrupted run, then the resumed run: (out dir, results, stage counts of the resumed run)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the tiny model's small ops are fastest single-threaded on a busy CPU
     out = tmp_path_factory.mktemp("eval")
-    cfg = _config(generator_path)
+    cfg = _config(toy_generator_file)
 
     def interrupt_at_first_generate(stage, key):
         if stage == "generate":
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        ProtocolRunner(data, out, cfg, on_compute=interrupt_at_first_generate, progress=False).run()
+        ProtocolRunner(identity_folder, out, cfg, on_compute=interrupt_at_first_generate, progress=False).run()
     counts = Counter()
-    results = ProtocolRunner(data, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
+    results = ProtocolRunner(identity_folder, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
     yield out, results, counts
     torch.set_num_threads(threads)
 
@@ -101,7 +72,7 @@ def test_results_hold_protocol_metrics_per_prompt(finished):
     by = {(r["method_kind"], r["transform"]): r for r in on_disk["runs"]}
     # the clean photos are unchanged; the generator changes them within the budget
     assert by[("none", "none")]["fidelity"]["linf_grey_levels"] == 0.0
-    prot = by[("generator", "none")]["fidelity"]
+    prot = by[("gap-diff", "none")]["fidelity"]
     assert 0 < prot["linf_grey_levels"] <= 8.0 + 1e-3 and 25 < prot["psnr_db"] < 80
     # JPEG changes the photos further
     assert by[("none", "jpeg:50")]["fidelity_after_transform"]["psnr_db"] < 60
@@ -110,7 +81,7 @@ def test_results_hold_protocol_metrics_per_prompt(finished):
     assert on_disk["protocol"] == {"name": "custom", "settings": []}
 
 
-def test_identity_learning_gap_is_against_the_clean_attack(finished, data, generator_path):
+def test_identity_learning_gap_is_against_the_clean_attack(finished, identity_folder, toy_generator_file):
     from gapdiff_core.attack import instance_loss
 
     out, results, _ = finished
@@ -121,44 +92,44 @@ def test_identity_learning_gap_is_against_the_clean_attack(finished, data, gener
         il = run["identity_learning"]
         assert il["clean_error"] == clean["error"] and il["gap"] == pytest.approx(il["error"] - il["clean_error"])
     # the error is the attacked model's DreamBooth loss on set_C (the attack lowered it below the base model's)
-    runner = ProtocolRunner(data, out, _config(generator_path), progress=False)
-    rec = runner.cache.load("attack", by[("generator", "jpeg:50")]["keys"]["attack"])
+    runner = ProtocolRunner(identity_folder, out, _config(toy_generator_file), progress=False)
+    rec = runner.cache.load("attack", by[("gap-diff", "jpeg:50")]["keys"]["attack"])
     attacked = runner._reload_attacked(rec, runner.cache.folder("attack", rec["key"]))
-    (ident,) = find_identities(data)
+    (ident,) = find_identities(identity_folder)
     error = instance_loss(attacked, [str(p) for p in ident.references], resolution=32, samples=8, seed=0)
-    assert by[("generator", "jpeg:50")]["identity_learning"]["error"] == pytest.approx(error, rel=1e-4)
+    assert by[("gap-diff", "jpeg:50")]["identity_learning"]["error"] == pytest.approx(error, rel=1e-4)
     base = instance_loss(runner.base, [str(p) for p in ident.references], resolution=32, samples=8, seed=0)
     assert clean["error"] < base
 
 
-def test_gap_reference_is_computed_when_none_is_not_run(finished, data, generator_path):
+def test_gap_reference_is_computed_when_none_is_not_run(finished, identity_folder, toy_generator_file):
     out, results, _ = finished
     counts = Counter()
-    cfg = _config(generator_path, methods=[str(generator_path)], transforms=["jpeg:50"])
-    again = ProtocolRunner(data, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
+    cfg = _config(toy_generator_file, methods=[str(toy_generator_file)], transforms=["jpeg:50"])
+    again = ProtocolRunner(identity_folder, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
     assert counts == Counter()  # the clean attack (none | none) came from the cache, not from the rows
     (run,) = again["runs"]
-    before = next(r for r in results["runs"] if r["method_kind"] == "generator" and r["transform"] == "jpeg:50")
+    before = next(r for r in results["runs"] if r["method_kind"] == "gap-diff" and r["transform"] == "jpeg:50")
     assert run["identity_learning"] == before["identity_learning"]
 
 
-def test_rerun_recomputes_nothing_and_deleted_stage_reruns_with_dependents(finished, data, generator_path):
+def test_rerun_recomputes_nothing_and_deleted_stage_reruns_with_dependents(finished, identity_folder, toy_generator_file):
     out, results, _ = finished
-    cfg = _config(generator_path)
+    cfg = _config(toy_generator_file)
     counts = Counter()
-    again = ProtocolRunner(data, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
+    again = ProtocolRunner(identity_folder, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
     assert counts == Counter()
     assert [r["mean"] for r in again["runs"]] == [r["mean"] for r in results["runs"]]
 
     run = results["runs"][3]
     shutil.rmtree(out / "cache" / "attack" / run["keys"]["attack"])
     counts.clear()
-    ProtocolRunner(data, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
+    ProtocolRunner(identity_folder, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
     assert counts == Counter(attack=1, identity=1, generate=1, metrics=1)
 
     shutil.rmtree(out / "cache" / "metrics" / run["keys"]["metrics"])
     counts.clear()
-    ProtocolRunner(data, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
+    ProtocolRunner(identity_folder, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
     assert counts == Counter(metrics=1)
 
     # generating again from the cached attack (LoRA reloaded from disk) reproduces the same images
@@ -167,7 +138,7 @@ def test_rerun_recomputes_nothing_and_deleted_stage_reruns_with_dependents(finis
     before = _pngs(folder)
     shutil.rmtree(folder)
     counts.clear()
-    ProtocolRunner(data, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
+    ProtocolRunner(identity_folder, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
     assert counts == Counter(generate=1, metrics=1)
     after = _pngs(folder)
     assert sorted(after) == sorted(before) and len(before) == 2
@@ -180,24 +151,26 @@ def _pngs(folder: Path) -> dict:
             for p in sorted(folder.rglob("*.png"))}
 
 
-def test_changed_setting_recomputes_only_what_it_affects(finished, data, generator_path):
+def test_changed_setting_recomputes_only_what_it_affects(finished, identity_folder, toy_generator_file):
     out, _, _ = finished
     counts = Counter()
-    cfg = _config(generator_path, methods=["none"], transforms=["none"], serfiq_T=3)
-    ProtocolRunner(data, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
+    cfg = _config(toy_generator_file, methods=["none"], transforms=["none"], serfiq_T=3)
+    ProtocolRunner(identity_folder, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
     assert counts == Counter(metrics=1)
 
 
-def test_find_identities_layouts(tmp_path, data):
-    (ident,) = find_identities(data)
+def test_find_identities_layouts(tmp_path, identity_folder):
+    (ident,) = find_identities(identity_folder)
     assert [p.name for p in ident.attacked] == ["a.png", "b.png"] and [p.name for p in ident.references] == ["c.png"]
     multi = tmp_path / "multi"
-    shutil.copytree(data, multi / "person1")
-    shutil.copytree(data, multi / "person2")
+    shutil.copytree(identity_folder, multi / "person1")
+    shutil.copytree(identity_folder, multi / "person2")
     assert [i.name for i in find_identities(multi)] == ["person1", "person2"]
     plain = tmp_path / "plain"
+    plain.mkdir()
     for name in ("1.png", "2.png", "3.png"):
-        _small_copy(SAMPLES / "obama.jpg", plain / name, side=32)
+        shutil.copyfile(identity_folder / "set_B" / "a.png", plain / name)
+    (plain / "notes.txt").write_text("not a photo")
     (ident,) = find_identities(plain)
     assert ident.layout == "plain-folder"
     assert [p.name for p in ident.attacked] == ["1.png", "2.png"] and [p.name for p in ident.references] == ["3.png"]
@@ -206,7 +179,7 @@ def test_find_identities_layouts(tmp_path, data):
         find_identities(tmp_path / "empty")
 
 
-def test_registered_protection_is_a_method(tmp_path, data):
+def test_registered_protection_is_a_method(tmp_path, identity_folder):
     calls = []
 
     def darken(arg, budget, config, model, cache_dir):
@@ -219,9 +192,9 @@ def test_registered_protection_is_a_method(tmp_path, data):
     try:
         m = resolve_method("darken", 4.0)
         assert m.kind == "darken" and m.budget == 4.0 and "darken" in m.label
-        runner = ProtocolRunner(data, tmp_path / "o", ProtocolConfig(methods=["darken"], budgets=[4.0]),
+        runner = ProtocolRunner(identity_folder, tmp_path / "o", ProtocolConfig(methods=["darken"], budgets=[4.0]),
                                 progress=False)
-        (ident,) = find_identities(data)
+        (ident,) = find_identities(identity_folder)
         rec, folder = runner.stage_protect(ident, m)
         assert calls == [2] and 3.5 < rec["fidelity"]["linf_grey_levels"] <= 4.0 + 1e-3  # the set in one call
         with pytest.raises(ValueError, match="unknown protection method"):
@@ -230,7 +203,7 @@ def test_registered_protection_is_a_method(tmp_path, data):
         PROTECTIONS.pop("darken")
 
 
-def test_bad_config_fails_early(generator_path):
+def test_bad_config_fails_early(toy_generator_file):
     with pytest.raises(ValueError, match="preset"):
         ProtocolConfig(attack_preset="nope")
     with pytest.raises(ValueError, match="transform"):
@@ -255,12 +228,12 @@ def test_protocol_run_writes_all_three_reports(finished):
     assert json.loads(paths["json"].read_text(encoding="utf-8"))["environment"]["packages"]["torch"]
 
 
-def test_iterative_protection_is_a_method_against_the_protocol_model(tmp_path, data):
+def test_iterative_protection_is_a_method_against_the_protocol_model(tmp_path, identity_folder):
     m = resolve_method("photoguard:tiny", 6.0)
     assert m.kind == "photoguard" and "iterative" in m.description
     config = ProtocolConfig(methods=["photoguard:tiny"], budgets=[6.0], resolution=64)
-    runner = ProtocolRunner(data, tmp_path / "o", config, progress=False)
-    (ident,) = find_identities(data)
+    runner = ProtocolRunner(identity_folder, tmp_path / "o", config, progress=False)
+    (ident,) = find_identities(identity_folder)
     before = {k: v.clone() for k, v in runner.base.unet.state_dict().items()}
     rec, _ = runner.stage_protect(ident, m)
     assert 1 <= rec["fidelity"]["linf_grey_levels"] <= 6.0 + 1e-3
@@ -291,7 +264,7 @@ def test_combine_metrics_averages_as_the_official_scripts():
     assert combine_metrics([dict(entry(1.0, None, 0.0, None, 0), has_reference=False)])["ism"] is None
 
 
-def test_paper_protocol_holds_the_papers_settings(tmp_path, data):
+def test_paper_protocol_holds_the_papers_settings(tmp_path, identity_folder):
     from gapdiff_core.attack import PAPER_PROMPTS
     from gapdiff_core.evaluation import protocol_config
 
@@ -299,7 +272,7 @@ def test_paper_protocol_holds_the_papers_settings(tmp_path, data):
     assert (cfg.images_per_prompt, cfg.generation_steps, cfg.scheduler, cfg.guidance_scale) == (30, 100, "pndm", 7.5)
     assert cfg.prompts == PAPER_PROMPTS and len(cfg.prompts) == 4 and cfg.generation_batch_size == 6
     assert cfg.budgets == [8.0] and cfg.transforms == ["none", "jpeg:70"] and cfg.protocol == "paper"
-    runner = ProtocolRunner(data, tmp_path, cfg, progress=False)
+    runner = ProtocolRunner(identity_folder, tmp_path, cfg, progress=False)
     a, g = runner.attack_config(), runner.generation_config()
     assert (a.preset, a.mode, a.resolution, a.learning_rate, a.max_train_steps) == (
         "paper-full", "full", 512, 5e-7, 1000)
@@ -309,7 +282,7 @@ def test_paper_protocol_holds_the_papers_settings(tmp_path, data):
         protocol_config("nope")
 
 
-def test_paper_protocol_runs_on_the_tiny_model_and_the_report_shows_what_ran(tmp_path, data):
+def test_paper_protocol_runs_on_the_tiny_model_and_the_report_shows_what_ran(tmp_path, identity_folder):
     from gapdiff_core.evaluation import protocol_config
     from gapdiff_core.report import markdown_report, write_reports
 
@@ -320,7 +293,7 @@ def test_paper_protocol_runs_on_the_tiny_model_and_the_report_shows_what_ran(tmp
                               images_per_prompt=1, generation_steps=3, serfiq_T=4,
                               attack_overrides=dict(max_train_steps=2, num_class_images=1, class_steps=1,
                                                     checkpointing_steps=0, mixed_precision="no"))
-        results = ProtocolRunner(data, tmp_path, cfg, progress=False).run()
+        results = ProtocolRunner(identity_folder, tmp_path, cfg, progress=False).run()
     finally:
         torch.set_num_threads(threads)
     settings = {s["setting"]: s for s in results["protocol"]["settings"]}
@@ -344,14 +317,14 @@ def test_paper_protocol_runs_on_the_tiny_model_and_the_report_shows_what_ran(tmp
     assert "Protocol: paper" in page and "✗ departs" in page
 
 
-def test_norm_and_official_mode_reach_the_generator_and_the_report(tmp_path, data, generator_path):
+def test_norm_and_official_mode_reach_the_generator_and_the_report(tmp_path, identity_folder, toy_generator_file):
     from gapdiff_core.report import run_facts
 
-    (ident,) = find_identities(data)
-    m = resolve_method(str(generator_path), 8.0)
+    (ident,) = find_identities(identity_folder)
+    m = resolve_method(str(toy_generator_file), 8.0)
     outs = {}
     for norm, official in (("image", False), ("running", False), ("image", True)):
-        runner = ProtocolRunner(data, tmp_path, ProtocolConfig(methods=[str(generator_path)], norm=norm,
+        runner = ProtocolRunner(identity_folder, tmp_path, ProtocolConfig(methods=[str(toy_generator_file)], norm=norm,
                                                                official_mode=official), progress=False)
         rec, folder = runner.stage_protect(ident, m)
         outs[(norm, official)] = (rec["key"], _pngs(folder))

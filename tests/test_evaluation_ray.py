@@ -8,36 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 from gapdiff_core.evaluation import ProtocolConfig, ProtocolRunner  # noqa: E402
 
-SAMPLES = Path(__file__).resolve().parent.parent / "gapdiff_core" / "samples"
-
-
-def _small_copy(src: Path, dst: Path, side: int = 160) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(src) as im:
-        im = im.convert("RGB")
-        im.thumbnail((side, side * 2))
-        im.save(dst)
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from gapdiff_core.checkpoint import GeneratorInfo, save_generator
-    from gapdiff_core.generator import Generator
-
-    root = tmp_path_factory.mktemp("photos") / "obama"
-    _small_copy(SAMPLES / "obama.jpg", root / "set_B" / "a.png")
-    _small_copy(SAMPLES / "obama2.jpg", root / "set_B" / "b.png")
-    _small_copy(SAMPLES / "obama3.jpg", root / "set_C" / "c.png", side=320)
-    torch.manual_seed(0)
-    gen = tmp_path_factory.mktemp("gen") / "toy.safetensors"
-    save_generator(Generator(ngf=4).eval(), gen, GeneratorInfo(ngf=4, demo=True, provenance="test, random"))
+def setup(tmp_path_factory, identity_folder, toy_generator_file):
+    root, gen = identity_folder, toy_generator_file
     config = ProtocolConfig(methods=[str(gen)], transforms=["none", "jpeg:50"], budgets=[8.0], resolution=32,
                             prompts=("a photo of sks person",), images_per_prompt=1, generation_steps=1,
                             generation_batch_size=1, serfiq_T=4,
@@ -82,7 +62,7 @@ def run_ids(cache: Path) -> dict:
 
 
 def test_ray_grid_equals_the_serial_run_and_resumes_from_the_cache(setup, ray_instance):
-    from gapdiff_core.evaluation_ray import run_on_ray
+    from gapdiff_core.evaluation.on_ray import run_on_ray
 
     data, config, serial, factory = setup
     out = factory.mktemp("ray")

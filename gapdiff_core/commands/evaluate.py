@@ -1,6 +1,8 @@
 """`gapdiff evaluate`: the Anti-DreamBooth protocol (protect -> transform -> attack -> generate -> metrics)."""
 from __future__ import annotations
 
+from . import options
+
 HELP = "run the protection protocol (DreamBooth attack + FDFR/ISM/BRISQUE/SER-FIQ) and write reports"
 DESCRIPTION = """Evaluate protections with the Anti-DreamBooth protocol.
 
@@ -30,7 +32,7 @@ Example (the paper's protocol on a real SD 2.1-base folder):
 
 
 def add_arguments(p) -> None:
-    # choices spelled out (evaluation.PROTOCOLS, protect.NORMS) so that `gapdiff --help` imports no torch
+    # choices spelled out (evaluation.PROTOCOLS) so that `gapdiff --help` imports no torch
     p.add_argument("data", help="photos: <identity>/set_B, set_C (Anti-DreamBooth layout) or a plain folder")
     p.add_argument("--out", default="eval_out", help="output folder (default eval_out)")
     p.add_argument("--cache", default=None, help="stage cache folder (default OUT/cache)")
@@ -38,19 +40,15 @@ def add_arguments(p) -> None:
                    help="a named protocol: 'paper' sets every setting the paper fixes (flags given as well override "
                         "it; the report shows both)")
     p.add_argument("--method", action="append", dest="methods", default=None,
-                   help="protection: none, a generator checkpoint, or an iterative method run against --model "
-                        "(aspl, fsmg, photoguard, mist, ace, metacloak, caat, simac; NAME:tiny for its short "
-                        "schedule) (repeatable; default: none)")
+                   help="protection: none, a generator checkpoint (or gap-diff:CKPT), or an iterative method run "
+                        "against --model (aspl, fsmg, photoguard, mist, ace, metacloak, caat, simac; NAME:tiny for "
+                        "its short schedule) (repeatable; default: none)")
     p.add_argument("--transform", action="append", dest="transforms", default=None,
                    help="transform after protection: none, jpeg:Q, blur, noise:S, quantize:L, resize:N "
                         "(repeatable; default: none; the paper protocol: none and jpeg:70)")
     p.add_argument("--budget", action="append", dest="budgets", type=float, default=None,
                    help="budget in grey levels on the 0-255 scale (repeatable; default 8)")
-    p.add_argument("--norm", choices=("image", "running"), default="image",
-                   help="the generator's normalisation: image (per-image statistics, the trained function; default) "
-                        "or running (eval-mode running statistics)")
-    p.add_argument("--official-mode", action="store_true",
-                   help="protect as the authors' generate.py does (train mode, dropout on), seeded by --seed")
+    options.protection_function(p)
     p.add_argument("--model", default="tiny", help="surrogate to attack: tiny, a diffusers folder or a checkpoint")
     p.add_argument("--preset", default=None, help="attack preset (default: the protocol's, else tiny-lora for "
                                                   "tiny and lora otherwise)")
@@ -108,7 +106,7 @@ def run(args) -> int:
         config = build_config(args)
         runner = ProtocolRunner(args.data, args.out, config, cache_dir=args.cache, progress=not args.no_progress)
         if args.executor == "ray":
-            from ..evaluation_ray import run_on_ray
+            from ..evaluation.on_ray import run_on_ray
 
             results = run_on_ray(runner, address=args.address, progress=not args.no_progress)
         else:

@@ -61,3 +61,26 @@ def file_size(text: str) -> str:
     if not match or int(match[1]) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; write a whole number and a unit, e.g. 50mb or 2gb")
     return f"{int(match[1])}{match[2].lower()}"
+
+
+def batch_outputs(p) -> None:
+    """The options of the commands that write one output per input photo: metadata, earlier outputs, sub-folders."""
+    p.add_argument("--keep-metadata", action="store_true", help="keep EXIF/GPS/XMP (stripped by default)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace outputs of an earlier run in OUTDIR (inputs are never replaced)")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="leave inputs whose output is already in OUTDIR (continue an interrupted batch)")
+    p.add_argument("--recursive", action="store_true",
+                   help="descend into sub-folders of folder inputs (mirrored under OUTDIR)")
+
+
+def protection_function(p) -> None:
+    """How a generator protects (gapdiff_core.protect.NORMS, official_mode), spelled out so that `--help` imports
+    no torch."""
+    p.add_argument("--norm", choices=("image", "running"), default="image",
+                   help="image (default): each BatchNorm uses the photo's own statistics, the function the "
+                        "generator was trained to compute; running: eval-mode running statistics (not trained)")
+    p.add_argument("--official-mode", action="store_true",
+                   help="reproduce the authors' generate.py (train mode, dropout on, one photo at a time), seeded "
+                        "by --seed")

@@ -1,6 +1,6 @@
 """`gapdiff evaluate --executor ray`: the protocol's stage graph as Ray tasks, through the stage cache.
 
-Every stage is idempotent through `evaluation.StageCache` (a finished stage is loaded, never recomputed), so the
+Every stage is idempotent through `StageCache` (a finished stage is loaded, never recomputed), so the
 grid is scheduled as tasks that run stages and leave their results in the cache, on a folder every worker sees:
 
   protect (one task per identity x method, shared by its transforms)
@@ -15,7 +15,10 @@ loaded from the cache, unfinished ones are computed again.
 """
 from __future__ import annotations
 
-from .evaluation import Identity, Method, ProtocolConfig, ProtocolRunner, resolve_method
+from .config import ProtocolConfig
+from .inputs import Identity
+from .methods import Method, resolve_method
+from .runner import ProtocolRunner
 
 _RUNNERS: dict = {}  # per worker process: one runner (and its loaded base model) for every task of a run
 
@@ -52,7 +55,7 @@ def run_on_ray(runner: ProtocolRunner, *, address: str | None = None, progress: 
     import ray
     from tqdm import tqdm
 
-    from .ray_local import start_ray
+    from ..ray_local import start_ray
 
     config: ProtocolConfig = runner.config
     start_ray(address)

@@ -1,0 +1,33 @@
+"""The Anti-DreamBooth protocol: protect -> transform -> attack -> identity -> generate -> metrics, every stage cached
+on disk.
+
+For each identity, protect its ``set_B`` photos, apply a platform transform (e.g. JPEG q 70), DreamBooth-attack a
+surrogate with them, generate the four prompts' images and score them against the identity's clean ``set_C``
+photos: FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓ per prompt (↑/↓: the direction of stronger protection), plus PSNR / SSIM / L∞
+of the protected photos against the clean ones. The ``identity`` stage measures the attacked model's denoising error
+on ``set_C``; minus that of the model attacked with the clean photos it is the identity-learning gap (higher = the
+attacker learned less). :data:`PROTOCOLS` names complete settings (``paper``: what the paper fixes).
+
+Every stage writes its outputs into ``<cache>/<stage>/<key>/`` and a ``stage.json`` last; ``key`` hashes the stage's
+own settings and its parent's key (which hashes the input photos), so a rerun skips finished stages, an interrupted
+run resumes (the attack also resumes from its own checkpoint), and changing one setting recomputes only what it
+affects.
+
+Modules: :mod:`.config` (what to run, named protocols), :mod:`.inputs` (identities and their photos),
+:mod:`.methods` (``--method`` specs against :data:`gapdiff_core.protections.PROTECTIONS`), :mod:`.cache` (the stage
+cache), :mod:`.runner` (the stages and the results), :mod:`.summary` (metric means), :mod:`.on_ray` (the stage graph
+as Ray tasks).
+"""
+from ..protections import PROTECTIONS, ProtectFn, register_protection
+from .cache import CACHE_VERSION, StageCache, config_key, jsonable
+from .config import PROTOCOL_ATTACK_FIELDS, PROTOCOLS, ProtocolConfig, protocol_config, protocol_settings
+from .inputs import Identity, file_digest, find_identities, list_photos
+from .methods import Method, resolve_method
+from .runner import STAGES, ProtocolRunner, environment, run_protocol
+from .summary import METRIC_KEYS, QUALITY_KEYS, SUMMARY_VERSION, combine_metrics, summarize_metrics
+
+__all__ = ["CACHE_VERSION", "METRIC_KEYS", "PROTECTIONS", "PROTOCOLS", "PROTOCOL_ATTACK_FIELDS", "QUALITY_KEYS",
+           "STAGES", "SUMMARY_VERSION", "Identity", "Method", "ProtectFn", "ProtocolConfig", "ProtocolRunner",
+           "StageCache", "combine_metrics", "config_key", "environment", "file_digest", "find_identities",
+           "jsonable", "list_photos", "protocol_config", "protocol_settings", "register_protection",
+           "resolve_method", "run_protocol", "summarize_metrics"]
