@@ -22,14 +22,7 @@ def add_arguments(p) -> None:
                    help="JPEG quality 1-100 (default 70, the paper's)")
     p.add_argument("--subsampling", choices=("4:2:0", "4:2:2", "4:4:4"), default="4:2:0",
                    help="chroma subsampling (default 4:2:0, as platforms do)")
-    p.add_argument("--keep-metadata", action="store_true", help="keep EXIF/GPS/XMP (stripped by default)")
-    existing = p.add_mutually_exclusive_group()
-    existing.add_argument("--overwrite", action="store_true",
-                          help="replace outputs of an earlier run in OUTDIR (inputs are never replaced)")
-    existing.add_argument("--skip-existing", action="store_true",
-                          help="leave inputs whose output is already in OUTDIR (continue an interrupted batch)")
-    p.add_argument("--recursive", action="store_true",
-                   help="descend into sub-folders of folder inputs (mirrored under OUTDIR)")
+    options.batch_outputs(p)
 
 
 def run(args) -> int:

@@ -47,19 +47,8 @@ def add_arguments(p) -> None:
                    help="output format; png (default) and webp are lossless; jpg weakens the protection")
     p.add_argument("--quality", type=options.quality, default=95,
                    help="JPEG quality 1-100 for --format jpg (the reported change is measured on the saved file)")
-    p.add_argument("--keep-metadata", action="store_true", help="keep EXIF/GPS/XMP (stripped by default)")
-    existing = p.add_mutually_exclusive_group()
-    existing.add_argument("--overwrite", action="store_true",
-                          help="replace outputs of an earlier run in OUTDIR (inputs are never replaced)")
-    existing.add_argument("--skip-existing", action="store_true",
-                          help="leave inputs whose output is already in OUTDIR (continue an interrupted batch)")
-    p.add_argument("--recursive", action="store_true",
-                   help="descend into sub-folders of folder inputs (mirrored under OUTDIR)")
-    p.add_argument("--norm", choices=("image", "running"), default="image",
-                   help="image (default): each BatchNorm uses the photo's own statistics, the function the "
-                        "generator was trained to compute; running: eval-mode running statistics (not trained)")
-    p.add_argument("--official-mode", action="store_true",
-                   help="reproduce the authors' generate.py (train mode, dropout on, one photo at a time, seeded)")
+    options.batch_outputs(p)
+    options.protection_function(p)
     p.add_argument("--seed", type=int, default=0, help="seed for --official-mode (and iterative methods)")
     p.add_argument("--method", default="gap-diff",
                    help="gap-diff (default; needs --generator) or an iterative protection: aspl, fsmg, photoguard, "
@@ -84,11 +73,16 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ..checkpoint import CheckpointError, load_generator
-    from ..imageio import (ImageError, InputGuard, iter_image_paths, load_image, output_path_for,
-                           prepare_output_folder)
+    from ..imageio import ImageError, load_image, output_path_for, prepare_output_folder
     from ..protect import NORM_DESCRIPTIONS, Protector
+    from ..protections import canonical_name
 
-    if getattr(args, "method", "gap-diff").lower() not in ("gap-diff", "gapdiff"):
+    try:
+        method = canonical_name(getattr(args, "method", "gap-diff"))
+    except ValueError as exc:
+        print(f"gapdiff protect: {exc}", file=sys.stderr)
+        return 2
+    if method != "gap-diff":
         return _run_iterative(args)
     if not args.generator:
         print("gapdiff protect: no generator given (--generator CKPT).\n"
@@ -116,12 +110,8 @@ def run(args) -> int:
           f"precision {protector.precision}{f' ({protector.precision_note})' if protector.precision_note else ''}"
           f"\nnormalisation: {NORM_DESCRIPTIONS[protector.norm]}")
 
-    suffix = "." + args.format
-    paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive, out_dir=out_dir,
-                                             output_ending=tag + suffix)
-    inputs = InputGuard(paths)
+    paths, root, suffix, inputs, log = _batch(args, out_dir, tag)
     done = 0
-    log = BatchLog(failures)
     bar = tqdm(total=len(paths), desc="protecting", unit="photo", disable=not paths)
 
     def fail(path, exc):
@@ -171,9 +161,8 @@ def _run_iterative(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from ..imageio import ImageError, load_image, output_path_for, prepare_output_folder, to_uint8
     from ..progress import TqdmProgress
-    from ..imageio import (ImageError, InputGuard, iter_image_paths, load_image, output_path_for,
-                           prepare_output_folder, to_uint8)
     from ..protect import resolve_device
     from ..protections import get_protection
     from ..protections.base import ProtectionCancelled, resize
@@ -200,12 +189,8 @@ def _run_iterative(args) -> int:
     print(method.describe())
     if demo:
         print("WARNING: the surrogate is a DEMO model with random weights: these outputs are NOT protection.")
-    suffix = "." + args.format
-    paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive, out_dir=out_dir,
-                                             output_ending=tag + suffix)
-    inputs = InputGuard(paths)
+    paths, root, suffix, inputs, log = _batch(args, out_dir, tag)
     done = 0
-    log = BatchLog(failures)
     sets: dict = {}
     for path in paths:
         sets.setdefault(path if args.per_photo else path.resolve().parent, []).append(path)
@@ -243,6 +228,17 @@ def _run_iterative(args) -> int:
                 continue
             done += 1
     return log.finish(done, "protected", demo=demo)
+
+
+def _batch(args, out_dir, tag: str):
+    """The photos to protect, their root, the output suffix, the guard that keeps inputs from being overwritten, and
+    the batch log."""
+    from ..imageio import InputGuard, iter_image_paths
+
+    suffix = "." + args.format
+    paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive, out_dir=out_dir,
+                                             output_ending=tag + suffix)
+    return paths, root, suffix, InputGuard(paths), BatchLog(failures)
 
 
 def _load_folder(folder, option: str) -> list:
