@@ -39,7 +39,7 @@ def prepare_photos(root) -> Path:
     """Copy the sample photos of one identity into the Anti-DreamBooth layout (set_B attacked, set_C reference)."""
     import shutil
 
-    from ..preprocess.fidelity import SAMPLES_DIR
+    from ..samples import SAMPLES_DIR
 
     root = Path(root)
     for sub, names in IDENTITY.items():

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from ..metrics.fidelity import psnr
+from ..samples import SAMPLES_DIR
 from . import real
 from .differentiable_jpeg import diff_jpeg
 from .jpeg_masking import jpeg_mask01
 from .simulators import gaussian_blur, gaussian_noise, quantize, resize_bilinear
 
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 JPEG_QUALITIES = (30, 50, 70, 90)
 
 

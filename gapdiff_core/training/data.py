@@ -10,18 +10,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import seeds
+from ..imageio import image_extensions
+from ..samples import SAMPLES_DIR
 
 log = logging.getLogger("gapdiff.train")
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 
 
 def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such image folder")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    suffixes = image_extensions()
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
 
 
 def usable_images(paths: Sequence[Path], resolution: int, min_side_fraction: float = 0.5,
