@@ -177,7 +177,14 @@ def test_cancel_then_resume_reaches_the_same_weights(base, cache, lora_run, tmp_
         _photos(), tmp_path, progress=progress, should_stop=stop)
     assert not interrupted.completed and interrupted.steps_done == 2
     assert interrupted.model_dir is None and interrupted.lora_path is None and (tmp_path / "checkpoint" / "state.json").is_file()
-    resumed = DreamBoothAttack(base, _config("lora"), cache_dir=cache).run(_photos(), tmp_path)
+    # as a kill between the two renames of a checkpoint write leaves it: the complete one as checkpoint.old
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")
+    (tmp_path / ".checkpoint.tmp-killed").mkdir()  # and the half-written temporary
+    steps = []
+    resumed = DreamBoothAttack(base, _config("lora"), cache_dir=cache).run(
+        _photos(), tmp_path, progress=lambda step, total, loss: steps.append(step))
+    assert steps[0] == 3  # resumed after step 2, not started again
+    assert not (tmp_path / ".checkpoint.tmp-killed").exists() and not (tmp_path / "checkpoint.old").exists()
     assert resumed.completed and resumed.steps_done == STEPS
     assert resumed.losses == lora_run[0].losses
     a, _ = load_kohya_lora(resumed.lora_path)

@@ -18,6 +18,7 @@ pytest.importorskip("accelerate")
 
 from gapdiff_core.checkpoint import load_generator  # noqa: E402
 from gapdiff_core.generator import Generator  # noqa: E402
+from gapdiff_core.optimizer_state import flatten_optimizer, unflatten_optimizer  # noqa: E402
 from gapdiff_core.training import Trainer, load_config, usable_images  # noqa: E402
 from gapdiff_core.training import state as ckpt  # noqa: E402
 from gapdiff_core.training.validation import evaluate_generator, fixed_timesteps, validation_images  # noqa: E402
@@ -82,9 +83,9 @@ def test_optimizer_state_round_trip_without_pickles():
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
     tensors, meta = {}, {}
-    ckpt.flatten_optimizer("opt", opt.state_dict(), tensors, meta)
+    flatten_optimizer("opt", opt.state_dict(), tensors, meta)
     restored = torch.optim.Adam(model.parameters(), lr=0.5)
-    restored.load_state_dict(ckpt.unflatten_optimizer("opt", tensors, meta))
+    restored.load_state_dict(unflatten_optimizer("opt", tensors, meta))
     a, b = opt.state_dict(), restored.state_dict()
     assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"] == 0.1
     for k in ("exp_avg", "exp_avg_sq", "step"):

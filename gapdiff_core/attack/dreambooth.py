@@ -22,14 +22,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import seeds
+from .. import atomic, seeds
+from ..optimizer_state import flatten_optimizer, unflatten_optimizer
+from ..progress import ProgressFn, StopFn, stop_requested
 from ..prompts import CLASS_PROMPT, INSTANCE_PROMPT
 from .class_images import class_images, model_fingerprint
-from .progress import ProgressFn, StopFn, stop_requested
 
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 CHECKPOINT_DIR = "checkpoint"
+OPTIMIZER = "optimizer"  # prefix of the optimizer state in a checkpoint (optimizer_state.flatten_optimizer)
 # fields that may change between a run and its resumption
 RESUMABLE_FIELDS = ("max_train_steps", "checkpointing_steps", "save_model")
 
@@ -241,44 +243,25 @@ def instance_loss(surrogate, images, prompt: str = INSTANCE_PROMPT, *, resolutio
 # ---------------------------------------------------------------- checkpoints (tensors + JSON only)
 def _save_checkpoint(folder: Path, step: int, params: dict, optimizer, fingerprint: str, losses: list[float],
                      scaler=None) -> None:
+    """Write ``folder`` atomically (:func:`atomic.folder_beside`): a kill leaves the previous checkpoint or this one."""
     from safetensors.torch import save_file
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "trainable.safetensors"))
-    opt = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in opt["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{idx}.{k}"] = v
-    if tensors:
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-    state = {"step": step, "fingerprint": fingerprint, "param_names": list(params),
-             "param_groups": opt["param_groups"], "optimizer_scalars": scalars, "losses": losses,
-             "grad_scaler": scaler.state_dict() if scaler is not None else None}
-    (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
-    old = folder.with_name(folder.name + ".old")
-    _remove_flat_dir(old)  # left over by a crash between the renames below
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    _remove_flat_dir(old)
-
-
-def _remove_flat_dir(folder: Path) -> None:
-    if folder.is_dir():
-        for f in folder.iterdir():
-            f.unlink()
-        folder.rmdir()
+    tensors, state = {}, {"step": step, "fingerprint": fingerprint, "param_names": list(params), "losses": losses,
+                          "grad_scaler": scaler.state_dict() if scaler is not None else None}
+    flatten_optimizer(OPTIMIZER, optimizer.state_dict(), tensors, state)
+    with atomic.folder_beside(folder) as tmp:
+        save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "trainable.safetensors"))
+        if tensors:
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
 
 
 def _load_checkpoint(folder: Path, params: dict, optimizer, fingerprint: str, scaler=None) -> tuple[int, list]:
     from safetensors.torch import load_file
 
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    if OPTIMIZER not in state:
+        raise ValueError(f"{folder}: checkpoint in an older format; delete {folder} to start this attack afresh")
     if state["fingerprint"] != fingerprint:
         raise ValueError(f"{folder}: checkpoint of a different attack (model, photos or settings changed); "
                          f"use another output folder or delete {folder}")
@@ -289,11 +272,7 @@ def _load_checkpoint(folder: Path, params: dict, optimizer, fingerprint: str, sc
         for n, p in params.items():
             p.copy_(weights[n].to(p.device, p.dtype))
     tensors = load_file(str(folder / "optimizer.safetensors")) if (folder / "optimizer.safetensors").is_file() else {}
-    opt_state: dict[int, dict] = {}
-    for key, v in list(tensors.items()) + list(state["optimizer_scalars"].items()):
-        idx, k = key.split(".", 1)
-        opt_state.setdefault(int(idx), {})[k] = v
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    optimizer.load_state_dict(unflatten_optimizer(OPTIMIZER, tensors, state))
     if scaler is not None and state.get("grad_scaler"):
         scaler.load_state_dict(state["grad_scaler"])
     return int(state["step"]), list(state["losses"])
@@ -379,12 +358,14 @@ class DreamBoothAttack:
                              "in torch's bf16 attention, which needs AVX-512; use mixed_precision='no'")
         scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         ckpt = out_dir / CHECKPOINT_DIR
+        atomic.recover(out_dir)  # temporaries of a killed checkpoint write
         step, losses = 0, []
-        if resume and (ckpt / "state.json").is_file():
-            step, losses = _load_checkpoint(ckpt, params, optimizer, fingerprint, scaler)
-        (out_dir / "attack.json").write_text(json.dumps(
+        found = atomic.current(ckpt)  # checkpoint, or checkpoint.old after a kill between its two renames
+        if resume and found is not None and (found / "state.json").is_file():
+            step, losses = _load_checkpoint(found, params, optimizer, fingerprint, scaler)
+        atomic.write_text(out_dir / "attack.json", json.dumps(
             {"config": cfg.to_dict(), "base_model": self.base.name, "is_demo": self.base.is_demo,
-             "fingerprint": fingerprint, "photos": len(photos), "resolution": res}, indent=2), encoding="utf-8")
+             "fingerprint": fingerprint, "photos": len(photos), "resolution": res}, indent=2))
 
         n_inst = len(photos)
         n_class = len(class_moments[0]) if class_moments is not None else 0

@@ -20,6 +20,7 @@ import torch
 from .. import losses, seeds
 from ..checkpoint import GeneratorInfo, save_generator
 from ..generator import Discriminator, Generator
+from ..optimizer_state import flatten_optimizer, unflatten_optimizer
 from ..preprocess import PreprocessSampler, official_prelayer_config
 from . import state as ckpt
 from .config import TrainConfig
@@ -234,11 +235,11 @@ class Trainer:
                       "num_processes": self.acc.num_processes}
         tensors.update(ckpt.prefixed("generator", self.unwrapped_generator().state_dict()))
         tensors.update(ckpt.prefixed("discriminator", self.acc.unwrap_model(self.discriminator).state_dict()))
-        ckpt.flatten_optimizer("opt_g", self.opt_g.state_dict(), tensors, meta)
-        ckpt.flatten_optimizer("opt_d", self.opt_d.state_dict(), tensors, meta)
+        flatten_optimizer("opt_g", self.opt_g.state_dict(), tensors, meta)
+        flatten_optimizer("opt_d", self.opt_d.state_dict(), tensors, meta)
         if self.opt_unet is not None:
             tensors.update(ckpt.prefixed("unet", self.surrogate.unet.state_dict()))
-            ckpt.flatten_optimizer("opt_unet", self.opt_unet.state_dict(), tensors, meta)
+            flatten_optimizer("opt_unet", self.opt_unet.state_dict(), tensors, meta)
         tensors["rng/torch"] = torch.get_rng_state()
         tensors["rng/preprocess"] = self.preprocess.generator.get_state()
         if torch.cuda.is_available():
@@ -270,15 +271,15 @@ class Trainer:
     def _restore(self, tensors: dict, meta: dict, folder: Path) -> None:
         self.unwrapped_generator().load_state_dict(ckpt.unprefixed("generator", tensors))
         self.acc.unwrap_model(self.discriminator).load_state_dict(ckpt.unprefixed("discriminator", tensors))
-        self.opt_g.load_state_dict(ckpt.unflatten_optimizer("opt_g", tensors, meta))
-        self.opt_d.load_state_dict(ckpt.unflatten_optimizer("opt_d", tensors, meta))
+        self.opt_g.load_state_dict(unflatten_optimizer("opt_g", tensors, meta))
+        self.opt_d.load_state_dict(unflatten_optimizer("opt_d", tensors, meta))
         self.sched_g.load_state_dict(meta["sched_g"])
         self.sched_d.load_state_dict(meta["sched_d"])
         if self.opt_unet is not None:
             if "opt_unet" not in meta:
                 raise ValueError(f"{folder}: saved without surrogate fine-tuning; cannot resume with finetune_steps>0")
             self.surrogate.unet.load_state_dict(ckpt.unprefixed("unet", tensors))
-            self.opt_unet.load_state_dict(ckpt.unflatten_optimizer("opt_unet", tensors, meta))
+            self.opt_unet.load_state_dict(unflatten_optimizer("opt_unet", tensors, meta))
         torch.set_rng_state(tensors["rng/torch"])
         self.preprocess.generator.set_state(tensors["rng/preprocess"])
         if "rng/cuda" in tensors and torch.cuda.is_available():

@@ -40,29 +40,6 @@ class ResumeError(ValueError):
     """A run folder or checkpoint that cannot be used as asked; the message names it and says what to do."""
 
 
-def flatten_optimizer(prefix: str, state_dict: dict, tensors: dict, meta: dict) -> None:
-    """Optimizer state: per-parameter tensors -> ``tensors``; param_groups and scalars -> ``meta``."""
-    scalars: dict = {}
-    for idx, entry in state_dict["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{prefix}/{idx}/{key}"] = value.detach().contiguous().cpu()
-            else:
-                scalars.setdefault(str(idx), {})[key] = value
-    meta[prefix] = {"param_groups": state_dict["param_groups"], "scalars": scalars}
-
-
-def unflatten_optimizer(prefix: str, tensors: dict, meta: dict) -> dict:
-    state: dict = {}
-    for name, value in tensors.items():
-        if name.startswith(prefix + "/"):
-            _, idx, key = name.split("/", 2)
-            state.setdefault(int(idx), {})[key] = value
-    for idx, entry in meta[prefix]["scalars"].items():
-        state.setdefault(int(idx), {}).update(entry)
-    return {"state": state, "param_groups": meta[prefix]["param_groups"]}
-
-
 def prefixed(prefix: str, state_dict: dict) -> dict:
     return {f"{prefix}/{k}": v.detach().contiguous().cpu() for k, v in state_dict.items()}
 

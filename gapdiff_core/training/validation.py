@@ -1,6 +1,7 @@
 """Validation on a fixed batch: adversarial effect before/after REAL JPEG, fidelity, and an image grid."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Optional
 
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import atomic
 from ..losses import denoising_error
 from ..metrics.fidelity import psnr, ssim
 from ..preprocess import real
@@ -89,9 +91,10 @@ def save_grid(path: Path, clean01: torch.Tensor, protected01: torch.Tensor, budg
         rows = [torch.nn.functional.interpolate(r, scale_factor=scale, mode="area") for r in rows]
     grid = torch.cat([torch.cat(list(r.cpu()), dim=-1) for r in rows], dim=-2)
     arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(arr)).save(path)
-    return path
+    return atomic.write_bytes(path, buf.getvalue())
 
 
 def validation_images(paths, resolution: int, limit: Optional[int] = None) -> torch.Tensor:
