@@ -98,11 +98,17 @@ class ISMResult:
 def fdfr(images: ImageBatch, backend: str = "yunet", threshold: float = 0.9,
          analyses: Optional[Analyses] = None) -> FDFRResult:
     """Share of images in which ``backend`` finds no face with confidence >= ``threshold``."""
+    a, missed = _missed_faces(images, backend, threshold, analyses, "fdfr")
+    return FDFRResult(len(missed) / len(a), len(a), len(missed), a.detector, a.threshold)
+
+
+def _missed_faces(images: ImageBatch, backend: str, threshold: float, analyses: Optional[Analyses],
+                  caller: str) -> tuple[Analyses, list[int]]:
+    """The detections (given or computed) and the indices of the images without a face."""
     a = analyses or analyze_faces(images, detector=backend, embedder=None, threshold=threshold)
     if len(a) == 0:
-        raise ValueError("fdfr: no images given")
-    failed = sum(not it.detected for it in a.items)
-    return FDFRResult(failed / len(a), len(a), failed, a.detector, a.threshold)
+        raise ValueError(f"{caller}: no images given")
+    return a, [i for i, it in enumerate(a.items) if not it.detected]
 
 
 def reference_embedding(references: ImageBatch, backend: str = "sface", detector: str = "yunet",
@@ -155,10 +161,7 @@ class DetectionRateResult:
 def reference_detection_rate(references: ImageBatch, backend: str = "yunet", threshold: float = 0.9,
                              analyses: Optional[Analyses] = None) -> DetectionRateResult:
     """Detection rate of ``backend`` on clean photos (set_C or set_A), for reports next to FDFR."""
-    a = analyses or analyze_faces(references, detector=backend, embedder=None, threshold=threshold)
-    if len(a) == 0:
-        raise ValueError("reference_detection_rate: no images given")
-    missed = [i for i, it in enumerate(a.items) if not it.detected]
+    a, missed = _missed_faces(references, backend, threshold, analyses, "reference_detection_rate")
     return DetectionRateResult(1.0 - len(missed) / len(a), len(a), len(a) - len(missed), a.detector,
                                a.threshold, missed)
 

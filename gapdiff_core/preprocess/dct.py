@@ -27,20 +27,21 @@ def _check_blocks(x: torch.Tensor) -> None:
 
 def block_dct(x: torch.Tensor) -> torch.Tensor:
     """DCT of every 8×8 tile (C·X·Cᵀ); the output keeps the layout: tile (r, c) holds that block's coefficients."""
-    _check_blocks(x)
-    b, ch, h, w = x.shape
-    d = dct_matrix(dtype=x.dtype, device=x.device)
-    t = x.reshape(b, ch, h // BLOCK, BLOCK, w // BLOCK, BLOCK)
-    return torch.einsum("ij,bcpjqk,lk->bcpiql", d, t, d).reshape(b, ch, h, w)
+    return _per_block("ij,bcpjqk,lk->bcpiql", x)
 
 
 def block_idct(coef: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`block_dct` (Cᵀ·Y·C per 8×8 tile)."""
-    _check_blocks(coef)
-    b, ch, h, w = coef.shape
-    d = dct_matrix(dtype=coef.dtype, device=coef.device)
-    t = coef.reshape(b, ch, h // BLOCK, BLOCK, w // BLOCK, BLOCK)
-    return torch.einsum("ji,bcpjqk,kl->bcpiql", d, t, d).reshape(b, ch, h, w)
+    return _per_block("ji,bcpjqk,kl->bcpiql", coef)
+
+
+def _per_block(equation: str, x: torch.Tensor) -> torch.Tensor:
+    """`equation` (DCT matrix, tiles, DCT matrix) applied to every 8×8 tile of B×C×H×W `x`, layout kept."""
+    _check_blocks(x)
+    b, ch, h, w = x.shape
+    d = dct_matrix(dtype=x.dtype, device=x.device)
+    t = x.reshape(b, ch, h // BLOCK, BLOCK, w // BLOCK, BLOCK)
+    return torch.einsum(equation, d, t, d).reshape(b, ch, h, w)
 
 
 def tile_per_block(table: torch.Tensor, h: int, w: int) -> torch.Tensor:
