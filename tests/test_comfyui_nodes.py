@@ -100,11 +100,59 @@ def test_loads_as_v1_pack_under_path_module_name(comfy):
     assert all(k.startswith("GAPDiff") for k in pack.NODE_CLASS_MAPPINGS)
 
 
-def test_engine_still_imports_on_its_own_beside_the_pack(comfy):
-    import gapdiff_core
+HOST_MODULES = {"comfy", "comfy_extras", "comfy_execution", "folder_paths", "server", "execution", "nodes",
+                "latent_preview", "modules", "launch", "webui"}  # ComfyUI's and AUTOMATIC1111's top-level modules
 
-    assert gapdiff_core.__name__ == "gapdiff_core"
-    assert "comfy" not in {m.split(".")[0] for m in vars(gapdiff_core)}
+
+def _imported_modules(path: Path) -> set[str]:
+    """Top-level names of every absolute import in a file, lazy ones inside functions included."""
+    import ast
+
+    names = set()
+    for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(n, ast.Import):
+            names |= {a.name.split(".")[0] for a in n.names}
+        elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module:
+            names.add(n.module.split(".")[0])
+    return names
+
+
+def test_engine_never_imports_a_host_module():
+    """gapdiff_core must work without ComfyUI or AUTOMATIC1111: no file imports a host module, not even lazily,
+    and Gradio only in the UI (gapdiff_core/ui, gapdiff_core/app.py)."""
+    core = comfy_pack.ROOT / "gapdiff_core"
+    offenders = {}
+    for path in sorted(core.rglob("*.py")):
+        rel = path.relative_to(core).as_posix()
+        allowed_gradio = rel.startswith("ui/") or rel == "app.py"
+        bad = _imported_modules(path) & (HOST_MODULES | (set() if allowed_gradio else {"gradio", "gradio_client"}))
+        if bad:
+            offenders[rel] = sorted(bad)
+    assert offenders == {}
+
+
+def test_engine_imports_with_host_modules_and_gradio_unavailable():
+    """The engine's modules import in a Python where every host module and Gradio raise ImportError."""
+    import subprocess
+
+    blocked = sorted(HOST_MODULES | {"gradio"})
+    code = f"""
+import importlib, sys
+BLOCKED = {blocked!r}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("host module " + name)
+sys.meta_path.insert(0, Block())
+for m in ("gapdiff_core", "gapdiff_core.protect", "gapdiff_core.imageio", "gapdiff_core.checkpoint",
+          "gapdiff_core.preprocess", "gapdiff_core.metrics", "gapdiff_core.protections", "gapdiff_core.cli"):
+    importlib.import_module(m)
+print(sorted(n for n in sys.modules if n.split(".")[0] in BLOCKED))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=comfy_pack.ROOT,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("node_id", sorted(INTERFACE))
