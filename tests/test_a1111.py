@@ -74,22 +74,53 @@ def test_registers_settings_and_tab_built_from_the_shared_blocks(a1111, tmp_path
     assert s.work_lock() is call_queue.queue_lock
 
 
-def test_tab_protects_with_host_settings(a1111, tmp_path):
-    """One protect call through the tab's settings, serialised by the host's queue lock."""
+def test_tab_protects_with_host_settings(a1111, tmp_path, monkeypatch):
+    """One protect call through the tab, with the host's settings (device, precision, models folder), the generator
+    loaded and every photo protected while holding the host's queue lock (A1111 serialises GPU work with it)."""
     import torch
+    from PIL import Image
 
     import gapdiff_core as gc
     from gapdiff_core.checkpoint import GeneratorInfo
+    from gapdiff_core.imageio import load_image
     from gapdiff_core.ui import logic
+    from modules import call_queue
 
     script = load_script("gapdiff_a1111_protect")
     a1111.shared.opts.gapdiff_models_dir = str(tmp_path)
     a1111.shared.opts.gapdiff_precision = "fp32"
-    gc.save_generator(gc.Generator(ngf=8), tmp_path / "g.safetensors", GeneratorInfo(ngf=8, working_resolution=256))
-    s = script.current_settings()
-    path = logic.resolve_generator("g.safetensors", None, s.models_dir)
-    protector = logic.get_protector(path, s.default_budget, "working", s.device, s.precision)
-    assert protector.device == torch.device("cpu") and protector.precision == "fp32"
+    gc.save_generator(gc.Generator(ngf=8), tmp_path / "g.safetensors", GeneratorInfo(ngf=8, working_resolution=64))
+    photos = []
+    for i, colour in enumerate(((120, 90, 60), (30, 160, 200))):
+        photos.append(str(tmp_path / f"face{i}.png"))
+        Image.new("RGB", (40, 48), colour).save(photos[-1])
+    held, protectors = [], []
+    real_protect, real_get = logic.protect_photo, logic.get_protector
+
+    def protect_photo(protector, *args, **kwargs):
+        held.append(call_queue.queue_lock.locked())
+        protectors.append(protector)
+        return real_protect(protector, *args, **kwargs)
+
+    def get_protector(*args, **kwargs):
+        held.append(call_queue.queue_lock.locked())
+        return real_get(*args, **kwargs)
+
+    monkeypatch.setattr(logic, "protect_photo", protect_photo)
+    monkeypatch.setattr(logic, "get_protector", get_protector)
+    a1111.script_callbacks.ui_settings_callback()
+    (blocks, _, _), = a1111.script_callbacks.ui_tabs_callback()
+    protect = next(f for f in (blocks.fns.values() if isinstance(blocks.fns, dict) else blocks.fns)
+                   if f.api_name == "protect").fn
+    *_, last = protect(photos, "g.safetensors", None, 8, "working")
+    assert held == [True, True, True] and not call_queue.queue_lock.locked()
+    assert all(p is protectors[0] for p in protectors)
+    assert protectors[0].device == torch.device("cpu") and protectors[0].precision == "fp32"
+    files = [f for f in last[1] if f.endswith(".png")]
+    assert len(files) == 2
+    for photo, out in zip(photos, files):
+        change = load_image(out).rgb.astype(int) - load_image(photo).rgb.astype(int)
+        assert 0 < abs(change).max() <= 8
 
 
 # Run in a fresh interpreter whose cwd is elsewhere and where the editable install of this project is hidden, as
