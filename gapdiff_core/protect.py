@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .checkpoint import GeneratorInfo, load_generator
 from .generator import MIN_SIZE, NORMS, SIZE_MULTIPLE, Generator, InferenceGenerator
 from .onednn_generator import OneDNNGenerator, pack_for_cpu
+from .sizes import short_side_size
 
 MODES = ("working", "native")
 #: Largest photo at the working resolution (a 512 x 8192 strip: +1.4 GB at ngf=64, fp32, CPU; bench/cli_memory.py).
@@ -54,12 +55,6 @@ def default_precision(device: torch.device) -> str:
     if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return "bf16"
     return "fp32"
-
-
-def working_size(h: int, w: int, resolution: int) -> tuple[int, int]:
-    """The size a fine-tuner trains at: `resolution` on the short side, aspect kept."""
-    scale = resolution / min(h, w)
-    return max(resolution, round(h * scale)), max(resolution, round(w * scale))
 
 
 def padded_size(n: int) -> int:
@@ -232,7 +227,7 @@ class Protector:
         the working size, not the file); native mode runs in tiles of bounded memory."""
         if self.mode != "working":
             return
-        wh, ww = working_size(h, w, self.working_resolution)
+        wh, ww = short_side_size(h, w, self.working_resolution)
         if wh * ww > MAX_WORKING_PIXELS:
             raise ValueError(f"{name}: a {w}x{h} photo is {ww}x{wh} at the working resolution "
                              f"{self.working_resolution}, over {MAX_WORKING_PIXELS:,} pixels (its aspect ratio is too "
@@ -243,7 +238,7 @@ class Protector:
         if self.mode == "native":
             return self._tiled(x)
         self.check_size(h, w)
-        wh, ww = working_size(h, w, self.working_resolution)
+        wh, ww = short_side_size(h, w, self.working_resolution)
         small = x if (wh, ww) == (h, w) else F.interpolate(x, (wh, ww), mode="bilinear", antialias=True,
                                                             align_corners=False)
         raw = self._run(pad_to(small, padded_size(wh), padded_size(ww)), valid=(wh, ww))[..., :wh, :ww]

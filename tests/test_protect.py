@@ -10,7 +10,8 @@ import torch
 from gapdiff_core import Generator, Protector
 from gapdiff_core.imageio import to_uint8
 from gapdiff_core.generator import InferenceGenerator
-from gapdiff_core.protect import apply_budget, default_precision, padded_size, protection_stats, working_size
+from gapdiff_core.protect import apply_budget, default_precision, padded_size, protection_stats
+from gapdiff_core.sizes import short_side_size
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +131,9 @@ def test_batches_and_lists_of_sizes(generator):
 
 
 def test_working_mode_geometry():
-    assert working_size(3024, 4032, 512) == (512, 683)
-    assert working_size(300, 700, 512) == (512, 1195)
+    assert short_side_size(3024, 4032, 512) == (512, 683)
+    assert short_side_size(300, 700, 512) == (512, 1195)
+    assert short_side_size(700, 300, 512) == (1195, 512)
     assert padded_size(683) == 768 and padded_size(300) == 512 and padded_size(512) == 512
 
 

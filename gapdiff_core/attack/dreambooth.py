@@ -26,6 +26,7 @@ from .. import atomic, seeds
 from ..optimizer_state import flatten_optimizer, unflatten_optimizer
 from ..progress import ProgressFn, StopFn, stop_requested
 from ..prompts import CLASS_PROMPT, INSTANCE_PROMPT
+from ..sizes import short_side_size
 from .class_images import class_images, model_fingerprint
 
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -125,8 +126,7 @@ def load_photos(images, resolution: int, center_crop: bool = True) -> torch.Tens
             raise ValueError(f"photos must be 3-channel RGB, got shape {tuple(img.shape)}")
         h, w = img.shape[-2:]
         if center_crop:
-            s = resolution / min(h, w)
-            nh, nw = max(resolution, round(h * s)), max(resolution, round(w * s))
+            nh, nw = short_side_size(h, w, resolution)
             if (nh, nw) != (h, w):
                 img = F.interpolate(img.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
             top, left = (nh - resolution) // 2, (nw - resolution) // 2

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ..metrics.fidelity import psnr
+from ..sizes import short_side_size
 from ..samples import SAMPLES_DIR
 from . import real
 from .differentiable_jpeg import diff_jpeg
@@ -30,10 +31,8 @@ def sample_photos(folder: Optional[Path] = None) -> list[Path]:
 def load_photo(path: Path, size: int = 512) -> torch.Tensor:
     """1×3×size×size in [0, 1]: short side resized to `size` (Lanczos), centre-cropped square."""
     im = Image.open(path).convert("RGB")
-    w, h = im.size
-    s = size / min(w, h)
-    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.LANCZOS)
-    w, h = im.size
+    h, w = short_side_size(im.height, im.width, size)
+    im = im.resize((w, h), Image.LANCZOS)
     left, top = (w - size) // 2, (h - size) // 2
     a = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
     return torch.from_numpy(a.copy()).permute(2, 0, 1)[None]

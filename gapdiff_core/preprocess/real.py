@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ..imageio import batch_to_uint8
+from ..sizes import short_side_size
 
 
 def from_uint8(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -117,8 +118,7 @@ def resize(x: torch.Tensor, size: Union[int, Sequence[int]] = 256, method: str =
     'opencv': cv2.INTER_LINEAR semantics (plain 2-tap bilinear, no antialias; within 1 grey level)."""
     h, w = x.shape[-2:]
     if isinstance(size, int):
-        s = size / min(h, w)
-        th, tw = (size, max(1, round(w * s))) if h <= w else (max(1, round(h * s)), size)
+        th, tw = short_side_size(h, w, size)
     else:
         th, tw = int(size[0]), int(size[1])
     if method == "opencv":
