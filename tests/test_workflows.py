@@ -47,9 +47,54 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def test_three_workflows_are_shipped():
-    assert [p.name for p in WORKFLOWS] == ["clean_vs_protected.json", "protect.json",
-                                           "protect_compress_attack_evaluate.json"]
+def upstream(wf: dict, node_id: int) -> set[int]:
+    """Ids of every node whose output reaches `node_id` through links."""
+    feeds: dict[int, set[int]] = {}
+    for _, src, _, dst, _, _ in wf["links"]:
+        feeds.setdefault(dst, set()).add(src)
+    seen, todo = set(), [node_id]
+    while todo:
+        for src in feeds.get(todo.pop(), ()):
+            if src not in seen:
+                seen.add(src)
+                todo.append(src)
+    return seen
+
+
+def wired(wf: dict, *types: str, end: int | None = None) -> bool:
+    """A chain of links runs from a node of types[-1] through the others to a node of types[0] (or node `end`)."""
+    kind = {n["id"]: n["type"] for n in wf["nodes"]}
+    current = {end} if end is not None else {i for i, t in kind.items() if t == types[0]}
+    for t in types[1:] if end is None else types:
+        current = {u for i in current for u in upstream(wf, i) if kind[u] == t}
+    return bool(current)
+
+
+def test_shipped_workflows_are_the_documented_pipelines():
+    """Each workflow in workflows/ is listed in docs/comfyui.md and wires the pipeline that table describes."""
+    import re
+
+    documented = set(re.findall(r"^\| `([a-z_]+\.json)` \|", (comfy_pack.ROOT / "docs" / "comfyui.md").read_text(),
+                                re.M))
+    assert {p.name for p in WORKFLOWS} == documented == {
+        "clean_vs_protected.json", "protect.json", "protect_compress_attack_evaluate.json"}
+    wf = {p.name: load(p) for p in WORKFLOWS}
+    # Load Image -> Protect Image -> Save Image
+    assert wired(wf["protect.json"], "SaveImage", "GAPDiffProtectImage", "LoadImage")
+    assert wired(wf["protect.json"], "GAPDiffProtectImage", "GAPDiffLoadGenerator")
+    # photos -> Protect -> JPEG -> DreamBooth -> Generate -> Evaluate
+    assert wired(wf["protect_compress_attack_evaluate.json"], "GAPDiffEvaluateProtection", "GAPDiffGenerate",
+                 "GAPDiffDreamBoothAttack", "GAPDiffJPEGCompress", "GAPDiffProtectImage", "ImageBatch", "LoadImage")
+    # the same attack on clean and on protected photos, each evaluated, with identical settings
+    both = wf["clean_vs_protected.json"]
+    ends = [n["id"] for n in both["nodes"] if n["type"] == "GAPDiffEvaluateProtection"]
+    assert len(ends) == 2
+    assert sorted(wired(both, "GAPDiffProtectImage", end=e) for e in ends) == [False, True]
+    for e in ends:
+        assert wired(both, "GAPDiffGenerate", "GAPDiffDreamBoothAttack", "GAPDiffJPEGCompress", "ImageBatch", end=e)
+    for node_type in ("GAPDiffJPEGCompress", "GAPDiffDreamBoothAttack", "GAPDiffGenerate", "GAPDiffEvaluateProtection"):
+        settings = [n["widgets_values"] for n in both["nodes"] if n["type"] == node_type]
+        assert len(settings) == 2 and settings[0] == settings[1], node_type
 
 
 def test_demo_assets_command_writes_labelled_demo_models(comfy):
