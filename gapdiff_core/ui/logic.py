@@ -7,7 +7,6 @@ passes file paths to Gradio, which serves them byte for byte (it re-encodes only
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import math
 import os
@@ -23,13 +22,12 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 import numpy as np
-import torch
-from PIL import Image
 
 from ..checkpoint import CheckpointError, GeneratorInfo, load_generator
 from ..imageio import ImageError, load_image, save_image
 from ..metrics.fidelity import ssim
 from ..protect import MODES, Protector, protection_stats
+from ..robustness import jpeg_robustness, rgb_tensor
 from ..visualize import amplified_perturbation
 
 log = logging.getLogger("gapdiff.ui")
@@ -245,15 +243,11 @@ def ssim8(a: np.ndarray, b: np.ndarray, window: int = 11) -> float:
     for start in range(0, h - window + 1, 256):
         stop = min(start + 256, h - window + 1)  # valid output rows [start, stop)
         strip = slice(start, stop + window - 1)
-        ta, tb = _tensor(a[strip]), _tensor(b[strip])
+        ta, tb = rgb_tensor(a[strip]), rgb_tensor(b[strip])
         n = (stop - start) * (w - window + 1)
         total += float(ssim(ta, tb, window_size=window)[0]) * n
         count += n
     return total / count
-
-
-def _row_blocks(h: int, rows: int = 512):
-    return (slice(i, min(i + rows, h)) for i in range(0, h, rows))
 
 
 def _load(path: Path, max_pixels: int, label: str | None = None):
@@ -375,23 +369,6 @@ def load_surrogate_cached(spec: str, device: str = "cpu"):
         return _SURROGATES[spec]
 
 
-def denoising_effect(surrogate, x01: torch.Tensor, timesteps=(100, 300, 500, 700, 900), seed: int = 0) -> float:
-    """The surrogate's mean denoising error on `x01` (the training objective of `gapdiff_core.losses`, uniform
-    weighting) over fixed timesteps with seeded noise, so clean and protected photos are compared on the same
-    draws. Higher means the model learns these photos worse."""
-    from ..prompts import INSTANCE_PROMPT
-    from ..training.validation import mean_denoising_error
-
-    res = surrogate.resolution
-    x = torch.nn.functional.interpolate(x01.float(), (res, res), mode="bilinear", antialias=True,
-                                        align_corners=False).to(surrogate.device, surrogate.dtype)
-    with torch.no_grad():
-        emb = surrogate.encode_prompt([INSTANCE_PROMPT])
-    values = [mean_denoising_error(surrogate, x, emb, torch.tensor([t]), seed=seed + i).mean().item()
-              for i, t in enumerate(timesteps)]
-    return sum(values) / len(values)
-
-
 def robustness_check(clean_upload: str, protected: str | None, quality: int, out_dir: Path,
                      protector: Protector | None = None, surrogate=None, budget: float = 8.0,
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> RobustnessResult:
@@ -411,70 +388,31 @@ def robustness_check(clean_upload: str, protected: str | None, quality: int, out
         raise UIError("Upload the protected photo too, or choose a generator to protect the clean one.")
     if not 1 <= int(quality) <= 100:
         raise UIError(f"JPEG quality must be 1..100, not {quality}.")
-    jc, jp = _jpeg8(clean, int(quality)), _jpeg8(prot, int(quality))
-    before, after = _DiffStats(clean, prot), _DiffStats(jc, jp)
-    kept = math.sqrt(after.sq) / max(math.sqrt(before.sq), 1e-12)
-    corr = before.cross(after)
-    clean_jpeg_png = save_image(out_dir / f"clean_jpeg_q{quality}.png", jc)
-    protected_jpeg_png = save_image(out_dir / f"protected_jpeg_q{quality}.png", jp)
-    vis, gain = amplified_perturbation(jc, jp, budget)
+    r = jpeg_robustness(clean, prot, int(quality), surrogate)
+    before, after = r.before, r.after
+    clean_jpeg_png = save_image(out_dir / f"clean_jpeg_q{quality}.png", r.clean_jpeg)
+    protected_jpeg_png = save_image(out_dir / f"protected_jpeg_q{quality}.png", r.protected_jpeg)
+    vis, gain = amplified_perturbation(r.clean_jpeg, r.protected_jpeg, budget)
     pert_png = save_image(out_dir / f"perturbation_after_jpeg_x{gain:.0f}.png", vis)
     lines = [f"JPEG quality {quality}: both photos compressed the same way (Pillow, 4:2:0).", "",
              "| | before JPEG | after JPEG |", "|---|---|---|",
              f"| max change (grey levels) | {before.max:.0f} | {after.max:.0f} |",
              f"| RMS change (grey levels) | {before.rms:.2f} | {after.rms:.2f} |",
              f"| PSNR vs clean (dB) | {_fmt(before.psnr, 2)} | {_fmt(after.psnr, 2)} |",
-             "", f"Perturbation energy kept through JPEG: **{100 * kept:.0f}%** "
-                 f"(correlation with the original perturbation {corr:.2f})."]
-    if surrogate is not None:
-        l_clean, l_prot, l_jc, l_jp = (denoising_effect(surrogate, _tensor(v)) for v in (clean, prot, jc, jp))
-        before, after = l_prot - l_clean, l_jp - l_jc
-        share = after / before if before > 0 else float("nan")
+             "", f"Perturbation energy kept through JPEG: **{100 * r.energy_kept:.0f}%** "
+                 f"(correlation with the original perturbation {r.correlation:.2f})."]
+    if r.effect is not None:
+        e = r.effect
         name = getattr(surrogate, "name", "surrogate")
         demo = " (DEMO model: the number shows the computation, not real protection)" \
             if getattr(surrogate, "is_demo", False) else ""
         lines += ["", f"Adversarial effect on **{name}**{demo} — the surrogate's denoising loss, higher means the "
                       "model learns the photo worse:", "",
                   "| | clean | protected | effect |", "|---|---|---|---|",
-                  f"| before JPEG | {l_clean:.5f} | {l_prot:.5f} | {before:+.5f} |",
-                  f"| after JPEG | {l_jc:.5f} | {l_jp:.5f} | {after:+.5f} |", "",
-                  f"Share of the adversarial effect that survives JPEG: **{_fmt(100 * share, 0)}%**."]
+                  f"| before JPEG | {e.clean:.5f} | {e.protected:.5f} | {e.before:+.5f} |",
+                  f"| after JPEG | {e.clean_jpeg:.5f} | {e.protected_jpeg:.5f} | {e.after:+.5f} |", "",
+                  f"Share of the adversarial effect that survives JPEG: **{_fmt(100 * e.share, 0)}%**."]
     return RobustnessResult(clean_jpeg_png, protected_jpeg_png, pert_png, "\n".join(lines))
-
-
-def _jpeg8(rgb: np.ndarray, quality: int) -> np.ndarray:
-    """preprocess.real.jpeg on 8-bit pixels: Pillow's JPEG round trip (4:2:0), without float copies."""
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _tensor(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255)
-
-
-class _DiffStats:
-    """Statistics of `b - a` (8-bit images) in grey levels, accumulated over blocks of rows."""
-
-    def __init__(self, a: np.ndarray, b: np.ndarray):
-        self.a, self.b, self.n = a, b, a.size
-        self.max, self.sq = 0.0, 0.0
-        for rows in _row_blocks(a.shape[0]):
-            d = b[rows].astype(np.float64) - a[rows]
-            self.max = max(self.max, float(np.abs(d).max(initial=0)))
-            self.sq += float(np.vdot(d, d))
-        self.rms = math.sqrt(self.sq / self.n)
-        self.psnr = float("inf") if self.sq == 0 else 10 * math.log10(255 ** 2 * self.n / self.sq)
-
-    def cross(self, other: "_DiffStats") -> float:
-        """Cosine similarity of the two differences (0 when either is zero)."""
-        if self.sq == 0 or other.sq == 0:
-            return 0.0
-        dot = sum(float(np.vdot(self.b[r].astype(np.float64) - self.a[r],
-                                 other.b[r].astype(np.float64) - other.a[r])) for r in _row_blocks(self.a.shape[0]))
-        return dot / math.sqrt(self.sq * other.sq)
 
 
 # ------------------------------------------------------------------ evaluate
