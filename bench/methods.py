@@ -35,7 +35,7 @@ from gapdiff_core.preprocess.real import jpeg, quantize_8bit  # noqa: E402
 from gapdiff_core.protections import METHODS, get_protection  # noqa: E402
 from gapdiff_core.protections.caat import cross_attention_kv  # noqa: E402
 from gapdiff_core.protections.mist import add_lora  # noqa: E402
-from gapdiff_core.training.demo import warm_up_surrogate  # noqa: E402
+from gapdiff_core.training.warmup import warm_up_surrogate  # noqa: E402
 
 SET_SIZE = 4  # photos protected together (Anti-DreamBooth's set_B)
 QUALITIES = (90, 70, 50)

@@ -26,6 +26,7 @@ from . import state as ckpt
 from .config import TrainConfig
 from .data import EpochSampler, ImageFolderDataset, list_images, split_train_val, usable_images
 from .validation import evaluate_generator, fixed_timesteps, protect_batch, save_grid, validation_images
+from .warmup import warm_up_surrogate
 
 log = logging.getLogger("gapdiff.train")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -110,8 +111,6 @@ class Trainer:
                                          cfg.max_aspect)
                 self.class_images = ImageFolderDataset(paths, cfg.resolution, cache=len(paths) <= 256)
         if cfg.surrogate_warmup_steps > 0:  # deterministic, so a resumed run rebuilds the same surrogate
-            from .demo import warm_up_surrogate
-
             images = torch.stack([self.dataset[i] for i in range(len(self.dataset))]).to(self.device)
             warm_up_surrogate(self.surrogate, images, cfg.surrogate_warmup_steps, cfg.surrogate_warmup_lr,
                               seed=cfg.seed, sample_latents=cfg.sample_latents)
