@@ -28,6 +28,24 @@ def test_help_states_budget_units(capsys):
     assert "grey levels" in build_parser().format_help()
 
 
+def test_method_names_in_help_and_aliases_follow_the_registry(tmp_path, demo_generator, capsys):
+    import re
+
+    from gapdiff_core.protections import METHODS
+
+    for command in ("protect", "evaluate"):  # the help spells the names out (no torch import): all of them
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert [n for n in METHODS if not re.search(rf"\b{re.escape(n)}\b", text)] == [], command
+    photo = write_photo(tmp_path / "a.png", size=(64, 48))
+    assert main(["protect", str(photo), "-o", str(tmp_path / "out"), "-g", str(demo_generator),
+                 "--method", "generator"]) == 0  # the old name picks the generator path
+    assert len(list((tmp_path / "out").glob("a_png_demo-protected.png"))) == 1
+    assert main(["protect", str(photo), "-o", str(tmp_path / "x"), "--method", "nope"]) == 2
+    assert "unknown protection 'nope'" in capsys.readouterr().err
+
+
 def test_protect_without_generator_says_where_to_get_one(tmp_path, capsys):
     photo = write_photo(tmp_path / "a.png")
     assert main(["protect", str(photo), "-o", str(tmp_path / "out")]) == 2

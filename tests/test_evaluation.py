@@ -203,6 +203,19 @@ def test_registered_protection_is_a_method(tmp_path, identity_folder):
         PROTECTIONS.pop("darken")
 
 
+def test_method_specs_resolve_through_the_one_registry(toy_generator_file):
+    path = str(toy_generator_file)
+    specs = [resolve_method(s, 8.0) for s in (path, f"generator:{path}", f"gap-diff:{path}")]
+    assert {m.kind for m in specs} == {"gap-diff"} and specs[0].is_demo
+    assert len({m.fingerprint for m in specs}) == 1  # one protect stage, whatever the spelling
+    assert resolve_method("anti-dreambooth:tiny", 8.0).fingerprint == resolve_method("aspl:tiny", 8.0).fingerprint
+    assert resolve_method("NONE", 8.0).budget is None
+    with pytest.raises(ValueError, match="needs a generator checkpoint"):
+        resolve_method("generator", 8.0)
+    with pytest.raises(ValueError, match="closed source"):
+        resolve_method("glaze", 8.0)
+
+
 def test_bad_config_fails_early(toy_generator_file):
     with pytest.raises(ValueError, match="preset"):
         ProtocolConfig(attack_preset="nope")

@@ -90,10 +90,8 @@ def build_config(args):
                   official_mode=args.official_mode, attack_overrides=overrides)
     if args.protocol:
         return protocol_config(args.protocol, **common, **given)
-    tiny = str(args.model).startswith("tiny")
-    defaults = dict(attack_preset="tiny-lora" if tiny else "lora", images_per_prompt=4, generation_steps=30,
-                    scheduler="ddim")
-    return ProtocolConfig(**{**defaults, **common, **given})
+    preset = "tiny-lora" if str(args.model).startswith("tiny") else "lora"
+    return ProtocolConfig(**{"attack_preset": preset, **common, **given})
 
 
 def run(args) -> int:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..protections import PROTECTIONS, canonical_name
+from ..protections import ALIASES, PROTECTIONS, canonical_name
 from .inputs import file_digest
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -34,10 +34,11 @@ def resolve_method(spec: str, budget: Optional[float]) -> Method:
     path = Path(spec)
     if spec.strip().lower() == "none":
         return Method("none", "none", None, None, "none", "none", description=PROTECTIONS["none"].describe)
-    if path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_file():
+    name, colon, arg = spec.partition(":")
+    registered = bool(colon) and name.strip().lower() in PROTECTIONS.keys() | ALIASES.keys()  # name:arg
+    if not registered and (path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_file()):
         kind, arg = "gap-diff", spec
     else:
-        name, _, arg = spec.partition(":")
         arg = arg or None
         try:
             kind = canonical_name(name)
