@@ -78,6 +78,11 @@ def loras_folder() -> str:
     return folder_paths.get_folder_paths("loras")[0]
 
 
+def temp_folder(name: str) -> str:
+    """A folder ``name`` in ComfyUI's temp directory (caches that may be deleted)."""
+    return os.path.join(folder_paths.get_temp_directory(), name)
+
+
 def device() -> torch.device:
     return comfy.model_management.get_torch_device()
 

@@ -2,9 +2,6 @@
 side-by-side comparisons with GAP-Diff in the same graph."""
 from __future__ import annotations
 
-import os
-
-import folder_paths
 import torch
 
 from ..gapdiff_core.protections import CLOSED, METHODS, get_protection
@@ -53,7 +50,7 @@ class IterativeProtect:
         if budget > 0:
             overrides["budget"] = float(budget)
         progress = host.Progress(1)
-        cache = os.path.join(folder_paths.get_temp_directory(), "gapdiff_class_images")
+        cache = host.temp_folder("gapdiff_class_images")
         with host.training_mode():
             x = host.image_to_core(image).clone()  # a normal tensor, not an inference-mode one
             reference = host.image_to_core(clean_set).clone() if clean_set is not None else None
