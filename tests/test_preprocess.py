@@ -111,15 +111,17 @@ def test_quantize_forward_and_straight_through_gradient():
 
 
 @pytest.mark.parametrize("quality", [30, 50, 70, 90])
-def test_diff_jpeg_matches_pillow(quality):
-    x = photo(256, 256)
-    r = real.jpeg(x, quality)
-    assert psnr(P.diff_jpeg(x, quality), r) >= 40.0  # measured ~48-52 dB on the samples
+@pytest.mark.parametrize("name", ["obama.jpg", "biden.jpg"])
+def test_diff_jpeg_matches_pillow(quality, name):
+    """The README's claim: 48-57 dB from libjpeg at quality 30-95 (measured on these crops: 49.3-53.6 dB, the same
+    under ATEN_CPU_CAPABILITY=avx2; tables one quality step off give 38-44 dB at quality 30, 70 and 90)."""
+    x = photo(256, 256, name=name)
+    assert psnr(P.diff_jpeg(x, quality), real.jpeg(x, quality)) >= 48.0
 
 
 def test_diff_jpeg_odd_size_and_tables():
     x = photo(37, 61, name="biden.jpg", top=200, left=200)
-    assert psnr(P.diff_jpeg(x, 70), real.jpeg(x, 70)) >= 40.0
+    assert psnr(P.diff_jpeg(x, 70), real.jpeg(x, 70)) >= 47.0  # measured 47.85 dB (edge blocks padded)
     qy, qc = P.quantization_tables(torch.tensor([50.0, 10.0]))
     assert qy[0, 0, 0] == 16 and qc[0, 7, 7] == 99 and qy[1].max() == 255  # IJG tables, baseline clamp
 
