@@ -5,6 +5,7 @@ are kept to a handful of steps; the two-process run is marked ``distributed`` (s
 """
 import csv
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -227,7 +228,11 @@ def _private_copy(surrogate):
 def test_two_process_run_synchronises_and_writes_one_checkpoint(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    with socket.socket() as s:  # a port free now, on loopback only (a fixed one clashes with other runs)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port),
            str(ROOT / "train" / "train.py"), str(ROOT / "train" / "configs" / "tiny-cpu.yaml"),
            "--set", "max_steps=3", "checkpoint_every=3", "surrogate_warmup_steps=0", f"output_dir={out}", "beta=1.0", "gamma=0.0",
            "preprocess=none", "val_every=1000000", "val_timesteps=1", "progress=false", "tensorboard=false", "augment=false"]
