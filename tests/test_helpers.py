@@ -1,0 +1,92 @@
+"""The shared helpers that each concept has one home in: seeds, amplified perturbation, short-side size, optimizer
+state, prompts, the JPEG robustness measurement."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gapdiff_core import prompts, seeds
+from gapdiff_core.optimizer_state import flatten_optimizer, unflatten_optimizer
+from gapdiff_core.robustness import DiffStats, jpeg_robustness, jpeg_uint8
+from gapdiff_core.sizes import short_side_size
+from gapdiff_core.visualize import amplification, amplified_perturbation, row_blocks
+
+
+def test_derived_seeds_keep_the_values_training_and_attacks_have_always_used():
+    # the mixes the training loop, its data and the DreamBooth attack used before they shared one function
+    assert seeds.derive_seed(seeds.STEP, 3, 1, 5) == (3 * 1_000_003 + 1 * 7_919 + 5) % 2 ** 63
+    assert seeds.derive_seed(seeds.AUGMENT, 3, 2, 7) == 3 * 1_000_003 + 2 * 10_007 + 7
+    assert seeds.derive_seed(seeds.EPOCH, 3, 4) == 3 * 7919 + 4
+    assert seeds.derive_seed(seeds.PROCESS, 3, 1) == 3001
+    assert seeds.derive_seed(seeds.STEP, 2 ** 62, 0, 0) < 2 ** 63  # always a valid manual_seed
+    with pytest.raises(ValueError, match="takes 3 parts"):
+        seeds.derive_seed(seeds.STEP, 1, 2)
+
+
+def test_amplified_perturbation_is_grey_where_unchanged_and_spans_the_range_at_the_budget():
+    rng = np.random.default_rng(0)
+    clean = rng.integers(20, 236, (1100, 7, 3), dtype=np.uint8)  # more rows than one block
+    diff = rng.integers(-8, 9, clean.shape)
+    prot = (clean + diff).astype(np.uint8)
+    vis, gain = amplified_perturbation(clean, prot, 8)
+    assert gain == amplification(8) == 127.5 / 8
+    np.testing.assert_array_equal(vis, np.clip(np.round(127.5 + diff * gain), 0, 255))
+    assert set(vis[diff == 0].tolist()) == {128} and set(vis[diff == 8].tolist()) == {255}
+    assert set(vis[diff == -8].tolist()) == {0}
+    # float input on the 0-255 scale gives the same image; a larger change is clipped
+    np.testing.assert_array_equal(amplified_perturbation(clean / 1.0, prot / 1.0, 8)[0], vis)
+    assert amplified_perturbation(clean[:1], clean[:1] + 20, 8)[0].min() == 255
+    with pytest.raises(ValueError, match="protected image"):
+        amplified_perturbation(clean, prot[:5], 8)
+    assert [(s.start, s.stop) for s in row_blocks(1100)] == [(0, 512), (512, 1024), (1024, 1100)]
+
+
+def test_short_side_size_keeps_the_aspect():
+    assert short_side_size(3024, 4032, 512) == (512, 683)
+    assert short_side_size(4032, 3024, 512) == (683, 512)
+    assert short_side_size(64, 64, 32) == (32, 32)
+    assert short_side_size(10, 1000, 20) == (20, 2000)
+
+
+def test_optimizer_state_round_trips_through_flat_tensors():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors, meta = {}, {}
+    flatten_optimizer("opt", opt.state_dict(), tensors, meta)
+    assert sorted(tensors) == ["opt/0/exp_avg", "opt/0/exp_avg_sq", "opt/0/step", "opt/1/exp_avg", "opt/1/exp_avg_sq",
+                               "opt/1/step"]
+    restored = torch.optim.AdamW(model.parameters(), lr=0.5)
+    restored.load_state_dict(unflatten_optimizer("opt", tensors, meta))
+    a, b = opt.state_dict(), restored.state_dict()
+    assert b["param_groups"][0]["lr"] == 0.1
+    for i in (0, 1):
+        for k in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(a["state"][i][k], b["state"][i][k])
+
+
+def test_prompts_are_the_papers():
+    assert prompts.PAPER_PROMPTS[0] == prompts.INSTANCE_PROMPT == "a photo of sks person"
+    assert len(prompts.PAPER_PROMPTS) == 4 and all("sks person" in p for p in prompts.PAPER_PROMPTS)
+    assert prompts.CLASS_PROMPT == "a photo of person" and prompts.CAAT_PROMPT == "a photo of a person"
+
+
+def test_jpeg_robustness_measures_what_survives():
+    rng = np.random.default_rng(1)
+    clean = np.repeat(np.repeat(rng.integers(40, 216, (12, 12, 3), dtype=np.uint8), 8, 0), 8, 1)  # 96 x 96, smooth
+    noise = (rng.integers(0, 2, clean.shape) * 2 - 1) * 8
+    prot = (clean + noise).astype(np.uint8)
+    r = jpeg_robustness(clean, prot, 75)
+    np.testing.assert_array_equal(r.clean_jpeg, jpeg_uint8(clean, 75))
+    assert r.before.max == 8 and r.before.rms == pytest.approx(8.0)
+    assert 0 < r.energy_kept < 1 and 0 < r.correlation < 1  # JPEG removes much of +-8 pixel noise
+    same = jpeg_robustness(clean, clean, 75)
+    assert same.before.sq == 0 and same.correlation == 0 and same.effect is None
+    d = DiffStats(clean, prot)
+    assert d.cross(d) == pytest.approx(1.0) and d.psnr == pytest.approx(10 * np.log10(255 ** 2 / 64))
+    with pytest.raises(ValueError, match="quality"):
+        jpeg_robustness(clean, prot, 0)
+    with pytest.raises(ValueError, match="clean one"):
+        jpeg_robustness(clean, prot[:50], 75)
