@@ -54,6 +54,7 @@ def run(args) -> int:
 
     from ..checkpoint import save_generator
     from ..diffusion import Surrogate
+    from ..samples import SAMPLES_DIR
 
     models = Path(args.models_dir)
     if not models.is_dir():
@@ -83,13 +84,12 @@ def run(args) -> int:
     input_dir = Path(args.input_dir) if args.input_dir else models.parent / "input"
     if args.input_dir or input_dir.is_dir():
         input_dir.mkdir(parents=True, exist_ok=True)
-        samples = Path(__file__).resolve().parent.parent / "samples"
         for name, source in SAMPLE_PHOTOS.items():
             target = input_dir / name
             if target.exists() and not args.force:
                 kept.append(target)
             else:
-                shutil.copyfile(samples / source, target)
+                shutil.copyfile(SAMPLES_DIR / source, target)
                 written.append(target)
     else:
         print(f"note: {input_dir} does not exist; sample photos not copied (use --input-dir)", file=sys.stderr)
