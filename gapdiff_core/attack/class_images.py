@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .. import atomic
 from ..progress import ProgressFn, StopFn, stop_requested
 from .generation import sample
 
@@ -74,8 +75,8 @@ def class_images(surrogate, prompt: str, count: int, *, resolution: int | None =
     folder.mkdir(parents=True, exist_ok=True)
     info = folder / "info.json"
     if not info.is_file():
-        info.write_text(json.dumps(dict(settings, model_name=surrogate.name, is_demo=surrogate.is_demo), indent=2),
-                        encoding="utf-8")
+        atomic.write_text(info, json.dumps(dict(settings, model_name=surrogate.name, is_demo=surrogate.is_demo),
+                                           indent=2))
     paths = [folder / f"{i:05d}.png" for i in range(count)]
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     for n, start in enumerate(range(0, len(missing), batch_size)):

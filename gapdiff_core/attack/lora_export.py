@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .. import atomic
+
 PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 
 
@@ -52,7 +54,7 @@ def kohya_state_dict(unet: torch.nn.Module, text_encoder: torch.nn.Module | None
 def save_kohya_lora(path: str | Path, state: dict[str, torch.Tensor], *, family: str = "sd1",
                     metadata: dict[str, str] | None = None) -> Path:
     """Write ``state`` as a ``.safetensors`` LoRA with kohya-style metadata (what A1111 and ComfyUI expect)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -64,10 +66,7 @@ def save_kohya_lora(path: str | Path, state: dict[str, torch.Tensor], *, family:
             "ss_network_alpha": str(alphas[0]), "ss_v2": str(family == "sd2"),
             "ss_base_model_version": "sd_v2" if family == "sd2" else "sd_v1"}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    return atomic.write_bytes(path, save(state, metadata=meta))
 
 
 def _target_modules(model: torch.nn.Module, prefix: str) -> dict[str, torch.nn.Module]:
