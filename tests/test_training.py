@@ -19,7 +19,6 @@ pytest.importorskip("accelerate")
 
 from gapdiff_core.checkpoint import load_generator  # noqa: E402
 from gapdiff_core.generator import Generator  # noqa: E402
-from gapdiff_core.optimizer_state import flatten_optimizer, unflatten_optimizer  # noqa: E402
 from gapdiff_core.training import Trainer, load_config, usable_images  # noqa: E402
 from gapdiff_core.training import state as ckpt  # noqa: E402
 from gapdiff_core.training.validation import evaluate_generator, fixed_timesteps, validation_images  # noqa: E402
@@ -76,21 +75,6 @@ def test_dataset_skips_too_small_and_too_oblong(tmp_path, caplog):
     assert "too small" in reasons["small.png"] and "too oblong" in reasons["long.png"]
     assert "unreadable" in reasons["broken.jpg"]
     assert "skipping" in caplog.text
-
-
-def test_optimizer_state_round_trip_without_pickles():
-    model = torch.nn.Linear(3, 2)
-    opt = torch.optim.Adam(model.parameters(), lr=0.1)
-    model(torch.randn(4, 3)).sum().backward()
-    opt.step()
-    tensors, meta = {}, {}
-    flatten_optimizer("opt", opt.state_dict(), tensors, meta)
-    restored = torch.optim.Adam(model.parameters(), lr=0.5)
-    restored.load_state_dict(unflatten_optimizer("opt", tensors, meta))
-    a, b = opt.state_dict(), restored.state_dict()
-    assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"] == 0.1
-    for k in ("exp_avg", "exp_avg_sq", "step"):
-        assert torch.equal(a["state"][0][k], b["state"][0][k])
 
 
 # ---------------------------------------------------------------- the learning signal
