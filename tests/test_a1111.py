@@ -86,7 +86,7 @@ def test_tab_protects_with_host_settings(a1111, tmp_path, monkeypatch):
     from gapdiff_core.ui import logic
     from modules import call_queue
 
-    script = load_script("gapdiff_a1111_protect")
+    load_script("gapdiff_a1111_protect")  # registers its settings and tab with the host
     a1111.shared.opts.gapdiff_models_dir = str(tmp_path)
     a1111.shared.opts.gapdiff_precision = "fp32"
     gc.save_generator(gc.Generator(ngf=8), tmp_path / "g.safetensors", GeneratorInfo(ngf=8, working_resolution=64))
@@ -190,13 +190,6 @@ def test_tab_names_a_core_import_failure(a1111, monkeypatch):
     assert isinstance(blocks, gr.Blocks) and title == "GAP-Diff"
     text = " ".join(str(getattr(b, "value", "")) for b in blocks.blocks.values())
     assert "could not start" in text and "gapdiff_core.ui" in text
-
-
-def test_core_never_imports_host_modules():
-    pattern = re.compile(r"^\s*(from|import)\s+(modules|comfy|folder_paths)\b", re.M)
-    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "gapdiff_core").rglob("*.py")
-                 if pattern.search(p.read_text(encoding="utf-8"))]
-    assert offenders == []
 
 
 @pytest.mark.parametrize("python", [p for p in os.environ.get("GAPDIFF_GRADIO_PYTHONS", "").split(os.pathsep) if p])
