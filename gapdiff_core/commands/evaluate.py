@@ -32,7 +32,7 @@ Example (the paper's protocol on a real SD 2.1-base folder):
 
 
 def add_arguments(p) -> None:
-    # choices spelled out (evaluation.PROTOCOLS) so that `gapdiff --help` imports no torch
+    # choices spelled out (evaluation.PROTOCOLS): building the parser imports no engine module
     p.add_argument("data", help="photos: <identity>/set_B, set_C (Anti-DreamBooth layout) or a plain folder")
     p.add_argument("--out", default="eval_out", help="output folder (default eval_out)")
     p.add_argument("--cache", default=None, help="stage cache folder (default OUT/cache)")

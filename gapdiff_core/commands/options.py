@@ -76,8 +76,8 @@ def batch_outputs(p) -> None:
 
 
 def protection_function(p) -> None:
-    """How a generator protects (gapdiff_core.protect.NORMS, official_mode), spelled out so that `--help` imports
-    no torch."""
+    """How a generator protects (gapdiff_core.protect.NORMS, official_mode), spelled out: building the parser imports
+    no engine module."""
     p.add_argument("--norm", choices=("image", "running"), default="image",
                    help="image (default): each BatchNorm uses the photo's own statistics, the function the "
                         "generator was trained to compute; running: eval-mode running statistics (not trained)")
