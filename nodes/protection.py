@@ -76,6 +76,7 @@ class ProtectImage:
             protected.append(protector(x[i:i + 1]))
             progress.step()
         out = host.core_to_image(torch.cat(protected))
-        clean = host.core_to_image(torch.round(x * 255) / 255)
-        amplified, _ = amplified_perturbation(clean.numpy() * 255, out.numpy() * 255, float(budget))
+        # both are whole grey levels: compare them as such, free of float noise
+        amplified, _ = amplified_perturbation(host.core_to_image(torch.round(x * 255)).numpy(),
+                                              (out * 255).round().numpy(), float(budget))
         return (out, torch.from_numpy(amplified).float() / 255)
