@@ -24,7 +24,7 @@ def sample_photos(folder: Optional[Path] = None) -> list[Path]:
     folder = Path(folder or SAMPLES_DIR)
     paths = sorted(folder.glob("*.jpg")) + sorted(folder.glob("astronaut.png"))
     if not paths:
-        raise FileNotFoundError(f"gapdiff_core/preprocess/fidelity.py: no sample photos in {folder}")
+        raise FileNotFoundError(f"no sample photos (*.jpg, astronaut.png) in {folder}; pass a folder that holds some")
     return paths
 
 
