@@ -50,7 +50,22 @@ _ORIENTATION_TAG = 0x0112
 
 
 class ImageError(ValueError):
-    """An image could not be read or written; the message names the file, the problem and the fix."""
+    """An image could not be read or written: `str(exc)` is "PATH: REASON", naming the file, the problem and the fix.
+
+    `path` names the image (a Path, or the name given for an upload), `reason` is the message without it, and
+    `kind` says what went wrong for code that reacts to it (never parse the message):
+    reading: not_found, is_folder, empty, not_an_image, unsupported_format, unreadable, pixel_limit (over
+    max_pixels), decompression_bomb (over Pillow's own guard), too_small, truncated, corrupt;
+    writing: unsupported_format, bad_pixels, jpeg_alpha, is_folder, exists, input_overwrite, no_folder,
+    not_a_folder, not_writable, write_failed.
+    """
+
+    def __init__(self, path, reason: str, kind: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.kind = path, reason, kind
+
+    def __reduce__(self):  # picklable (process pools, Ray) with its attributes
+        return type(self), (self.path, self.reason, self.kind)
 
 
 @dataclass
@@ -88,19 +103,19 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, data: 
     if data is None:
         _check_file(path)
     elif not data:
-        raise ImageError(f"{path}: is empty (0 bytes); send the image file itself")
+        raise ImageError(path, "is empty (0 bytes); send the image file itself", "empty")
     source = path if data is None else io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
             im = Image.open(source, formats=decode_formats())
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: refused as a possible decompression bomb ({exc}); "
-                         "if the image is genuine, downscale it first") from exc
+        raise ImageError(path, f"refused as a possible decompression bomb ({exc}); "
+                         "if the image is genuine, downscale it first", "decompression_bomb") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{path}: {_describe_unreadable(path, data)}") from exc
+        raise ImageError(path, *_describe_unreadable(path, data)) from exc
     except OSError as exc:
-        raise ImageError(f"{path}: cannot read the file ({exc})") from exc
+        raise ImageError(path, f"cannot read the file ({exc})", "unreadable") from exc
     with im:
         fmt = im.format or "unknown"
         _check_dimensions(path, im.size, max_pixels)
@@ -110,8 +125,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, data: 
         except ImageError:
             raise
         except (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError) as exc:
-            raise ImageError(f"{path}: could not decode the {fmt} image ({type(exc).__name__}: {exc}); "
-                             "re-export it as PNG or JPEG") from exc
+            raise ImageError(path, f"could not decode the {fmt} image ({type(exc).__name__}: {exc}); "
+                             "re-export it as PNG or JPEG", "corrupt") from exc
     if orientation in range(2, 9):
         rgb, alpha = _upright(rgb, orientation), None if alpha is None else _upright(alpha, orientation)
         notes.append(f"EXIF orientation {orientation} applied")
@@ -152,26 +167,27 @@ def image_extensions() -> frozenset[str]:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise ImageError(f"{path}: file not found; check the path")
+        raise ImageError(path, "file not found; check the path", "not_found")
     if path.is_dir():
-        raise ImageError(f"{path}: is a folder, not an image file; pass the files inside it")
+        raise ImageError(path, "is a folder, not an image file; pass the files inside it", "is_folder")
     if path.stat().st_size == 0:
-        raise ImageError(f"{path}: file is empty (0 bytes); re-copy or re-export the image")
+        raise ImageError(path, "file is empty (0 bytes); re-copy or re-export the image", "empty")
 
 
 def _check_dimensions(path: Path, size: tuple[int, int], max_pixels: int) -> None:
     """Refuse bombs and tiny images using the size declared in the header (nothing decoded yet)."""
     width, height = size
     if width * height > max_pixels:
-        raise ImageError(f"{path}: header declares {width}x{height} = {width * height:,} pixels, over the "
+        raise ImageError(path, f"header declares {width}x{height} = {width * height:,} pixels, over the "
                          f"{max_pixels:,} pixel limit (possible decompression bomb); downscale the image "
-                         "or raise max_pixels if it is genuine")
+                         "or raise max_pixels if it is genuine", "pixel_limit")
     if min(width, height) < MIN_SIDE:
-        raise ImageError(f"{path}: image is {width}x{height} px, smaller than the {MIN_SIDE} px minimum "
-                         "side; use a larger photo")
+        raise ImageError(path, f"image is {width}x{height} px, smaller than the {MIN_SIDE} px minimum "
+                         "side; use a larger photo", "too_small")
 
 
-def _describe_unreadable(path: Path, data: bytes | None = None) -> str:
+def _describe_unreadable(path: Path, data: bytes | None = None) -> tuple[str, str]:
+    """(reason, kind) for a file Pillow does not recognise."""
     if data is None:
         with open(path, "rb") as f:
             head = f.read(512)
@@ -179,15 +195,15 @@ def _describe_unreadable(path: Path, data: bytes | None = None) -> str:
         head = data[:512]
     if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif", b"ftyphevc"):
         what = "AVIF needs Pillow 11.3+ built with libavif; " if head[8:12] == b"avif" else "HEIC is not supported; "
-        return what + "convert the photo to JPEG or PNG first"
+        return what + "convert the photo to JPEG or PNG first", "unsupported_format"
     if b"\x00" not in head:
         try:
             head.decode("utf-8")
-            return "is a text file, not an image; check that the right file was given"
+            return "is a text file, not an image; check that the right file was given", "not_an_image"
         except UnicodeDecodeError:
             pass
     return ("not a recognised image (supported: JPEG, PNG, WebP, TIFF, BMP, GIF); "
-            "the file may be damaged or in another format")
+            "the file may be damaged or in another format", "not_an_image")
 
 
 def _metadata_of(im: Image.Image, exif: Image.Exif) -> dict:
@@ -215,11 +231,11 @@ def _load_pixels(im: Image.Image, path: Path) -> None:
     try:
         im.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{path}: image data is truncated or corrupt ({exc}); "
-                         "re-download or re-export the file") from exc
+        raise ImageError(path, f"image data is truncated or corrupt ({exc}); "
+                         "re-download or re-export the file", "truncated") from exc
     if watch.ran_out:
-        raise ImageError(f"{path}: image data is truncated (the file ends inside the image data); "
-                         "re-download or re-export the file")
+        raise ImageError(path, "image data is truncated (the file ends inside the image data); "
+                         "re-download or re-export the file", "truncated")
 
 
 class _EndWatch:
@@ -328,7 +344,7 @@ def _decode_png_variant(path: Path, rawmode: str, source) -> np.ndarray:
         im = Image.open(source, formats=("PNG",))  # header already checked by load_image
     with im:
         if len(im.tile) != 1:
-            raise ImageError(f"{path}: unexpected PNG layout")
+            raise ImageError(path, "unexpected PNG layout", "corrupt")
         name, extents, offset, _ = im.tile[0]
         im.tile = [(name, extents, offset, rawmode)]
         _load_pixels(im, path)
@@ -419,17 +435,19 @@ def save_image(
         path = path.with_name(path.name + ".png")
     fmt = SAVE_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ImageError(f"{path}: cannot write '{path.suffix}' files; use .png, .jpg, .webp or .tif")
+        raise ImageError(path, f"cannot write '{path.suffix}' files; use .png, .jpg, .webp or .tif",
+                         "unsupported_format")
     pixels = _pixels(path, rgb_uint8, alpha, fmt)
     guard = protect_paths if isinstance(protect_paths, InputGuard) else InputGuard(protect_paths)
     _check_destination(path, overwrite, guard)
     options = _save_options(fmt, quality, lossless_webp, keep_metadata, metadata or {}, jpeg_subsampling)
     if not path.parent.is_dir():
-        raise ImageError(f"{path}: output folder {path.parent} does not exist; create it first")
+        raise ImageError(path, f"output folder {path.parent} does not exist; create it first", "no_folder")
     try:
         fd, tmp = new_temp_file(path.parent)
     except OSError as exc:
-        raise ImageError(f"{path}: cannot write in {path.parent} ({exc}); choose a writable output folder") from exc
+        raise ImageError(path, f"cannot write in {path.parent} ({exc}); choose a writable output folder",
+                         "not_writable") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(_encode(pixels, fmt, options))
@@ -441,7 +459,8 @@ def save_image(
     except ImageError:
         raise
     except (OSError, ValueError) as exc:
-        raise ImageError(f"{path}: could not write the image ({exc}); check free space and permissions") from exc
+        raise ImageError(path, f"could not write the image ({exc}); check free space and permissions",
+                         "write_failed") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -455,7 +474,7 @@ def encode_image(rgb_uint8: np.ndarray, alpha: np.ndarray | None = None, *, form
     """
     fmt = SAVE_FORMATS.get("." + format.lower().lstrip("."))
     if fmt is None:
-        raise ImageError(f"{name}: cannot encode '{format}' images; use png, jpg, webp or tif")
+        raise ImageError(name, f"cannot encode '{format}' images; use png, jpg, webp or tif", "unsupported_format")
     pixels = _pixels(Path(name), rgb_uint8, alpha, fmt)
     return _encode(pixels, fmt, _save_options(fmt, quality, True, False, metadata or {}, "4:4:4"))
 
@@ -472,17 +491,17 @@ def _pixels(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, fmt: str) -> 
     """The checked pixels to write: HxWx3, or HxWx4 with alpha, uint8 and C-contiguous."""
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ImageError(f"{path}: expected HxWx3 uint8 pixels, got {rgb.dtype} {rgb.shape}; "
-                         "convert tensors with to_uint8 first")
+        raise ImageError(path, f"expected HxWx3 uint8 pixels, got {rgb.dtype} {rgb.shape}; "
+                         "convert tensors with to_uint8 first", "bad_pixels")
     if alpha is None:
         return np.ascontiguousarray(rgb)
     alpha = np.asarray(alpha)
     if alpha.dtype != np.uint8 or alpha.shape != rgb.shape[:2]:
-        raise ImageError(f"{path}: alpha must be HxW uint8 matching the image {rgb.shape[:2]}, "
-                         f"got {alpha.dtype} {alpha.shape}")
+        raise ImageError(path, f"alpha must be HxW uint8 matching the image {rgb.shape[:2]}, "
+                         f"got {alpha.dtype} {alpha.shape}", "bad_pixels")
     if fmt == "JPEG":
-        raise ImageError(f"{path}: JPEG cannot store transparency; save as .png or .webp, "
-                         "or drop the alpha channel explicitly (alpha=None)")
+        raise ImageError(path, "JPEG cannot store transparency; save as .png or .webp, "
+                         "or drop the alpha channel explicitly (alpha=None)", "jpeg_alpha")
     return np.dstack([rgb, alpha])
 
 
@@ -516,12 +535,16 @@ def _save_options(fmt: str, quality: int, lossless_webp: bool, keep: bool, metad
 def _check_destination(path: Path, overwrite: bool, guard: InputGuard) -> None:
     protected = guard.input_at(path)
     if protected is not None:
-        raise ImageError(f"{path}: refusing to write over the input image {protected}; "
-                         "choose another output folder or name")
+        raise ImageError(path, f"refusing to write over the input image {protected}; "
+                         "choose another output folder or name", "input_overwrite")
     if path.is_dir():
-        raise ImageError(f"{path}: is a folder; give a file name to write")
+        raise ImageError(path, "is a folder; give a file name to write", "is_folder")
     if path.exists() and not overwrite:
-        raise ImageError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+        raise _exists(path)
+
+
+def _exists(path: Path) -> ImageError:
+    return ImageError(path, "already exists; pass overwrite=True (--overwrite) to replace it", "exists")
 
 
 def _commit(tmp: Path, path: Path, overwrite: bool, guard: InputGuard) -> None:
@@ -533,10 +556,10 @@ def _commit(tmp: Path, path: Path, overwrite: bool, guard: InputGuard) -> None:
     try:
         os.link(tmp, path)  # atomic create-if-absent
     except FileExistsError:
-        raise ImageError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it") from None
+        raise _exists(path) from None
     except OSError:  # file system without hard links
         if path.exists():
-            raise ImageError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it") from None
+            raise _exists(path) from None
         os.replace(tmp, path)
 
 
@@ -549,15 +572,16 @@ def prepare_output_folder(folder: str | Path) -> Path:
     """Create `folder` if missing and check that files can be written in it; ImageError naming it otherwise."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ImageError(f"{folder}: is a file, not a folder; give an output folder that is new or a folder")
+        raise ImageError(folder, "is a file, not a folder; give an output folder that is new or a folder",
+                         "not_a_folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = new_temp_file(folder)
         os.close(fd)
         probe.unlink()
     except OSError as exc:
-        raise ImageError(f"{folder}: cannot write in this output folder ({exc.strerror or exc}); choose a folder "
-                         "you can write to") from None
+        raise ImageError(folder, f"cannot write in this output folder ({exc.strerror or exc}); choose a folder "
+                         "you can write to", "not_writable") from None
     return folder
 
 

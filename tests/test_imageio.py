@@ -21,6 +21,7 @@ from gapdiff_core.imageio import (
     iter_image_paths,
     load_image,
     output_path_for,
+    prepare_output_folder,
     save_image,
     to_uint8,
 )
@@ -241,6 +242,72 @@ def test_batch_collects_exactly_the_bad_files(tmp_path):
     assert loaded == good
     assert set(failures) == set(bad)
     assert all(str(p) in msg for p, msg in failures.items())
+
+
+def _bad_reads(folder: Path) -> dict:
+    """kind -> (path, what load_image is called with beyond the path) for each way a read can fail."""
+    folder.mkdir()
+    cases = {"not_found": (folder / "nope.png", {}), "is_folder": (folder, {})}
+    (folder / "empty: 1.jpg").write_bytes(b"")  # ': ' in the name: the message cannot be split on it
+    cases["empty"] = (folder / "empty: 1.jpg", {})
+    (folder / "notes.jpg").write_text("hello")
+    cases["not_an_image"] = (folder / "notes.jpg", {})
+    (folder / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(64))
+    cases["unsupported_format"] = (folder / "phone.heic", {})
+    (folder / "big.png").write_bytes(raw_png(2000, 2000, 8, 2, b"\x00" * 64))
+    cases["pixel_limit"] = (folder / "big.png", {"max_pixels": 1_000_000})
+    (folder / "bomb.png").write_bytes(raw_png(30000, 30000, 8, 2, b"\x00" * 64))
+    cases["decompression_bomb"] = (folder / "bomb.png", {"max_pixels": 10**10})  # past Pillow's own guard
+    Image.new("RGB", (4, 4)).save(folder / "dot.png")
+    cases["too_small"] = (folder / "dot.png", {})
+    buf = io.BytesIO()
+    Image.fromarray(pattern(64, 64)).save(buf, "JPEG")
+    (folder / "cut: a.jpg").write_bytes(buf.getvalue()[:-200])
+    cases["truncated"] = (folder / "cut: a.jpg", {})
+    return cases
+
+
+def test_read_errors_carry_path_reason_and_kind(tmp_path):
+    """Code reacts to `kind` and shows `reason` (never parsing the message, which a ': ' in a name would break);
+    the message stays "PATH: REASON", and the attributes survive pickling (process pools, Ray)."""
+    import pickle
+
+    for kind, (path, options) in _bad_reads(tmp_path / "in").items():
+        with pytest.raises(ImageError) as err:
+            load_image(path, **options)
+        exc = err.value
+        assert (exc.kind, exc.path) == (kind, path), str(exc)
+        assert str(exc) == f"{path}: {exc.reason}" and not exc.reason.startswith(path.name)
+        copy = pickle.loads(pickle.dumps(exc))
+        assert (type(copy), str(copy), copy.path, copy.reason, copy.kind) == (ImageError, str(exc), path,
+                                                                               exc.reason, kind)
+    with pytest.raises(ImageError) as err:
+        load_image("upload: 1.png", data=b"")
+    assert (err.value.kind, err.value.path, err.value.reason) == ("empty", Path("upload: 1.png"),
+                                                                   "is empty (0 bytes); send the image file itself")
+
+
+def test_write_errors_carry_path_reason_and_kind(tmp_path):
+    rgb = pattern()
+    save_image(tmp_path / "a.png", rgb)
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir.png").mkdir()
+    cases = {
+        "unsupported_format": lambda: save_image(tmp_path / "x.gifx", rgb),
+        "bad_pixels": lambda: save_image(tmp_path / "c.png", np.zeros((24, 32), np.float32)),
+        "jpeg_alpha": lambda: save_image(tmp_path / "b.jpg", rgb, np.zeros((24, 32), np.uint8)),
+        "exists": lambda: save_image(tmp_path / "a.png", rgb),
+        "input_overwrite": lambda: save_image(tmp_path / "a.png", rgb, overwrite=True,
+                                              protect_paths=[tmp_path / "a.png"]),
+        "is_folder": lambda: save_image(tmp_path / "dir.png", rgb, overwrite=True),
+        "no_folder": lambda: save_image(tmp_path / "missing" / "d.png", rgb),
+        "not_a_folder": lambda: prepare_output_folder(tmp_path / "file"),
+    }
+    for kind, write in cases.items():
+        with pytest.raises(ImageError) as err:
+            write()
+        exc = err.value
+        assert exc.kind == kind and str(exc) == f"{exc.path}: {exc.reason}", (kind, str(exc))
 
 
 # ---------------------------------------------------------------- modes and formats
