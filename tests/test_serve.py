@@ -182,6 +182,18 @@ def test_batch_form_goes_on_past_a_bad_file(server):
         assert 0 < np.abs(out.astype(int) - original.astype(int)).max() == result["max_change"] <= 6
 
 
+def test_error_kind_comes_from_the_failure_not_from_the_file_name(server):
+    """413 too_many_pixels only for an image over the pixel limit: a text upload whose name says "decompression
+    bomb" is a bad image (the service reads ImageError.kind instead of searching the message)."""
+    files = [("images", ("decompression bomb.png", b"not an image at all", "image/png")),
+             ("images", ("big.png", png_header_only(3000, 3000), "image/png"))]
+    with server.client() as c:
+        r = c.post("/v1/protect/batch", files=files)
+    named, big = r.json()["results"]
+    assert (named["status"], named["error"]["kind"]) == (422, "bad_image"), named
+    assert (big["status"], big["error"]["kind"]) == (413, "too_many_pixels"), big
+
+
 def test_batched_results_are_identical_to_single_ones(server):
     images = [photo(seed=10 + i) for i in range(4)]
     with server.client() as c:

@@ -127,6 +127,18 @@ def test_unreadable_photo_is_a_readable_error(models, tmp_path):
     assert str(err.value).startswith("notes.jpg: ") and "Traceback" not in str(err.value)
 
 
+def test_photo_error_names_the_upload_once_whatever_its_name(models, tmp_path):
+    """The reason comes from ImageError.reason, not from splitting its message: a ': ' in a file name (legal on
+    Linux and macOS) once made the UI repeat part of the name as if it were the problem."""
+    protector = logic.get_protector(models / "tiny_real.safetensors", BUDGET, "working", "cpu", "fp32")
+    bad = tmp_path / "holiday: day 1.jpg"
+    bad.write_text("hello")
+    with pytest.raises(UIError) as err:
+        logic.protect_photo(protector, str(bad), tmp_path, 0, demo=False)
+    assert str(err.value) == ("holiday: day 1.jpg: is a text file, not an image; check that the right file was "
+                              "given")
+
+
 def test_summary_labels_demo_and_lists_failures(models, photo, tmp_path):
     protector = logic.get_protector(models / "tiny_demo.safetensors", BUDGET, "working", "cpu", "fp32")
     r = logic.protect_photo(protector, str(photo), tmp_path, 0, demo=True)
@@ -319,6 +331,29 @@ def test_port_in_use_is_a_message_not_a_traceback(models, capsys):
         assert app.run(args) == 2
     err = capsys.readouterr().err
     assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err and "Traceback" not in err
+
+
+def test_out_of_memory_is_recognised_by_type_and_by_text_only_for_plain_runtime_errors():
+    """MemoryError and torch's OutOfMemoryError by type (whatever their text); the "out of memory" text only on a
+    plain RuntimeError (Apple MPS raises one), not in any other exception's message."""
+    import gradio as gr
+
+    from gapdiff_core.ui import blocks
+
+    def shown(exc: Exception) -> str:
+        @blocks._readable
+        def handler():
+            raise exc
+
+        with pytest.raises(gr.Error) as err:
+            handler()
+        return err.value.message
+
+    for exc in (MemoryError(), torch.OutOfMemoryError("Tried to allocate 2.00 GiB"),
+                RuntimeError("MPS backend out of memory (MPS allocated: 8.89 GB, max allowed: 9.07 GB)")):
+        assert shown(exc).startswith("Out of memory: use fewer or smaller photos"), exc
+    for exc in (RuntimeError("shapes do not match"), KeyError("out of memory.png")):
+        assert shown(exc).startswith(f"Unexpected error ({type(exc).__name__}: "), exc
 
 
 def test_robustness_surrogate_path_reveals_nothing_outside_the_models_folder(models, photo, tmp_path):

@@ -134,10 +134,9 @@ class Service:
         try:
             image = await run_in_threadpool(load_image, name, self.settings.max_pixels, data=data)
         except ImageError as exc:
-            message = str(exc)
-            if "decompression bomb" in message:  # imageio's pixel limit, or Pillow's own guard far above it
-                raise ApiError(413, "too_many_pixels", message) from exc
-            raise ApiError(422, "bad_image", message) from exc
+            if exc.kind in ("pixel_limit", "decompression_bomb"):  # imageio's limit, or Pillow's guard far above it
+                raise ApiError(413, "too_many_pixels", str(exc)) from exc
+            raise ApiError(422, "bad_image", str(exc)) from exc
         try:
             key = engine.key(image.rgb, mode, budget)
         except ValueError as exc:

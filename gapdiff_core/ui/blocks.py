@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 import gradio as gr
+import torch
 
 from . import logic
 from .compat import FILE_TYPE, listen, make
@@ -18,6 +19,15 @@ log = logging.getLogger("gapdiff.ui")
 SURROGATE_CHOICES = ("none", "tiny built-in model (DEMO)", "local model (path below)")
 
 
+def _out_of_memory(exc: Exception) -> bool:
+    """Host RAM (MemoryError) or an accelerator's memory (torch.OutOfMemoryError, alias torch.cuda.OutOfMemoryError:
+    CUDA, ROCm). Apple's MPS backend raises a plain RuntimeError ("MPS backend out of memory ..."), so for a
+    RuntimeError the text is the fallback test."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
 def _readable(fn: Callable) -> Callable:
     """Show UIError messages as they are and anything unexpected as one line (traceback only in the log)."""
     def handle(exc: Exception):
@@ -25,7 +35,7 @@ def _readable(fn: Callable) -> Callable:
             return exc
         if isinstance(exc, UIError):
             return gr.Error(str(exc))
-        if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        if _out_of_memory(exc):
             return gr.Error("Out of memory: use fewer or smaller photos, mode 'working', or a smaller precision.")
         log.exception("gapdiff UI: unexpected error in %s", fn.__name__)
         return gr.Error(f"Unexpected error ({type(exc).__name__}: {exc}). Details are in the server log.")

@@ -258,11 +258,11 @@ def _load(path: Path, max_pixels: int, label: str | None = None):
 
 
 def _reason(exc: ImageError, max_pixels: int) -> str:
-    text = str(exc).split(": ", 1)[-1]
-    if "pixel limit" in text:
+    """The problem without imageio's path (a server-side temp path); the server's limit in this server's words."""
+    if exc.kind == "pixel_limit":
         return (f"larger than this server's limit of {max_pixels / 1e6:g} megapixels per photo; "
                 "downscale it and upload again.")
-    return text
+    return exc.reason
 
 
 def protect_photo(protector: Protector, upload: str, out_dir: Path, index: int, demo: bool,
