@@ -289,8 +289,32 @@ def _ui_fn(blocks, api_name):
     return next(f for f in fns if f.api_name == api_name).fn
 
 
-def test_one_bad_checkpoint_is_named_and_skipped_at_start(models, tmp_path, monkeypatch, capsys):
-    """A file that raises anything while loading (here a MemoryError, as an archive bomb did) costs one entry."""
+def zip_bomb_pth(path: Path) -> Path:
+    """A .pth archive of under 1 MB whose tensor entry unpacks to 64 MB of zeros."""
+    import zipfile
+
+    small = path.with_name("small.tmp")
+    torch.save({"conv1.weight": torch.zeros(4)}, small)
+    with zipfile.ZipFile(small) as src, zipfile.ZipFile(path, "w") as out:
+        for entry in src.infolist():
+            if entry.filename.endswith("/data/0"):
+                packed = zipfile.ZipInfo(entry.filename)
+                packed.compress_type = zipfile.ZIP_DEFLATED
+                with out.open(packed, "w") as f:
+                    for _ in range(64):
+                        f.write(bytes(1 << 20))
+            else:
+                out.writestr(entry, src.read(entry))
+    small.unlink()
+    assert path.stat().st_size < 1 << 20
+    return path
+
+
+def test_bad_checkpoints_are_named_and_skipped_at_start_and_refused_when_chosen(models, tmp_path, monkeypatch,
+                                                                                capsys):
+    """A zip-bomb .pth is refused from its archive directory, never unpacked, both when the folder is listed and
+    when it is loaded; a file that raises anything else while its metadata is read (here a MemoryError) costs one
+    entry too."""
     import shutil
 
     from gapdiff_core import app
@@ -298,23 +322,63 @@ def test_one_bad_checkpoint_is_named_and_skipped_at_start(models, tmp_path, monk
     folder = tmp_path / "models"
     folder.mkdir()
     shutil.copy(models / "tiny_real.safetensors", folder / "good.safetensors")
-    (folder / "bomb.pth").write_bytes(b"PK\x03\x04 pretend")
-    real_load = logic.load_generator
+    zip_bomb_pth(folder / "bomb.pth")
+    (folder / "odd.pth").write_bytes(b"PK\x03\x04 pretend")
+    real_read_info = logic.read_info
 
-    def load(path):
-        if Path(path).name == "bomb.pth":
+    def read_info(path):
+        if Path(path).name == "odd.pth":
             raise MemoryError("archive expands past memory")
-        return real_load(path)
+        return real_read_info(path)
 
-    monkeypatch.setattr(logic, "load_generator", load)
+    def unpack(*args, **kwargs):
+        raise AssertionError("torch.load ran on a zip bomb")
+
+    monkeypatch.setattr(logic, "read_info", read_info)
+    monkeypatch.setattr(torch, "load", unpack)
     args = argparse.Namespace(host="127.0.0.1", port=0, models_dir=str(folder), budget=8.0, device="cpu",
                               precision="fp32", max_file_size="2mb", max_photos=8, queue_size=4, share=False)
     blocks = app.create_app(args)
     err = capsys.readouterr().err
-    assert "skipped bomb.pth" in err and "MemoryError" in err
+    assert "skipped bomb.pth" in err and "zip bomb" in err
+    assert "skipped odd.pth" in err and "MemoryError" in err
     choices = {e.choice: e for e in logic.list_generators(folder)}
-    assert "good.safetensors" in choices and choices["bomb.pth  [unreadable]"].error.startswith("bomb.pth: ")
+    assert set(choices) == {"good.safetensors", "bomb.pth  [unreadable]", "odd.pth  [unreadable]"}
+    assert choices["odd.pth  [unreadable]"].error.startswith("odd.pth: ")
+    with pytest.raises(UIError, match="zip bomb"):
+        logic.resolve_generator("bomb.pth  [unreadable]", None, folder)
+    with pytest.raises(UIError, match=r"Could not load the generator bomb\.pth: .*zip bomb"):
+        logic.get_protector(folder / "bomb.pth", BUDGET, "working", "cpu", "fp32")
     assert _ui_fn(blocks, "list_generators") is not None
+
+
+def test_listing_generators_reads_no_weights(models, tmp_path, monkeypatch):
+    """Listing a models folder reads each checkpoint's header (checkpoint.read_info), never its weights: the
+    official generator has 73 M parameters, and the UI lists the folder at start and on every Refresh."""
+    from gapdiff_core import checkpoint
+
+    folder = tmp_path / "models"
+    make_models(folder)
+    torch.manual_seed(1)
+    torch.save({"generator." + k: v for k, v in gc.Generator(ngf=8).state_dict().items()}, folder / "official.pth")
+    real_load, mmaps = torch.load, []
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("listing read the weights")
+
+    def load(*args, **kwargs):
+        mmaps.append(kwargs.get("mmap"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(logic, "load_generator", forbidden)
+    monkeypatch.setattr(checkpoint, "read_safetensors", forbidden)
+    monkeypatch.setattr(checkpoint, "Generator", forbidden)
+    monkeypatch.setattr(torch, "load", load)
+    entries = {e.path.name: e for e in logic.list_generators(folder)}
+    assert {name: (e.error, e.info.ngf, e.demo) for name, e in entries.items()} == {
+        "official.pth": ("", 8, False), "tiny_demo.safetensors": ("", 8, True), "tiny_real.safetensors": ("", 8, False)}
+    assert entries["tiny_demo.safetensors"].choice == "tiny_demo.safetensors" + logic.DEMO_TAG
+    assert mmaps == [True]  # the .pth state dict is memory-mapped, its tensors unread
 
 
 def test_port_in_use_is_a_message_not_a_traceback(models, capsys):

@@ -23,7 +23,7 @@ from typing import Callable, ContextManager
 
 import numpy as np
 
-from ..checkpoint import CheckpointError, GeneratorInfo, load_generator
+from ..checkpoint import CheckpointError, GeneratorInfo, load_generator, read_info
 from ..imageio import ImageError, load_image, save_image
 from ..metrics.fidelity import ssim
 from ..protect import MODES, Protector, protection_stats
@@ -87,7 +87,8 @@ _INFO_CACHE: dict[tuple, GeneratorInfo | str] = {}
 
 
 def _info_of(path: Path) -> GeneratorInfo | str:
-    """The checkpoint's metadata, or why it cannot be used: one bad file must not stop the listing (or the app)."""
+    """The checkpoint's metadata, read without its weights (checkpoint.read_info), or why it cannot be used: one bad
+    file must not stop the listing (or the app). The weights are checked when the generator is loaded."""
     try:
         st = path.stat()
     except OSError as exc:
@@ -95,7 +96,7 @@ def _info_of(path: Path) -> GeneratorInfo | str:
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _INFO_CACHE:
         try:
-            _INFO_CACHE[key] = load_generator(path).info
+            _INFO_CACHE[key] = read_info(path)
         except CheckpointError as exc:
             _INFO_CACHE[key] = str(exc)
         except Exception as exc:  # noqa: BLE001 - anything else a broken file can raise is reported the same way
