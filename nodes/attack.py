@@ -5,8 +5,6 @@ import os
 import shutil
 import tempfile
 
-import folder_paths
-
 from ..gapdiff_core.prompts import CLASS_PROMPT, INSTANCE_PROMPT
 from . import host
 from .surrogate import SURROGATE
@@ -81,11 +79,11 @@ class DreamBoothTestAttack:
         if lora_name and config.mode != "lora":
             raise ValueError(f"preset {preset!r} fine-tunes the full model: only LoRA presets can be saved as a "
                              f"LoRA (clear lora_name or pick a *lora preset)")
-        temp = folder_paths.get_temp_directory()
-        os.makedirs(temp, exist_ok=True)
-        out_dir = tempfile.mkdtemp(prefix="gapdiff_attack_", dir=temp)
+        runs = host.temp_folder("gapdiff_attack")
+        os.makedirs(runs, exist_ok=True)
+        out_dir = tempfile.mkdtemp(dir=runs)
         progress = host.Progress(config.max_train_steps)
-        attack = DreamBoothAttack(surrogate, config, cache_dir=os.path.join(temp, "gapdiff_class_images"))
+        attack = DreamBoothAttack(surrogate, config, cache_dir=host.temp_folder("gapdiff_class_images"))
         with host.training_mode():
             photos = host.image_to_core(images).clone()  # a normal tensor, not an inference-mode one
             result = attack.run(photos, out_dir, progress=_progress_callback(progress), should_stop=_stop_on_cancel,
