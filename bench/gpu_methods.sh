@@ -4,11 +4,7 @@
 # full schedule (bench/methods.py), plus GAP-Diff's one forward pass; records peak GPU memory of the run.
 # Reference (the seed's runtime table, authors' GPU): Anti-DB 308 s / 18 GB ... GAP-Diff 0.04 s / 2 GB.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-OUT=${OUT:-bench_out}
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"  # repository root, PY, OUT, $OUT/gpu.txt
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$OUT/gpu_mem_trace.txt" &
 TRACE=$!
 timeout 540 "$PY" bench/methods.py --device cuda --sd-iters 3 --res 64 --out "$OUT" 2>&1 | tee "$OUT/methods_gpu.log"

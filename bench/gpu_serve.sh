@@ -4,11 +4,7 @@
 #    replica can reach); 2) bench/serve.py against `gapdiff serve --device cuda --precision fp16 --max-batch 64`
 #    (a random width-64 generator: speed does not depend on the weights). Ends with key=value lines.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-OUT=${OUT:-bench_out}
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"  # repository root, PY, OUT, $OUT/gpu.txt
 timeout 240 "$PY" - <<'PY' 2>&1 | tee "$OUT/serve_gpu_batches.log"
 import time, numpy as np, torch
 from gapdiff_core import Generator, Protector
