@@ -8,7 +8,8 @@ Conditions: clean, JPEG q90/70/50/30/10/5, Gaussian blur σ 1/2/4 px, Gaussian n
 Metrics (detector threshold 0.9): FDFR with YuNet and with RetinaFace-MobileNet; on the faces --detector finds
 (default RetinaFace-MobileNet, which still finds faces YuNet loses): ISM (SFace, reference = each identity's
 clean photos; official mean, identities without a face count 0, and the mean over detected faces), face quality
-(QualityFace; detected-only and protocol mean, undetected = 0), SER-FIQ on SFace (as is); BRISQUE (whole image).
+(min of QualityFace and the face box's 1 - BRISQUE/100; detected-only and protocol mean, undetected = 0, and each
+part's detected-only mean), SER-FIQ on SFace (as is); BRISQUE (whole image).
 Also the detection rate on the clean photos (the detector's floor) and seconds per image of each metric.
 
 Prints one table per framing, then `key=value` lines. Usage: python bench/metrics.py [--size 512] [--T 100]
@@ -38,7 +39,8 @@ CONDITIONS = (["clean"] + [f"jpeg{q}" for q in (90, 70, 50, 30, 10, 5)] + [f"blu
 # name, direction when the face gets worse, format
 ROWS = [("fdfr_yunet", "↑", ".2f"), ("fdfr_retinaface", "↑", ".2f"), ("ism_official", "↓", ".3f"),
         ("ism_detected", "↓", ".3f"), ("brisque", "↑", ".1f"), ("quality_detected", "↓", ".3f"),
-        ("quality_protocol", "↓", ".3f"), ("serfiq_detected", "↓", ".3f"), ("serfiq_protocol", "↓", ".3f")]
+        ("quality_protocol", "↓", ".3f"), ("quality_learned", "↓", ".3f"),
+        ("quality_natural", "↓", ".3f"), ("serfiq_detected", "↓", ".3f"), ("serfiq_protocol", "↓", ".3f")]
 
 
 def framed(name: str, size: int, margin: float) -> np.ndarray:
@@ -101,7 +103,10 @@ def score_condition(photos: dict[str, list[np.ndarray]], refs: dict[str, np.ndar
     return {"fdfr_yunet": yunet.value, "fdfr_retinaface": retina.value,
             "ism_official": ism.value, "ism_detected": nan if ism.value_detected_faces is None else ism.value_detected_faces,
             "brisque": b.value, "quality_detected": nan if q.value_detected_only is None else q.value_detected_only,
-            "quality_protocol": q.value, "serfiq_detected": nan if s.value_detected_only is None else s.value_detected_only,
+            "quality_protocol": q.value,
+            "quality_learned": nan if q.learned_detected_only is None else q.learned_detected_only,
+            "quality_natural": nan if q.naturalness_detected_only is None else q.naturalness_detected_only,
+            "serfiq_detected": nan if s.value_detected_only is None else s.value_detected_only,
             "serfiq_protocol": s.value}
 
 

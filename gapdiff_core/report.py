@@ -163,8 +163,9 @@ SUMMARY = (("fdfr", "FDFR↑"), ("ism", "ISM↓"), ("ism_detected", "ISM↓ (det
            ("serfiq", "SER-FIQ↓"), ("serfiq_detected", "SER-FIQ↓ (detected faces)"),
            ("face_quality", "face quality↓"), ("face_quality_detected", "face quality↓ (detected faces)"))
 GAP_NAME = "identity gap↑"
-SUMMARY_NOTE = ("ISM, SER-FIQ and the learned face quality as in the protocol (an image or identity without a "
-                "detected face counts 0), and over the detected faces only. Identity gap: the attacked model's "
+SUMMARY_NOTE = ("ISM, SER-FIQ and the face quality (the lower of the learned QualityFace score and the face's "
+                "1 - BRISQUE/100) as in the protocol (an image or identity without a detected face counts 0), and "
+                "over the detected faces only. Identity gap: the attacked model's "
                 "denoising error on the identity's clean reference photos (set_C) minus that of the model attacked "
                 "with the clean, untransformed photos; higher = the attacker learned less of the identity "
                 "(none | none is 0 by construction).")

@@ -37,9 +37,9 @@ def summarize(metrics: dict, reference_faces: tuple[int, int] | None = None) -> 
                      "face(s))")
     quality = metrics.get("face_quality")
     if quality is not None:
-        lines.append(f"quality {fmt(quality['value'], '.3f')}  (learned face quality; lower = stronger; 0 where no "
-                     f"face; {fmt(quality.get('value_detected_only'), '.3f')} over the {quality['n_detected']} "
-                     "detected face(s))")
+        lines.append(f"quality {fmt(quality['value'], '.3f')}  (face quality: the lower of QualityFace and the "
+                     "face's 1 - BRISQUE/100; lower = stronger; 0 where no face; "
+                     f"{fmt(quality.get('value_detected_only'), '.3f')} over the {quality['n_detected']} detected face(s))")
     if reference_faces is not None:
         found, n = reference_faces
         lines.append(f"faces found in {found}/{n} clean reference photo(s) (the detector's floor: FDFR of clean "

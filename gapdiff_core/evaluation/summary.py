@@ -13,7 +13,7 @@ def summarize_metrics(m: dict) -> dict:
     """One prompt of one identity: the protocol's numbers and counts of an ``evaluate_images`` result.
 
     ``ism`` is the mean cosine over the images with a detected face (None without any, or without a reference);
-    the face-quality scores (``serfiq``, the paper's; ``face_quality``, the learned one) count images without a
+    the face-quality scores (``serfiq``, the paper's; ``face_quality``, the lower of QualityFace and the face's naturalness) count images without a
     face as 0 (the protocol) and their ``*_detected`` twins average the detected faces only.
     """
     fd, ism = m.get("fdfr") or {}, m.get("ism")
