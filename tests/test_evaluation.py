@@ -365,6 +365,8 @@ def test_cli_protocol_paper_sets_the_paper_and_given_flags_override_it():
     cfg = build_config(parse(["evaluate", "data"]))
     assert (cfg.protocol, cfg.attack_preset, cfg.images_per_prompt, cfg.generation_steps, cfg.scheduler) == (
         "custom", "tiny-lora", 4, 30, "ddim")
+    assert cfg.detector == "retinaface-mobilenet"
+    assert build_config(parse(["evaluate", "data", "--detector", "yunet"])).detector == "yunet"
     cfg = build_config(parse(["evaluate", "data", "--model", "sd/", "--official-mode", "--seed", "5",
                               "--class-images", "3"]))
     assert cfg.attack_preset == "lora" and cfg.official_mode and cfg.seed == 5

@@ -65,6 +65,9 @@ def add_arguments(p) -> None:
                    help="seed of the attack, the sampling, the identity-learning draws and (--official-mode) the "
                         "generator's dropout (default 0)")
     p.add_argument("--serfiq-passes", type=int, default=None, help="SER-FIQ dropout passes T (default 100)")
+    p.add_argument("--detector", choices=("retinaface-mobilenet", "yunet"), default=None,
+                   help="face detector of FDFR, ISM and the face-quality scores (default retinaface-mobilenet, the "
+                        "paper's RetinaFace family; YuNet misses faces that fill the frame)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--executor", choices=("serial", "ray"), default="serial",
@@ -85,7 +88,8 @@ def build_config(args):
     given = {k: v for k, v in dict(
         methods=args.methods, transforms=args.transforms, budgets=args.budgets, attack_preset=args.preset,
         resolution=args.resolution, images_per_prompt=args.images_per_prompt, generation_steps=args.steps,
-        guidance_scale=args.guidance, scheduler=args.scheduler, serfiq_T=args.serfiq_passes).items() if v is not None}
+        guidance_scale=args.guidance, scheduler=args.scheduler, serfiq_T=args.serfiq_passes,
+        detector=args.detector).items() if v is not None}
     common = dict(model=args.model, seed=args.seed, device=args.device, norm=args.norm,
                   official_mode=args.official_mode, attack_overrides=overrides)
     if args.protocol:

