@@ -1,4 +1,7 @@
 """Fixtures shared by several test modules."""
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -41,3 +44,28 @@ def toy_generator_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("gen") / "toy.safetensors"
     save_generator(Generator(ngf=4).eval(), path, GeneratorInfo(ngf=4, demo=True, provenance="test, random"))
     return path
+
+
+def _zip_bomb_pth(path: Path) -> Path:
+    """A .pth archive of under 1 MB whose tensor entry unpacks to 64 MB of zeros."""
+    small = path.with_name("small.tmp")
+    torch.save({"conv1.weight": torch.zeros(4)}, small)
+    with zipfile.ZipFile(small) as src, zipfile.ZipFile(path, "w") as out:
+        for entry in src.infolist():
+            if entry.filename.endswith("/data/0"):  # 64 MB of zeros deflate to 64 KB
+                packed = zipfile.ZipInfo(entry.filename)
+                packed.compress_type = zipfile.ZIP_DEFLATED
+                with out.open(packed, "w") as f:
+                    for _ in range(64):
+                        f.write(bytes(1 << 20))
+            else:
+                out.writestr(entry, src.read(entry))
+    small.unlink()
+    assert path.stat().st_size < 1 << 20
+    return path
+
+
+@pytest.fixture
+def zip_bomb_pth():
+    """``make(path) -> path``: writes a zip-bomb .pth there (under 1 MB, declaring a 64 MB tensor)."""
+    return _zip_bomb_pth

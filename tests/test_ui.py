@@ -289,29 +289,8 @@ def _ui_fn(blocks, api_name):
     return next(f for f in fns if f.api_name == api_name).fn
 
 
-def zip_bomb_pth(path: Path) -> Path:
-    """A .pth archive of under 1 MB whose tensor entry unpacks to 64 MB of zeros."""
-    import zipfile
-
-    small = path.with_name("small.tmp")
-    torch.save({"conv1.weight": torch.zeros(4)}, small)
-    with zipfile.ZipFile(small) as src, zipfile.ZipFile(path, "w") as out:
-        for entry in src.infolist():
-            if entry.filename.endswith("/data/0"):
-                packed = zipfile.ZipInfo(entry.filename)
-                packed.compress_type = zipfile.ZIP_DEFLATED
-                with out.open(packed, "w") as f:
-                    for _ in range(64):
-                        f.write(bytes(1 << 20))
-            else:
-                out.writestr(entry, src.read(entry))
-    small.unlink()
-    assert path.stat().st_size < 1 << 20
-    return path
-
-
 def test_bad_checkpoints_are_named_and_skipped_at_start_and_refused_when_chosen(models, tmp_path, monkeypatch,
-                                                                                capsys):
+                                                                                capsys, zip_bomb_pth):
     """A zip-bomb .pth is refused from its archive directory, never unpacked, both when the folder is listed and
     when it is loaded; a file that raises anything else while its metadata is read (here a MemoryError) costs one
     entry too."""
