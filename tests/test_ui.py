@@ -197,6 +197,20 @@ def test_denoising_effect_is_deterministic_and_responds_to_the_image():
     assert a > 0 and denoising_effect(sur, torch.rand_like(x)) != a
 
 
+def test_robustness_without_an_effect_before_jpeg_says_so(photo, tmp_path):
+    pytest.importorskip("diffusers")
+    r = logic.robustness_check(str(photo), str(photo), 60, tmp_path, None, SmallSurrogate())
+    assert "survives JPEG: n/a (no adversarial effect before JPEG" in r.markdown and "n/a%" not in r.markdown
+
+
+def test_evaluate_tab_reports_face_quality_and_detector():
+    text = logic.evaluate_uploads([str(SAMPLE)], [str(SAMPLE.with_name("obama2.jpg"))])
+    rows = {line.split("|")[1].strip(): line.split("|")[2:] for line in text.splitlines() if line.startswith("| ")}
+    assert 0 < float(rows["Face quality"][0]) <= 1 and "QualityFace" in rows["Face quality"][2]
+    assert float(rows["FDFR"][0]) == 0 and "retinaface-mobilenet" in rows["FDFR"][2]
+    assert "detector: retinaface-mobilenet" in text
+
+
 def test_builder_builds_blocks_with_api(models):
     import gradio as gr
 

@@ -412,7 +412,9 @@ def robustness_check(clean_upload: str, protected: str | None, quality: int, out
                   "| | clean | protected | effect |", "|---|---|---|---|",
                   f"| before JPEG | {e.clean:.5f} | {e.protected:.5f} | {e.before:+.5f} |",
                   f"| after JPEG | {e.clean_jpeg:.5f} | {e.protected_jpeg:.5f} | {e.after:+.5f} |", "",
-                  f"Share of the adversarial effect that survives JPEG: **{_fmt(100 * e.share, 0)}%**."]
+                  "Share of the adversarial effect that survives JPEG: " + (
+                      f"**{100 * e.share:.0f}%**." if math.isfinite(e.share) else
+                      "n/a (no adversarial effect before JPEG to compare with).")]
     return RobustnessResult(clean_jpeg_png, protected_jpeg_png, pert_png, "\n".join(lines))
 
 
@@ -421,7 +423,8 @@ def robustness_check(clean_upload: str, protected: str | None, quality: int, out
 
 METRIC_DIRECTIONS = {"fdfr": ("FDFR", "higher = stronger protection"), "ism": ("ISM", "lower = stronger protection"),
                      "brisque": ("BRISQUE", "higher = stronger protection"),
-                     "serfiq": ("SER-FIQ", "lower = stronger protection")}
+                     "serfiq": ("SER-FIQ", "lower = stronger protection"),
+                     "face_quality": ("Face quality", "lower = stronger protection")}
 
 
 def evaluate_uploads(generated: list[str], references: list[str] | None, s: UISettings | None = None) -> str:
