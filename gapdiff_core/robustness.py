@@ -31,7 +31,7 @@ def jpeg_uint8(rgb: np.ndarray, quality: int) -> np.ndarray:
 
 def rgb_tensor(rgb: np.ndarray) -> torch.Tensor:
     """H×W×3 uint8 -> 1×3×H×W float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255)
+    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None].div_(255)
 
 
 class DiffStats:
