@@ -18,8 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .generator import Generator
-from .atomic import current_umask
-from .imageio import new_temp_path
+from .atomic import write_file
 
 ARCHITECTURE = "gap-diff-unet"
 FORMAT_VERSION = "1"
@@ -107,14 +106,7 @@ def save_generator(generator: Generator, path: str | os.PathLike, info: Generato
                 **{k: json.dumps(v) for k, v in meta.items()}}
     state = {k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = new_temp_path(path.parent)
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o666 & ~current_umask())  # as any new file: mode from the umask, not a temp file's 0600
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_file(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
 def read_info(path: str | os.PathLike) -> GeneratorInfo:

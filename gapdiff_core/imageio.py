@@ -21,11 +21,7 @@ import glob
 import hashlib
 import io
 import os
-import re
-import socket
-import tempfile
 import warnings
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -34,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .atomic import current_umask, fsync_dir
+from . import atomic
 from .png_writer import encode_png
 
 DEFAULT_MAX_PIXELS = 150_000_000  # a 100 MP photo passes, a 30000x30000 bomb does not
@@ -43,7 +39,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", 
 DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "DIB", "GIF")
 UNDECODABLE_PHOTOS = {".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF"}  # phone formats, reported when skipped
 NAME_MAX = 255  # bytes in one file name on common file systems
-TEMP_PREFIX = ".gapdiff-"
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
 _ORIENTATION_TAG = 0x0112
@@ -443,26 +438,26 @@ def save_image(
     options = _save_options(fmt, quality, lossless_webp, keep_metadata, metadata or {}, jpeg_subsampling)
     if not path.parent.is_dir():
         raise ImageError(path, f"output folder {path.parent} does not exist; create it first", "no_folder")
+    started = False
+
+    def write(tmp: Path) -> None:
+        nonlocal started
+        started = True
+        tmp.write_bytes(_encode(pixels, fmt, options))
+        _check_destination(path, overwrite, guard)  # again: an input or a file may have appeared meanwhile
+
     try:
-        fd, tmp = new_temp_file(path.parent)
-    except OSError as exc:
-        raise ImageError(path, f"cannot write in {path.parent} ({exc}); choose a writable output folder",
-                         "not_writable") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_encode(pixels, fmt, options))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
-        _commit(tmp, path, overwrite, guard)
-        fsync_dir(path.parent)
+        atomic.write_file(path, write, overwrite=overwrite)
     except ImageError:
         raise
+    except FileExistsError:
+        raise _exists(path) from None
     except (OSError, ValueError) as exc:
+        if not started:  # the temporary file could not be made
+            raise ImageError(path, f"cannot write in {path.parent} ({exc}); choose a writable output folder",
+                             "not_writable") from exc
         raise ImageError(path, f"could not write the image ({exc}); check free space and permissions",
                          "write_failed") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -547,27 +542,6 @@ def _exists(path: Path) -> ImageError:
     return ImageError(path, "already exists; pass overwrite=True (--overwrite) to replace it", "exists")
 
 
-def _commit(tmp: Path, path: Path, overwrite: bool, guard: InputGuard) -> None:
-    """Move the finished temp file into place; without overwrite, never clobber a file that appeared meanwhile."""
-    _check_destination(path, overwrite, guard)
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)  # atomic create-if-absent
-    except FileExistsError:
-        raise _exists(path) from None
-    except OSError:  # file system without hard links
-        if path.exists():
-            raise _exists(path) from None
-        os.replace(tmp, path)
-
-
-_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
-_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"([0-9a-f]{8})-([0-9]+)-[A-Za-z0-9_]+\.tmp")
-_swept: set[Path] = set()
-
-
 def prepare_output_folder(folder: str | Path) -> Path:
     """Create `folder` if missing and check that files can be written in it; ImageError naming it otherwise."""
     folder = Path(folder)
@@ -576,70 +550,13 @@ def prepare_output_folder(folder: str | Path) -> Path:
                          "not_a_folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = new_temp_file(folder)
+        fd, probe = atomic.new_temp_file(folder)
         os.close(fd)
         probe.unlink()
     except OSError as exc:
         raise ImageError(folder, f"cannot write in this output folder ({exc.strerror or exc}); choose a folder "
                          "you can write to", "not_writable") from None
     return folder
-
-
-def new_temp_file(folder: str | Path) -> tuple[int, Path]:
-    """(fd, path) of a new hidden temp file in `folder`, for a write that is renamed into place when complete.
-
-    Named .gapdiff-<host>-<pid>-<random>.tmp: short whatever the destination's name (NAME_MAX), and recognisable,
-    so the temp files of a killed run are removed by the next write into that folder (`sweep_stale_temps`).
-    """
-    sweep_stale_temps(folder)
-    fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-", suffix=".tmp", dir=folder)
-    return fd, Path(name)
-
-
-def new_temp_path(folder: str | Path) -> Path:
-    """`new_temp_file` for writers that open the file themselves."""
-    fd, path = new_temp_file(folder)
-    os.close(fd)
-    return path
-
-
-def sweep_stale_temps(folder: str | Path) -> list[Path]:
-    """Remove our temp files in `folder` left by processes of this host that no longer run (once per folder and
-    process). Files of live processes, of other hosts and of any other naming are never touched."""
-    folder = Path(folder)
-    key = folder.resolve()
-    if key in _swept or os.name == "nt":  # no safe liveness probe on Windows (os.kill terminates there)
-        return []
-    _swept.add(key)
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _TEMP_NAME.fullmatch(entry.name)
-        if not match or match[1] != _HOST or not entry.is_file(follow_symlinks=False) or _alive(int(match[2])):
-            continue
-        try:
-            os.unlink(entry.path)
-            removed.append(Path(entry.path))
-        except OSError:
-            pass
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    except (OverflowError, ValueError):  # no such pid can exist
-        return False
-    return True
 
 
 # ---------------------------------------------------------------- batches

@@ -1,4 +1,8 @@
 """Fixtures shared by several test modules."""
+import contextlib
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -63,6 +67,54 @@ def _zip_bomb_pth(path: Path) -> Path:
     small.unlink()
     assert path.stat().st_size < 1 << 20
     return path
+
+
+class FsyncLog:
+    """The files and folders flushed with os.fsync while it recorded (by device and inode, so a file renamed
+    after its fsync is still found)."""
+
+    def __init__(self):
+        self.inodes: set[tuple[int, int]] = set()
+
+    def has(self, path) -> bool:
+        st = os.stat(path)
+        return (st.st_dev, st.st_ino) in self.inodes
+
+
+@contextlib.contextmanager
+def _recording_fsyncs():
+    log, real = FsyncLog(), os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        log.inodes.add((st.st_dev, st.st_ino))
+        real(fd)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fsync", fsync)
+        yield log
+
+
+@pytest.fixture(scope="module")
+def record_fsyncs():
+    """``with record_fsyncs() as log:`` records the fsyncs made in the block (os.fsync still runs); ``log.has(path)``
+    (for module-scoped fixtures; tests use ``fsynced``)."""
+    return _recording_fsyncs
+
+
+@pytest.fixture
+def fsynced():
+    """The fsyncs made during the test (see ``record_fsyncs``)."""
+    with _recording_fsyncs() as log:
+        yield log
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The id of a process of this host that no longer runs (as a killed writer's)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
+from gapdiff_core.atomic import _HOST, TEMP_PREFIX  # noqa: E402
 from gapdiff_core.attack import (PAPER_PROMPTS, DreamBoothAttack, GenerationConfig, generate, instance_loss,  # noqa: E402
                                  load_kohya_lora, preset)
 from gapdiff_core.diffusion import Surrogate  # noqa: E402
@@ -166,7 +167,7 @@ def test_text_encoder_lora_keys_and_merge(base, cache, tmp_path):
         assert (b @ a).abs().max() > 0
 
 
-def test_cancel_then_resume_reaches_the_same_weights(base, cache, lora_run, tmp_path):
+def test_cancel_then_resume_reaches_the_same_weights(base, cache, lora_run, tmp_path, dead_pid):
     stop = threading.Event()
 
     def progress(step, total, loss):
@@ -179,12 +180,14 @@ def test_cancel_then_resume_reaches_the_same_weights(base, cache, lora_run, tmp_
     assert interrupted.model_dir is None and interrupted.lora_path is None and (tmp_path / "checkpoint" / "state.json").is_file()
     # as a kill between the two renames of a checkpoint write leaves it: the complete one as checkpoint.old
     (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")
-    (tmp_path / ".checkpoint.tmp-killed").mkdir()  # and the half-written temporary
+    killed = tmp_path / f"{TEMP_PREFIX}{_HOST}-{dead_pid}-killed.tmp"  # and the killed process's half-written
+    killed.mkdir()  # temporary
+    (killed / "trainable.safetensors").write_bytes(b"half")
     steps = []
     resumed = DreamBoothAttack(base, _config("lora"), cache_dir=cache).run(
         _photos(), tmp_path, progress=lambda step, total, loss: steps.append(step))
     assert steps[0] == 3  # resumed after step 2, not started again
-    assert not (tmp_path / ".checkpoint.tmp-killed").exists() and not (tmp_path / "checkpoint.old").exists()
+    assert not killed.exists() and not (tmp_path / "checkpoint.old").exists()
     assert resumed.completed and resumed.steps_done == STEPS
     assert resumed.losses == lora_run[0].losses
     a, _ = load_kohya_lora(resumed.lora_path)

@@ -111,7 +111,7 @@ def test_pth_zip_bomb_is_refused_before_unpacking(tmp_path, monkeypatch, zip_bom
     refused(tmp_path / "bomb.pth", "declares 67,", "zip bomb")
 
 
-def test_generator_files_follow_the_umask(tmp_path):
+def test_generator_files_follow_the_umask(tmp_path, fsynced):
     for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
         previous = os.umask(umask)
         try:
@@ -119,6 +119,7 @@ def test_generator_files_follow_the_umask(tmp_path):
         finally:
             os.umask(previous)
         assert stat.S_IMODE(path.stat().st_mode) == mode
+        assert fsynced.has(path) and fsynced.has(tmp_path)  # on disk before the rename, and the rename too
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
 
 

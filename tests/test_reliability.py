@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from gapdiff_core.cli import main
-from gapdiff_core.imageio import (NAME_MAX, TEMP_PREFIX, _HOST, decode_formats, iter_image_paths, load_image,
-                                  output_path_for)
+from gapdiff_core.atomic import _HOST, TEMP_PREFIX
+from gapdiff_core.imageio import NAME_MAX, decode_formats, iter_image_paths, load_image, output_path_for
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +104,12 @@ def test_skip_existing_continues_an_interrupted_batch(tmp_path, generator, capsy
         main(args + ["--skip-existing", "--overwrite"])
 
 
-def test_stale_temp_files_of_killed_runs_are_removed(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+def test_stale_temp_files_of_killed_runs_are_removed(tmp_path, dead_pid):
     out = tmp_path / "out"
     out.mkdir()
-    stale = out / f"{TEMP_PREFIX}{_HOST}-{dead.pid}-k1ll3d.tmp"
+    stale = out / f"{TEMP_PREFIX}{_HOST}-{dead_pid}-k1ll3d.tmp"
     live = out / f"{TEMP_PREFIX}{_HOST}-{os.getppid()}-w0rk1ng.tmp"  # a running process's write
-    other_host = out / f"{TEMP_PREFIX}0badc0de-{dead.pid}-r3m0te.tmp"
+    other_host = out / f"{TEMP_PREFIX}0badc0de-{dead_pid}-r3m0te.tmp"
     foreign = out / ".photo.png.abcd.tmp"  # not ours
     for p in (stale, live, other_host, foreign):
         p.write_bytes(b"partial")

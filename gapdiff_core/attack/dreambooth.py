@@ -15,7 +15,6 @@ import copy
 import hashlib
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -359,8 +358,8 @@ class DreamBoothAttack:
                              "in torch's bf16 attention, which needs AVX-512; use mixed_precision='no'")
         scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         ckpt = out_dir / CHECKPOINT_DIR
-        for junk in out_dir.glob(f".{CHECKPOINT_DIR}{atomic.TMP_MARK}*"):  # a killed checkpoint write's; the
-            shutil.rmtree(junk, ignore_errors=True)  # folder may hold the user's files too: nothing else is touched
+        atomic.sweep_stale_temps(out_dir)  # a killed checkpoint write's temporary (the folder may hold the user's
+        # files and other runs' writes: only temporaries of processes that no longer run are removed)
         step, losses = 0, []
         found = atomic.current(ckpt)  # checkpoint, or checkpoint.old after a kill between its two renames
         if resume and found is not None and (found / "state.json").is_file():
