@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .atomic import write_file
 from .generator import SIZE_MULTIPLE, Generator, InferenceGenerator
 
 OPSET = 18
@@ -62,13 +63,7 @@ def export_onnx(generator: Generator, path: str | os.PathLike, sample_size: tupl
                                 dynamic_shapes={"images": {0: batch, 2: height, 3: width}, "budget": None},
                                 external_data=False, custom_translation_table={operator.rshift: _rshift})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        program.save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_file(path, lambda tmp: program.save(str(tmp)))
 
 
 def _rshift(a, b: int):

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from .atomic import write_text
 from .imageio import ImageError, load_image
 from .preprocess.real import JPEG_DEFAULT_QUALITY
 from .visualize import amplified_perturbation
@@ -507,7 +508,5 @@ def write_reports(results: dict, out_dir: str | Path, base_dir: str | Path | Non
     texts = {"json": json_report(results), "md": markdown_report(results),
              "html": html_report(results, Path(base_dir) if base_dir else out_dir)}
     for k, p in paths.items():
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(texts[k], encoding="utf-8")
-        tmp.replace(p)
+        write_text(p, texts[k])
     return paths

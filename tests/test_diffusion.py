@@ -1,6 +1,9 @@
 """Surrogate diffusion models: tiny model, tokenizer, loaders (diffusers folder, single file), converter, safety."""
+import errno
 import json
+import os
 import socket
+import stat
 
 import pytest
 import torch
@@ -234,6 +237,29 @@ def test_foreign_files_give_clear_errors(tmp_path):
         load_surrogate(other)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         load_surrogate(tmp_path / "missing.safetensors")
+
+
+def test_single_file_is_written_atomically_with_the_umask_mode(tiny, tmp_path, monkeypatch, fsynced):
+    import safetensors.torch
+
+    previous = os.umask(0o027)
+    try:
+        path = tiny.save_single_file(tmp_path / "tiny.safetensors")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # as any new file (safetensors alone makes it 0600)
+    assert fsynced.has(path) and fsynced.has(tmp_path)
+    complete = path.read_bytes()
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        tiny.save_single_file(path)
+    assert path.read_bytes() == complete and [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]
 
 
 def test_wrong_config_is_named(tiny, tmp_path):

@@ -11,15 +11,19 @@ from gapdiff_core.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny generator and its ONNX export, written by the command line (one export for the module: slow)."""
+def exported(tmp_path_factory, record_fsyncs):
+    """A tiny generator and its ONNX export, written by the command line (one export for the module: slow),
+    atomically: fsynced before its rename, no temporary left."""
     torch.manual_seed(0)
     g = Generator(ngf=8)
     with torch.no_grad():
         g.dconv8.weight.mul_(40)  # saturate the output so the budget is reached
     folder = tmp_path_factory.mktemp("onnx")
     save_generator(g.eval(), folder / "g.safetensors", GeneratorInfo(ngf=8, budget=8, demo=True, provenance="test"))
-    assert main(["export", "-g", str(folder / "g.safetensors"), "-o", str(folder / "g.onnx")]) == 0
+    with record_fsyncs() as log:
+        assert main(["export", "-g", str(folder / "g.safetensors"), "-o", str(folder / "g.onnx")]) == 0
+    assert log.has(folder / "g.onnx") and log.has(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["g.onnx", "g.safetensors"]
     session = ort.InferenceSession(str(folder / "g.onnx"), providers=["CPUExecutionProvider"])
     return g.eval(), session, folder
 

@@ -117,8 +117,10 @@ def test_svg_chart_draws_each_series():
     assert "no data" in svg_line_chart({"a": [(1, None)]}, "t", "x", "y")
 
 
-def test_write_reports_writes_three_files(tmp_path):
+def test_write_reports_writes_three_files(tmp_path, fsynced):
     paths = write_reports(_results(tmp_path), tmp_path / "out", base_dir=tmp_path)
+    assert all(fsynced.has(p) for p in paths.values())  # each written atomically: fsynced, then renamed
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.html", "report.json", "report.md"]
     assert json.loads(paths["json"].read_text(encoding="utf-8"))["runs"]
     assert paths["md"].read_text(encoding="utf-8").startswith("# ")
     assert paths["html"].read_text(encoding="utf-8").startswith("<!DOCTYPE html>")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_file
 from . import convert
 from .tokenizer import clip_tokenizer, write_tokenizer_files
 
@@ -274,7 +275,8 @@ class Surrogate:
         return state
 
     def save_single_file(self, path: str | Path) -> Path:
-        """One ``.safetensors`` file in the original SD layout (as A1111/ComfyUI keep checkpoints)."""
+        """One ``.safetensors`` file in the original SD layout (as A1111/ComfyUI keep checkpoints), written
+        atomically."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -284,8 +286,7 @@ class Surrogate:
         state = {k: v.detach().contiguous().clone() for k, v in self.ldm_state_dict().items()}
         meta = {f"gapdiff.{k}": str(v) for k, v in self._marker().items() if v is not None}
         meta["format"] = "pt"
-        save_file(state, str(path), metadata=meta)
-        return path
+        return write_file(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def _strip(config: dict) -> dict:
