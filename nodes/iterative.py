@@ -35,7 +35,7 @@ class IterativeProtect:
                                                 "tooltip": "default: the authors' schedule; tiny: a few steps."}),
             "budget": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 32.0, "step": 0.5,
                                  "tooltip": "Largest change of any pixel in grey levels; 0 = the method's default."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "control_after_generate": True}),
             "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64,
                                    "tooltip": "Working resolution of the optimisation; 0 = the surrogate's (512)."}),
         }, "optional": {

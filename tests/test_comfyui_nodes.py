@@ -178,6 +178,10 @@ def test_declared_inputs_and_outputs(comfy, node_id):
         options = s[1] if len(s) > 1 else {}
         if input_type(s) in ("INT", "FLOAT"):
             assert options["min"] <= options["default"] <= options["max"], name
+        if input_type(s) == "INT" and name in ("seed", "noise_seed"):
+            # the frontend adds its control widget to these names whatever the node declares: declare it, so
+            # workflows saved from the UI carry the value the schema expects
+            assert options.get("control_after_generate") is True, name
         if input_type(s) == "COMBO" and "default" in options:
             assert options["default"] in s[0], name
 

@@ -36,10 +36,13 @@ def input_kind(spec) -> str:
     return "COMBO" if isinstance(spec[0], list) else spec[0]
 
 
-def extra_widget_values(spec) -> int:
-    """How many UI-only values the frontend saves after this widget's own value."""
+def extra_widget_values(name: str, spec) -> int:
+    """How many UI-only values the frontend saves after this widget's own value: one after a widget declaring
+    `control_after_generate` and after any INT named seed or noise_seed (the frontend adds the control there too),
+    one after an upload widget."""
     options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    return int(bool(options.get("control_after_generate"))) + int(bool(options.get("image_upload")))
+    control = options.get("control_after_generate") or (input_kind(spec) == "INT" and name in ("seed", "noise_seed"))
+    return int(bool(control)) + int(bool(options.get("image_upload")))
 
 
 def widget_inputs(info: dict) -> list[tuple[str, tuple]]:
@@ -60,7 +63,7 @@ def widget_values(node: dict, info: dict) -> dict:
         if i >= len(values):
             raise ValueError(f"node {node['id']} ({node['type']}): no widget value for {name!r}")
         out[name] = values[i]
-        i += 1 + extra_widget_values(spec)
+        i += 1 + extra_widget_values(name, spec)
     if i != len(values):
         raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widget values, schema takes {i}")
     return out
