@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np, torch
 from PIL import Image
 import gapdiff_core as gc
-from gapdiff_core.checkpoint import GeneratorInfo
+from gapdiff_core.model.checkpoint import GeneratorInfo
 from gapdiff_core.ui import logic
 mp = float(sys.argv[1])
 tmp = Path(tempfile.mkdtemp())

@@ -1,6 +1,6 @@
 """Peak memory of `gapdiff protect`'s per-photo path (decode, protect in 8 bits, write the PNG) for an untrained
 generator of the official width (ngf=64) and the tiny test width (ngf=8): per photo pixel, and at the working-size
-cap (commands/protect.py MAX_WORKING_PIXELS, reached by a 16:1 strip).
+cap (model/protector.py MAX_WORKING_PIXELS, reached by a 16:1 strip).
 
 Each case runs in a fresh interpreter (fp32, CPU); the peak RSS above the loaded generator is reported. Photos are
 mostly flat, so a 25-megapixel PNG is a few hundred KB. Usage: python bench/cli_memory.py [megapixels ...]
@@ -16,8 +16,8 @@ import numpy as np, torch
 from PIL import Image
 from gapdiff_core import Generator
 from gapdiff_core.commands.protect import _check_working_size
-from gapdiff_core.imageio import load_image, save_image
-from gapdiff_core.protect import Protector
+from gapdiff_core.io import load_image, save_image
+from gapdiff_core.model.protector import Protector
 ngf, w, h = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 tmp = Path(tempfile.mkdtemp())
 a = np.zeros((h, w, 3), np.uint8)

@@ -3,7 +3,7 @@
 distance from fp32, a 4032x3024 photo end to end in both modes (with peak RSS), and a folder of 64 photos.
 
 Runs a full-width (ngf=64) generator with random weights: speed does not depend on the weights. Memory is
-managed as in the `gapdiff` CLI (`gapdiff_core.allocator.keep_freed_memory`).
+managed as in the `gapdiff` CLI (`gapdiff_core.common.allocator.keep_freed_memory`).
 On a CPU it first checks the host (one pinned matmul per core: a loaded shared host shows slow cores).
 Usage: python bench/protect.py [--quick]. Ends with key=value lines.
 """
@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gapdiff_core import Generator, GeneratorInfo, Protector, save_generator  # noqa: E402
-from gapdiff_core.allocator import keep_freed_memory  # noqa: E402
-from gapdiff_core.generator import generator_flops  # noqa: E402
-from gapdiff_core.protect import default_precision, resolve_device  # noqa: E402
+from gapdiff_core.common.allocator import keep_freed_memory  # noqa: E402
+from gapdiff_core.model.generator import generator_flops  # noqa: E402
+from gapdiff_core.model.protector import default_precision, resolve_device  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -136,10 +136,10 @@ def big_photo_run(generator_path: str, photo: str, mode: str, out_dir: str) -> d
 import json, time, sys
 sys.path.insert(0, {str(ROOT)!r})
 t0 = time.perf_counter()
-from gapdiff_core.allocator import keep_freed_memory
+from gapdiff_core.common.allocator import keep_freed_memory
 keep_freed_memory()
 from gapdiff_core import Protector
-from gapdiff_core.imageio import load_image, save_image
+from gapdiff_core.io import load_image, save_image
 p = Protector({generator_path!r}, mode={mode!r})
 t = time.perf_counter()
 img = load_image({photo!r})

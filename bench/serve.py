@@ -56,7 +56,7 @@ def free_port() -> int:
 
 def offline_throughput(args, images: list[np.ndarray]) -> float:
     """Photos per second of Protector.protect_uint8 in batches of --max-batch (what `gapdiff protect` runs)."""
-    from gapdiff_core.protect import Protector
+    from gapdiff_core.model.protector import Protector
 
     protector = Protector(args.generator, device=args.device, precision=args.precision, batch_size=args.max_batch)
     batch = np.stack(images[:args.max_batch])

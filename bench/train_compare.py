@@ -29,9 +29,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gapdiff_core.protect import Protector  # noqa: E402
+from gapdiff_core.model.protector import Protector  # noqa: E402
 from gapdiff_core.training import Trainer, load_config  # noqa: E402
-from gapdiff_core.training.validation import evaluate_generator, fixed_timesteps  # noqa: E402
+from gapdiff_core.losses import fixed_timesteps  # noqa: E402
+from gapdiff_core.training.validation import evaluate_generator  # noqa: E402
 
 SIM = [{"name": "jpeg_mask", "p": 0.5}, {"name": "diff_jpeg", "p": 0.5, "quality": [30, 90]}]
 VARIANTS = {

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from .allocator import keep_freed_memory
+from .common.allocator import keep_freed_memory
 
 COMMANDS = ("protect", "compress", "convert", "info", "demo", "comfyui_demo_assets", "app", "attack", "train", "evaluate",
             "serve", "export")

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 TIMESTEP_WEIGHTINGS = ("uniform", "min_snr", "snr", "small_t")
 DISTANCES = ("mse", "l1")
 SCHEDULES = ("constant", "official")
+VAL_SEED = 1234  # the fixed noise of validation and robustness measurements
 
 
 # ---------------------------------------------------------------- timestep weighting w(t)
@@ -132,6 +133,29 @@ def latent_denoising_error(surrogate, latents: torch.Tensor, prompt_embeds: torc
     target = diffusion_target(sched, latents, noise, timesteps)
     per_draw = timestep_weights(sched, timesteps, weighting, snr_gamma) * distance(pred, target, dist)
     return per_draw.view(-1, n).mean(1) if n > 1 else per_draw
+
+
+def fixed_timesteps(count: int, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """``count`` evenly spaced timesteps, centred in their bins (8 -> 62, 187, ..., 937)."""
+    step = num_train_timesteps / count
+    return (torch.arange(count) * step + step / 2).long()
+
+
+@torch.no_grad()
+def mean_denoising_error(surrogate, images01: torch.Tensor, prompt_embeds: torch.Tensor, timesteps: torch.Tensor,
+                         seed: int = VAL_SEED, **kwargs) -> torch.Tensor:
+    """Per-image denoising error averaged over the fixed ``timesteps``, with seeded noise (training RNG untouched).
+
+    Higher means the surrogate denoises the images worse, i.e. a stronger adversarial effect."""
+    devices = [surrogate.device] if surrogate.device.type == "cuda" else []
+    total = torch.zeros(images01.shape[0])
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for t in timesteps.tolist():
+            ts = torch.full((images01.shape[0],), int(t), dtype=torch.long, device=surrogate.device)
+            total += denoising_error(surrogate, images01.to(surrogate.device), prompt_embeds, timesteps=ts,
+                                     **kwargs).float().cpu()
+    return total / len(timesteps)
 
 
 def adversarial_loss(surrogate, x01: torch.Tensor, prompt_embeds: torch.Tensor, **kwargs) -> torch.Tensor:

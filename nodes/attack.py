@@ -5,7 +5,7 @@ import os
 import shutil
 import tempfile
 
-from ..gapdiff_core.prompts import CLASS_PROMPT, INSTANCE_PROMPT
+from ..gapdiff_core.common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
 from . import host
 from .surrogate import SURROGATE
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..gapdiff_core import load_generator
-from ..gapdiff_core.protect import MODES, NORM_DESCRIPTIONS, NORMS, PRECISIONS, Protector
-from ..gapdiff_core.visualize import amplified_perturbation
+from ..gapdiff_core.model.protector import MODES, NORM_DESCRIPTIONS, NORMS, PRECISIONS, Protector
+from ..gapdiff_core.common.visualize import amplified_perturbation
 from . import host
 
 CATEGORY = "GAP-Diff"

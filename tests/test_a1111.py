@@ -81,8 +81,8 @@ def test_tab_protects_with_host_settings(a1111, tmp_path, monkeypatch):
     from PIL import Image
 
     import gapdiff_core as gc
-    from gapdiff_core.checkpoint import GeneratorInfo
-    from gapdiff_core.imageio import load_image
+    from gapdiff_core.model.checkpoint import GeneratorInfo
+    from gapdiff_core.io import load_image
     from gapdiff_core.ui import logic
     from modules import call_queue
 
@@ -160,7 +160,7 @@ def test_tab_appears_with_a1111_path_behaviour(tmp_path):
     import shutil
 
     import gapdiff_core as gc
-    from gapdiff_core.checkpoint import GeneratorInfo
+    from gapdiff_core.model.checkpoint import GeneratorInfo
 
     ext = tmp_path / "webui" / "extensions" / "gapdiff"
     for part in ("scripts", "gapdiff_core"):

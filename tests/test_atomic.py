@@ -1,12 +1,12 @@
-"""gapdiff_core.atomic.write_file: a temporary beside the target, fsynced, given the umask's mode, then renamed."""
+"""gapdiff_core.io.atomic.write_file: a temporary beside the target, fsynced, given the umask's mode, then renamed."""
 import errno
 import os
 import stat
 
 import pytest
 
-from gapdiff_core import atomic
-from gapdiff_core.atomic import _HOST, TEMP_PREFIX
+from gapdiff_core.io import atomic
+from gapdiff_core.io.atomic import _HOST, TEMP_PREFIX
 
 
 def _names(folder):

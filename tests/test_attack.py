@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from gapdiff_core.atomic import _HOST, TEMP_PREFIX  # noqa: E402
+from gapdiff_core.io.atomic import _HOST, TEMP_PREFIX  # noqa: E402
 from gapdiff_core.attack import (PAPER_PROMPTS, DreamBoothAttack, GenerationConfig, generate, instance_loss,  # noqa: E402
                                  load_kohya_lora, preset)
 from gapdiff_core.diffusion import Surrogate  # noqa: E402
@@ -217,7 +217,7 @@ def test_generation_is_deterministic_and_counts_per_prompt(lora_run):
 
 def test_cli_attack_writes_model_lora_and_samples(tmp_path):
     from gapdiff_core.commands import attack
-    from gapdiff_core.imageio import save_image, to_uint8
+    from gapdiff_core.io import save_image, to_uint8
 
     for i, img in enumerate(_photos()):
         save_image(tmp_path / f"p{i}.png", to_uint8(img))

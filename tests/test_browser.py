@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 import gapdiff_core as gc
-from gapdiff_core.checkpoint import GeneratorInfo
-from gapdiff_core.imageio import load_image, to_uint8
+from gapdiff_core.model.checkpoint import GeneratorInfo
+from gapdiff_core.io import load_image, to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -38,7 +38,7 @@ if not IN_CI and (CHROMIUM is None or sync_playwright is None):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from gapdiff_core import app
+    from gapdiff_core.ui import app
 
     models = tmp_path_factory.mktemp("models")
     torch.manual_seed(1)

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from gapdiff_core import Generator, GeneratorInfo, save_generator
-from gapdiff_core import checkpoint
-from gapdiff_core.checkpoint import CheckpointError, load_generator, printable, read_info, read_safetensors
+from gapdiff_core.model import checkpoint
+from gapdiff_core.model.checkpoint import CheckpointError, load_generator, printable, read_info, read_safetensors
 from gapdiff_core.cli import main
 
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from gapdiff_core import Generator
 from gapdiff_core.cli import build_parser, main
-from gapdiff_core.imageio import load_image
+from gapdiff_core.io import load_image
 
 
 @pytest.fixture(scope="module")

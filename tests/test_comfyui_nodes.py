@@ -119,12 +119,12 @@ def _imported_modules(path: Path) -> set[str]:
 
 def test_engine_never_imports_a_host_module():
     """gapdiff_core must work without ComfyUI or AUTOMATIC1111: no file imports a host module, not even lazily,
-    and Gradio only in the UI (gapdiff_core/ui, gapdiff_core/app.py). In the node pack every host import lives in
+    and Gradio only in the UI (gapdiff_core/ui). In the node pack every host import lives in
     nodes/host.py: no other nodes/*.py imports comfy, folder_paths or any other host module, lazily or not."""
     offenders = {}
     for path in sorted((comfy_pack.ROOT / "gapdiff_core").rglob("*.py")):
         rel = path.relative_to(comfy_pack.ROOT).as_posix()
-        allowed_gradio = rel.startswith("gapdiff_core/ui/") or rel == "gapdiff_core/app.py"
+        allowed_gradio = rel.startswith("gapdiff_core/ui/")
         bad = _imported_modules(path) & (HOST_MODULES | (set() if allowed_gradio else {"gradio", "gradio_client"}))
         if bad:
             offenders[rel] = sorted(bad)
@@ -150,7 +150,7 @@ class Block:
         if name.split(".")[0] in BLOCKED:
             raise ImportError("host module " + name)
 sys.meta_path.insert(0, Block())
-for m in ("gapdiff_core", "gapdiff_core.protect", "gapdiff_core.imageio", "gapdiff_core.checkpoint",
+for m in ("gapdiff_core", "gapdiff_core.model.protector", "gapdiff_core.io", "gapdiff_core.model.checkpoint",
           "gapdiff_core.preprocess", "gapdiff_core.metrics", "gapdiff_core.protections", "gapdiff_core.cli"):
     importlib.import_module(m)
 print(sorted(n for n in sys.modules if n.split(".")[0] in BLOCKED))

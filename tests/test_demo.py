@@ -10,8 +10,8 @@ from gapdiff_core.commands import demo
 
 
 def _fake_training(out_path, minutes=1.0, progress=False, **kw):
-    from gapdiff_core.checkpoint import GeneratorInfo, save_generator
-    from gapdiff_core.generator import Generator
+    from gapdiff_core.model.checkpoint import GeneratorInfo, save_generator
+    from gapdiff_core.model.generator import Generator
 
     torch.manual_seed(0)
     return save_generator(Generator(ngf=4).eval(), out_path, GeneratorInfo(ngf=4, demo=True, provenance="test"))

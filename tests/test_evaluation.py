@@ -228,7 +228,7 @@ def test_bad_config_fails_early(toy_generator_file):
 def test_protocol_run_writes_all_three_reports(finished):
     import re
 
-    from gapdiff_core.report import write_reports
+    from gapdiff_core.evaluation.report import write_reports
 
     out, results, _ = finished
     paths = write_reports(results, out)
@@ -297,7 +297,7 @@ def test_paper_protocol_holds_the_papers_settings(tmp_path, identity_folder):
 
 def test_paper_protocol_runs_on_the_tiny_model_and_the_report_shows_what_ran(tmp_path, identity_folder):
     from gapdiff_core.evaluation import protocol_config
-    from gapdiff_core.report import markdown_report, write_reports
+    from gapdiff_core.evaluation.report import markdown_report, write_reports
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -331,7 +331,7 @@ def test_paper_protocol_runs_on_the_tiny_model_and_the_report_shows_what_ran(tmp
 
 
 def test_norm_and_official_mode_reach_the_generator_and_the_report(tmp_path, identity_folder, toy_generator_file):
-    from gapdiff_core.report import run_facts
+    from gapdiff_core.evaluation.report import run_facts
 
     (ident,) = find_identities(identity_folder)
     m = resolve_method(str(toy_generator_file), 8.0)

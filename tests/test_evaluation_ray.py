@@ -34,7 +34,7 @@ def setup(tmp_path_factory, identity_folder, toy_generator_file):
 def ray_instance():
     import ray
 
-    from gapdiff_core.ray_local import start_ray
+    from gapdiff_core.common.ray_local import start_ray
 
     start_ray(num_cpus=2)  # two local workers
     yield ray

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from gapdiff_core import CheckpointError, Generator, GeneratorInfo, load_generator, save_generator
-from gapdiff_core.generator import Discriminator, InferenceGenerator, generator_flops
-from gapdiff_core.onednn_generator import OneDNNGenerator, _transposed_as_subpixel, pack_for_cpu
+from gapdiff_core.model.generator import Discriminator, InferenceGenerator, generator_flops
+from gapdiff_core.model.packed_cpu import OneDNNGenerator, _transposed_as_subpixel, pack_for_cpu
 
 
 def official_forward(sd: dict, x: torch.Tensor, batch_statistics: bool = False) -> torch.Tensor:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from gapdiff_core import prompts, seeds
-from gapdiff_core.optimizer_state import flatten_optimizer, unflatten_optimizer
-from gapdiff_core.robustness import DiffStats, jpeg_robustness, jpeg_uint8
-from gapdiff_core.sizes import short_side_size
-from gapdiff_core.visualize import amplification, amplified_perturbation, row_blocks
+from gapdiff_core.common import prompts, seeds
+from gapdiff_core.common.optimizer_state import flatten_optimizer, unflatten_optimizer
+from gapdiff_core.metrics.robustness import DiffStats, jpeg_robustness, jpeg_uint8
+from gapdiff_core.common.sizes import short_side_size
+from gapdiff_core.common.visualize import amplification, amplified_perturbation, row_blocks
 
 
 def test_derived_seeds_keep_the_values_training_and_attacks_have_always_used():

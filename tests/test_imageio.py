@@ -1,4 +1,4 @@
-"""Bad-input corpus and round-trip tests for gapdiff_core.imageio (corpus generated in tmp_path)."""
+"""Bad-input corpus and round-trip tests for gapdiff_core.io (corpus generated in tmp_path)."""
 
 import io
 import struct
@@ -14,17 +14,9 @@ import pytest
 import torch
 from PIL import Image, ImageCms, ImageFile
 
-from gapdiff_core.imageio import (
-    DEFAULT_MAX_PIXELS,
-    ImageError,
-    _check_dimensions,
-    iter_image_paths,
-    load_image,
-    output_path_for,
-    prepare_output_folder,
-    save_image,
-    to_uint8,
-)
+from gapdiff_core.io import (DEFAULT_MAX_PIXELS, ImageError, iter_image_paths, load_image, output_path_for,
+                             prepare_output_folder, save_image, to_uint8)
+from gapdiff_core.io.decode import _check_dimensions
 
 
 def pattern(h=24, w=32, seed=0):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gapdiff_core import png_writer
-from gapdiff_core.png_writer import encode_png
+from gapdiff_core.io import png_writer
+from gapdiff_core.io.png_writer import encode_png
 
 
 @pytest.fixture(params=["isal", "zlib"])

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from gapdiff_core import Generator, Protector
-from gapdiff_core.imageio import to_uint8
-from gapdiff_core.generator import InferenceGenerator
-from gapdiff_core.protect import apply_budget, default_precision, padded_size, protection_stats
-from gapdiff_core.sizes import short_side_size
+from gapdiff_core.io import to_uint8
+from gapdiff_core.model.generator import InferenceGenerator
+from gapdiff_core.model.protector import apply_budget, default_precision, padded_size, protection_stats
+from gapdiff_core.common.sizes import short_side_size
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from gapdiff_core.cli import main
-from gapdiff_core.atomic import _HOST, TEMP_PREFIX
-from gapdiff_core.imageio import NAME_MAX, decode_formats, iter_image_paths, load_image, output_path_for
+from gapdiff_core.io.atomic import _HOST, TEMP_PREFIX
+from gapdiff_core.io import NAME_MAX, decode_formats, iter_image_paths, load_image, output_path_for
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_recursive_glob_over_symlink_cycles_ends(tmp_path):
         os.symlink(tree, tree / sub / "up")  # three cycles: following them is exponential (a hang)
     photo(tree / "a" / "x.jpg")
     photo(tree / "y.jpg")
-    code = ("import sys; from gapdiff_core.imageio import iter_image_paths; "
+    code = ("import sys; from gapdiff_core.io import iter_image_paths; "
             "print(len(iter_image_paths([sys.argv[1]], recursive=True).paths))")
     for pattern in (f"{tree}/**/*.jpg", str(tree)):
         done = subprocess.run([sys.executable, "-c", code, pattern], capture_output=True, text=True, timeout=60)

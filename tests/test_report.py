@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gapdiff_core.report import aggregate, html_report, jpeg_quality, markdown_report, svg_line_chart, write_reports
+from gapdiff_core.evaluation.report import (aggregate, html_report, jpeg_quality, markdown_report, svg_line_chart,
+                                            write_reports)
 
 PROMPTS = ["a photo of sks person", "a dslr portrait of sks person"]
 

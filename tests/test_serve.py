@@ -392,7 +392,7 @@ def test_not_ready_until_the_generator_loads(tmp_path):
 
 
 def test_uploads_decode_in_memory_like_files_16_bit_png_included(tmp_path):
-    from gapdiff_core.imageio import encode_image, load_image
+    from gapdiff_core.io import encode_image, load_image
 
     deep = np.random.default_rng(1).integers(0, 65536, (40, 50, 3), dtype=np.uint16)
     rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in deep)

@@ -17,11 +17,12 @@ from PIL import Image
 pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
-from gapdiff_core.checkpoint import load_generator  # noqa: E402
-from gapdiff_core.generator import Generator  # noqa: E402
+from gapdiff_core.model.checkpoint import load_generator  # noqa: E402
+from gapdiff_core.model.generator import Generator  # noqa: E402
 from gapdiff_core.training import Trainer, load_config, usable_images  # noqa: E402
 from gapdiff_core.training import state as ckpt  # noqa: E402
-from gapdiff_core.training.validation import evaluate_generator, fixed_timesteps, validation_images  # noqa: E402
+from gapdiff_core.losses import fixed_timesteps  # noqa: E402
+from gapdiff_core.training.validation import evaluate_generator, validation_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(ngf=8, disc_ngf=8, batch_size=1, val_count=1, log_every=1, val_every=10**6, checkpoint_every=10**6,

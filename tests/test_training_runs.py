@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gapdiff_core import atomic
+from gapdiff_core.io import atomic
 from gapdiff_core.training import state as ckpt
 from gapdiff_core.training.config import TrainConfig
 

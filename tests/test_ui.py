@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 import gapdiff_core as gc
-from gapdiff_core.checkpoint import GeneratorInfo
-from gapdiff_core.imageio import load_image, to_uint8
-from gapdiff_core.robustness import denoising_effect
+from gapdiff_core.model.checkpoint import GeneratorInfo
+from gapdiff_core.io import load_image, to_uint8
+from gapdiff_core.metrics.robustness import denoising_effect
 from gapdiff_core.ui import logic
 from gapdiff_core.ui.logic import UIError
 
@@ -229,7 +229,7 @@ def test_builder_builds_blocks_with_api(models):
 @pytest.fixture(scope="module")
 def app_url(models):
     pytest.importorskip("gradio")
-    from gapdiff_core import app
+    from gapdiff_core.ui import app
 
     args = argparse.Namespace(host="127.0.0.1", port=0, models_dir=str(models), budget=8.0, device="cpu",
                               precision="fp32", max_file_size="2mb", max_photos=8, queue_size=64, share=False)
@@ -310,7 +310,7 @@ def test_bad_checkpoints_are_named_and_skipped_at_start_and_refused_when_chosen(
     entry too."""
     import shutil
 
-    from gapdiff_core import app
+    from gapdiff_core.ui import app
 
     folder = tmp_path / "models"
     folder.mkdir()
@@ -348,7 +348,7 @@ def test_bad_checkpoints_are_named_and_skipped_at_start_and_refused_when_chosen(
 def test_listing_generators_reads_no_weights(models, tmp_path, monkeypatch):
     """Listing a models folder reads each checkpoint's header (checkpoint.read_info), never its weights: the
     official generator has 73 M parameters, and the UI lists the folder at start and on every Refresh."""
-    from gapdiff_core import checkpoint
+    from gapdiff_core.model import checkpoint
 
     folder = tmp_path / "models"
     make_models(folder)
@@ -377,7 +377,7 @@ def test_listing_generators_reads_no_weights(models, tmp_path, monkeypatch):
 def test_port_in_use_is_a_message_not_a_traceback(models, capsys):
     import socket
 
-    from gapdiff_core import app
+    from gapdiff_core.commands import app as app_command
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -385,7 +385,7 @@ def test_port_in_use_is_a_message_not_a_traceback(models, capsys):
         port = taken.getsockname()[1]
         args = argparse.Namespace(host="127.0.0.1", port=port, models_dir=str(models), budget=8.0, device="cpu",
                                   precision="fp32", max_file_size="2mb", max_photos=8, queue_size=4, share=False)
-        assert app.run(args) == 2
+        assert app_command.run(args) == 2
     err = capsys.readouterr().err
     assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err and "Traceback" not in err
 
@@ -479,7 +479,7 @@ def test_outputs_and_uploads_stay_private(models, tmp_path, monkeypatch):
     import stat
     import tempfile
 
-    from gapdiff_core import app
+    from gapdiff_core.ui import app
 
     root = tmp_path / "gapdiff-ui"
     root.mkdir(mode=0o755)

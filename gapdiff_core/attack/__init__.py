@@ -1,5 +1,5 @@
 """DreamBooth / LoRA test attack on (protected) photos, and sampling from the attacked model."""
-from ..progress import TqdmProgress, stop_requested
+from ..common.progress import TqdmProgress, stop_requested
 from .class_images import class_images, default_cache_dir, model_fingerprint
 from .dreambooth import (CLASS_PROMPT, INSTANCE_PROMPT, AttackResult, DreamBoothAttack, DreamBoothConfig,
                          instance_loss, load_photos, run_dreambooth)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .. import atomic
-from ..progress import ProgressFn, StopFn, stop_requested
+from ..io import atomic
+from ..common.progress import ProgressFn, StopFn, stop_requested
 from .generation import sample
 
 
@@ -65,7 +65,7 @@ def class_images(surrogate, prompt: str, count: int, *, resolution: int | None =
 
     Returns None when cancelled (the images generated so far stay cached).
     """
-    from ..imageio import load_image, save_image, to_uint8
+    from ..io import load_image, save_image, to_uint8
 
     res = int(resolution or surrogate.resolution)
     settings = {"model": model_fingerprint(surrogate), "prompt": prompt, "resolution": res, "steps": steps,

@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import atomic, seeds
-from ..optimizer_state import flatten_optimizer, unflatten_optimizer
-from ..progress import ProgressFn, StopFn, stop_requested
-from ..prompts import CLASS_PROMPT, INSTANCE_PROMPT
-from ..sizes import short_side_size
+from ..io import atomic
+from ..common import seeds
+from ..common.optimizer_state import flatten_optimizer, unflatten_optimizer
+from ..common.progress import ProgressFn, StopFn, stop_requested
+from ..common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
+from ..common.sizes import short_side_size
 from .class_images import class_images, model_fingerprint
 
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -114,7 +115,7 @@ def load_photos(images, resolution: int, center_crop: bool = True) -> torch.Tens
     if isinstance(images, torch.Tensor):
         batch = [images] if images.dim() == 3 else list(images.split(1))
     else:
-        from ..imageio import load_image
+        from ..io import load_image
 
         batch = [load_image(p).tensor() for p in images]
     if not batch:

@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from ..progress import ProgressFn, StopFn, stop_requested
-from ..prompts import PAPER_PROMPTS
+from ..common.progress import ProgressFn, StopFn, stop_requested
+from ..common.prompts import PAPER_PROMPTS
 
 SCHEDULERS = ("ddim", "pndm", "dpm++", "euler", "ddpm")
 
@@ -66,7 +66,7 @@ class Generated:
 
     def save(self, folder: str | Path, overwrite: bool = True) -> list[Path]:
         """PNG files ``<folder>/<prompt_with_underscores>/<seed>.png``; returns the paths."""
-        from ..imageio import save_image, to_uint8
+        from ..io import save_image, to_uint8
 
         paths = []
         for img, p, s in zip(self.images, self.prompts, self.seeds):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .. import atomic
+from ..io import atomic
 
 PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 

@@ -1,6 +1,11 @@
 """`gapdiff app`: the web app (Protect, Robustness, Evaluate, About) on this machine."""
 from __future__ import annotations
 
+import importlib
+import sys
+
+from . import options
+
 HELP = "start the GAP-Diff web app (Gradio) on 127.0.0.1"
 DESCRIPTION = """Start the GAP-Diff web app in your browser: protect photos (download lossless PNGs, one by one
 or as a zip), check how much protection survives JPEG, and evaluate a test attack.
@@ -11,12 +16,39 @@ Budgets are L-infinity bounds in grey levels on the 0-255 scale. Needs: pip inst
 
 
 def add_arguments(p) -> None:
-    from ..app import add_arguments as app_arguments
+    from ..ui.app import DEFAULT_MAX_MEGAPIXELS, DEFAULT_MODELS_DIR
 
-    app_arguments(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    p.add_argument("--models-dir", default=DEFAULT_MODELS_DIR,
+                   help="folder with generator checkpoints (.safetensors / .pth); default $GAPDIFF_MODELS_DIR or ./models")
+    p.add_argument("--budget", type=options.budget, default=8.0,
+                   help="default budget in grey levels (1-255 on the 0-255 scale)")
+    p.add_argument("--device", type=options.device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--max-file-size", type=options.file_size, default="50mb",
+                   help="largest accepted upload, e.g. 50mb (default)")
+    p.add_argument("--max-photos", type=int, default=64,
+                   help="most photos in one request (Protect; each list of Evaluate)")
+    p.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_MEGAPIXELS,
+                   help=f"largest photo accepted, in megapixels (default {DEFAULT_MAX_MEGAPIXELS}); a photo "
+                        "needs about 45 bytes of memory per pixel besides the generator")
+    p.add_argument("--queue-size", type=int, default=64, help="most requests waiting in the queue")
+    p.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
 
 
 def run(args) -> int:
-    from ..app import run as run_app
+    try:
+        importlib.import_module("gradio")  # installed and importable (the app extra)
+    except ImportError:
+        print("gapdiff app needs Gradio: pip install 'gapdiff[app]'", file=sys.stderr)
+        return 2
+    from ..ui.app import PortError, serve
 
-    return run_app(args)
+    try:
+        serve(args, block=True)
+    except PortError as exc:
+        print(f"gapdiff app: {exc}", file=sys.stderr)
+        return 2
+    return 0

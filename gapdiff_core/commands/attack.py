@@ -62,8 +62,8 @@ def run(args) -> int:
 
     from ..attack import DreamBoothAttack, GenerationConfig, PAPER_PROMPTS, TqdmProgress, generate, preset
     from ..diffusion import load_surrogate
-    from ..imageio import iter_image_paths
-    from ..protect import resolve_device
+    from ..io import iter_image_paths
+    from ..model.protector import resolve_device
 
     found = iter_image_paths(args.photos)
     for problem in found.problems:

@@ -35,8 +35,8 @@ def untrained_generator(ngf: int = 16):
     """A seeded random generator labelled as a demo (for `--untrained`: instant, shows only the mechanics)."""
     import torch
 
-    from ..checkpoint import GeneratorInfo
-    from ..generator import Generator
+    from ..model.checkpoint import GeneratorInfo
+    from ..model.generator import Generator
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -52,7 +52,7 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from ..checkpoint import save_generator
+    from ..model.checkpoint import save_generator
     from ..diffusion import Surrogate
     from ..samples import SAMPLES_DIR
 

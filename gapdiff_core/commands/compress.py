@@ -28,8 +28,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..imageio import (ImageError, InputGuard, iter_image_paths, load_image, output_path_for,
-                           prepare_output_folder, save_image)
+    from ..io import (ImageError, InputGuard, iter_image_paths, load_image, output_path_for, prepare_output_folder,
+                      save_image)
 
     try:
         out_dir = prepare_output_folder(args.out)

@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..checkpoint import CheckpointError, load_generator, save_generator
+    from ..model.checkpoint import CheckpointError, load_generator, save_generator
 
     dest = Path(args.dest)
     if dest.exists():

@@ -72,7 +72,7 @@ def run(args) -> int:
 
     from ..evaluation import ProtocolConfig, ProtocolRunner
     from ..preprocess.fidelity import fidelity_table, format_table
-    from ..report import write_reports
+    from ..evaluation.report import write_reports
 
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
@@ -116,7 +116,7 @@ def run(args) -> int:
 def summary_lines(results: dict) -> list[str]:
     """One line per method × transform: the metrics' means over prompts, the identity-learning gap and the photos'
     PSNR vs clean; then the detector's floor on the clean reference photos."""
-    from ..report import _fmt, _fmt_gap, aggregate, no_face_note, run_facts
+    from ..evaluation.report import _fmt, _fmt_gap, aggregate, no_face_note, run_facts
 
     rows = aggregate(results)
     width = max(len(r["method"]) for r in rows)

@@ -102,7 +102,7 @@ def run(args) -> int:
     import sys
 
     from ..evaluation import ProtocolRunner
-    from ..report import markdown_report, write_reports
+    from ..evaluation.report import markdown_report, write_reports
 
     try:
         config = build_config(args)

@@ -28,14 +28,14 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..checkpoint import CheckpointError, load_generator
+    from ..model.checkpoint import CheckpointError, load_generator
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         print(f"gapdiff export: {out} already exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
     try:
-        from ..onnx_export import check_onnx, export_onnx
+        from ..model.onnx_export import check_onnx, export_onnx
 
         generator = load_generator(args.generator)
         export_onnx(generator, out)

@@ -15,8 +15,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import json
 
-    from ..checkpoint import CheckpointError, load_generator
-    from ..protect import NORM_DESCRIPTIONS
+    from ..model.checkpoint import CheckpointError, load_generator
+    from ..model.protector import NORM_DESCRIPTIONS
 
     try:
         generator = load_generator(args.checkpoint)

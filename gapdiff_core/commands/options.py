@@ -76,7 +76,7 @@ def batch_outputs(p) -> None:
 
 
 def protection_function(p) -> None:
-    """How a generator protects (gapdiff_core.protect.NORMS, official_mode), spelled out: building the parser imports
+    """How a generator protects (gapdiff_core.model.protector.NORMS, official_mode), spelled out: building the parser imports
     no engine module."""
     p.add_argument("--norm", choices=("image", "running"), default="image",
                    help="image (default): each BatchNorm uses the photo's own statistics, the function the "

@@ -72,9 +72,9 @@ def run(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from ..checkpoint import CheckpointError, load_generator
-    from ..imageio import ImageError, load_image, output_path_for, prepare_output_folder
-    from ..protect import NORM_DESCRIPTIONS, Protector
+    from ..model.checkpoint import CheckpointError, load_generator
+    from ..io import ImageError, load_image, output_path_for, prepare_output_folder
+    from ..model.protector import NORM_DESCRIPTIONS, Protector
     from ..protections import canonical_name
 
     try:
@@ -161,9 +161,9 @@ def _run_iterative(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..imageio import ImageError, load_image, output_path_for, prepare_output_folder, to_uint8
-    from ..progress import TqdmProgress
-    from ..protect import resolve_device
+    from ..io import ImageError, load_image, output_path_for, prepare_output_folder, to_uint8
+    from ..common.progress import TqdmProgress
+    from ..model.protector import resolve_device
     from ..protections import get_protection
     from ..protections.base import ProtectionCancelled, resize
 
@@ -233,7 +233,7 @@ def _run_iterative(args) -> int:
 def _batch(args, out_dir, tag: str):
     """The photos to protect, their root, the output suffix, the guard that keeps inputs from being overwritten, and
     the batch log."""
-    from ..imageio import InputGuard, iter_image_paths
+    from ..io import InputGuard, iter_image_paths
 
     suffix = "." + args.format
     paths, failures, root = iter_image_paths(args.inputs, recursive=args.recursive, out_dir=out_dir,
@@ -243,7 +243,7 @@ def _batch(args, out_dir, tag: str):
 
 def _load_folder(folder, option: str) -> list:
     """The photos of a folder as 1×3×H×W tensors in [0, 1]; an error names the folder when it holds none."""
-    from ..imageio import iter_image_paths, load_image
+    from ..io import iter_image_paths, load_image
 
     paths, problems, _ = iter_image_paths([folder])
     if problems or not paths:
@@ -254,8 +254,8 @@ def _load_folder(folder, option: str) -> list:
 def _save_and_describe(path, dest, image, protected, args, inputs, budget: float) -> str:
     """Write one protected photo; the line that reports it, with the change measured on the file as saved (JPEG
     changes more than the protection did)."""
-    from ..imageio import load_image, save_image
-    from ..protect import protection_stats
+    from ..io import load_image, save_image
+    from ..model.protector import protection_stats
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     lossy = args.format == "jpg"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, read_safetensors
+from ..model.checkpoint import CheckpointError, read_safetensors
 from . import convert
 from .surrogate import CONFIG_ROOT, SURROGATE_MARKER, Surrogate, family_of, resolution_of
 from .tokenizer import tokenizer_from_config

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import write_file
+from ..io.atomic import write_file
 from . import convert
 from .tokenizer import clip_tokenizer, write_tokenizer_files
 

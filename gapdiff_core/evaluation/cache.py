@@ -2,7 +2,7 @@
 
 ``key`` hashes the stage's own settings and its parent's key, so a rerun loads finished stages, an interrupted run
 resumes, and changing one setting recomputes only what it affects. A stage computes in its folder (the attack
-resumes there from its own checkpoint); ``stage.json`` is written last and atomically (:mod:`gapdiff_core.atomic`).
+resumes there from its own checkpoint); ``stage.json`` is written last and atomically (:mod:`gapdiff_core.io.atomic`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..atomic import write_text
+from ..io.atomic import write_text
 
 CACHE_VERSION = 1
 

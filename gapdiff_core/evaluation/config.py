@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from ..metrics.faces import DEFAULT_DETECTOR
-from ..prompts import PAPER_PROMPTS
+from ..common.prompts import PAPER_PROMPTS
 
 
 @dataclass
@@ -59,7 +59,7 @@ class ProtocolConfig:
         for b in self.budgets:
             if not 0 < b <= 255:
                 raise ValueError(f"budget must be in (0, 255] grey levels, got {b}")
-        from ..protect import NORMS
+        from ..model.protector import NORMS
 
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")

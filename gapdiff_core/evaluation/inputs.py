@@ -5,7 +5,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..imageio import image_extensions
+from ..io import image_extensions
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Identity:
 
 
 def list_photos(folder: Path) -> list[Path]:
-    """The photos directly in ``folder`` (extensions of :func:`gapdiff_core.imageio.image_extensions`), by name."""
+    """The photos directly in ``folder`` (extensions of :func:`gapdiff_core.io.image_extensions`), by name."""
     suffixes = image_extensions()
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in suffixes)
 

@@ -51,7 +51,7 @@ def resolve_method(spec: str, budget: Optional[float]) -> Method:
         gpath = Path(arg)
         if not gpath.is_file():
             raise FileNotFoundError(f"generator checkpoint {gpath} not found")
-        from ..checkpoint import read_info
+        from ..model.checkpoint import read_info
 
         is_demo = bool(getattr(read_info(gpath), "demo", False))
         fingerprint = file_digest(gpath)

@@ -55,7 +55,7 @@ def run_on_ray(runner: ProtocolRunner, *, address: str | None = None, progress: 
     import ray
     from tqdm import tqdm
 
-    from ..ray_local import start_ray
+    from ..common.ray_local import start_ray
 
     config: ProtocolConfig = runner.config
     start_ray(address)

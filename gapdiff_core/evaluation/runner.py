@@ -13,8 +13,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ..atomic import write_text
-from ..progress import TqdmProgress
+from ..io.atomic import write_text
+from ..common.progress import TqdmProgress
 from ..protections import PROTECTIONS, ProtectFn
 from .cache import StageCache, config_key, jsonable
 from .config import ProtocolConfig, protocol_settings
@@ -27,7 +27,7 @@ ONE_PHOTO_METHODS = ("none", "gap-diff")  # methods that protect each photo alon
 
 
 def _save_pngs(folder: Path, images: list, names: list[str]) -> list[str]:
-    from ..imageio import save_image, to_uint8
+    from ..io import save_image, to_uint8
 
     out = []
     for img, name in zip(images, names):
@@ -38,7 +38,7 @@ def _save_pngs(folder: Path, images: list, names: list[str]) -> list[str]:
 
 def _load_photos(paths) -> list[torch.Tensor]:
     """1×3×H×W tensors in [0, 1] of image files."""
-    from ..imageio import load_image
+    from ..io import load_image
 
     return [load_image(p).tensor() for p in paths]
 

@@ -6,7 +6,7 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
-from ..imageio import batch_to_uint8
+from ..io import batch_to_uint8
 
 ImageBatch = Union[torch.Tensor, np.ndarray, Sequence]
 

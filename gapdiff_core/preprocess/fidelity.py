@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ..metrics.fidelity import psnr
-from ..sizes import short_side_size
+from ..common.sizes import short_side_size
 from ..samples import SAMPLES_DIR
 from . import real
 from .differentiable_jpeg import diff_jpeg

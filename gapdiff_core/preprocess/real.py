@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..imageio import batch_to_uint8
-from ..sizes import short_side_size
+from ..io import batch_to_uint8
+from ..common.sizes import short_side_size
 
 
 def from_uint8(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ Size handling (all methods): photos are resized (stretched, bilinear with antial
 resolution, the perturbation is computed there, and only the *perturbation* is resized back and added to the
 full-resolution photo, as Mist-v2 does with ``--resize`` and as :class:`gapdiff_core.Protector` does. The original
 tools instead resize + centre-crop and return 512×512 crops. The final projection is
-:func:`gapdiff_core.protect.apply_budget`: 8-bit rounding, then every pixel within ``floor(budget)`` grey levels.
+:func:`gapdiff_core.model.protector.apply_budget`: 8-bit rounding, then every pixel within ``floor(budget)`` grey levels.
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..progress import ProgressFn, StopFn, stop_requested
+from ..common.progress import ProgressFn, StopFn, stop_requested
 from ..losses import denoising_error, dreambooth_loss
-from ..prompts import CLASS_PROMPT, INSTANCE_PROMPT
-from ..protect import apply_budget
+from ..common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
+from ..model.protector import apply_budget
 
 GREY = 1.0 / 255.0
 Images = torch.Tensor | Sequence[torch.Tensor]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..losses import denoising_error
-from ..prompts import CAAT_PROMPT
+from ..common.prompts import CAAT_PROMPT
 from .base import IterativeProtection, with_models
 
 

@@ -82,7 +82,7 @@ class GapDiffMethod:
     defaults = {"budget": 8.0, "mode": "working"}
 
     def __init__(self, generator, **options):
-        from ..protect import Protector
+        from ..model.protector import Protector
 
         if generator is None:
             raise ValueError("gap-diff needs a generator checkpoint: get_protection('gap-diff', generator=PATH)")

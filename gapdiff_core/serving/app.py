@@ -127,14 +127,14 @@ class Service:
 
     async def protect_one(self, name: str, data: bytes, mode: str | None, budget: float | None, fmt: str) -> dict:
         """Decode, queue, protect and encode one image; raises ApiError."""
-        from ..imageio import ImageError, encode_image, load_image
-        from ..protect import protection_stats
+        from ..io import ImageError, encode_image, load_image
+        from ..model.protector import protection_stats
 
         engine = self.check_ready()
         try:
             image = await run_in_threadpool(load_image, name, self.settings.max_pixels, data=data)
         except ImageError as exc:
-            if exc.kind in ("pixel_limit", "decompression_bomb"):  # imageio's limit, or Pillow's guard far above it
+            if exc.kind in ("pixel_limit", "decompression_bomb"):  # io's pixel limit, or Pillow's guard far above it
                 raise ApiError(413, "too_many_pixels", str(exc)) from exc
             raise ApiError(422, "bad_image", str(exc)) from exc
         try:

@@ -7,7 +7,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from ..protect import MODES
+from ..model.protector import MODES
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class Engine:
     (the Protector's automatic precision is checked to stay within 1 grey level of fp32 at that budget)."""
 
     def __init__(self, settings: ServiceSettings):
-        from ..checkpoint import load_generator
-        from ..protect import Protector
+        from ..model.checkpoint import load_generator
+        from ..model.protector import Protector
 
         generator = load_generator(settings.generator)
         self.info = generator.info

@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 
-from ..ray_local import LOCAL_ONLY_VARIABLE
+from ..common.ray_local import LOCAL_ONLY_VARIABLE
 from .engine import ServiceSettings
 
 APP_NAME = "gapdiff"
@@ -48,7 +48,7 @@ def deploy(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 80
     the application (returns when every replica is up)."""
     from ray import serve
 
-    from ..ray_local import start_ray
+    from ..common.ray_local import start_ray
 
     start_ray(address, num_cpus=None if address else max(os.cpu_count() or 1, int(replicas * num_cpus) + 1))
     if on_ray_started is not None:

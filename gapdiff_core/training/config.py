@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..losses import DISTANCES, SCHEDULES, TIMESTEP_WEIGHTINGS
-from ..prompts import CLASS_PROMPT, INSTANCE_PROMPT
+from ..common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
 
 FINETUNE_ON = ("protected", "clean", "both")
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .. import seeds
-from ..imageio import image_extensions
+from ..common import seeds
+from ..io import image_extensions
 from ..samples import SAMPLES_DIR
 
 log = logging.getLogger("gapdiff.train")
@@ -48,7 +48,7 @@ def usable_images(paths: Sequence[Path], resolution: int, min_side_fraction: flo
 
 def load_rgb01(path: Path) -> torch.Tensor:
     """3×H×W float32 in [0, 1] (EXIF orientation applied, any mode converted to RGB)."""
-    from ..imageio import load_image
+    from ..io import load_image
 
     return load_image(path).tensor()[0]
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from .. import atomic
+from ..io import atomic
 from .config import load_config
 from .loop import Trainer
 

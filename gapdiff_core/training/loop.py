@@ -17,15 +17,16 @@ from typing import Any, Optional
 
 import torch
 
-from .. import losses, seeds
-from ..checkpoint import GeneratorInfo, save_generator
-from ..generator import Discriminator, Generator
-from ..optimizer_state import flatten_optimizer, unflatten_optimizer
+from .. import losses
+from ..common import seeds
+from ..model.checkpoint import GeneratorInfo, save_generator
+from ..model.generator import Discriminator, Generator
+from ..common.optimizer_state import flatten_optimizer, unflatten_optimizer
 from ..preprocess import PreprocessSampler, official_prelayer_config
 from . import state as ckpt
 from .config import TrainConfig
 from .data import EpochSampler, ImageFolderDataset, list_images, split_train_val, usable_images
-from .validation import evaluate_generator, fixed_timesteps, protect_batch, save_grid, validation_images
+from .validation import evaluate_generator, protect_batch, save_grid, validation_images
 from .warmup import warm_up_surrogate
 
 log = logging.getLogger("gapdiff.train")
@@ -316,7 +317,7 @@ class Trainer:
         if not hasattr(self, "_val_images"):
             self._val_images = validation_images(self.val_paths, self.cfg.resolution, self.cfg.val_count)
         g = self.unwrapped_generator()
-        t = fixed_timesteps(self.cfg.val_timesteps, self.surrogate.scheduler.config.num_train_timesteps)
+        t = losses.fixed_timesteps(self.cfg.val_timesteps, self.surrogate.scheduler.config.num_train_timesteps)
         kw = dict(self.loss_kwargs, weighting="uniform", noise_samples=1)
         protected = protect_batch(g, self._val_images.to(self.device), self.cfg.budget)
         metrics = evaluate_generator(g, self.surrogate, self._val_images, self.cfg.budget, self.instance_embeds, t,

@@ -1,7 +1,7 @@
 """Training runs and their checkpoints, without pickles.
 
 A checkpoint is a folder ``OUTPUT_DIR/checkpoints/step-NNNNNNNN`` holding tensors in ``state.safetensors`` and
-everything else in ``state.json``; it is written atomically (:mod:`gapdiff_core.atomic`) and carries the run id and
+everything else in ``state.json``; it is written atomically (:mod:`gapdiff_core.io.atomic`) and carries the run id and
 the config hash of the run that wrote it. ``OUTPUT_DIR/run.json`` names the run that owns the folder. A new run never
 takes over a folder holding another run's files, and a resume never continues a different run or config.
 """
@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .. import atomic
+from ..io import atomic
 
 log = logging.getLogger("gapdiff.train")
 TENSORS, META, RUN_FILE, CHECKPOINTS = "state.safetensors", "state.json", "run.json", "checkpoints"

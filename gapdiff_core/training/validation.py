@@ -9,38 +9,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import atomic
-from ..losses import denoising_error
+from ..io import atomic
+from ..losses import VAL_SEED, mean_denoising_error
 from ..metrics.fidelity import psnr, ssim
 from ..preprocess import real
-from ..protect import Protector
-from ..visualize import amplified_perturbation
-
-VAL_SEED = 1234
-
-
-def fixed_timesteps(count: int, num_train_timesteps: int = 1000) -> torch.Tensor:
-    """``count`` evenly spaced timesteps, centred in their bins (8 -> 62, 187, ..., 937)."""
-    step = num_train_timesteps / count
-    return (torch.arange(count) * step + step / 2).long()
-
-
-@torch.no_grad()
-def mean_denoising_error(surrogate, images01: torch.Tensor, prompt_embeds: torch.Tensor, timesteps: torch.Tensor,
-                         seed: int = VAL_SEED, **kwargs) -> torch.Tensor:
-    """Per-image denoising error averaged over the fixed ``timesteps``, with seeded noise (training RNG untouched).
-
-    Higher means the surrogate denoises the images worse, i.e. a stronger adversarial effect."""
-    devices = [surrogate.device] if surrogate.device.type == "cuda" else []
-    total = torch.zeros(images01.shape[0])
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for t in timesteps.tolist():
-            ts = torch.full((images01.shape[0],), int(t), dtype=torch.long, device=surrogate.device)
-            total += denoising_error(surrogate, images01.to(surrogate.device), prompt_embeds, timesteps=ts,
-                                     **kwargs).float().cpu()
-    return total / len(timesteps)
-
+from ..model.protector import Protector
+from ..common.visualize import amplified_perturbation
 
 @torch.no_grad()
 def protect_batch(generator, x01: torch.Tensor, budget: float) -> torch.Tensor:

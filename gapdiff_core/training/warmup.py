@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..losses import denoising_error
-from ..prompts import CLASS_PROMPT
+from ..common.prompts import CLASS_PROMPT
 
 
 def warm_up_surrogate(surrogate, images01, steps: int = 30, lr: float = 3e-3, batch_size: int = 2, seed: int = 0,

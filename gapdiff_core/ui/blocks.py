@@ -11,7 +11,7 @@ import torch
 
 from . import logic
 from .compat import FILE_TYPE, listen, make
-from ..protect import MODES
+from ..model.protector import MODES
 from .logic import UIError, UISettings
 from .text import ABOUT_MARKDOWN
 
@@ -260,7 +260,7 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
 
 
 def _device_name(device) -> str:
-    from ..protect import resolve_device
+    from ..model.protector import resolve_device
     return str(resolve_device(str(device)))
 
 

@@ -1,7 +1,7 @@
 """What the UI does, without Gradio: list generators, protect uploaded photos into lossless PNGs, check JPEG
 robustness, evaluate generated photos. Every failure a user can cause raises `UIError` with a readable message.
 
-Everything shown or downloaded is a PNG written here by `imageio.save_image` (lossless, metadata stripped): the UI
+Everything shown or downloaded is a PNG written here by `io.save_image` (lossless, metadata stripped): the UI
 passes file paths to Gradio, which serves them byte for byte (it re-encodes only arrays and PIL images).
 """
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Callable, ContextManager
 
 import numpy as np
 
-from ..checkpoint import CheckpointError, GeneratorInfo, load_generator, read_info
-from ..imageio import ImageError, load_image, save_image
+from ..model.checkpoint import CheckpointError, GeneratorInfo, load_generator, read_info
+from ..io import ImageError, load_image, save_image
 from ..metrics.fidelity import ssim
-from ..protect import MODES, Protector, protection_stats
-from ..robustness import jpeg_robustness, rgb_tensor
-from ..visualize import amplified_perturbation
+from ..model.protector import MODES, Protector, protection_stats
+from ..metrics.robustness import jpeg_robustness, rgb_tensor
+from ..common.visualize import amplified_perturbation
 
 log = logging.getLogger("gapdiff.ui")
 GENERATOR_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -259,7 +259,7 @@ def _load(path: Path, max_pixels: int, label: str | None = None):
 
 
 def _reason(exc: ImageError, max_pixels: int) -> str:
-    """The problem without imageio's path (a server-side temp path); the server's limit in this server's words."""
+    """The problem without the image reader's path (a server-side temp path); the server's limit in this server's words."""
     if exc.kind == "pixel_limit":
         return (f"larger than this server's limit of {max_pixels / 1e6:g} megapixels per photo; "
                 "downscale it and upload again.")

@@ -10,17 +10,16 @@ import copy
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..common.sizes import short_side_size
 from .checkpoint import GeneratorInfo, load_generator
 from .generator import MIN_SIZE, NORMS, SIZE_MULTIPLE, Generator, InferenceGenerator
-from .onednn_generator import OneDNNGenerator, pack_for_cpu
-from .sizes import short_side_size
+from .packed_cpu import OneDNNGenerator, pack_for_cpu
 
 MODES = ("working", "native")
 #: Largest photo at the working resolution (a 512 x 8192 strip: +1.4 GB at ngf=64, fp32, CPU; bench/cli_memory.py).
@@ -293,7 +292,9 @@ def _probe_photo() -> torch.Tensor:
     """A bundled face photo at 512 x 512 (1 x 3 x H x W in [0, 1]), for the `auto` precision check."""
     from PIL import Image
 
-    with Image.open(Path(__file__).parent / "samples" / "obama.jpg") as im:
+    from ..samples import SAMPLES_DIR
+
+    with Image.open(SAMPLES_DIR / "obama.jpg") as im:
         rgb = np.asarray(im.convert("RGB").resize((512, 512), Image.BICUBIC))
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
 

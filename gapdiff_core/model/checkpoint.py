@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .generator import Generator
-from .atomic import write_file
+from ..io.atomic import write_file
 
 ARCHITECTURE = "gap-diff-unet"
 FORMAT_VERSION = "1"

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .prompts import INSTANCE_PROMPT
-from .visualize import row_blocks
+from ..common.prompts import INSTANCE_PROMPT
+from ..common.visualize import row_blocks
 
 EFFECT_TIMESTEPS = (100, 300, 500, 700, 900)
 
@@ -60,7 +60,7 @@ def denoising_effect(surrogate, x01: torch.Tensor, timesteps=EFFECT_TIMESTEPS, s
     """The surrogate's mean denoising error on `x01` (the training objective of `gapdiff_core.losses`, uniform
     weighting) over fixed timesteps with seeded noise, so clean and protected photos are compared on the same
     draws. Higher means the model learns these photos worse."""
-    from .training.validation import mean_denoising_error
+    from ..losses import mean_denoising_error
 
     res = surrogate.resolution
     x = torch.nn.functional.interpolate(x01.float(), (res, res), mode="bilinear", antialias=True,

@@ -13,10 +13,10 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from .atomic import write_text
-from .imageio import ImageError, load_image
-from .preprocess.real import JPEG_DEFAULT_QUALITY
-from .visualize import amplified_perturbation
+from ..io.atomic import write_text
+from ..io import ImageError, load_image
+from ..preprocess.real import JPEG_DEFAULT_QUALITY
+from ..common.visualize import amplified_perturbation
 
 METRICS = (("fdfr", "FDFR↑"), ("ism", "ISM↓"), ("brisque", "BRISQUE↑"), ("serfiq", "SER-FIQ↓"))
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -36,7 +36,7 @@ def aggregate(results: dict) -> list[dict]:
     """One row per (method, transform): metrics per prompt and their mean over identities and prompts, as the
     official scripts average (:func:`gapdiff_core.evaluation.combine_metrics`); the identity-learning gap averaged
     over identities; fidelity of the protected photos (and after the transform) vs the clean ones."""
-    from .evaluation import combine_metrics
+    from . import combine_metrics
 
     groups: dict = {}
     for run in results["runs"]:
@@ -103,7 +103,7 @@ def _fmt(v, digits=3) -> str:
 
 # ---------------------------------------------------------------- JSON / Markdown
 def json_report(results: dict) -> str:
-    from .evaluation import jsonable as _jsonable
+    from . import jsonable as _jsonable
 
     return json.dumps(_jsonable(results), indent=2, ensure_ascii=False, allow_nan=False, default=str)
 
@@ -208,7 +208,7 @@ def protocol_summary(results: dict) -> tuple[str, str, list[tuple[str, str, str,
 
 def run_facts(results: dict) -> list[tuple[str, str]]:
     """What every report states up front: the generator's protection function and the detector's floor."""
-    from .protect import NORM_DESCRIPTIONS
+    from ..model.protector import NORM_DESCRIPTIONS
 
     c = results["config"]
     norm = "official" if c.get("official_mode") else c.get("norm", "image")
@@ -356,7 +356,7 @@ def _resolve(path: str, base_dir: Path) -> Path:
 
 
 def _load_rgb(path: Path):
-    """Decoded as everywhere else (imageio.load_image: orientation, 16-bit, CMYK); raises ImageError."""
+    """Decoded as everywhere else (io.load_image: orientation, 16-bit, CMYK); raises ImageError."""
     from PIL import Image
 
     return Image.fromarray(load_image(path).rgb)

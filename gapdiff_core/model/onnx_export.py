@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .atomic import write_file
+from ..io.atomic import write_file
 from .generator import SIZE_MULTIPLE, Generator, InferenceGenerator
 
 OPSET = 18
@@ -82,7 +82,7 @@ def check_onnx(generator: Generator, path: str | os.PathLike, sizes=((512, 683),
     import numpy as np
     import onnxruntime
 
-    from .protect import Protector
+    from .protector import Protector
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     protector = Protector(generator, budget=budget, mode="native", norm="image", precision="fp32", device="cpu")
