@@ -259,3 +259,21 @@ def test_tiles_are_normalised_as_photos_and_agree_with_the_untiled_result(traine
     # no seam: across the tile grid lines the perturbation changes no more than between other neighbours
     step = (tiled[..., :, 1:] - tiled[..., :, :-1]).abs().mean(dim=(0, 1, 2))
     assert step[[255, 511, 767]].max() < 3 * step.median()
+
+
+def test_with_options_reuses_the_model_and_equals_a_fresh_protector(generator):
+    """Another budget or mode shares the loaded (packed) model, and protects exactly as a Protector built for it."""
+    base = Protector(generator, budget=8, device="cpu", precision="fp32")
+    x = torch.rand(1, 3, 96, 80, generator=torch.Generator().manual_seed(3))
+    for budget, mode in ((4, "working"), (8, "native"), (2.5, "native")):
+        other = base.with_options(budget=budget, mode=mode)
+        assert other.model is base.model and (other.budget, other.mode) == (budget, mode)
+        fresh = Protector(generator, budget=budget, mode=mode, device="cpu", precision="fp32")
+        assert torch.equal(other(x), fresh(x))
+        assert grey_change(x, other(x)).max() <= budget
+    assert (base.budget, base.mode) == (8, "working") and base.with_options() is base
+    for bad in (0.5, 256, float("nan"), "eight"):
+        with pytest.raises(ValueError, match="budget"):
+            base.with_options(budget=bad)
+    with pytest.raises(ValueError, match="mode"):
+        base.with_options(mode="tiled")

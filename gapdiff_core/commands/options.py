@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import math
+
+from ..common.budget import BudgetError, check_budget
 
 
 def budget(text: str) -> float:
-    """An L-infinity budget in grey levels, 1-255: below 1 no 8-bit pixel could change."""
+    """An L-infinity budget in grey levels (common.budget's rule: 1-255)."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of grey levels") from None
-    if not math.isfinite(value) or not 1 <= value <= 255:
-        raise argparse.ArgumentTypeError(f"{text} is outside 1-255 grey levels (0-255 scale; below 1 no pixel of "
-                                         "an 8-bit photo can change)")
-    return value
+        return check_budget(text, "the budget")
+    except BudgetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def quality(text: str) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..common.budget import check_budget
 from ..common.sizes import short_side_size
 from .checkpoint import GeneratorInfo, load_generator
 from .generator import MIN_SIZE, NORMS, SIZE_MULTIPLE, Generator, InferenceGenerator
@@ -141,10 +142,7 @@ class Protector:
             raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
         if precision != "auto" and precision not in PRECISIONS:
             raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, not {precision!r}")
-        self.budget = float(self.info.budget if budget is None else budget)
-        if not 1 <= self.budget <= 255:
-            raise ValueError(f"budget must be 1-255 grey levels (a smaller one changes no 8-bit pixel), not "
-                             f"{self.budget}")
+        self.budget = check_budget(self.info.budget if budget is None else budget)
         if tile_size % SIZE_MULTIPLE or tile_size < MIN_SIZE or not 0 <= tile_overlap < tile_size:
             raise ValueError(f"tile_size must be a multiple of {SIZE_MULTIPLE} >= {MIN_SIZE} and "
                              f"0 <= tile_overlap < tile_size (got {tile_size}, {tile_overlap})")
@@ -183,6 +181,23 @@ class Protector:
             self.precision, self.dtype, self.model = fast
         self.precision_note = (f"auto: {fast[0]} is {deviation:.2f} grey levels from fp32 on a probe photo, "
                                + ("kept" if deviation <= 0.5 else "too far: fp32 used"))
+
+    def with_options(self, *, budget: float | None = None, mode: str | None = None) -> "Protector":
+        """This Protector at another budget or mode, sharing the loaded model (nothing is reloaded or re-probed):
+        both are plain settings of the forward pass. The `auto` precision was checked at this Protector's budget,
+        so a larger budget is refused: build a new Protector for it."""
+        budget = self.budget if budget is None else check_budget(budget)
+        mode = self.mode if mode is None else mode
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if self.precision_note.startswith("auto") and self.precision != "fp32" and budget > self.budget:
+            raise ValueError(f"budget {budget:g} is above {self.budget:g}, the budget the automatic precision was "
+                             "checked at; load the generator again with the larger budget")
+        if (budget, mode) == (self.budget, self.mode):
+            return self
+        other = copy.copy(self)
+        other.budget, other.mode = budget, mode
+        return other
 
     def __call__(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """Protect a B x 3 x H x W batch (or a list of 1 x 3 x H x W / 3 x H x W images of different sizes)."""

@@ -1,7 +1,6 @@
 """The protection behind the service: one `Protector`, batches of equal-size 8-bit photos in, protected out."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
@@ -65,8 +64,4 @@ class Engine:
         return list(self._protector(mode, budget).protect_uint8(np.stack(images)))
 
     def _protector(self, mode: str, budget: float):
-        protector = self.protector
-        if (mode, budget) != (protector.mode, protector.budget):
-            protector = copy.copy(protector)  # shares the loaded model; mode and budget are plain settings
-            protector.mode, protector.budget = mode, budget
-        return protector
+        return self.protector.with_options(budget=budget, mode=mode)
