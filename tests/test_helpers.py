@@ -8,7 +8,8 @@ import torch
 
 from gapdiff_core.common import prompts, seeds
 from gapdiff_core.common.optimizer_state import flatten_optimizer, unflatten_optimizer
-from gapdiff_core.metrics.robustness import DiffStats, jpeg_robustness, jpeg_uint8
+from gapdiff_core.metrics.fidelity import DiffStats
+from gapdiff_core.metrics.robustness import jpeg_robustness, jpeg_uint8
 from gapdiff_core.common.sizes import short_side_size
 from gapdiff_core.common.visualize import amplification, amplified_perturbation, row_blocks
 

@@ -378,3 +378,15 @@ def test_implausible_detections_are_dropped():
              Face((1.0, 2.0, 30.0, 30.0), lm + np.nan, 0.97), Face((5.0, 5.0, 20.0, 20.0), lm, 0.98),
              Face((4.1e27, 5.7e27, 0.0, 0.0), lm, 1.0), Face((-90.0, 5.0, 60.0, 20.0), lm, 0.96)]
     assert [f.score for f in _ranked(faces, (64, 64, 3))] == [0.98, 0.95]
+
+
+def test_ssim_in_strips_equals_the_whole_image():
+    from gapdiff_core.metrics.fidelity import ssim, ssim_uint8
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (600, 40, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
+    whole = float(ssim(torch.from_numpy(b).permute(2, 0, 1)[None].float() / 255,
+                       torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255)[0])
+    assert ssim_uint8(b, a) == pytest.approx(whole, abs=1e-5)
+    assert np.isnan(ssim_uint8(a[:10], b[:10]))

@@ -10,7 +10,8 @@ import torch
 from gapdiff_core import Generator, Protector
 from gapdiff_core.io import to_uint8
 from gapdiff_core.model.generator import InferenceGenerator
-from gapdiff_core.model.protector import apply_budget, default_precision, padded_size, protection_stats
+from gapdiff_core.metrics.fidelity import change_stats
+from gapdiff_core.model.protector import apply_budget, default_precision, padded_size
 from gapdiff_core.common.sizes import short_side_size
 
 
@@ -176,18 +177,18 @@ def test_stats_are_exact_on_a_12_megapixel_photo():
     step[0, 1, 5, 7] = -11
     y = ((x * 255).round() + step).clamp(0, 255) / 255
     diff = (y * 255).round().double() - (x * 255).round().double()
-    s = protection_stats(to_uint8(x[0]), to_uint8(y[0]))
+    s = change_stats(to_uint8(x[0]), to_uint8(y[0]))
     assert s.max_change == 11
     assert s.psnr == pytest.approx(10 * math.log10(255 ** 2 / diff.pow(2).mean().item()), abs=1e-4)
 
 
 def test_stats_and_bad_arguments(generator):
     x = photo(512, 512)
-    s = protection_stats(to_uint8(x[0]), to_uint8(Protector(generator, precision="fp32")(x)[0]))
+    s = change_stats(to_uint8(x[0]), to_uint8(Protector(generator, precision="fp32")(x)[0]))
     assert 0 < s.max_change <= 8 and 30 < s.psnr < 60
-    assert protection_stats(to_uint8(x[0]), to_uint8(x[0])).psnr == float("inf")
+    assert change_stats(to_uint8(x[0]), to_uint8(x[0])).psnr == float("inf")
     with pytest.raises(ValueError, match="uint8"):
-        protection_stats(x[0].numpy(), x[0].numpy())
+        change_stats(x[0].numpy(), x[0].numpy())
     with pytest.raises(ValueError, match="mode"):
         Protector(generator, mode="fast")
     with pytest.raises(ValueError, match="budget"):

@@ -255,7 +255,7 @@ def _save_and_describe(path, dest, image, protected, args, inputs, budget: float
     """Write one protected photo; the line that reports it, with the change measured on the file as saved (JPEG
     changes more than the protection did)."""
     from ..io import load_image, save_image
-    from ..model.protector import protection_stats
+    from ..metrics.fidelity import change_stats
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     lossy = args.format == "jpg"
@@ -263,7 +263,7 @@ def _save_and_describe(path, dest, image, protected, args, inputs, budget: float
                keep_metadata=args.keep_metadata, metadata=image.metadata, protect_paths=inputs,
                overwrite=args.overwrite)
     saved = load_image(dest).rgb if lossy else protected  # png and webp are written losslessly
-    stats = protection_stats(image.rgb, saved)
+    stats = change_stats(image.rgb, saved)
     notes = list(image.notes)
     if stats.max_change > budget:
         notes.append(f"JPEG quality {args.quality} moved pixels beyond the {budget:g}-level budget; "

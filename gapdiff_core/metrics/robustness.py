@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ..common.prompts import INSTANCE_PROMPT
-from ..common.visualize import row_blocks
+from .fidelity import DiffStats, rgb_tensor
 
 EFFECT_TIMESTEPS = (100, 300, 500, 700, 900)
 
@@ -27,33 +27,6 @@ def jpeg_uint8(rgb: np.ndarray, quality: int) -> np.ndarray:
     buf.seek(0)
     with Image.open(buf) as im:
         return np.asarray(im.convert("RGB"))
-
-
-def rgb_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """H×W×3 uint8 -> 1×3×H×W float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None].div_(255)
-
-
-class DiffStats:
-    """Statistics of ``b - a`` (8-bit images) in grey levels, accumulated over blocks of rows."""
-
-    def __init__(self, a: np.ndarray, b: np.ndarray):
-        self.a, self.b, self.n = a, b, a.size
-        self.max, self.sq = 0.0, 0.0
-        for rows in row_blocks(a.shape[0]):
-            d = b[rows].astype(np.float64) - a[rows]
-            self.max = max(self.max, float(np.abs(d).max(initial=0)))
-            self.sq += float(np.vdot(d, d))
-        self.rms = math.sqrt(self.sq / self.n)
-        self.psnr = float("inf") if self.sq == 0 else 10 * math.log10(255 ** 2 * self.n / self.sq)
-
-    def cross(self, other: "DiffStats") -> float:
-        """Cosine similarity of the two differences (0 when either is zero)."""
-        if self.sq == 0 or other.sq == 0:
-            return 0.0
-        dot = sum(float(np.vdot(self.b[r].astype(np.float64) - self.a[r],
-                                 other.b[r].astype(np.float64) - other.a[r])) for r in row_blocks(self.a.shape[0]))
-        return dot / math.sqrt(self.sq * other.sq)
 
 
 def denoising_effect(surrogate, x01: torch.Tensor, timesteps=EFFECT_TIMESTEPS, seed: int = 0) -> float:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -85,29 +84,6 @@ def apply_budget(x: torch.Tensor, delta: torch.Tensor, budget: float) -> torch.T
     image darker and can exceed the budget by one level).
     """
     return budget_step(delta, budget).add_((x * 255).round_()).clamp_(0, 255).div_(255)
-
-
-@dataclass
-class ProtectStats:
-    """Visibility of a protection on the 8-bit images: largest change in grey levels and PSNR (dB)."""
-
-    max_change: float
-    psnr: float
-
-
-def protection_stats(original: np.ndarray, protected: np.ndarray) -> ProtectStats:
-    """Largest change and PSNR between two 8-bit images (uint8 arrays of one shape)."""
-    if original.dtype != np.uint8 or protected.dtype != np.uint8 or original.shape != protected.shape:
-        raise ValueError(f"protection_stats expects two uint8 arrays of one shape, got {original.dtype} "
-                         f"{original.shape} and {protected.dtype} {protected.shape}")
-    diff = torch.from_numpy(protected).to(torch.int16).sub_(torch.from_numpy(original).to(torch.int16))
-    lo, hi = torch.aminmax(diff)
-    # Exact on every CPU: in float64 each squared difference (<= 255^2) and every partial sum (< 2^53 for any photo
-    # under 10^11 pixels) is an integer held exactly, so no summation order rounds (a float32 dot product did).
-    flat = diff.reshape(-1).double()
-    mse = torch.dot(flat, flat).item() / flat.numel()
-    psnr = float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
-    return ProtectStats(max_change=float(max(-lo.item(), hi.item())), psnr=psnr)
 
 
 class Protector:

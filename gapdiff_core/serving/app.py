@@ -128,7 +128,7 @@ class Service:
     async def protect_one(self, name: str, data: bytes, mode: str | None, budget: float | None, fmt: str) -> dict:
         """Decode, queue, protect and encode one image; raises ApiError."""
         from ..io import ImageError, encode_image, load_image
-        from ..model.protector import protection_stats
+        from ..metrics.fidelity import change_stats
 
         engine = self.check_ready()
         try:
@@ -161,7 +161,7 @@ class Service:
         alpha = image.alpha if fmt != "jpg" else None
         encoded = await run_in_threadpool(encode_image, protected, alpha, format=fmt,
                                           metadata={"icc_profile": image.metadata.get("icc_profile")}, name=name)
-        stats = protection_stats(image.rgb, protected)
+        stats = change_stats(image.rgb, protected)
         self.metrics.images.inc()
         return {"name": name, "data": encoded, "format": fmt, "max_change": stats.max_change, "psnr": stats.psnr,
                 "batch_size": batch_size, "budget": key[2], "mode": key[1], "notes": image.notes,

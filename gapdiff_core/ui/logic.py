@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
-import numpy as np
 
 from ..model.checkpoint import CheckpointError, GeneratorInfo, load_generator, read_info
 from ..io import ImageError, load_image, save_image
-from ..metrics.fidelity import ssim
-from ..model.protector import MODES, Protector, protection_stats
-from ..metrics.robustness import jpeg_robustness, rgb_tensor
+from ..model.protector import MODES, Protector
+from ..metrics.fidelity import change_stats, ssim_uint8
+from ..metrics.robustness import jpeg_robustness
 from ..common.visualize import amplified_perturbation
 
 log = logging.getLogger("gapdiff.ui")
@@ -234,23 +233,6 @@ def new_output_dir() -> Path:
     return out
 
 
-def ssim8(a: np.ndarray, b: np.ndarray, window: int = 11) -> float:
-    """SSIM of two H×W×3 uint8 images (metrics.fidelity.ssim), computed in strips of rows so a large photo never
-    exists as a float tensor at once; nan below the 11×11 window."""
-    h, w = a.shape[:2]
-    if min(h, w) < window:
-        return float("nan")
-    total, count = 0.0, 0
-    for start in range(0, h - window + 1, 256):
-        stop = min(start + 256, h - window + 1)  # valid output rows [start, stop)
-        strip = slice(start, stop + window - 1)
-        ta, tb = rgb_tensor(a[strip]), rgb_tensor(b[strip])
-        n = (stop - start) * (w - window + 1)
-        total += float(ssim(ta, tb, window_size=window)[0]) * n
-        count += n
-    return total / count
-
-
 def _load(path: Path, max_pixels: int, label: str | None = None):
     try:
         return load_image(path, max_pixels=max_pixels)
@@ -284,10 +266,10 @@ def protect_photo(protector: Protector, upload: str, out_dir: Path, index: int, 
     vis, gain = amplified_perturbation(loaded.rgb, prot8, protector.budget)
     pert_png = save_image(out_dir / "preview" / f"{stem}_perturbation_x{gain:.0f}.png", vis)
     del vis
-    stats = protection_stats(loaded.rgb, prot8)
+    stats = change_stats(loaded.rgb, prot8)
     return PhotoResult(name=_display_name(src), original_png=original_png, protected_png=protected_png,
                        perturbation_png=pert_png, max_change=stats.max_change, psnr_db=stats.psnr,
-                       ssim=ssim8(prot8, loaded.rgb), notes=loaded.notes)
+                       ssim=ssim_uint8(prot8, loaded.rgb), notes=loaded.notes)
 
 
 def zip_outputs(results: list[PhotoResult], out_dir: Path, demo: bool) -> Path:

@@ -1,0 +1,48 @@
+"""What each protocol metric says about protection, in one place for every report, the app, the nodes and the CLI:
+its label, its direction (↑: a higher value means stronger protection; ↓: a lower one), and how a value prints."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_stronger: bool
+    meaning: str
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_stronger else "↓"
+
+    @property
+    def heading(self) -> str:
+        """The label with its arrow, as in the paper's tables: "FDFR↑"."""
+        return self.label + self.arrow
+
+    @property
+    def direction(self) -> str:
+        return ("higher" if self.higher_is_stronger else "lower") + " = stronger protection"
+
+
+METRICS = {m.key: m for m in (
+    Metric("fdfr", "FDFR", True, "face detection failure rate of the generated images"),
+    Metric("ism", "ISM", False, "identity similarity of the generated faces to the clean photos"),
+    Metric("brisque", "BRISQUE", True, "no-reference image quality (higher = worse images)"),
+    Metric("serfiq", "SER-FIQ", False, "face image quality of the generated faces"),
+    Metric("face_quality", "face quality", False, "QualityFace fused with the face's naturalness"),
+    Metric("identity_gap", "identity gap", True, "how much less the attacked model learned the identity than "
+           "after the clean-photo attack"),
+)}
+PROTOCOL_METRICS = ("fdfr", "ism", "brisque", "serfiq")  # the four of the paper's tables, in their order
+
+
+def format_value(value, digits: int = 3) -> str:
+    """A metric value for people: `digits` decimals; n/a for a missing or NaN value; ∞ / -∞."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    return f"{value:.{digits}f}"
