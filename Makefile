@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,12 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m gapdiff_core.cli demo --out demo_out
 
+# Every test, with the 25 slowest listed; `make test-fast` leaves out those marked slow (a few minutes less).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
+
+test-fast: setup
+	$(PY) -m pytest -q --durations=10 -m "not slow" tests
 
 bench: setup
 	$(PY) bench/protect.py
