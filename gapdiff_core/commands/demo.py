@@ -116,7 +116,8 @@ def run(args) -> int:
 def summary_lines(results: dict) -> list[str]:
     """One line per method × transform: the metrics' means over prompts, the identity-learning gap and the photos'
     PSNR vs clean; then the detector's floor on the clean reference photos."""
-    from ..evaluation.report import _fmt, _fmt_gap, aggregate, no_face_note, run_facts
+    from ..evaluation.report import aggregate, no_face_note, run_facts
+    from ..evaluation.report.rows import fmt as _fmt, fmt_gap as _fmt_gap
 
     rows = aggregate(results)
     width = max(len(r["method"]) for r in rows)
