@@ -79,6 +79,8 @@ def test_results_hold_protocol_metrics_per_prompt(finished):
     # the detector's floor on the clean reference photo, and the protection function, are in every result
     assert on_disk["reference_detection"]["n_photos"] == 1 and on_disk["config"]["norm"] == "image"
     assert on_disk["protocol"] == {"name": "custom", "settings": []}
+    assert on_disk["directions"]["ism"] == on_disk["directions"]["serfiq"] == "lower = stronger protection"
+    assert on_disk["directions"]["identity_gap"] == on_disk["directions"]["fdfr"] == "higher = stronger protection"
 
 
 def test_identity_learning_gap_is_against_the_clean_attack(finished, identity_folder, toy_generator_file):

@@ -390,3 +390,16 @@ def test_ssim_in_strips_equals_the_whole_image():
                        torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255)[0])
     assert ssim_uint8(b, a) == pytest.approx(whole, abs=1e-5)
     assert np.isnan(ssim_uint8(a[:10], b[:10]))
+
+
+def test_metric_directions_and_formats_have_one_home():
+    from gapdiff_core.metrics.directions import METRICS, PROTOCOL_METRICS, format_signed, format_value
+
+    assert " ".join(METRICS[k].heading for k in PROTOCOL_METRICS) == "FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓"  # the paper's
+    assert METRICS["face_quality"].heading == "face quality↓" and METRICS["identity_gap"].heading == "identity gap↑"
+    assert METRICS["ism"].direction == "lower = stronger protection"
+    assert [format_value(v) for v in (None, float("nan"), float("inf"), -float("inf"), 0.12345, 2)] == \
+        ["n/a", "n/a", "∞", "-∞", "0.123", "2.000"]
+    assert format_value(31.456, 2) == "31.46"
+    assert [format_signed(v) for v in (0.012345, -3.0e-5, 0.0, None, float("nan"))] == \
+        ["+0.0123", "-3e-05", "+0", "n/a", "n/a"]

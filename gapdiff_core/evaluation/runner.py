@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from ..io.atomic import write_text
+from ..metrics.directions import METRICS
 from .cache import StageCache, jsonable
 from .config import ProtocolConfig, protocol_settings
 from .inputs import Identity, find_identities
@@ -111,10 +112,7 @@ class ProtocolRunner(StageRunner):
             "is_demo": is_demo,
             "demo_note": ("DEMO on a toy model: the surrogate is the tiny built-in random model and/or the generator "
                           "is a demo generator. These numbers show the pipeline, NOT protection." if is_demo else ""),
-            "directions": {"fdfr": "higher = stronger protection", "ism": "lower = stronger protection",
-                           "brisque": "higher = stronger protection", "serfiq": "lower = stronger protection",
-                           "face_quality": "lower = stronger protection",
-                           "identity_gap": "higher = the attacker learned less of the identity"},
+            "directions": {k: m.direction for k, m in METRICS.items()},
             "protocol": {"name": self.config.protocol, "settings": protocol_settings(self.config, acfg)},
             # the detector's floor: faces found on the clean reference photos (set_C)
             "reference_detection": {"per_identity": detection, "n_photos": n_photos,

@@ -5,8 +5,9 @@ import html
 import math
 from typing import Optional
 
+from ...metrics.directions import METRICS
 from ...preprocess.real import JPEG_DEFAULT_QUALITY
-from .rows import GAP_NAME, METRICS
+from .rows import GAP_HEADING, PROTOCOL_COLUMNS
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 EMPTY_NOTES = {"ism": "undefined: no face in the reference photos"}
@@ -93,8 +94,9 @@ def robustness_plots(rows: list[dict]) -> list[str]:
         return []
     labels = {100: "none"} if any(r["transform"] == "none" for r in jrows) else {}
     plots = []
-    for key, name in METRICS + (("face_quality", "face quality↓"), ("identity_gap", GAP_NAME),
-                                ("psnr_after_transform_db", "PSNR vs clean (dB)")):
+    extra = (("face_quality", METRICS["face_quality"].heading), ("identity_gap", GAP_HEADING),
+             ("psnr_after_transform_db", "PSNR vs clean (dB)"))
+    for key, name in PROTOCOL_COLUMNS + extra:
         series: dict = {}
         for r in jrows:
             y = r[key] if key in r else r["mean"][key]
@@ -110,7 +112,7 @@ def budget_plots(rows: list[dict]) -> list[str]:
     if len({r["budget"] for r in brows}) < 2:
         return []
     plots = []
-    for key, name in METRICS + (("psnr_db", "PSNR (dB)"),):
+    for key, name in PROTOCOL_COLUMNS + (("psnr_db", "PSNR (dB)"),):
         series: dict = {}
         for r in brows:
             y = r[key] if key.startswith("psnr") else r["mean"][key]

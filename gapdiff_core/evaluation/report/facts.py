@@ -2,7 +2,7 @@
 the detector's floor, the setup and the backends."""
 from __future__ import annotations
 
-from .rows import fmt
+from ...metrics.directions import format_value
 
 DEMO_BANNER = ("DEMO ON A TOY MODEL: the diffusion model is the tiny built-in random model and/or the generator is a "
                "demo generator trained for about a minute against it. These numbers and images show how the "
@@ -55,8 +55,8 @@ def run_facts(results: dict) -> list[tuple[str, str]]:
     if det and det.get("n_photos"):
         per = det.get("per_identity") or {}
         facts.append(("face detection on the clean reference photos (the detector's floor)",
-                      f"{det['n_detected']}/{det['n_photos']} detected (rate {fmt(det['rate'])}; FDFR of clean "
-                      f"photos {fmt(1 - det['rate'])})" + ("; " + ", ".join(
+                      f"{det['n_detected']}/{det['n_photos']} detected (rate {format_value(det['rate'])}; "
+                      f"FDFR of clean photos {format_value(1 - det['rate'])})" + ("; " + ", ".join(
                           f"{k} {v['n_detected']}/{v['n_photos']}" for k, v in per.items()) if len(per) > 1 else "")))
     return facts
 

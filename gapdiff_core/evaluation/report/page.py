@@ -5,10 +5,11 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from ...metrics.directions import format_signed, format_value
 from .charts import budget_plots, robustness_plots
 from .facts import DEMO_BANNER, backends, protocol_summary, run_facts, setup_items
 from .images import image_grids
-from .rows import GAP_NAME, METRICS, SUMMARY, SUMMARY_NOTE, aggregate, fmt, fmt_gap, no_face_note
+from .rows import GAP_HEADING, PROTOCOL_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NOTE, aggregate, no_face_note
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1240px;color:#222}
 .demo{background:#fff3cd;border:2px solid #e0a800;padding:10px 14px;font-weight:bold;margin:12px 0}
@@ -45,27 +46,30 @@ def html_report(results: dict, base_dir: str | Path) -> str:
           "<th class='l' rowspan='2'>Transform</th>"]
     for i, p in enumerate(prompts):
         h.append(f"<th colspan='4' title='{e(p)}'>P{i + 1}</th>")
-    h.append("<th colspan='4'>mean</th></tr><tr>" + "".join(f"<th>{e(n)}</th>" for _, n in METRICS) *
+    h.append("<th colspan='4'>mean</th></tr><tr>" + "".join(f"<th>{e(n)}</th>" for _, n in PROTOCOL_COLUMNS) *
              (len(prompts) + 1) + "</tr>")
     for r in rows:
         h.append(f"<tr><td class='l'>{e(r['method'])}</td><td class='l'>{e(r['transform'])}</td>" +
-                 "".join(f"<td>{fmt(r['per_prompt'][p][k])}</td>" for p in prompts for k, _ in METRICS) +
-                 "".join(f"<td><b>{fmt(r['mean'][k])}</b></td>" for k, _ in METRICS) + "</tr>")
+                 "".join(f"<td>{format_value(r['per_prompt'][p][k])}</td>"
+                         for p in prompts for k, _ in PROTOCOL_COLUMNS) +
+                 "".join(f"<td><b>{format_value(r['mean'][k])}</b></td>" for k, _ in PROTOCOL_COLUMNS) + "</tr>")
     h.append("</table></div><p class='cap'>" + "; ".join(f"P{i + 1} = “{e(p)}”" for i, p in enumerate(prompts))
              + "</p>" + (f"<p class='cap'><b>{e(no_face_note(rows))}</b></p>" if no_face_note(rows) else "")
              + "<h2>Summary (mean over prompts and identities)</h2><table><tr><th class='l'>Method</th>"
-             "<th class='l'>Transform</th>" + "".join(f"<th>{e(n)}</th>" for _, n in SUMMARY) + f"<th>{GAP_NAME}</th>"
+             "<th class='l'>Transform</th>" + "".join(f"<th>{e(n)}</th>" for _, n in SUMMARY_COLUMNS)
+             + f"<th>{GAP_HEADING}</th>"
              "</tr>" + "".join(f"<tr><td class='l'>{e(r['method'])}</td><td class='l'>{e(r['transform'])}</td>"
-                               + "".join(f"<td>{fmt(r['mean'][k])}</td>" for k, _ in SUMMARY)
-                               + f"<td><b>{fmt_gap(r['identity_gap'])}</b></td></tr>" for r in rows)
+                               + "".join(f"<td>{format_value(r['mean'][k])}</td>" for k, _ in SUMMARY_COLUMNS)
+                               + f"<td><b>{format_signed(r['identity_gap'])}</b></td></tr>" for r in rows)
              + f"</table><p class='cap'>{e(SUMMARY_NOTE)}</p>"
              + "<h2>Visibility of the protection</h2><table><tr><th class='l'>Method</th>"
              "<th class='l'>Transform</th><th>PSNR (dB)</th><th>SSIM</th><th>L∞ (grey levels)</th>"
              "<th>PSNR after transform (dB)</th></tr>")
     for r in rows:
         h.append(f"<tr><td class='l'>{e(r['method'])}</td><td class='l'>{e(r['transform'])}</td>"
-                 f"<td>{fmt(r['psnr_db'], 2)}</td><td>{fmt(r['ssim'], 4)}</td><td>{fmt(r['linf'], 1)}</td>"
-                 f"<td>{fmt(r['psnr_after_transform_db'], 2)}</td></tr>")
+                 f"<td>{format_value(r['psnr_db'], 2)}</td><td>{format_value(r['ssim'], 4)}</td>"
+                 f"<td>{format_value(r['linf'], 1)}</td>"
+                 f"<td>{format_value(r['psnr_after_transform_db'], 2)}</td></tr>")
     h.append("</table>")
     rob, bud = robustness_plots(rows), budget_plots(rows)
     if rob:

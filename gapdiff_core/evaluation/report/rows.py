@@ -1,17 +1,26 @@
-"""The rows every report shows: one per method × transform, the metrics averaged as the official scripts do, the
-columns of its tables, and the values' formats."""
+"""The rows every report shows: one per method × transform, the metrics averaged as the official scripts do, and the
+columns of its tables (labels and arrows from :mod:`gapdiff_core.metrics.directions`)."""
 from __future__ import annotations
 
 import math
 from typing import Optional
 
+from ...metrics.directions import METRICS, PROTOCOL_METRICS
 from ..summary import combine_metrics
 
-METRICS = (("fdfr", "FDFR↑"), ("ism", "ISM↓"), ("brisque", "BRISQUE↑"), ("serfiq", "SER-FIQ↓"))
-SUMMARY = (("fdfr", "FDFR↑"), ("ism", "ISM↓"), ("ism_detected", "ISM↓ (detected faces)"), ("brisque", "BRISQUE↑"),
-           ("serfiq", "SER-FIQ↓"), ("serfiq_detected", "SER-FIQ↓ (detected faces)"),
-           ("face_quality", "face quality↓"), ("face_quality_detected", "face quality↓ (detected faces)"))
-GAP_NAME = "identity gap↑"
+
+def _heading(key: str) -> str:
+    """A summary column's heading: "ism" -> "ISM↓", "ism_detected" -> "ISM↓ (detected faces)"."""
+    base = key.removesuffix("_detected")
+    return METRICS[base].heading + (" (detected faces)" if key != base else "")
+
+
+#: (key, heading) of the paper's four metrics, the column group of each prompt: FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓
+PROTOCOL_COLUMNS = tuple((k, METRICS[k].heading) for k in PROTOCOL_METRICS)
+#: (key, heading) of the summary's columns: the protocol means and the means over detected faces only
+SUMMARY_COLUMNS = tuple((k, _heading(k)) for k in ("fdfr", "ism", "ism_detected", "brisque", "serfiq",
+                                                    "serfiq_detected", "face_quality", "face_quality_detected"))
+GAP_HEADING = METRICS["identity_gap"].heading  # "identity gap↑"
 SUMMARY_NOTE = ("ISM, SER-FIQ and the face quality (the lower of the learned QualityFace score and the face's "
                 "1 - BRISQUE/100) as in the protocol (an image or identity without a detected face counts 0), and "
                 "over the detected faces only. Identity gap: the attacked model's "
@@ -65,17 +74,7 @@ def no_face_note(rows: list[dict]) -> str:
     """Why ISM is undefined and SER-FIQ 0 when no generated image had a detectable face (else empty)."""
     if rows and all(v.get("fdfr") == 1.0 for r in rows for v in r["per_prompt"].values()):
         return ("No face was detected in any generated image (FDFR 1.000 everywhere), so ISM, SER-FIQ and the face "
-                "quality count 0, as in the protocol, and their means over detected faces are undefined (–). "
+                "quality count 0, as in the protocol, and their means over detected faces are undefined (n/a). "
                 "Expected with the tiny random model: it cannot learn a face from a few photos in a few steps.")
     return ""
 
-
-def fmt_gap(v) -> str:
-    """The identity-learning gap, signed, to 3 significant digits (its size varies by orders of magnitude)."""
-    return fmt(v) if v is None or not math.isfinite(v) else f"{v:+.3g}"
-
-
-def fmt(v, digits=3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–" if v is None else ("∞" if v > 0 else "-∞")
-    return f"{v:.{digits}f}"
