@@ -83,6 +83,26 @@ def test_results_hold_protocol_metrics_per_prompt(finished):
     assert on_disk["directions"]["identity_gap"] == on_disk["directions"]["fdfr"] == "higher = stronger protection"
 
 
+def test_recorded_fidelity_is_change_stats_of_the_saved_pngs(tmp_path, identity_folder, toy_generator_file):
+    """PSNR and largest change of the protect and transform stages: exactly metrics.fidelity.change_stats of the
+    8-bit PNGs they wrote against the clean photos (the runner measured float tensors before)."""
+    from gapdiff_core.io import load_image
+    from gapdiff_core.metrics.fidelity import change_stats, ssim_uint8
+
+    runner = ProtocolRunner(identity_folder, tmp_path / "o", _config(toy_generator_file), progress=False)
+    (ident,) = find_identities(identity_folder)
+    protect = runner.stage_protect(ident, resolve_method(str(toy_generator_file), 8.0))
+    for rec, folder in (protect, runner.stage_transform(protect, "jpeg:50")):
+        pairs = [(load_image(c).rgb, load_image(folder / n).rgb) for c, n in zip(ident.attacked, rec["files"])]
+        stats = [change_stats(clean, written) for clean, written in pairs]
+        fid = rec["fidelity"]
+        assert len(pairs) == 2 and fid["per_image_psnr_db"] == [s.psnr for s in stats]
+        assert fid["linf_grey_levels"] == max(s.max_change for s in stats) > 0
+        assert fid["psnr_db"] == sum(s.psnr for s in stats) / 2
+        assert fid["ssim"] == pytest.approx(sum(ssim_uint8(w, c) for c, w in pairs) / 2, abs=1e-12)
+    assert protect[0]["fidelity"]["linf_grey_levels"] <= 8
+
+
 def test_identity_learning_gap_is_against_the_clean_attack(finished, identity_folder, toy_generator_file):
     from gapdiff_core.attack import instance_loss
 

@@ -198,7 +198,7 @@ def test_evaluate_images_names_backends_and_matches_parts(faces):
     assert "SFace" in out["backends"]["embedder"] and "RetinaFace" in out["backends"]["detector"]
     assert M.evaluate_images(gen[:1])["ism"] is None
     fid = M.fidelity(torch.zeros(1, 3, 16, 16), torch.full((1, 3, 16, 16), 2 / 255))
-    assert fid["linf_grey_levels"] == pytest.approx(2.0) and fid["psnr_db"] == pytest.approx(20 * np.log10(127.5))
+    assert fid["linf_grey_levels"] == 2.0 and fid["psnr_db"] == 10 * np.log10(255 ** 2 / 4)  # exact, on 8 bits
 
 
 def test_backend_registry_and_clear_errors(tmp_path, monkeypatch):
@@ -403,3 +403,17 @@ def test_metric_directions_and_formats_have_one_home():
     assert format_value(31.456, 2) == "31.46"
     assert [format_signed(v) for v in (0.012345, -3.0e-5, 0.0, None, float("nan"))] == \
         ["+0.0123", "-3e-05", "+0", "n/a", "n/a"]
+
+
+def test_fidelity_of_8_bit_photos_of_several_sizes_is_change_stats_and_ssim_of_each():
+    from gapdiff_core.metrics.fidelity import change_stats, ssim_uint8
+
+    rng = np.random.default_rng(3)
+    clean = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((300, 40, 3), (24, 32, 3))]
+    prot = [np.clip(c.astype(int) + rng.integers(-5, 6, c.shape), 0, 255).astype(np.uint8) for c in clean]
+    fid = M.fidelity(prot, clean)
+    assert fid["per_image_psnr_db"] == [change_stats(c, p).psnr for p, c in zip(prot, clean)]
+    assert fid["linf_grey_levels"] == 5.0 and fid["per_image_ssim"] == [ssim_uint8(p, c) for p, c in zip(prot, clean)]
+    assert M.fidelity(clean, clean)["psnr_db"] == float("inf")
+    with pytest.raises(ValueError, match="2 protected and 1 clean"):
+        M.fidelity(prot, clean[:1])

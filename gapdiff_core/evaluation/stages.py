@@ -2,7 +2,6 @@
 protect -> transform -> attack -> identity -> generate -> metrics."""
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -39,18 +38,18 @@ def _load_photos(paths) -> list[torch.Tensor]:
     return [load_image(p).tensor() for p in paths]
 
 
-def _fidelity_of(images: list, clean: list) -> dict:
-    """Mean PSNR / SSIM and max L∞ over photos of different sizes."""
+def _fidelity_of(files, clean_files) -> dict:
+    """:func:`gapdiff_core.metrics.fidelity` of the written 8-bit photos against the clean ones, over the pairs
+    whose size the transform kept."""
+    from ..io import load_image
     from ..metrics import fidelity
 
-    rows = [fidelity(a, b) for a, b in zip(images, clean) if a.shape == b.shape]
-    if not rows:
+    pairs = [(a, b) for a, b in ((load_image(f).rgb, load_image(c).rgb) for f, c in zip(files, clean_files))
+             if a.shape == b.shape]
+    if not pairs:
         return {"psnr_db": None, "ssim": None, "linf_grey_levels": None, "note": "sizes changed by the transform"}
-    ps = [r["psnr_db"] for r in rows]
-    return {"psnr_db": (sum(ps) / len(ps)) if all(math.isfinite(p) for p in ps) else math.inf,
-            "ssim": sum(r["ssim"] for r in rows) / len(rows),
-            "linf_grey_levels": max(r["linf_grey_levels"] for r in rows),
-            "per_image_psnr_db": ps, "backend": rows[0]["backend"]}
+    f = fidelity([a for a, _ in pairs], [b for _, b in pairs])
+    return {k: f[k] for k in ("psnr_db", "ssim", "linf_grey_levels", "per_image_psnr_db", "backend")}
 
 
 class StageRunner:
@@ -132,10 +131,10 @@ class StageRunner:
                 protected = [x.clamp(0, 1) for x in fn(clean, _load_photos(ident.clean_set))]
                 names = _save_pngs(folder, protected,
                                    [f"{i:02d}_{p.stem}.png" for i, p in enumerate(ident.attacked)])
-                protected = _load_photos(folder / n for n in names)  # score what was written (8-bit)
                 return {"files": names, "clean": [str(p) for p in ident.attacked], "method": method.label,
                         "clean_set": [str(p) for p in ident.clean_set] if method.kind not in ONE_PHOTO_METHODS else [],
-                        "is_demo": method.is_demo, "fidelity": _fidelity_of(protected, clean)}
+                        "is_demo": method.is_demo,
+                        "fidelity": _fidelity_of([folder / n for n in names], ident.attacked)}  # what was written
             rec = self._compute("protect", key, cfg, None, work)
         return rec, folder
 
@@ -158,7 +157,7 @@ class StageRunner:
                 images = [fn(x).clamp(0, 1) for x in _load_photos(pfolder / n for n in prec["files"])]
                 names = _save_pngs(folder, images, prec["files"])
                 return {"files": names, "transform": spec,
-                        "fidelity": _fidelity_of(_load_photos(folder / n for n in names), _load_photos(prec["clean"]))}
+                        "fidelity": _fidelity_of([folder / n for n in names], prec["clean"])}
             rec = self._compute("transform", key, cfg, prec, work)
         return rec, folder
 
