@@ -247,6 +247,19 @@ def test_bad_config_fails_early(toy_generator_file):
         resolve_method("missing.safetensors", 8.0)
 
 
+def test_budgets_follow_the_one_budget_rule_and_errors_name_the_method():
+    from gapdiff_core.common.budget import BudgetError
+
+    # below 1 grey level an iterative method floors its budget to 0 and changes nothing: refused, as everywhere
+    for bad in (0.5, 0, 256, float("nan"), "eight"):
+        with pytest.raises(BudgetError, match=r"budget of method 'photoguard:tiny' must be .*, not"):
+            ProtocolConfig(methods=["none", "photoguard:tiny"], budgets=[8, bad])
+    with pytest.raises(BudgetError, match=r"must be 1-255 grey levels on the 0-255 scale .*, not 0\.5"):
+        ProtocolConfig(methods=["photoguard:tiny"], budgets=[0.5])
+    assert ProtocolConfig(methods=["photoguard:tiny"], budgets=["1", 255]).budgets == [1.0, 255.0]
+    assert ProtocolConfig().budgets == [8.0]
+
+
 def test_protocol_run_writes_all_three_reports(finished):
     import re
 
