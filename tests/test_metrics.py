@@ -417,3 +417,18 @@ def test_fidelity_of_8_bit_photos_of_several_sizes_is_change_stats_and_ssim_of_e
     assert M.fidelity(clean, clean)["psnr_db"] == float("inf")
     with pytest.raises(ValueError, match="2 protected and 1 clean"):
         M.fidelity(prot, clean[:1])
+
+
+def test_change_stats_takes_read_only_photos_without_a_warning():
+    """A decoded JPEG (np.asarray of a PIL image) is read-only; torch warns once per process when given one, so the
+    check runs in a fresh interpreter with warnings as errors."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import warnings, numpy as np; warnings.simplefilter('error'); "
+            "from gapdiff_core.metrics.fidelity import change_stats; a = np.arange(48, dtype=np.uint8).reshape(4, 4, 3);"
+            " b = a + 1; a.flags.writeable = b.flags.writeable = False; s = change_stats(a, b); "
+            "assert s.max_change == 1 and abs(s.psnr - 20 * np.log10(255)) < 1e-9")
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
