@@ -409,7 +409,7 @@ def test_fidelity_of_8_bit_photos_of_several_sizes_is_change_stats_and_ssim_of_e
     from gapdiff_core.metrics.fidelity import change_stats, ssim_uint8
 
     rng = np.random.default_rng(3)
-    clean = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((300, 40, 3), (24, 32, 3))]
+    clean = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((40, 40, 3), (24, 32, 3))]
     prot = [np.clip(c.astype(int) + rng.integers(-5, 6, c.shape), 0, 255).astype(np.uint8) for c in clean]
     fid = M.fidelity(prot, clean)
     assert fid["per_image_psnr_db"] == [change_stats(c, p).psnr for p, c in zip(prot, clean)]
