@@ -29,6 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gapdiff_core import metrics as M  # noqa: E402
+from gapdiff_core.metrics.directions import METRICS  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "gapdiff_core" / "samples"
 IDENTITIES = {"obama": ["obama.jpg", "obama2.jpg", "obama3.jpg"], "biden": ["biden.jpg"],
@@ -36,11 +37,13 @@ IDENTITIES = {"obama": ["obama.jpg", "obama2.jpg", "obama3.jpg"], "biden": ["bid
 FRAMINGS = {"tight": 0.9, "portrait": 2.2, "wide": 3.5}  # square side / face box side
 CONDITIONS = (["clean"] + [f"jpeg{q}" for q in (90, 70, 50, 30, 10, 5)] + [f"blur{s}" for s in (1, 2, 4)]
               + [f"noise{s}" for s in (10, 30)])
-# name, direction when the face gets worse, format
-ROWS = [("fdfr_yunet", "↑", ".2f"), ("fdfr_retinaface", "↑", ".2f"), ("ism_official", "↓", ".3f"),
-        ("ism_detected", "↓", ".3f"), ("brisque", "↑", ".1f"), ("quality_detected", "↓", ".3f"),
-        ("quality_protocol", "↓", ".3f"), ("quality_learned", "↓", ".3f"),
-        ("quality_natural", "↓", ".3f"), ("serfiq_detected", "↓", ".3f"), ("serfiq_protocol", "↓", ".3f")]
+# name, the protocol metric it measures (its arrow, from metrics.directions, is the direction of stronger
+# protection, i.e. of worse faces), format
+ROWS = [("fdfr_yunet", "fdfr", ".2f"), ("fdfr_retinaface", "fdfr", ".2f"), ("ism_official", "ism", ".3f"),
+        ("ism_detected", "ism", ".3f"), ("brisque", "brisque", ".1f"), ("quality_detected", "face_quality", ".3f"),
+        ("quality_protocol", "face_quality", ".3f"), ("quality_learned", "face_quality", ".3f"),
+        ("quality_natural", "face_quality", ".3f"), ("serfiq_detected", "serfiq", ".3f"),
+        ("serfiq_protocol", "serfiq", ".3f")]
 
 
 def framed(name: str, size: int, margin: float) -> np.ndarray:
@@ -115,10 +118,10 @@ def print_table(framing: str, table: dict[str, dict[str, float]], n: int) -> Non
           "arrow = direction expected as faces get worse")
     cols = [c.replace("jpeg", "q").replace("blur", "σb").replace("noise", "σn") for c in CONDITIONS]
     print(f"{'metric':<18}" + "".join(f"{c:>7}" for c in cols) + f"{'Δq5':>8}{'Δσ4':>8}")
-    for name, arrow, fmt in ROWS:
+    for name, metric, fmt in ROWS:
         vals = [table[c][name] for c in CONDITIONS]
         d5, d4 = table["jpeg5"][name] - table["clean"][name], table["blur4"][name] - table["clean"][name]
-        print(f"{name + ' ' + arrow:<18}" + "".join(f"{v:>7{fmt}}" for v in vals) + f"{d5:>+8{fmt}}{d4:>+8{fmt}}")
+        print(f"{name + ' ' + METRICS[metric].arrow:<18}" + "".join(f"{v:>7{fmt}}" for v in vals) + f"{d5:>+8{fmt}}{d4:>+8{fmt}}")
 
 
 def main(argv=None) -> int:

@@ -79,6 +79,28 @@ def test_results_hold_protocol_metrics_per_prompt(finished):
     # the detector's floor on the clean reference photo, and the protection function, are in every result
     assert on_disk["reference_detection"]["n_photos"] == 1 and on_disk["config"]["norm"] == "image"
     assert on_disk["protocol"] == {"name": "custom", "settings": []}
+    assert on_disk["directions"]["ism"] == on_disk["directions"]["serfiq"] == "lower = stronger protection"
+    assert on_disk["directions"]["identity_gap"] == on_disk["directions"]["fdfr"] == "higher = stronger protection"
+
+
+def test_recorded_fidelity_is_change_stats_of_the_saved_pngs(tmp_path, identity_folder, toy_generator_file):
+    """PSNR and largest change of the protect and transform stages: exactly metrics.fidelity.change_stats of the
+    8-bit PNGs they wrote against the clean photos (the runner measured float tensors before)."""
+    from gapdiff_core.io import load_image
+    from gapdiff_core.metrics.fidelity import change_stats, ssim_uint8
+
+    runner = ProtocolRunner(identity_folder, tmp_path / "o", _config(toy_generator_file), progress=False)
+    (ident,) = find_identities(identity_folder)
+    protect = runner.stage_protect(ident, resolve_method(str(toy_generator_file), 8.0))
+    for rec, folder in (protect, runner.stage_transform(protect, "jpeg:50")):
+        pairs = [(load_image(c).rgb, load_image(folder / n).rgb) for c, n in zip(ident.attacked, rec["files"])]
+        stats = [change_stats(clean, written) for clean, written in pairs]
+        fid = rec["fidelity"]
+        assert len(pairs) == 2 and fid["per_image_psnr_db"] == [s.psnr for s in stats]
+        assert fid["linf_grey_levels"] == max(s.max_change for s in stats) > 0
+        assert fid["psnr_db"] == sum(s.psnr for s in stats) / 2
+        assert fid["ssim"] == pytest.approx(sum(ssim_uint8(w, c) for c, w in pairs) / 2, abs=1e-12)
+    assert protect[0]["fidelity"]["linf_grey_levels"] <= 8
 
 
 def test_identity_learning_gap_is_against_the_clean_attack(finished, identity_folder, toy_generator_file):
@@ -223,6 +245,19 @@ def test_bad_config_fails_early(toy_generator_file):
         ProtocolConfig(transforms=["sharpen"])
     with pytest.raises(FileNotFoundError):
         resolve_method("missing.safetensors", 8.0)
+
+
+def test_budgets_follow_the_one_budget_rule_and_errors_name_the_method():
+    from gapdiff_core.common.budget import BudgetError
+
+    # below 1 grey level an iterative method floors its budget to 0 and changes nothing: refused, as everywhere
+    for bad in (0.5, 0, 256, float("nan"), "eight"):
+        with pytest.raises(BudgetError, match=r"budget of method 'photoguard:tiny' must be .*, not"):
+            ProtocolConfig(methods=["none", "photoguard:tiny"], budgets=[8, bad])
+    with pytest.raises(BudgetError, match=r"must be 1-255 grey levels on the 0-255 scale .*, not 0\.5"):
+        ProtocolConfig(methods=["photoguard:tiny"], budgets=[0.5])
+    assert ProtocolConfig(methods=["photoguard:tiny"], budgets=["1", 255]).budgets == [1.0, 255.0]
+    assert ProtocolConfig().budgets == [8.0]
 
 
 def test_protocol_run_writes_all_three_reports(finished):

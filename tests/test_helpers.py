@@ -8,7 +8,7 @@ import torch
 
 from gapdiff_core.common import prompts, seeds
 from gapdiff_core.common.optimizer_state import flatten_optimizer, unflatten_optimizer
-from gapdiff_core.metrics.fidelity import DiffStats
+from gapdiff_core.metrics.fidelity import DiffStats, change_stats
 from gapdiff_core.metrics.robustness import jpeg_robustness, jpeg_uint8
 from gapdiff_core.common.sizes import short_side_size
 from gapdiff_core.common.visualize import amplification, amplified_perturbation, row_blocks
@@ -87,6 +87,8 @@ def test_jpeg_robustness_measures_what_survives():
     assert same.before.sq == 0 and same.correlation == 0 and same.effect is None
     d = DiffStats(clean, prot)
     assert d.cross(d) == pytest.approx(1.0) and d.psnr == pytest.approx(10 * np.log10(255 ** 2 / 64))
+    jpeg_change = change_stats(r.clean_jpeg, r.protected_jpeg)  # the block-wise statistics are the one PSNR / L∞
+    assert (r.after.max, r.after.psnr) == (jpeg_change.max_change, jpeg_change.psnr)
     with pytest.raises(ValueError, match="quality"):
         jpeg_robustness(clean, prot, 0)
     with pytest.raises(ValueError, match="clean one"):

@@ -198,7 +198,7 @@ def test_evaluate_images_names_backends_and_matches_parts(faces):
     assert "SFace" in out["backends"]["embedder"] and "RetinaFace" in out["backends"]["detector"]
     assert M.evaluate_images(gen[:1])["ism"] is None
     fid = M.fidelity(torch.zeros(1, 3, 16, 16), torch.full((1, 3, 16, 16), 2 / 255))
-    assert fid["linf_grey_levels"] == pytest.approx(2.0) and fid["psnr_db"] == pytest.approx(20 * np.log10(127.5))
+    assert fid["linf_grey_levels"] == 2.0 and fid["psnr_db"] == 10 * np.log10(255 ** 2 / 4)  # exact, on 8 bits
 
 
 def test_backend_registry_and_clear_errors(tmp_path, monkeypatch):
@@ -390,3 +390,45 @@ def test_ssim_in_strips_equals_the_whole_image():
                        torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255)[0])
     assert ssim_uint8(b, a) == pytest.approx(whole, abs=1e-5)
     assert np.isnan(ssim_uint8(a[:10], b[:10]))
+
+
+def test_metric_directions_and_formats_have_one_home():
+    from gapdiff_core.metrics.directions import METRICS, PROTOCOL_METRICS, format_signed, format_value
+
+    assert " ".join(METRICS[k].heading for k in PROTOCOL_METRICS) == "FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓"  # the paper's
+    assert METRICS["face_quality"].heading == "face quality↓" and METRICS["identity_gap"].heading == "identity gap↑"
+    assert METRICS["ism"].direction == "lower = stronger protection"
+    assert [format_value(v) for v in (None, float("nan"), float("inf"), -float("inf"), 0.12345, 2)] == \
+        ["n/a", "n/a", "∞", "-∞", "0.123", "2.000"]
+    assert format_value(31.456, 2) == "31.46"
+    assert [format_signed(v) for v in (0.012345, -3.0e-5, 0.0, None, float("nan"))] == \
+        ["+0.0123", "-3e-05", "+0", "n/a", "n/a"]
+
+
+def test_fidelity_of_8_bit_photos_of_several_sizes_is_change_stats_and_ssim_of_each():
+    from gapdiff_core.metrics.fidelity import change_stats, ssim_uint8
+
+    rng = np.random.default_rng(3)
+    clean = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((40, 40, 3), (24, 32, 3))]
+    prot = [np.clip(c.astype(int) + rng.integers(-5, 6, c.shape), 0, 255).astype(np.uint8) for c in clean]
+    fid = M.fidelity(prot, clean)
+    assert fid["per_image_psnr_db"] == [change_stats(c, p).psnr for p, c in zip(prot, clean)]
+    assert fid["linf_grey_levels"] == 5.0 and fid["per_image_ssim"] == [ssim_uint8(p, c) for p, c in zip(prot, clean)]
+    assert M.fidelity(clean, clean)["psnr_db"] == float("inf")
+    with pytest.raises(ValueError, match="2 protected and 1 clean"):
+        M.fidelity(prot, clean[:1])
+
+
+def test_change_stats_takes_read_only_photos_without_a_warning():
+    """A decoded JPEG (np.asarray of a PIL image) is read-only; torch warns once per process when given one, so the
+    check runs in a fresh interpreter with warnings as errors."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import warnings, numpy as np; warnings.simplefilter('error'); "
+            "from gapdiff_core.metrics.fidelity import change_stats; a = np.arange(48, dtype=np.uint8).reshape(4, 4, 3);"
+            " b = a + 1; a.flags.writeable = b.flags.writeable = False; s = change_stats(a, b); "
+            "assert s.max_change == 1 and abs(s.psnr - 20 * np.log10(255)) < 1e-9")
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})

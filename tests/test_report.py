@@ -191,3 +191,23 @@ def test_every_report_states_protocol_norm_and_detector_floor(tmp_path):
     assert "protection function (generator methods): running: running statistics" in md
     page = html_report(results, tmp_path)
     assert "Protocol: paper (1 departure(s))" in page and "identity gap" in page and "3/4 detected" in page
+
+
+def test_headings_arrows_and_missing_values_are_the_directions_modules(tmp_path):
+    """Every report and the demo's summary lines take labels, arrows and formats from metrics.directions: a
+    missing value prints n/a there as everywhere (the reports printed an en dash)."""
+    from gapdiff_core.commands.demo import summary_lines
+    from gapdiff_core.metrics.directions import METRICS
+
+    results = _results(tmp_path)
+    for run in results["runs"]:
+        run["identity_learning"]["gap"] = None
+    md = markdown_report(results)
+    summary = next(line for line in md.splitlines() if line.startswith("| Method | Transform | FDFR↑ | ISM↓ |"))
+    assert summary.endswith("| face quality↓ (detected faces) | identity gap↑ |")
+    assert "| none | none | 0.100 | 0.600 | 0.600 | 20.000 | 0.700 | 0.700 | 0.400 | 0.800 | n/a |" in md
+    assert "–" not in md.replace("0–255", "") and "<td><b>n/a</b></td>" in html_report(results, tmp_path)
+    lines = summary_lines(results)
+    assert lines[0].startswith("mean over prompts (FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓ face quality↓: ")
+    assert all(f"{METRICS['identity_gap'].label} n/a |" in line for line in lines[1:7])
+    assert "| FDFR 0.250 ISM 0.520 BRISQUE 28.00 SER-FIQ 0.700 face quality 0.400 |" in lines[6]

@@ -116,19 +116,20 @@ def run(args) -> int:
 def summary_lines(results: dict) -> list[str]:
     """One line per method × transform: the metrics' means over prompts, the identity-learning gap and the photos'
     PSNR vs clean; then the detector's floor on the clean reference photos."""
-    from ..evaluation.report import _fmt, _fmt_gap, aggregate, no_face_note, run_facts
+    from ..evaluation.report import aggregate, no_face_note, run_facts
+    from ..metrics.directions import METRICS, PROTOCOL_METRICS, format_signed, format_value
 
     rows = aggregate(results)
     width = max(len(r["method"]) for r in rows)
-    out = ["mean over prompts (FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓ face quality↓: arrows point to stronger protection; "
-           "identity gap↑: denoising error on the clean reference photo minus that after the clean-photo attack)"]
+    shown = (*PROTOCOL_METRICS, "face_quality")
+    gap = METRICS["identity_gap"]
+    out = [f"mean over prompts ({' '.join(METRICS[k].heading for k in shown)}: arrows point to stronger protection; "
+           f"{gap.heading}: denoising error on the clean reference photo minus that after the clean-photo attack)"]
     for r in rows:
-        m = r["mean"]
-        out.append(f"{r['method']:<{width}} | {r['transform']:<8} | FDFR {_fmt(m['fdfr'])} ISM {_fmt(m['ism'])} "
-                   f"BRISQUE {_fmt(m['brisque'], 2)} SER-FIQ {_fmt(m['serfiq'])} face quality "
-                   f"{_fmt(m['face_quality'])} | identity gap "
-                   f"{_fmt_gap(r['identity_gap'])} | PSNR of photos vs clean "
-                   f"{_fmt(r['psnr_after_transform_db'], 2)} dB")
+        means = " ".join(f"{METRICS[k].label} {format_value(r['mean'][k], 2 if k == 'brisque' else 3)}" for k in shown)
+        out.append(f"{r['method']:<{width}} | {r['transform']:<8} | {means} | {gap.label} "
+                   f"{format_signed(r['identity_gap'])} | PSNR of photos vs clean "
+                   f"{format_value(r['psnr_after_transform_db'], 2)} dB")
     note = no_face_note(rows)
     facts = [f"{k}: {v}" for k, v in run_facts(results)]
     return out + ([note] if note else []) + facts

@@ -4,16 +4,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from ..metrics.faces import DEFAULT_DETECTOR
+from ..common.budget import DEFAULT_BUDGET, check_budget
 from ..common.prompts import PAPER_PROMPTS
+from ..metrics.faces import DEFAULT_DETECTOR
 
 
 @dataclass
 class ProtocolConfig:
     """What to run. ``methods``: ``"none"``, a generator checkpoint path, or a registered protection
     (``name`` or ``name:arg``, :data:`gapdiff_core.protections.PROTECTIONS`); every method except ``none`` runs at each
-    of ``budgets`` (grey levels, 0–255). ``transforms``: real transform specs (``none``, ``jpeg:70``, ``blur``,
-    ``resize:256``, ...). ``attack_preset``: a name of :data:`gapdiff_core.attack.PRESETS`. ``protocol``: the
+    of ``budgets`` (grey levels, 1-255: :func:`gapdiff_core.common.budget.check_budget`). ``transforms``: real
+    transform specs (``none``, ``jpeg:70``, ``blur``, ``resize:256``, ...). ``attack_preset``: a name of :data:`gapdiff_core.attack.PRESETS`. ``protocol``: the
     named protocol these settings started from (:data:`PROTOCOLS`, see :func:`protocol_config`), or "custom".
     ``norm``, ``official_mode`` (seeded by ``seed``): the generator's protection function (:class:`Protector`).
     ``identity_samples``: (noise, timestep) draws per reference photo for the identity-learning gap."""
@@ -21,7 +22,7 @@ class ProtocolConfig:
     protocol: str = "custom"
     methods: list = field(default_factory=lambda: ["none"])
     transforms: list = field(default_factory=lambda: ["none"])
-    budgets: list = field(default_factory=lambda: [8.0])
+    budgets: list = field(default_factory=lambda: [DEFAULT_BUDGET])
     model: str = "tiny"
     model_seed: int = 0
     attack_preset: str = "tiny-lora"
@@ -48,7 +49,9 @@ class ProtocolConfig:
 
         self.methods = [str(m) for m in self.methods] or ["none"]
         self.transforms = [str(t).strip().lower() for t in self.transforms] or ["none"]
-        self.budgets = [float(b) for b in self.budgets] or [8.0]
+        protected = [m for m in self.methods if m.strip().lower() != "none"]
+        what = "the budget" + (f" of method {', '.join(repr(m) for m in protected)}" if protected else "")
+        self.budgets = [check_budget(b, what) for b in self.budgets] or [DEFAULT_BUDGET]
         self.prompts = tuple(self.prompts) or PAPER_PROMPTS
         if self.attack_preset not in PRESETS:
             raise ValueError(f"unknown attack preset {self.attack_preset!r}; choose one of {', '.join(PRESETS)}")
@@ -56,9 +59,6 @@ class ProtocolConfig:
 
         for t in self.transforms:
             parse_transform(t)  # fails early with a clear message
-        for b in self.budgets:
-            if not 0 < b <= 255:
-                raise ValueError(f"budget must be in (0, 255] grey levels, got {b}")
         from ..model.protector import NORMS
 
         if self.norm not in NORMS:

@@ -46,3 +46,11 @@ def format_value(value, digits: int = 3) -> str:
     if isinstance(value, float) and math.isinf(value):
         return "∞" if value > 0 else "-∞"
     return f"{value:.{digits}f}"
+
+
+def format_signed(value, significant: int = 3) -> str:
+    """A difference for people, signed, to `significant` digits (for a size that varies by orders of magnitude,
+    as the identity gap's): "+0.0123"; missing, NaN and infinite values as :func:`format_value` prints them."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return format_value(value)
+    return f"{value:+.{significant}g}"

@@ -1,16 +1,16 @@
-"""All protocol metrics of a set of generated images in one call, detection shared across metrics."""
+"""All protocol metrics of a set of generated images in one call, detection shared across metrics; and the fidelity
+of protected photos to the clean ones."""
 from __future__ import annotations
 
 import time
 from typing import Optional
 
 import numpy as np
-import torch
 
 from .brisque_iqa import brisque, brisque_backend
 from .face_iqa import BACKEND as FACE_QUALITY_BACKEND, face_quality
 from .faces import DEFAULT_DETECTOR, get_detector, get_embedder
-from .fidelity import psnr, ssim
+from .fidelity import change_stats, ssim_uint8
 from .identity import analyze_faces, fdfr, ism
 from .images import ImageBatch, to_uint8_rgb
 from .serfiq import serfiq
@@ -53,11 +53,19 @@ def evaluate_images(generated: ImageBatch, references: Optional[ImageBatch | np.
     return out
 
 
-def fidelity(protected: torch.Tensor, clean: torch.Tensor) -> dict:
-    """Mean PSNR (dB) and SSIM of protected vs clean photos (B×3×H×W in [0, 1]) and the L∞ change in
-    grey levels (0–255)."""
-    p, s = psnr(protected, clean), ssim(protected, clean)
-    linf = (protected.float() - clean.float()).abs().amax().item() * 255.0
-    return {"psnr_db": float(p.mean()), "ssim": float(s.mean()), "linf_grey_levels": linf,
-            "per_image_psnr_db": p.tolist(), "per_image_ssim": s.tolist(),
-            "backend": "gapdiff torch PSNR/SSIM (Wang et al., 11×11 Gaussian window, σ 1.5)"}
+def fidelity(protected: ImageBatch, clean: ImageBatch) -> dict:
+    """How visible a protection is, on the photos' 8-bit values: the mean PSNR (dB; ∞ if any photo is unchanged)
+    and SSIM of protected vs clean photos, and the largest change in grey levels (0-255), with each photo's PSNR
+    and SSIM. Photos: B×3×H×W tensors in [0, 1] (rounded to 8 bits) or lists of H×W×3 uint8 arrays, the sizes of
+    which may differ from pair to pair."""
+    protected, clean = to_uint8_rgb(protected), to_uint8_rgb(clean)
+    if not protected or len(protected) != len(clean):
+        raise ValueError(f"fidelity needs one clean photo per protected photo, got {len(protected)} protected and "
+                         f"{len(clean)} clean")
+    pairs = list(zip(protected, clean))
+    stats = [change_stats(c, p) for p, c in pairs]
+    psnrs, ssims = [s.psnr for s in stats], [ssim_uint8(p, c) for p, c in pairs]
+    return {"psnr_db": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims),
+            "linf_grey_levels": max(s.max_change for s in stats), "per_image_psnr_db": psnrs, "per_image_ssim": ssims,
+            "backend": "gapdiff 8-bit PSNR and largest change (exact), SSIM (Wang et al., 11×11 Gaussian window, "
+                       "σ 1.5)"}

@@ -52,7 +52,8 @@ def change_stats(original: np.ndarray, changed: np.ndarray) -> ChangeStats:
     if original.dtype != np.uint8 or changed.dtype != np.uint8 or original.shape != changed.shape:
         raise ValueError(f"change_stats expects two uint8 arrays of one shape, got {original.dtype} "
                          f"{original.shape} and {changed.dtype} {changed.shape}")
-    diff = torch.from_numpy(changed).to(torch.int16).sub_(torch.from_numpy(original).to(torch.int16))
+    # int16 copies made in NumPy: a read-only photo (np.asarray of a PIL image) never reaches torch.from_numpy
+    diff = torch.from_numpy(changed.astype(np.int16)).sub_(torch.from_numpy(original.astype(np.int16)))
     lo, hi = torch.aminmax(diff)
     # Exact on every CPU: in float64 each squared difference (<= 255^2) and every partial sum (< 2^53 for any photo
     # under 10^11 pixels) is an integer held exactly, so no summation order rounds (a float32 dot product did).
