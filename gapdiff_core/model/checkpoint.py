@@ -23,6 +23,8 @@ from ..io.atomic import write_file
 ARCHITECTURE = "gap-diff-unet"
 FORMAT_VERSION = "1"
 OFFICIAL_PREFIX = "generator."
+#: What a generator checkpoint file may end with: project `.safetensors`, the authors' `.pth` (also as `.pt`).
+GENERATOR_SUFFIXES = (".safetensors", ".pth", ".pt")
 MAX_NGF = 128  # twice the official width (ngf=64): 293 M parameters
 WORKING_RESOLUTIONS = (64, 2048)  # up to twice SDXL's 1024; generator memory grows with its square
 _BUDGET_RANGE = (1.0, 255.0)  # grey levels: below 1 no 8-bit pixel can move
