@@ -1,5 +1,5 @@
-"""Peak memory of one photo through the app's Protect path (ui.logic.protect_photo: decode, protect in 8 bits,
-three PNGs, statistics), per pixel, for the app's --max-megapixels default (ui.logic.BYTES_PER_PIXEL).
+"""Peak memory of one photo through the app's Protect path (ui.protect_tab.protect_photo: decode, protect in 8 bits,
+three PNGs, statistics), per pixel, for the app's --max-megapixels default (ui.settings.BYTES_PER_PIXEL).
 
 Each size runs in a fresh interpreter; the peak RSS above the loaded generator (after one small warm-up photo) is
 divided by the photo's pixels. Usage: python bench/app_memory.py [megapixels ...] (default 2 8).
@@ -15,7 +15,7 @@ import numpy as np, torch
 from PIL import Image
 import gapdiff_core as gc
 from gapdiff_core.model.checkpoint import GeneratorInfo
-from gapdiff_core.ui import logic
+from gapdiff_core.ui import generators, protect_tab
 mp = float(sys.argv[1])
 tmp = Path(tempfile.mkdtemp())
 torch.manual_seed(0)
@@ -24,10 +24,10 @@ side = int((mp * 1e6) ** 0.5)
 rng = np.random.default_rng(0)
 Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(tmp / "p.png", compress_level=1)
 Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp / "w.png")
-p = logic.get_protector(tmp / "g.safetensors", 8, "working", "cpu", "fp32")
-logic.protect_photo(p, str(tmp / "w.png"), tmp, 0, False, max_pixels=10**9)
+p = generators.get_protector(tmp / "g.safetensors", 8, "working", "cpu", "fp32")
+protect_tab.protect_photo(p, str(tmp / "w.png"), tmp, 0, False, max_pixels=10**9)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-logic.protect_photo(p, str(tmp / "p.png"), tmp, 1, False, max_pixels=10**9)
+protect_tab.protect_photo(p, str(tmp / "p.png"), tmp, 1, False, max_pixels=10**9)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(side * side, base, peak)
 """

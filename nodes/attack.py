@@ -1,11 +1,14 @@
 """DreamBooth Test Attack and Generate: what a deepfake maker would do with the (protected) photos."""
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 from ..gapdiff_core.common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
+from ..gapdiff_core.io.atomic import write_file
 from . import host
 from .surrogate import SURROGATE
 
@@ -27,11 +30,30 @@ def _stop_on_cancel() -> bool:
     return False
 
 
+def save_lora(source: Path, name: str, overwrite: bool) -> Path:
+    """Copy the attack's LoRA to models/loras/`name` atomically. A file of that name with the same content is left
+    as it is; a different one is replaced only with `overwrite`, else FileExistsError says how to go on."""
+    target = Path(host.loras_folder()) / name
+    refusal = FileExistsError(f"models/loras/{name} ({target}) already exists and holds a different LoRA; set "
+                              f"overwrite to true to replace it, or choose another lora_name (this attack's LoRA "
+                              f"stays at {source})")
+    if target.exists() and not overwrite:
+        if filecmp.cmp(source, target, shallow=False):
+            return target
+        raise refusal
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return write_file(target, lambda tmp: shutil.copyfile(source, tmp), overwrite=overwrite)
+    except FileExistsError:  # written by someone else since the check
+        raise refusal from None
+
+
 class DreamBoothTestAttack:
     DESCRIPTION = ("Fine-tunes a copy of the surrogate on the photos with DreamBooth (LoRA or full), as a deepfake "
                    "maker would. Presets: tiny-* for the demo model, lora (rank 8, 800 steps) and paper-full (the "
                    "paper's protocol) for a real SD model; steps > 0 overrides the preset's. With lora_name set, a "
-                   "LoRA attack is also saved to models/loras for ComfyUI's own LoRA loader.")
+                   "LoRA attack is also saved to models/loras for ComfyUI's own LoRA loader; a different file of that "
+                   "name is replaced only with overwrite on.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (ATTACKED, "STRING")
     RETURN_NAMES = ("attacked_model", "info")
@@ -55,6 +77,10 @@ class DreamBoothTestAttack:
             "lora_name": ("STRING", {"default": "",
                                      "tooltip": "LoRA presets: also save the LoRA as models/loras/<name>.safetensors "
                                                 "(empty: do not save)."}),
+        }, "optional": {
+            "overwrite": ("BOOLEAN", {"default": False,
+                                      "tooltip": "Replace a different models/loras file of the same name (off: "
+                                                 "such a file is kept and the node stops with an error)."}),
         }}
 
     @classmethod
@@ -63,7 +89,8 @@ class DreamBoothTestAttack:
             return f"lora_name must be a plain file name without folders, got {lora_name!r}"
         return True
 
-    def attack(self, surrogate, images, instance_prompt, class_prompt, preset, steps, resolution, seed, lora_name):
+    def attack(self, surrogate, images, instance_prompt, class_prompt, preset, steps, resolution, seed, lora_name,
+               overwrite=False):
         from ..gapdiff_core.attack import DreamBoothAttack
         from ..gapdiff_core.attack import preset as make_preset
 
@@ -92,9 +119,7 @@ class DreamBoothTestAttack:
                 f"{result.surrogate.resolution} px" + (f", final loss {result.losses[-1]:.4f}" if result.losses else ""))
         if lora_name and result.lora_path is not None:
             name = lora_name if lora_name.endswith(".safetensors") else lora_name + ".safetensors"
-            target = os.path.join(host.loras_folder(), name)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.copyfile(result.lora_path, target)
+            save_lora(Path(result.lora_path), name, overwrite)
             info += f"; LoRA saved as models/loras/{name}"
         if surrogate.is_demo:
             info = "DEMO model: " + info

@@ -1,8 +1,7 @@
 """Evaluate Protection: the protocol metrics of generated images against the identity's clean photos."""
 from __future__ import annotations
 
-import math
-
+from ..gapdiff_core.metrics.directions import METRICS, PROTOCOL_METRICS, format_value
 from . import host
 
 CATEGORY = "GAP-Diff"
@@ -12,46 +11,48 @@ def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _line(key: str, value, details: str = "", digits: int = 3) -> str:
+    """One metric: its label, value, meaning and direction (metrics.directions), then `details`."""
+    m = METRICS[key]
+    notes = "; ".join(filter(None, (m.meaning, m.direction, details)))
+    return f"{m.label:<7} {format_value(value, digits)}  ({notes})"
+
+
 def summarize(metrics: dict, reference_faces: tuple[int, int] | None = None) -> str:
     """A few readable lines: each metric, which way means stronger protection, and its backend;
     ``reference_faces`` = (faces found, photos) among the clean references: the detector's floor."""
-    def fmt(v, spec):
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
     fdfr, ism = metrics["fdfr"], metrics["ism"]
     brisque, serfiq = metrics["brisque"], metrics["serfiq"]
     lines = [f"GAP-Diff evaluation of {metrics['n_images']} generated image(s)",
-             f"FDFR    {fmt(fdfr['value'], '.3f')}  (face detection failure rate; higher = stronger protection; "
-             f"{fdfr['n_failed']}/{fdfr['n_images']} without a face)"]
+             _line("fdfr", fdfr["value"], f"{fdfr['n_failed']}/{fdfr['n_images']} without a face")]
     if ism is None:
-        lines.append("ISM     n/a  (no reference photos)")
+        lines.append(f"{METRICS['ism'].label:<7} n/a  (no reference photos)")
     else:
-        lines.append(f"ISM     {fmt(ism['value'], '.3f')}  (identity similarity to the clean photos; lower = "
-                     f"stronger; faces found in {ism['n_detected']}/{ism['n_images']})")
-    lines.append(f"BRISQUE {fmt(brisque['value'], '.2f')}  (image quality; higher = worse images = stronger)")
+        lines.append(_line("ism", ism["value"], f"faces found in {ism['n_detected']}/{ism['n_images']}"))
+    lines.append(_line("brisque", brisque["value"], digits=2))
     if serfiq is None:
-        lines.append("SER-FIQ n/a  (the embedder has no dropout head)")
+        lines.append(f"{METRICS['serfiq'].label:<7} n/a  (the embedder has no dropout head)")
     else:
-        lines.append(f"SER-FIQ {fmt(serfiq['value'], '.3f')}  (face quality; lower = stronger; 0 where no face; "
-                     f"{fmt(serfiq.get('value_detected_only'), '.3f')} over the {serfiq['n_detected']} detected "
-                     "face(s))")
+        lines.append(_line("serfiq", serfiq["value"], f"0 where no face; "
+                           f"{format_value(serfiq.get('value_detected_only'))} over the {serfiq['n_detected']} "
+                           "detected face(s)"))
     quality = metrics.get("face_quality")
     if quality is not None:
-        lines.append(f"quality {fmt(quality['value'], '.3f')}  (face quality: the lower of QualityFace and the "
-                     "face's 1 - BRISQUE/100; lower = stronger; 0 where no face; "
-                     f"{fmt(quality.get('value_detected_only'), '.3f')} over the {quality['n_detected']} detected face(s))")
+        lines.append(_line("face_quality", quality["value"], "the lower of QualityFace and the face's 1 - BRISQUE/100; "
+                           f"0 where no face; {format_value(quality.get('value_detected_only'))} over the "
+                           f"{quality['n_detected']} detected face(s)"))
     if reference_faces is not None:
         found, n = reference_faces
         lines.append(f"faces found in {found}/{n} clean reference photo(s) (the detector's floor: FDFR of clean "
-                     f"photos {fmt((n - found) / n if n else None, '.3f')})")
+                     f"photos {format_value((n - found) / n if n else None)})")
     lines.append("backends: " + "; ".join(f"{k}: {v}" for k, v in metrics["backends"].items()))
     return "\n".join(lines)
 
 
 class EvaluateProtection:
     DESCRIPTION = ("Scores generated images of a person against that person's clean photos with the protocol "
-                   "metrics: FDFR (higher = stronger protection), ISM (lower), BRISQUE (higher), SER-FIQ (lower). "
-                   "A metric with no face to measure is NaN and explained in the summary.")
+                   "metrics: " + ", ".join(f"{METRICS[k].label} ({METRICS[k].direction})" for k in PROTOCOL_METRICS)
+                   + ". A metric with no face to measure is NaN and explained in the summary.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "FLOAT", "STRING")
     RETURN_NAMES = ("fdfr", "ism", "brisque", "serfiq", "summary")
@@ -75,8 +76,7 @@ class EvaluateProtection:
         metrics = evaluate_images(host.image_to_core(generated), refs, serfiq_T=int(serfiq_passes))
         floor = fdfr(refs)
         progress.step()
-        values = [_number(metrics[k]["value"]) if metrics[k] is not None else float("nan")
-                  for k in ("fdfr", "ism", "brisque", "serfiq")]
+        values = [_number(metrics[k]["value"]) if metrics[k] is not None else float("nan") for k in PROTOCOL_METRICS]
         text = summarize(metrics, (floor.n_images - floor.n_failed, floor.n_images))
         host.log.info("%s", text)
         return {"ui": {"text": [text]}, "result": (*values, text)}

@@ -14,11 +14,14 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
+from ..gapdiff_core.diffusion.loading import SINGLE_FILE_SUFFIXES
+from ..gapdiff_core.model.checkpoint import GENERATOR_SUFFIXES
+
 log = logging.getLogger("gapdiff")
 
 GENERATOR_FOLDER = "gapdiff"
-GENERATOR_EXTENSIONS = {".safetensors", ".pth"}
-SURROGATE_EXTENSIONS = {".safetensors", ".ckpt"}
+GENERATOR_EXTENSIONS = set(GENERATOR_SUFFIXES)
+SURROGATE_EXTENSIONS = set(SINGLE_FILE_SUFFIXES)  # every single file load_surrogate reads
 DIFFUSERS_PREFIX = "[diffusers] "
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..gapdiff_core.common.budget import BUDGET_MAX, check_budget
 from ..gapdiff_core.protections import CLOSED, METHODS, get_protection
 from . import host
 from .attack import _progress_callback, _stop_on_cancel
@@ -33,8 +34,9 @@ class IterativeProtect:
             "method": (sorted(METHODS), {"default": "aspl"}),
             "schedule": (["default", "tiny"], {"default": "default",
                                                 "tooltip": "default: the authors' schedule; tiny: a few steps."}),
-            "budget": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 32.0, "step": 0.5,
-                                 "tooltip": "Largest change of any pixel in grey levels; 0 = the method's default."}),
+            "budget": ("FLOAT", {"default": 0.0, "min": 0.0, "max": BUDGET_MAX, "step": 0.5,
+                                 "tooltip": "Largest change of any pixel in grey levels (1-255); 0 = the method's "
+                                            "default."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "control_after_generate": True}),
             "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64,
                                    "tooltip": "Working resolution of the optimisation; 0 = the surrogate's (512)."}),
@@ -47,8 +49,8 @@ class IterativeProtect:
         overrides = {"seed": int(seed)}
         if resolution > 0:
             overrides["resolution"] = int(resolution)
-        if budget > 0:
-            overrides["budget"] = float(budget)
+        if budget != 0:  # 0 is the method's own default; anything else follows the one budget rule
+            overrides["budget"] = check_budget(budget)
         progress = host.Progress(1)
         cache = host.temp_folder("gapdiff_class_images")
         with host.training_mode():

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from ..gapdiff_core import load_generator
-from ..gapdiff_core.model.protector import MODES, NORM_DESCRIPTIONS, NORMS, PRECISIONS, Protector
+from ..gapdiff_core.common.budget import BUDGET_MAX, BUDGET_MIN, DEFAULT_BUDGET, check_budget
 from ..gapdiff_core.common.visualize import amplified_perturbation
+from ..gapdiff_core.model.protector import MODES, NORM_DESCRIPTIONS, NORMS, PRECISIONS, Protector
 from . import host
 
 CATEGORY = "GAP-Diff"
@@ -46,10 +47,11 @@ class ProtectImage:
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The photos to protect."}),
             "generator": (GENERATOR, {}),
-            "budget": ("INT", {"default": 8, "min": 1, "max": 32, "step": 1,
+            "budget": ("INT", {"default": int(DEFAULT_BUDGET), "min": int(BUDGET_MIN), "max": int(BUDGET_MAX),
+                               "step": 1,
                                "tooltip": "Largest change of any pixel, in grey levels on the 0-255 scale "
                                           "(8 = the paper's noise_budget 16 on [-1, 1])."}),
-            "mode": (list(MODES), {"default": "working",
+            "mode": (list(MODES), {"default": MODES[0],
                                    "tooltip": "working: computed at the resolution a fine-tuner trains at (512 "
                                               "short side) and resized to the photo; native: full resolution, "
                                               "tiled."}),
@@ -63,12 +65,14 @@ class ProtectImage:
         }}
 
     def protect(self, image, generator, budget, mode, precision, norm="image"):
+        budget = check_budget(budget)
         x = host.image_to_core(image)
         if getattr(generator.info, "demo", False):
             host.log.warning("GAP-Diff: %s is a DEMO generator; its output protects nothing real",
                              getattr(generator.info, "source", "this generator"))
-        protector = Protector(generator, budget=float(budget), mode=mode, device=str(host.device()),
-                              precision=precision, norm=norm)  # works on its own copy: the loader's cached module is untouched
+        # the Protector works on its own copy: the loader's cached module is untouched
+        protector = Protector(generator, budget=budget, mode=mode, device=str(host.device()), precision=precision,
+                              norm=norm)
         progress = host.Progress(x.shape[0])
         protected = []
         for i in range(x.shape[0]):
@@ -78,5 +82,5 @@ class ProtectImage:
         out = host.core_to_image(torch.cat(protected))
         # both are whole grey levels: compare them as such, free of float noise
         amplified, _ = amplified_perturbation(host.core_to_image(torch.round(x * 255)).numpy(),
-                                              (out * 255).round().numpy(), float(budget))
+                                              (out * 255).round().numpy(), budget)
         return (out, torch.from_numpy(amplified).float() / 255)

@@ -83,7 +83,7 @@ def test_tab_protects_with_host_settings(a1111, tmp_path, monkeypatch):
     import gapdiff_core as gc
     from gapdiff_core.model.checkpoint import GeneratorInfo
     from gapdiff_core.io import load_image
-    from gapdiff_core.ui import logic
+    from gapdiff_core.ui import generators, protect_tab
     from modules import call_queue
 
     load_script("gapdiff_a1111_protect")  # registers its settings and tab with the host
@@ -95,7 +95,7 @@ def test_tab_protects_with_host_settings(a1111, tmp_path, monkeypatch):
         photos.append(str(tmp_path / f"face{i}.png"))
         Image.new("RGB", (40, 48), colour).save(photos[-1])
     held, protectors = [], []
-    real_protect, real_get = logic.protect_photo, logic.get_protector
+    real_protect, real_get = protect_tab.protect_photo, generators.get_protector
 
     def protect_photo(protector, *args, **kwargs):
         held.append(call_queue.queue_lock.locked())
@@ -106,8 +106,8 @@ def test_tab_protects_with_host_settings(a1111, tmp_path, monkeypatch):
         held.append(call_queue.queue_lock.locked())
         return real_get(*args, **kwargs)
 
-    monkeypatch.setattr(logic, "protect_photo", protect_photo)
-    monkeypatch.setattr(logic, "get_protector", get_protector)
+    monkeypatch.setattr(protect_tab, "protect_photo", protect_photo)
+    monkeypatch.setattr(generators, "get_protector", get_protector)
     a1111.script_callbacks.ui_settings_callback()
     (blocks, _, _), = a1111.script_callbacks.ui_tabs_callback()
     protect = next(f for f in (blocks.fns.values() if isinstance(blocks.fns, dict) else blocks.fns)

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from gapdiff_core import Generator, GeneratorInfo, save_generator
+from gapdiff_core.common.budget import BUDGET_RULE
 from gapdiff_core.model import checkpoint
 from gapdiff_core.model.checkpoint import CheckpointError, load_generator, printable, read_info, read_safetensors
 from gapdiff_core.cli import main
@@ -71,6 +72,12 @@ def test_metadata_of_wrong_type_or_range_is_refused(tmp_path, state, field, valu
     if field != "ngf":  # the writer checks the same ranges, so gapdiff never writes such a file
         with pytest.raises(CheckpointError):
             save_generator(Generator(ngf=8), tmp_path / "h.safetensors", GeneratorInfo(ngf=8, **{field: value}))
+
+
+@pytest.mark.parametrize("budget", [0.5, 256])
+def test_metadata_budget_follows_the_one_budget_rule(tmp_path, state, budget):
+    """A checkpoint's budget is checked by common.budget.check_budget, and refused in its words."""
+    refused(write_safetensors(tmp_path / "g.safetensors", state, budget=budget), "'budget'", BUDGET_RULE)
 
 
 def test_metadata_that_is_not_json_is_refused(tmp_path, state):
@@ -190,3 +197,16 @@ def test_read_info_reads_metadata_without_loading_weights(tmp_path, state, monke
     torch.save({"conv1.weight": torch.zeros(200, 3, 7, 7)}, tmp_path / "wide.pth")
     with pytest.raises(CheckpointError, match=r"shape \(200, 3, 7, 7\)"):
         read_info(tmp_path / "wide.pth")
+
+
+def test_every_generator_suffix_loads_and_lists(tmp_path, state):
+    """model.checkpoint.GENERATOR_SUFFIXES, the one list the UI and the ComfyUI loader offer, names only files
+    that load_generator and read_info read, with the same weights."""
+    assert checkpoint.GENERATOR_SUFFIXES[0] == ".safetensors"
+    expected = load_generator(write_safetensors(tmp_path / "g.safetensors", state)).state_dict()
+    for suffix in checkpoint.GENERATOR_SUFFIXES[1:]:
+        path = tmp_path / f"official{suffix}"
+        torch.save({"generator." + k: v for k, v in state.items()}, path)
+        assert read_info(path).ngf == 8
+        loaded = load_generator(path).state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in expected.items())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "stubs"))
 import comfy_pack  # noqa: E402
+
+from gapdiff_core.common.budget import BUDGET_MAX, BUDGET_MIN, BUDGET_RULE  # noqa: E402
+from gapdiff_core.common.visualize import amplified_perturbation  # noqa: E402
 
 sys.path.remove(str(Path(__file__).parent / "stubs"))
 
@@ -29,7 +33,8 @@ INTERFACE = {
     "GAPDiffLoadSurrogate": ([("model_name", "COMBO")], [("surrogate", "GAPDIFF_SURROGATE"), ("info", "STRING")]),
     "GAPDiffDreamBoothAttack": ([("surrogate", "GAPDIFF_SURROGATE"), ("images", "IMAGE"), ("instance_prompt", "STRING"),
                                  ("class_prompt", "STRING"), ("preset", "COMBO"), ("steps", "INT"),
-                                 ("resolution", "INT"), ("seed", "INT"), ("lora_name", "STRING")],
+                                 ("resolution", "INT"), ("seed", "INT"), ("lora_name", "STRING"),
+                                 ("overwrite", "BOOLEAN")],
                                 [("attacked_model", "GAPDIFF_ATTACKED_MODEL"), ("info", "STRING")]),
     "GAPDiffGenerate": ([("attacked_model", "GAPDIFF_ATTACKED_MODEL"), ("prompts", "STRING"), ("count", "INT"),
                          ("steps", "INT"), ("guidance", "FLOAT"), ("seed", "INT"), ("scheduler", "COMBO")],
@@ -214,6 +219,84 @@ def test_surrogate_list_has_checkpoints_and_diffusers_folders(comfy):
         pack.nodes.host.surrogate_path("missing.safetensors")
 
 
+def test_surrogate_list_has_every_single_file_load_surrogate_reads(comfy):
+    """.pt, .pth and .bin surrogates load (diffusion.loading.SINGLE_FILE_SUFFIXES) and are listed too; the list
+    once held only .safetensors and .ckpt. Files of other kinds in models/checkpoints stay hidden."""
+    from gapdiff_core.diffusion.loading import SINGLE_FILE_SUFFIXES
+
+    pack, fp, *_ = comfy
+    folder = Path(fp.models_dir) / "checkpoints"
+    made = [folder / f"sd{suffix}" for suffix in (*SINGLE_FILE_SUFFIXES, ".pkl", ".pt2")]
+    for path in made:
+        path.write_bytes(b"")
+    try:
+        names = pack.NODE_CLASS_MAPPINGS["GAPDiffLoadSurrogate"].INPUT_TYPES()["required"]["model_name"][0]
+        assert {n for n in names if n.startswith("sd.")} == {f"sd{suffix}" for suffix in SINGLE_FILE_SUFFIXES}
+        assert {".pt", ".pth", ".bin", ".ckpt", ".safetensors"} == set(SINGLE_FILE_SUFFIXES)
+    finally:
+        for path in made:
+            path.unlink()
+
+
+def test_choices_and_budget_range_come_from_the_core_constants(comfy):
+    from gapdiff_core.model.checkpoint import GENERATOR_SUFFIXES
+    from gapdiff_core.model.protector import MODES, PRECISIONS
+
+    pack, fp, *_ = comfy
+    protect = pack.NODE_CLASS_MAPPINGS["GAPDiffProtectImage"].INPUT_TYPES()["required"]
+    assert protect["mode"][0] == list(MODES) and protect["precision"][0] == ["auto", *PRECISIONS]
+    assert (protect["budget"][1]["min"], protect["budget"][1]["max"]) == (BUDGET_MIN, BUDGET_MAX)
+    iterative = pack.NODE_CLASS_MAPPINGS["GAPDiffIterativeProtect"].INPUT_TYPES()["required"]
+    assert (iterative["budget"][1]["min"], iterative["budget"][1]["max"]) == (0, BUDGET_MAX)  # 0: the method's own
+    assert fp.folder_names_and_paths["gapdiff"][1] >= set(GENERATOR_SUFFIXES)
+
+
+@pytest.mark.parametrize("budget", [0, 256])
+def test_protect_node_checks_the_budget_with_the_one_rule(comfy, budget):
+    pack, *_ = comfy
+    generator, _ = run(pack, "GAPDiffLoadGenerator", generator_name="tiny.safetensors")
+    with pytest.raises(ValueError, match=re.escape(BUDGET_RULE)):  # the pack's own copy of BudgetError
+        run(pack, "GAPDiffProtectImage", image=faces(1), generator=generator, budget=budget, mode="working",
+            precision="fp32")
+
+
+@pytest.mark.parametrize("budget", [0.5, 300.0])
+def test_iterative_node_refuses_a_budget_outside_the_rule_before_any_work(comfy, surrogate, budget, monkeypatch):
+    """Budget 0.5 once reached the method, which floored it to 0 and changed nothing; now the node refuses it, as
+    every other budget outside 1-255 (0 still means the method's own default)."""
+    import importlib
+
+    pack, *_ = comfy
+    node_module = importlib.import_module(pack.__name__ + ".nodes.iterative")
+    monkeypatch.setattr(node_module, "get_protection", lambda *a, **k: pytest.fail("the method was built"))
+    with pytest.raises(ValueError, match=re.escape(BUDGET_RULE)):  # the pack's own copy of BudgetError
+        run(pack, "GAPDiffIterativeProtect", image=faces(1, 64, 64), surrogate=surrogate[0], method="photoguard",
+            schedule="tiny", budget=budget, seed=0, resolution=64)
+
+
+def test_lora_copy_is_atomic_and_never_silently_replaces_another_file(comfy, tmp_path):
+    """The copy into models/loras goes through io.atomic; the same content again is no error, a different file of
+    the same name is kept (the error names it and both ways on) unless overwrite is set. shutil.copyfile replaced
+    it silently."""
+    pack, fp, *_ = comfy
+    save_lora = pack.nodes.attack.save_lora
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    first.write_bytes(b"lora one")
+    second.write_bytes(b"lora two")
+    target = Path(fp.models_dir) / "loras" / "mine.safetensors"
+    assert save_lora(first, "mine.safetensors", overwrite=False) == target and target.read_bytes() == b"lora one"
+    assert save_lora(first, "mine.safetensors", overwrite=False) == target  # same content: nothing to refuse
+    with pytest.raises(FileExistsError) as err:
+        save_lora(second, "mine.safetensors", overwrite=False)
+    assert "models/loras/mine.safetensors" in str(err.value) and "overwrite" in str(err.value)
+    assert "lora_name" in str(err.value) and str(second) in str(err.value)
+    assert target.read_bytes() == b"lora one"
+    save_lora(second, "mine.safetensors", overwrite=True)
+    assert target.read_bytes() == b"lora two"
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".gapdiff-")]
+    target.unlink()
+
+
 # ---------------------------------------------------------------- running the nodes
 def test_load_generator_and_protect(comfy):
     pack, fp, utils, mm = comfy
@@ -230,7 +313,8 @@ def test_load_generator_and_protect(comfy):
     change = (protected * 255).round() - (image * 255).round()
     assert change.abs().max() <= 4 and change.abs().max() > 0
     assert torch.equal(protected * 255, (protected * 255).round())
-    assert torch.allclose(perturbation, (127.5 + change * 127.5 / 4).clamp(0, 255).round() / 255, atol=1e-6)
+    expected, _ = amplified_perturbation((image * 255).round().numpy(), (protected * 255).round().numpy(), 4)
+    assert torch.equal((perturbation * 255).round(), torch.from_numpy(expected).float())
     assert calls[-1] == (3, 3) and len(calls) == 3
     running, _ = run(pack, "GAPDiffProtectImage", image=image, generator=generator, budget=4, mode="working",
                      precision="fp32", norm="running")
@@ -318,6 +402,12 @@ def test_evaluate_protection(comfy):
     assert fdfr == 0.5  # the photo holds a face, random pixels do not
     assert 0.3 < ism <= 1 and math.isfinite(brisque) and 0 <= serfiq <= 1
     assert "FDFR    0.500" in summary and "faces found in 1/2" in summary and "higher = stronger" in summary
+    from gapdiff_core.metrics.directions import METRICS, PROTOCOL_METRICS
+
+    for key in PROTOCOL_METRICS:  # each metric's line and the node's description say its direction from one home
+        line = next(ln for ln in summary.splitlines() if ln.startswith(METRICS[key].label + " "))
+        assert METRICS[key].direction in line
+        assert f"{METRICS[key].label} ({METRICS[key].direction})" in obj.DESCRIPTION
 
 
 def test_evaluate_explains_missing_faces(comfy):

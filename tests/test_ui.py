@@ -14,10 +14,13 @@ from PIL import Image
 
 import gapdiff_core as gc
 from gapdiff_core.model.checkpoint import GeneratorInfo
+from gapdiff_core.common.budget import BudgetError, check_budget
+from gapdiff_core.common.visualize import amplified_perturbation
 from gapdiff_core.io import load_image, to_uint8
+from gapdiff_core.metrics.directions import METRICS
 from gapdiff_core.metrics.robustness import denoising_effect
-from gapdiff_core.ui import logic
-from gapdiff_core.ui.logic import UIError
+from gapdiff_core.ui import evaluate_tab, generators, protect_tab, robustness_tab, settings, uploads
+from gapdiff_core.ui.settings import UIError
 
 SAMPLE = Path(gc.__file__).parent / "samples" / "obama.jpg"
 BUDGET = 8
@@ -69,24 +72,24 @@ def photo(tmp_path_factory):
 
 def test_generators_listed_with_demo_label(models, tmp_path):
     (models / "notes.txt").write_text("not a model")
-    entries = {e.path.name: e for e in logic.list_generators(models)}
+    entries = {e.path.name: e for e in generators.list_generators(models)}
     assert set(entries) == {"tiny_demo.safetensors", "tiny_real.safetensors"}
     assert "DEMO" in entries["tiny_demo.safetensors"].choice and entries["tiny_demo.safetensors"].demo
     assert "DEMO" not in entries["tiny_real.safetensors"].choice
-    assert "DEMO" in logic.describe_generator(entries["tiny_demo.safetensors"].info)
+    assert "DEMO" in generators.describe_generator(entries["tiny_demo.safetensors"].info)
     (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
-    broken = logic.list_generators(tmp_path)
+    broken = generators.list_generators(tmp_path)
     assert broken[0].error and "unreadable" in broken[0].choice
     with pytest.raises(UIError, match="broken.safetensors"):
-        logic.resolve_generator(broken[0].choice, None, tmp_path)
+        generators.resolve_generator(broken[0].choice, None, tmp_path)
     with pytest.raises(UIError, match="No generator selected"):
-        logic.resolve_generator(None, None, tmp_path)
+        generators.resolve_generator(None, None, tmp_path)
 
 
 def test_protect_photo_is_lossless_core_result_within_budget(models, photo, tmp_path):
     gen = models / "tiny_demo.safetensors"
-    protector = logic.get_protector(gen, BUDGET, "working", "cpu", "fp32")
-    r = logic.protect_photo(protector, str(photo), tmp_path, 0, demo=True)
+    protector = generators.get_protector(gen, BUDGET, "working", "cpu", "fp32")
+    r = protect_tab.protect_photo(protector, str(photo), tmp_path, 0, demo=True)
     assert r.protected_png.name == "01_face_one_protected_DEMO.png"
     out = png_pixels(r.protected_png.read_bytes())
     np.testing.assert_array_equal(out, core_result(gen, photo))
@@ -94,10 +97,9 @@ def test_protect_photo_is_lossless_core_result_within_budget(models, photo, tmp_
     assert np.abs(out.astype(int) - orig).max() <= BUDGET
     assert r.max_change <= BUDGET and r.psnr_db > 30 and 0.9 < r.ssim <= 1
     np.testing.assert_array_equal(png_pixels(r.original_png.read_bytes()), orig)
-    vis = png_pixels(r.perturbation_png.read_bytes()).astype(int)  # grey + diff * gain: +-budget -> 255 / 0
-    gain = 127.5 / BUDGET
-    np.testing.assert_array_equal(vis, np.clip(np.round(127.5 + (out.astype(int) - orig) * gain), 0, 255))
-    zpath = logic.zip_outputs([r], tmp_path, demo=True)
+    vis = png_pixels(r.perturbation_png.read_bytes())
+    np.testing.assert_array_equal(vis, amplified_perturbation(orig, out, BUDGET)[0])
+    zpath = protect_tab.zip_outputs([r], tmp_path, demo=True)
     assert zpath.name.endswith("_DEMO.zip")
     with zipfile.ZipFile(zpath) as zf:
         assert zf.namelist() == [r.protected_png.name]
@@ -107,48 +109,115 @@ def test_protect_photo_is_lossless_core_result_within_budget(models, photo, tmp_
 def test_protector_cache_reloads_changed_file_and_checks_options(models, tmp_path):
     gen = tmp_path / "g.safetensors"
     gc.save_generator(gc.Generator(ngf=8), gen, GeneratorInfo(ngf=8, working_resolution=256))
-    a = logic.get_protector(gen, 4, "working", "cpu", "fp32")
-    assert logic.get_protector(gen, 4, "working", "cpu", "fp32") is a
-    assert logic.get_protector(gen, 6, "working", "cpu", "fp32") is not a
+    a = generators.get_protector(gen, 4, "working", "cpu", "fp32")
+    assert generators.get_protector(gen, 4, "working", "cpu", "fp32") is a
+    assert generators.get_protector(gen, 6, "working", "cpu", "fp32").budget == 6
     gc.save_generator(gc.Generator(ngf=8), gen, GeneratorInfo(ngf=8, working_resolution=256, demo=True))
-    assert logic.get_protector(gen, 4, "working", "cpu", "fp32").info.demo
-    with pytest.raises(UIError, match="budget"):
-        logic.get_protector(gen, 0, "working", "cpu", "fp32")
+    assert generators.get_protector(gen, 4, "working", "cpu", "fp32").info.demo
     with pytest.raises(UIError, match="Mode"):
-        logic.get_protector(gen, 4, "fast", "cpu", "fp32")
+        generators.get_protector(gen, 4, "fast", "cpu", "fp32")
+
+
+@pytest.mark.parametrize("budget", [0, 0.5, 256, float("nan"), "eight"])
+def test_protector_budget_follows_the_one_budget_rule(models, budget):
+    """The UI checks the budget with common.budget.check_budget before anything is loaded: the message states
+    the rule (the UI's own check accepted 0.5, which then failed inside the Protector as a load error)."""
+    with pytest.raises(UIError) as err:
+        generators.get_protector(models / "tiny_real.safetensors", budget, "working", "cpu", "fp32")
+    with pytest.raises(BudgetError) as rule:
+        check_budget(budget, "The budget")
+    assert str(err.value) == f"{rule.value}."
+
+
+def _counting_loads(monkeypatch) -> list:
+    loads, real_load = [], generators.load_generator
+
+    def load(path, *args, **kwargs):
+        loads.append(Path(path).name)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(generators, "load_generator", load)
+    return loads
+
+
+def test_budget_changes_reuse_the_loaded_generator(tmp_path, photo, monkeypatch):
+    """Budgets 8, 4, 6 (and another mode) load the checkpoint once, and each gives the pixels of a fresh Protector
+    at that budget; the old cache loaded the checkpoint (73 M parameters for the official one) on every change."""
+    gen = tmp_path / "g.safetensors"
+    gc.save_generator(gc.Generator(ngf=8), gen, GeneratorInfo(ngf=8, working_resolution=256))
+    loads = _counting_loads(monkeypatch)
+    rgb = load_image(photo).rgb
+    for budget, mode in ((8, "working"), (4, "working"), (6, "working"), (6, "native"), (8, "working")):
+        protector = generators.get_protector(gen, budget, mode, "cpu", "fp32")
+        assert (protector.budget, protector.mode) == (budget, mode)
+        fresh = gc.Protector(gc.load_generator(gen), budget=budget, mode=mode, device="cpu", precision="fp32")
+        np.testing.assert_array_equal(protector.protect_uint8(rgb), fresh.protect_uint8(rgb))
+    assert loads == ["g.safetensors"]
+
+
+def test_a_budget_above_the_probed_one_loads_once_more_and_is_kept(tmp_path, monkeypatch):
+    """With `auto` precision kept at a reduced precision (the probe is forced to keep it here), the Protector
+    refuses budgets above the one it was probed at: the UI loads the generator once at the larger budget and
+    serves every smaller budget from that one."""
+    from gapdiff_core.model import protector as protector_module
+
+    def keep(self, generator):
+        self.precision_note = "auto: kept (test)"
+
+    monkeypatch.setattr(protector_module, "default_precision", lambda device: "bf16")
+    monkeypatch.setattr(protector_module.Protector, "_keep_reduced_precision_only_if_close", keep)
+    gen = tmp_path / "g.safetensors"
+    gc.save_generator(gc.Generator(ngf=8), gen, GeneratorInfo(ngf=8, working_resolution=256))
+    loads = _counting_loads(monkeypatch)
+    used = [generators.get_protector(gen, b, "working", "cpu", "auto") for b in (8, 16, 12, 8, 16)]
+    assert [p.budget for p in used] == [8, 16, 12, 8, 16] and all(p.precision == "bf16" for p in used)
+    assert loads == ["g.safetensors"] * 2
 
 
 def test_unreadable_photo_is_a_readable_error(models, tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_text("hello")
-    protector = logic.get_protector(models / "tiny_real.safetensors", BUDGET, "working", "cpu", "fp32")
+    protector = generators.get_protector(models / "tiny_real.safetensors", BUDGET, "working", "cpu", "fp32")
     with pytest.raises(UIError) as err:
-        logic.protect_photo(protector, str(bad), tmp_path, 0, demo=False)
+        protect_tab.protect_photo(protector, str(bad), tmp_path, 0, demo=False)
     assert str(err.value).startswith("notes.jpg: ") and "Traceback" not in str(err.value)
 
 
 def test_photo_error_names_the_upload_once_whatever_its_name(models, tmp_path):
     """The reason comes from ImageError.reason, not from splitting its message: a ': ' in a file name (legal on
     Linux and macOS) once made the UI repeat part of the name as if it were the problem."""
-    protector = logic.get_protector(models / "tiny_real.safetensors", BUDGET, "working", "cpu", "fp32")
+    protector = generators.get_protector(models / "tiny_real.safetensors", BUDGET, "working", "cpu", "fp32")
     bad = tmp_path / "holiday: day 1.jpg"
     bad.write_text("hello")
     with pytest.raises(UIError) as err:
-        logic.protect_photo(protector, str(bad), tmp_path, 0, demo=False)
+        protect_tab.protect_photo(protector, str(bad), tmp_path, 0, demo=False)
     assert str(err.value) == ("holiday: day 1.jpg: is a text file, not an image; check that the right file was "
                               "given")
 
 
 def test_summary_labels_demo_and_lists_failures(models, photo, tmp_path):
-    protector = logic.get_protector(models / "tiny_demo.safetensors", BUDGET, "working", "cpu", "fp32")
-    r = logic.protect_photo(protector, str(photo), tmp_path, 0, demo=True)
-    text = logic.summary_markdown([r], ["x.jpg: broken"], BUDGET, protector.info)
+    protector = generators.get_protector(models / "tiny_demo.safetensors", BUDGET, "working", "cpu", "fp32")
+    r = protect_tab.protect_photo(protector, str(photo), tmp_path, 0, demo=True)
+    text = protect_tab.summary_markdown([r], ["x.jpg: broken"], BUDGET, protector.info)
     assert "DEMO" in text and "x.jpg: broken" in text and "face one.jpg" in text
 
 
+def test_zip_is_written_atomically(models, photo, tmp_path):
+    """The zip goes through io.atomic: a failure while it is written (here a protected PNG that vanished) leaves no
+    half-written zip behind; the direct zipfile write left a truncated one that the app would have offered."""
+    protector = generators.get_protector(models / "tiny_real.safetensors", BUDGET, "working", "cpu", "fp32")
+    good = protect_tab.protect_photo(protector, str(photo), tmp_path, 0, demo=False)
+    gone = protect_tab.protect_photo(protector, str(photo), tmp_path, 1, demo=False)
+    gone.protected_png.unlink()
+    with pytest.raises(FileNotFoundError):
+        protect_tab.zip_outputs([good, gone], tmp_path, demo=False)
+    assert not (tmp_path / "gapdiff_protected.zip").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gapdiff-")]
+
+
 def test_robustness_measures_what_survives_jpeg(models, photo, tmp_path):
-    protector = logic.get_protector(models / "tiny_real.safetensors", 16, "working", "cpu", "fp32")
-    r = logic.robustness_check(str(photo), None, 50, tmp_path, protector)
+    protector = generators.get_protector(models / "tiny_real.safetensors", 16, "working", "cpu", "fp32")
+    r = robustness_tab.robustness_check(str(photo), None, 50, tmp_path, protector)
     assert "Perturbation energy kept through JPEG" in r.markdown
     assert png_pixels(r.clean_jpeg_png.read_bytes()).shape == (120, 96, 3)
     from gapdiff_core.preprocess.real import jpeg
@@ -157,7 +226,7 @@ def test_robustness_measures_what_survives_jpeg(models, photo, tmp_path):
     other = tmp_path / "small.png"
     Image.new("RGB", (40, 40)).save(other)
     with pytest.raises(UIError, match="matching pair"):
-        logic.robustness_check(str(photo), str(other), 50, tmp_path)
+        robustness_tab.robustness_check(str(photo), str(other), 50, tmp_path)
 
 
 class SmallSurrogate:
@@ -199,14 +268,16 @@ def test_denoising_effect_is_deterministic_and_responds_to_the_image():
 
 def test_robustness_without_an_effect_before_jpeg_says_so(photo, tmp_path):
     pytest.importorskip("diffusers")
-    r = logic.robustness_check(str(photo), str(photo), 60, tmp_path, None, SmallSurrogate())
+    r = robustness_tab.robustness_check(str(photo), str(photo), 60, tmp_path, None, SmallSurrogate())
     assert "survives JPEG: n/a (no adversarial effect before JPEG" in r.markdown and "n/a%" not in r.markdown
 
 
 def test_evaluate_tab_reports_face_quality_and_detector():
-    text = logic.evaluate_uploads([str(SAMPLE)], [str(SAMPLE.with_name("obama2.jpg"))])
+    text = evaluate_tab.evaluate_uploads([str(SAMPLE)], [str(SAMPLE.with_name("obama2.jpg"))])
     rows = {line.split("|")[1].strip(): line.split("|")[2:] for line in text.splitlines() if line.startswith("| ")}
-    assert 0 < float(rows["Face quality"][0]) <= 1 and "QualityFace" in rows["Face quality"][2]
+    quality = rows[METRICS["face_quality"].label]
+    assert 0 < float(quality[0]) <= 1 and "QualityFace" in quality[2]
+    assert quality[1].strip() == METRICS["face_quality"].direction == "lower = stronger protection"
     assert float(rows["FDFR"][0]) == 0 and "retinaface-mobilenet" in rows["FDFR"][2]
     assert "detector: retinaface-mobilenet" in text
 
@@ -216,7 +287,7 @@ def test_builder_builds_blocks_with_api(models):
 
     from gapdiff_core.ui import build_ui
 
-    blocks = build_ui(lambda: logic.UISettings(models_dir=models))
+    blocks = build_ui(lambda: settings.UISettings(models_dir=models))
     assert isinstance(blocks, gr.Blocks)
     names = {getattr(d, "api_name", None) for d in blocks.fns.values()} if isinstance(blocks.fns, dict) else \
         {d.api_name for d in blocks.fns}
@@ -244,7 +315,7 @@ def _client(url):
     return Client(url, verbose=False)
 
 
-def _protect_args(photo, choice="tiny_demo.safetensors" + logic.DEMO_TAG):
+def _protect_args(photo, choice="tiny_demo.safetensors" + generators.DEMO_TAG):
     from gradio_client import handle_file
 
     return ([handle_file(str(photo))], choice, None, BUDGET, "working")
@@ -317,7 +388,7 @@ def test_bad_checkpoints_are_named_and_skipped_at_start_and_refused_when_chosen(
     shutil.copy(models / "tiny_real.safetensors", folder / "good.safetensors")
     zip_bomb_pth(folder / "bomb.pth")
     (folder / "odd.pth").write_bytes(b"PK\x03\x04 pretend")
-    real_read_info = logic.read_info
+    real_read_info = generators.read_info
 
     def read_info(path):
         if Path(path).name == "odd.pth":
@@ -327,7 +398,7 @@ def test_bad_checkpoints_are_named_and_skipped_at_start_and_refused_when_chosen(
     def unpack(*args, **kwargs):
         raise AssertionError("torch.load ran on a zip bomb")
 
-    monkeypatch.setattr(logic, "read_info", read_info)
+    monkeypatch.setattr(generators, "read_info", read_info)
     monkeypatch.setattr(torch, "load", unpack)
     args = argparse.Namespace(host="127.0.0.1", port=0, models_dir=str(folder), budget=8.0, device="cpu",
                               precision="fp32", max_file_size="2mb", max_photos=8, queue_size=4, share=False)
@@ -335,13 +406,13 @@ def test_bad_checkpoints_are_named_and_skipped_at_start_and_refused_when_chosen(
     err = capsys.readouterr().err
     assert "skipped bomb.pth" in err and "zip bomb" in err
     assert "skipped odd.pth" in err and "MemoryError" in err
-    choices = {e.choice: e for e in logic.list_generators(folder)}
+    choices = {e.choice: e for e in generators.list_generators(folder)}
     assert set(choices) == {"good.safetensors", "bomb.pth  [unreadable]", "odd.pth  [unreadable]"}
     assert choices["odd.pth  [unreadable]"].error.startswith("odd.pth: ")
     with pytest.raises(UIError, match="zip bomb"):
-        logic.resolve_generator("bomb.pth  [unreadable]", None, folder)
+        generators.resolve_generator("bomb.pth  [unreadable]", None, folder)
     with pytest.raises(UIError, match=r"Could not load the generator bomb\.pth: .*zip bomb"):
-        logic.get_protector(folder / "bomb.pth", BUDGET, "working", "cpu", "fp32")
+        generators.get_protector(folder / "bomb.pth", BUDGET, "working", "cpu", "fp32")
     assert _ui_fn(blocks, "list_generators") is not None
 
 
@@ -363,14 +434,14 @@ def test_listing_generators_reads_no_weights(models, tmp_path, monkeypatch):
         mmaps.append(kwargs.get("mmap"))
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(logic, "load_generator", forbidden)
+    monkeypatch.setattr(generators, "load_generator", forbidden)
     monkeypatch.setattr(checkpoint, "read_safetensors", forbidden)
     monkeypatch.setattr(checkpoint, "Generator", forbidden)
     monkeypatch.setattr(torch, "load", load)
-    entries = {e.path.name: e for e in logic.list_generators(folder)}
+    entries = {e.path.name: e for e in generators.list_generators(folder)}
     assert {name: (e.error, e.info.ngf, e.demo) for name, e in entries.items()} == {
         "official.pth": ("", 8, False), "tiny_demo.safetensors": ("", 8, True), "tiny_real.safetensors": ("", 8, False)}
-    assert entries["tiny_demo.safetensors"].choice == "tiny_demo.safetensors" + logic.DEMO_TAG
+    assert entries["tiny_demo.safetensors"].choice == "tiny_demo.safetensors" + generators.DEMO_TAG
     assert mmaps == [True]  # the .pth state dict is memory-mapped, its tensors unread
 
 
@@ -420,15 +491,15 @@ def test_robustness_surrogate_path_reveals_nothing_outside_the_models_folder(mod
 
     inside = models / "my-surrogate"
     inside.mkdir(exist_ok=True)
-    s = logic.UISettings(models_dir=models)
-    assert logic.resolve_surrogate_path("my-surrogate", s) == inside.resolve()
+    s = settings.UISettings(models_dir=models)
+    assert robustness_tab.resolve_surrogate_path("my-surrogate", s) == inside.resolve()
     outside = tmp_path / "secret"
     outside.mkdir()
     answers = set()
     for probe in (str(outside), str(tmp_path / "missing"), "/", "../" + outside.name, str(models / ".." / "x"),
                   "", "bad\x00name"):
         with pytest.raises(UIError) as err:
-            logic.resolve_surrogate_path(probe, s)
+            robustness_tab.resolve_surrogate_path(probe, s)
         answers.add(str(err.value).replace(repr(probe), "<name>"))
     assert len(answers) == 1  # an existing folder and a missing one get the same answer
     robustness = _ui_fn(build_ui(s), "robustness")
@@ -451,28 +522,28 @@ def test_robustness_without_diffusers_says_so_and_still_compares(models, photo, 
             raise RuntimeError("Failed to import diffusers.models: cannot import name 'resolve_revision'")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(logic, "_SURROGATES", {})
+    monkeypatch.setattr(robustness_tab, "_SURROGATES", {})
     monkeypatch.setattr(builtins, "__import__", no_diffusers)
     with pytest.raises(UIError, match="needs diffusers.*resolve_revision.*surrogate 'none'"):
-        logic.load_surrogate_cached("tiny")
+        robustness_tab.load_surrogate_cached("tiny")
     monkeypatch.setattr(builtins, "__import__", real_import)
-    r = logic.robustness_check(str(photo), str(photo), 60, tmp_path)
+    r = robustness_tab.robustness_check(str(photo), str(photo), 60, tmp_path)
     assert "Perturbation energy kept through JPEG" in r.markdown
 
 
 def test_evaluate_and_protect_limit_photos_and_pixels(models, photo, tmp_path):
-    s = logic.UISettings(models_dir=models, max_photos=2, max_pixels=10_000)
+    s = settings.UISettings(models_dir=models, max_photos=2, max_pixels=10_000)
     with pytest.raises(UIError, match="3 generated photos uploaded; at most 2"):
-        logic.evaluate_uploads([str(photo)] * 3, None, s)
+        evaluate_tab.evaluate_uploads([str(photo)] * 3, None, s)
     with pytest.raises(UIError, match="3 reference photos uploaded; at most 2"):
-        logic.evaluate_uploads([str(photo)], [str(photo)] * 3, s)
+        evaluate_tab.evaluate_uploads([str(photo)], [str(photo)] * 3, s)
     with pytest.raises(UIError, match="3 photos uploaded; at most 2"):
-        logic.check_protect_request([str(photo)] * 3, "tiny_real.safetensors", None, s)
-    protector = logic.get_protector(models / "tiny_real.safetensors", BUDGET, "working", "cpu", "fp32")
+        generators.check_protect_request([str(photo)] * 3, "tiny_real.safetensors", None, s)
+    protector = generators.get_protector(models / "tiny_real.safetensors", BUDGET, "working", "cpu", "fp32")
     with pytest.raises(UIError, match=r"face one.jpg: larger than this server's limit of 0.01 megapixels"):
-        logic.protect_photo(protector, str(photo), tmp_path, 0, False, max_pixels=s.max_pixels)
+        protect_tab.protect_photo(protector, str(photo), tmp_path, 0, False, max_pixels=s.max_pixels)
     with pytest.raises(UIError, match="0.01 megapixels"):
-        logic.robustness_check(str(photo), None, 75, tmp_path, protector, max_pixels=s.max_pixels)
+        robustness_tab.robustness_check(str(photo), None, 75, tmp_path, protector, max_pixels=s.max_pixels)
 
 
 def test_outputs_and_uploads_stay_private(models, tmp_path, monkeypatch):
@@ -484,8 +555,8 @@ def test_outputs_and_uploads_stay_private(models, tmp_path, monkeypatch):
     root = tmp_path / "gapdiff-ui"
     root.mkdir(mode=0o755)
     root.chmod(0o755)
-    monkeypatch.setattr(logic, "OUTPUT_ROOT", root)
-    out = logic.new_output_dir()
+    monkeypatch.setattr(uploads, "OUTPUT_ROOT", root)
+    out = uploads.new_output_dir()
     assert out.parent == root and stat.S_IMODE(root.stat().st_mode) == 0o700
     monkeypatch.setenv("GRADIO_TEMP_DIR", "")
     monkeypatch.delenv("GRADIO_TEMP_DIR")  # restored afterwards to what it was

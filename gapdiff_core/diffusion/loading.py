@@ -18,7 +18,8 @@ from . import convert
 from .surrogate import CONFIG_ROOT, SURROGATE_MARKER, Surrogate, family_of, resolution_of
 from .tokenizer import tokenizer_from_config
 
-SINGLE_FILE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
+TORCH_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # PyTorch files, read with torch.load(weights_only=True)
+SINGLE_FILE_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)  # every single-file checkpoint load_surrogate reads
 BUNDLED_CONFIGS = ("sd15", "sd21-base", "sd21-v", "tiny", "tiny-sd2")
 
 
@@ -48,7 +49,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return read_safetensors(path)
-    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
+    if suffix in TORCH_SUFFIXES:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:

@@ -17,15 +17,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .generator import Generator
+from ..common.budget import BUDGET_RULE, DEFAULT_BUDGET, BudgetError, check_budget
 from ..io.atomic import write_file
+from .generator import Generator
 
 ARCHITECTURE = "gap-diff-unet"
 FORMAT_VERSION = "1"
 OFFICIAL_PREFIX = "generator."
+#: What a generator checkpoint file may end with: project `.safetensors`, the authors' `.pth` (also as `.pt`).
+GENERATOR_SUFFIXES = (".safetensors", ".pth", ".pt")
 MAX_NGF = 128  # twice the official width (ngf=64): 293 M parameters
 WORKING_RESOLUTIONS = (64, 2048)  # up to twice SDXL's 1024; generator memory grows with its square
-_BUDGET_RANGE = (1.0, 255.0)  # grey levels: below 1 no 8-bit pixel can move
 _UNPACK_RATIO = 4  # a .pth archive may unpack to at most this many times its own size (torch.save stores, never deflates)
 
 
@@ -38,7 +40,7 @@ class GeneratorInfo:
     """What a checkpoint says about its generator. `budget` is in grey levels (0-255 scale)."""
 
     ngf: int = 64
-    budget: float = 8.0
+    budget: float = DEFAULT_BUDGET
     working_resolution: int = 512
     demo: bool = False
     provenance: str = ""
@@ -234,9 +236,10 @@ def _checked_field(path: Path, key: str, value):
     elif key == "budget":
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise refuse("it must be a number of grey levels")
-        if not _BUDGET_RANGE[0] <= value <= _BUDGET_RANGE[1]:
-            raise refuse("it must be 1-255 grey levels (0-255 scale)")
-        value = float(value)
+        try:
+            value = check_budget(value)
+        except BudgetError:
+            raise refuse(f"it must be {BUDGET_RULE}") from None
     elif key == "demo" and not isinstance(value, bool):
         raise refuse("it must be true or false")
     elif key in ("provenance", "surrogate") and not isinstance(value, str):

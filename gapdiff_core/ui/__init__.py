@@ -1,8 +1,10 @@
 """Gradio UI shared by the standalone app (`gapdiff app`) and the AUTOMATIC1111 / Forge tab.
 
-`build_ui(settings)` returns the Blocks; `logic` holds everything the UI does without Gradio.
+`build_ui(settings)` returns the Blocks (`blocks.py`, the one module that imports Gradio besides `compat.py`).
+What the page does without Gradio: `generators` (the models folder, the loaded Protectors), `protect_tab`,
+`robustness_tab`, `evaluate_tab`, with `uploads` (uploads in, private output folders out) and `settings`.
 """
-from .logic import UIError, UISettings
+from .settings import UIError, UISettings
 
 
 def build_ui(settings=None):

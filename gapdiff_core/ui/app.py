@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_MODELS_DIR = os.environ.get("GAPDIFF_MODELS_DIR", "models")
-DEFAULT_MAX_MEGAPIXELS = 25  # ui.logic.DEFAULT_MAX_PIXELS: about 1.1 GB per photo at ui.logic.BYTES_PER_PIXEL
+DEFAULT_MAX_MEGAPIXELS = 25  # settings.DEFAULT_MAX_PIXELS: about 1.1 GB per photo at BYTES_PER_PIXEL
 
 
 def create_app(args: argparse.Namespace):
@@ -21,7 +21,8 @@ def create_app(args: argparse.Namespace):
     turns them on; its upload cache is a folder only this user can enter, unless GRADIO_TEMP_DIR names one."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from . import UISettings, build_ui
-    from .logic import list_generators, private_dir
+    from .generators import list_generators
+    from .uploads import private_dir
 
     if "GRADIO_TEMP_DIR" not in os.environ:
         uid = os.getuid() if hasattr(os, "getuid") else "user"

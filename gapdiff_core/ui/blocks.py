@@ -2,18 +2,21 @@
 import functools
 import inspect
 import logging
-import math
 from pathlib import Path
 from typing import Callable
 
 import gradio as gr
 import torch
 
-from . import logic
-from .compat import FILE_TYPE, listen, make
+from . import evaluate_tab, generators, protect_tab, robustness_tab
+from ..common.budget import BUDGET_MAX, BUDGET_MIN
+from ..metrics.directions import format_value
+from ..model.checkpoint import GENERATOR_SUFFIXES
 from ..model.protector import MODES
-from .logic import UIError, UISettings
+from .compat import FILE_TYPE, listen, make
+from .settings import UIError, UISettings
 from .text import ABOUT_MARKDOWN
+from .uploads import as_list, new_output_dir
 
 log = logging.getLogger("gapdiff.ui")
 SURROGATE_CHOICES = ("none", "tiny built-in model (DEMO)", "local model (path below)")
@@ -60,7 +63,7 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
     """Build the GAP-Diff Blocks. `settings` may be a callable so a host's settings apply without a restart."""
     get = settings if callable(settings) else (lambda s=settings or UISettings(): s)
     initial = get()
-    choices = logic.generator_choices(initial.models_dir)
+    choices = generators.generator_choices(initial.models_dir)
 
     with gr.Blocks(analytics_enabled=False, title="GAP-Diff photo protection") as blocks:
         gr.Markdown("# GAP-Diff photo protection\nAdds a small, JPEG-robust perturbation to face photos so that "
@@ -73,15 +76,16 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                 refresh = make(gr.Button, value="Refresh", elem_id="gapdiff_refresh", scale=0, size="sm",
                                min_width=80)
                 checkpoint = make(gr.File, label="…or upload a checkpoint (.safetensors / .pth)",
-                                  file_types=[".safetensors", ".pth", ".pt"], type=FILE_TYPE,
+                                  file_types=list(GENERATOR_SUFFIXES), type=FILE_TYPE,
                                   elem_id="gapdiff_checkpoint", scale=2)
             generator_info = gr.Markdown(_describe_choice(choices[0] if choices else None, initial),
                                          elem_id="gapdiff_generator_info")
             with gr.Row():
-                budget = make(gr.Slider, minimum=1, maximum=32, step=1, value=float(initial.default_budget),
+                budget = make(gr.Slider, minimum=BUDGET_MIN, maximum=BUDGET_MAX, step=1,
+                              value=float(initial.default_budget),
                               label="Budget (grey levels on the 0-255 scale; 8 = the paper's setting)",
                               elem_id="gapdiff_budget")
-                mode = make(gr.Radio, choices=list(MODES), value="working", label="Mode",
+                mode = make(gr.Radio, choices=list(MODES), value=MODES[0], label="Mode",
                             info="working: computed at the fine-tuning resolution (fast); native: full resolution",
                             elem_id="gapdiff_mode")
 
@@ -154,7 +158,7 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
         # ------------------------------------------------------------ events
         def refresh_generators(current):
             s = get()
-            new = logic.generator_choices(s.models_dir)
+            new = generators.generator_choices(s.models_dir)
             value = current if current in new else (new[0] if new else None)
             return gr.update(choices=new, value=value), _describe_choice(value, s), _models_markdown(s)
 
@@ -164,17 +168,17 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                outputs=[generator_info], queue=False, api_name="describe_generator")
 
         def check_request(uploads, choice, ckpt):
-            logic.check_protect_request(uploads, choice, ckpt, get())
+            generators.check_protect_request(uploads, choice, ckpt, get())
 
         def protect(uploads, choice, ckpt, budget_value, mode_value, progress=gr.Progress()):
             s = get()
-            uploads = logic.as_list(uploads)
-            path = logic.check_protect_request(uploads, choice, ckpt, s)
+            uploads = as_list(uploads)
+            path = generators.check_protect_request(uploads, choice, ckpt, s)
             progress(0, desc="Loading the generator")
             with s.work_lock():
-                protector = logic.get_protector(path, budget_value, mode_value, s.device, s.precision)
+                protector = generators.get_protector(path, budget_value, mode_value, s.device, s.precision)
             demo = protector.info.demo
-            out = logic.new_output_dir()
+            out = new_output_dir()
             results, failures = [], []
             skip = gr.update()
             for i, up in enumerate(uploads):
@@ -182,15 +186,15 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                 yield (skip, skip, skip, skip, skip, f"Protecting photo {i + 1} of {len(uploads)}…", skip, skip)
                 try:
                     with s.work_lock():
-                        results.append(logic.protect_photo(protector, up, out, i, demo, s.max_pixels))
+                        results.append(protect_tab.protect_photo(protector, up, out, i, demo, s.max_pixels))
                 except UIError as exc:
                     failures.append(str(exc))
             if not results:
                 raise UIError("No photo could be protected:\n" + "\n".join(failures))
-            files = [str(r.protected_png) for r in results] + [str(logic.zip_outputs(results, out, demo))]
+            files = [str(r.protected_png) for r in results] + [str(protect_tab.zip_outputs(results, out, demo))]
             caption = "DEMO — " if demo else ""
             items = [(str(r.protected_png), f"{caption}{r.name}") for r in results]
-            summary = logic.summary_markdown(results, failures, protector.budget, protector.info)
+            summary = protect_tab.summary_markdown(results, failures, protector.budget, protector.info)
             state = [_result_dict(r, demo) for r in results]
             first = state[0]
             yield (items, files, first["original"], first["protected"], first["perturbation"], summary,
@@ -223,22 +227,22 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                 raise UIError("Upload the clean photo first.")
             protector = None
             if not prot:
-                path = logic.resolve_generator(choice, ckpt, s.models_dir)
+                path = generators.resolve_generator(choice, ckpt, s.models_dir)
                 with s.work_lock():
-                    protector = logic.get_protector(path, budget_value, mode_value, s.device, s.precision)
+                    protector = generators.get_protector(path, budget_value, mode_value, s.device, s.precision)
             sur = None
             if surrogate_choice == SURROGATE_CHOICES[1]:
                 progress(0.1, desc="Loading the tiny demo surrogate")
-                sur = logic.load_surrogate_cached("tiny", _device_name(s.device))
+                sur = robustness_tab.load_surrogate_cached("tiny", _device_name(s.device))
             elif surrogate_choice == SURROGATE_CHOICES[2]:
-                local = logic.resolve_surrogate_path(surrogate_dir, s)
+                local = robustness_tab.resolve_surrogate_path(surrogate_dir, s)
                 progress(0.1, desc="Loading the surrogate")
-                sur = logic.load_surrogate_cached(str(local), _device_name(s.device))
+                sur = robustness_tab.load_surrogate_cached(str(local), _device_name(s.device))
             progress(0.5, desc="Compressing and measuring")
             with s.work_lock():
-                r = logic.robustness_check(clean, prot or None, int(q), logic.new_output_dir(), protector, sur,
-                                           float(budget_value), s.max_pixels)
-            demo_note = f"⚠️ {logic.DEMO_WARNING}\n\n" if protector is not None and protector.info.demo else ""
+                r = robustness_tab.robustness_check(clean, prot or None, int(q), new_output_dir(), protector,
+                                                    sur, float(budget_value), s.max_pixels)
+            demo_note = f"⚠️ {generators.DEMO_WARNING}\n\n" if protector is not None and protector.info.demo else ""
             return str(r.clean_jpeg_png), str(r.protected_jpeg_png), str(r.perturbation_png), demo_note + r.markdown
 
         listen(rb_btn.click, _readable(robustness),
@@ -249,7 +253,7 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
 
         def evaluate(refs, gen, progress=gr.Progress()):
             progress(0.1, desc="Detecting and embedding faces")
-            return logic.evaluate_uploads(logic.as_list(gen), logic.as_list(refs), get())
+            return evaluate_tab.evaluate_uploads(as_list(gen), as_list(refs), get())
 
         listen(ev_btn.click, _readable(evaluate), inputs=[ev_refs, ev_gen], outputs=[ev_report],
                api_name="evaluate", concurrency_limit=1, concurrency_id="gapdiff_metrics")
@@ -264,14 +268,14 @@ def _device_name(device) -> str:
     return str(resolve_device(str(device)))
 
 
-def _result_dict(r: logic.PhotoResult, demo: bool) -> dict:
+def _result_dict(r: protect_tab.PhotoResult, demo: bool) -> dict:
     return {"name": r.name, "original": str(r.original_png), "protected": str(r.protected_png),
             "perturbation": str(r.perturbation_png), "max_change": r.max_change, "psnr": r.psnr_db, "ssim": r.ssim,
             "demo": demo}
 
 
 def _photo_markdown(r: dict, demo: bool) -> str:
-    psnr = "∞" if math.isinf(r["psnr"]) else f"{r['psnr']:.2f} dB"
+    psnr = f"{format_value(r['psnr'], 2)} dB"
     gain = Path(r["perturbation"]).stem.rsplit("_x", 1)[-1]
     text = (f"**{r['name']}**: largest change {r['max_change']:.0f} grey levels, PSNR {psnr}, SSIM {r['ssim']:.4f}. "
             f"The perturbation is shown ×{gain}; mid-grey means no change.")
@@ -283,17 +287,17 @@ def _describe_choice(choice: str | None, s: UISettings) -> str:
         return (f"No generator found in the models folder ({s.models_dir or 'not set'}). Put a checkpoint there "
                 "(the authors' G_per16_pretrain.pth, or one trained with `gapdiff train`) and press Refresh, or "
                 "upload one.")
-    for e in logic.list_generators(s.models_dir):
+    for e in generators.list_generators(s.models_dir):
         if e.choice == choice:
-            return e.error or logic.describe_generator(e.info)
+            return e.error or generators.describe_generator(e.info)
     return "Press Refresh: the models folder changed."
 
 
 def _models_markdown(s: UISettings) -> str:
-    entries = logic.list_generators(s.models_dir)
+    entries = generators.list_generators(s.models_dir)
     if not entries:
         return f"No generators in the models folder ({s.models_dir or 'not set'})."
     lines = [f"Generators in {s.models_dir}:"]
     for e in entries:
-        lines.append(f"- `{e.path.name}`: " + (e.error or logic.describe_generator(e.info).replace("\n\n", " ")))
+        lines.append(f"- `{e.path.name}`: " + (e.error or generators.describe_generator(e.info).replace("\n\n", " ")))
     return "\n".join(lines)

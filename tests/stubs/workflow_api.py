@@ -56,10 +56,16 @@ def widget_inputs(info: dict) -> list[tuple[str, tuple]]:
 
 
 def widget_values(node: dict, info: dict) -> dict:
-    """{input name: value} of a UI node's widgets_values (inputs fed by a link keep their slot in the list)."""
+    """{input name: value} of a UI node's widgets_values (inputs fed by a link keep their slot in the list). An
+    optional widget missing at the end (the node gained it after the workflow was saved) takes its default, as the
+    frontend gives it when it loads the workflow."""
     values = list(node.get("widgets_values") or [])
+    optional = info["input"].get("optional", {})
     out, i = {}, 0
     for name, spec in widget_inputs(info):
+        if i >= len(values) and name in optional:  # added after the workflow was saved: the frontend's default
+            out[name] = spec[1]["default"]
+            continue
         if i >= len(values):
             raise ValueError(f"node {node['id']} ({node['type']}): no widget value for {name!r}")
         out[name] = values[i]

@@ -1,0 +1,144 @@
+"""The generators the UI offers: the checkpoints of the models folder (their metadata only, demo ones labelled),
+the one a request chose, and the loaded Protectors, one per checkpoint file, device and precision, shared by every
+budget and mode."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..common.budget import BudgetError, check_budget
+from ..model.checkpoint import GENERATOR_SUFFIXES, CheckpointError, GeneratorInfo, load_generator, read_info
+from ..model.protector import MODES, Protector
+from .settings import UIError, UISettings
+from .uploads import as_list, check_count, file_path
+
+log = logging.getLogger("gapdiff.ui")
+DEMO_TAG = "  [DEMO: protects nothing real]"
+DEMO_WARNING = ("**DEMO generator**: it was trained against a toy model and protects nothing real. "
+                "Use these outputs to see how the tool works, not to protect photos.")
+
+
+@dataclass
+class GeneratorEntry:
+    choice: str  # what the dropdown shows (and returns)
+    path: Path
+    info: GeneratorInfo | None
+    error: str = ""
+
+    @property
+    def demo(self) -> bool:
+        return bool(self.info and self.info.demo)
+
+
+_INFO_CACHE: dict[tuple, GeneratorInfo | str] = {}
+
+
+def _info_of(path: Path) -> GeneratorInfo | str:
+    """The checkpoint's metadata, read without its weights (checkpoint.read_info), or why it cannot be used: one bad
+    file must not stop the listing (or the app). The weights are checked when the generator is loaded."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"{path.name}: cannot be read ({exc.strerror})"
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _INFO_CACHE:
+        try:
+            _INFO_CACHE[key] = read_info(path)
+        except CheckpointError as exc:
+            _INFO_CACHE[key] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - anything else a broken file can raise is reported the same way
+            log.warning("gapdiff: skipped %s (%s: %s)", path, type(exc).__name__, exc)
+            _INFO_CACHE[key] = f"{path.name}: not a usable generator checkpoint ({type(exc).__name__}: {exc})"
+    return _INFO_CACHE[key]
+
+
+def list_generators(models_dir: str | os.PathLike | None) -> list[GeneratorEntry]:
+    """Generator checkpoints in `models_dir` (not recursive), demo ones labelled in their choice string."""
+    if not models_dir or not Path(models_dir).is_dir():
+        return []
+    entries = []
+    for path in sorted(Path(models_dir).iterdir()):
+        if path.suffix.lower() not in GENERATOR_SUFFIXES or not path.is_file():
+            continue
+        info = _info_of(path)
+        if isinstance(info, str):
+            entries.append(GeneratorEntry(f"{path.name}  [unreadable]", path, None, info))
+        else:
+            entries.append(GeneratorEntry(path.name + (DEMO_TAG if info.demo else ""), path, info))
+    return entries
+
+
+def generator_choices(models_dir) -> list[str]:
+    return [e.choice for e in list_generators(models_dir)]
+
+
+def describe_generator(info: GeneratorInfo) -> str:
+    text = info.describe()
+    return f"⚠️ {DEMO_WARNING}\n\n{text}" if info.demo else text
+
+
+def resolve_generator(choice: str | None, uploaded: str | None, models_dir) -> Path:
+    """The checkpoint to use: an uploaded file wins over the dropdown choice."""
+    if uploaded:
+        return Path(file_path(uploaded))
+    if not choice:
+        where = f" in {models_dir}" if models_dir else ""
+        raise UIError(f"No generator selected. Put a generator checkpoint (.safetensors or the authors' .pth){where} "
+                      "and press Refresh, or upload one.")
+    for entry in list_generators(models_dir):
+        if entry.choice == choice:
+            if entry.error:
+                raise UIError(entry.error)
+            return entry.path
+    raise UIError(f"Generator '{choice}' is no longer in {models_dir}; press Refresh.")
+
+
+def check_protect_request(uploads, choice: str | None, uploaded: str | None, s: UISettings) -> Path:
+    """Everything about a Protect request that can be checked without loading anything; the generator's path."""
+    if not as_list(uploads):
+        raise UIError("Upload one or more photos first.")
+    check_count(as_list(uploads), s, "photos")
+    return resolve_generator(choice, uploaded, s.models_dir)
+
+
+_PROTECTORS: "OrderedDict[tuple, Protector]" = OrderedDict()
+_PROTECTORS_LOCK = threading.Lock()
+_PROTECTORS_MAX = 4
+
+
+def get_protector(path: Path, budget: float, mode: str, device: str, precision: str) -> Protector:
+    """A Protector for this checkpoint at `budget` and `mode`. The generator is loaded (and its `auto` precision
+    probed) once per checkpoint file (again when the file changes), device and precision; other budgets and modes
+    reuse it (Protector.with_options). A budget above the one the automatic precision was checked at loads it once
+    more at that budget, which is kept from then on."""
+    if mode not in MODES:
+        raise UIError(f"Mode must be one of {', '.join(MODES)}, not {mode!r}.")
+    try:
+        budget = check_budget(budget, "The budget")
+    except BudgetError as exc:
+        raise UIError(f"{exc}.") from None
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise UIError(f"{path.name}: cannot read the generator checkpoint ({exc.strerror}).") from exc
+    key = (str(path), st.st_mtime_ns, st.st_size, str(device), precision)
+    with _PROTECTORS_LOCK:
+        loaded = _PROTECTORS.get(key)
+        if loaded is not None:
+            _PROTECTORS.move_to_end(key)
+            try:
+                return loaded.with_options(budget=budget, mode=mode)
+            except ValueError:  # above the budget its automatic precision was checked at: load it at this one
+                pass
+        try:
+            protector = Protector(load_generator(path), budget=budget, mode=mode, device=device, precision=precision)
+        except (CheckpointError, ValueError, RuntimeError) as exc:
+            raise UIError(f"Could not load the generator {path.name}: {exc}") from exc
+        _PROTECTORS[key] = protector
+        while len(_PROTECTORS) > _PROTECTORS_MAX:
+            _PROTECTORS.popitem(last=False)
+        return protector

@@ -1,0 +1,85 @@
+"""The Protect tab without Gradio: protect one uploaded photo into lossless PNGs (protected, original, amplified
+perturbation) with its change statistics, zip a request's protected PNGs, and summarise the request."""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..common.visualize import amplified_perturbation
+from ..io import save_image
+from ..io.atomic import write_file
+from ..metrics.directions import format_value
+from ..metrics.fidelity import change_stats, ssim_uint8
+from ..model.checkpoint import GeneratorInfo
+from ..model.protector import Protector
+from .generators import DEMO_WARNING
+from .settings import DEFAULT_MAX_PIXELS, UIError
+from .uploads import file_path, load_upload, safe_stem
+
+
+@dataclass
+class PhotoResult:
+    name: str
+    original_png: Path
+    protected_png: Path
+    perturbation_png: Path
+    max_change: float
+    psnr_db: float
+    ssim: float
+    notes: list[str] = field(default_factory=list)
+
+
+def protect_photo(protector: Protector, upload: str, out_dir: Path, index: int, demo: bool,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> PhotoResult:
+    """Protect one uploaded photo; write original, protected and amplified-perturbation PNGs into `out_dir`.
+    Everything at full resolution stays in 8 bits (Protector.protect_uint8), so memory follows BYTES_PER_PIXEL."""
+    src = Path(file_path(upload))
+    loaded = load_upload(src, max_pixels)
+    try:
+        prot8 = protector.protect_uint8(loaded.rgb)
+    except (ValueError, RuntimeError) as exc:
+        raise UIError(f"{src.name}: protection failed ({exc}).") from exc
+    stem = f"{index + 1:02d}_{safe_stem(src)}"
+    tag = "_DEMO" if demo else ""
+    protected_png = save_image(out_dir / f"{stem}_protected{tag}.png", prot8)
+    (out_dir / "preview").mkdir(exist_ok=True)
+    original_png = save_image(out_dir / "preview" / f"{stem}_original.png", loaded.rgb)
+    vis, gain = amplified_perturbation(loaded.rgb, prot8, protector.budget)
+    pert_png = save_image(out_dir / "preview" / f"{stem}_perturbation_x{gain:.0f}.png", vis)
+    del vis
+    stats = change_stats(loaded.rgb, prot8)
+    return PhotoResult(name=src.name, original_png=original_png, protected_png=protected_png,
+                       perturbation_png=pert_png, max_change=stats.max_change, psnr_db=stats.psnr,
+                       ssim=ssim_uint8(prot8, loaded.rgb), notes=loaded.notes)
+
+
+def zip_outputs(results: list[PhotoResult], out_dir: Path, demo: bool) -> Path:
+    """All protected PNGs in one zip (stored, not recompressed: PNG is already compressed), written atomically."""
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for r in results:
+                zf.write(r.protected_png, r.protected_png.name)
+
+    return write_file(out_dir / ("gapdiff_protected_DEMO.zip" if demo else "gapdiff_protected.zip"), write)
+
+
+def summary_markdown(results: list[PhotoResult], failures: list[str], budget: float, info: GeneratorInfo,
+                     cancelled: bool = False) -> str:
+    lines = []
+    if info.demo:
+        lines += [f"⚠️ {DEMO_WARNING}", ""]
+    if results:
+        lines += [f"Protected {len(results)} photo(s) with a budget of {budget:g} grey levels (0-255 scale).", "",
+                  "| photo | max change (grey levels) | PSNR (dB) | SSIM |", "|---|---|---|---|"]
+        for r in results:
+            lines.append(f"| {r.name} | {r.max_change:.0f} | {format_value(r.psnr_db, 2)} | "
+                         f"{format_value(r.ssim, 4)} |")
+        notes = [f"{r.name}: {n}" for r in results for n in r.notes]
+        if notes:
+            lines += ["", "Notes: " + "; ".join(notes)]
+    if failures:
+        lines += ["", f"**{len(failures)} photo(s) failed:**"] + [f"- {f}" for f in failures]
+    if cancelled:
+        lines += ["", "**Cancelled** before every photo was protected."]
+    return "\n".join(lines)
