@@ -193,7 +193,7 @@ def test_stats_and_bad_arguments(generator):
         Protector(generator, mode="fast")
     with pytest.raises(ValueError, match="budget"):
         Protector(generator, budget=0)
-    with pytest.raises(ValueError, match="changes no 8-bit pixel"):
+    with pytest.raises(ValueError, match="below 1 no pixel of an 8-bit photo"):
         Protector(generator, budget=0.5)
     with pytest.raises(ValueError, match="4000x16 photo is 128000x512 at the working resolution"):
         Protector(generator, precision="fp32")(photo(16, 4000))  # refused before it costs memory
