@@ -620,6 +620,40 @@ def test_application_builder_builds_the_deployment_as_serve_run_calls_it(generat
         build({"generator": str(generator_path), "budget": "0.5"})
 
 
+@pytest.mark.ray
+def test_the_built_application_serves_on_loopback(generator_path, monkeypatch):
+    """build() as Ray Serve runs it: a local loopback-only Ray, Serve's proxy on 127.0.0.1, one protected photo."""
+    pytest.importorskip("ray.serve")
+    import ray
+    from ray import serve
+
+    from gapdiff_core.common.ray_local import LOCAL_ONLY_VARIABLE, start_ray
+    from gapdiff_core.serving.ray_serve import build
+
+    monkeypatch.setenv(LOCAL_ONLY_VARIABLE, "0")  # start_ray sets it; restored after the test
+    monkeypatch.setenv("GAPDIFF_SERVE_PRECISION", "fp32")
+    port = free_port()
+    try:
+        start_ray(num_cpus=2)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build({"generator": str(generator_path), "num_cpus": "1"}), name="built", route_prefix="/",
+                  blocking=False)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            deadline = time.monotonic() + 120
+            while c.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the built application never became ready"
+                time.sleep(0.5)
+            rgb = photo(seed=12)
+            r = post(c, rgb)
+        assert r.status_code == 200, r.text
+        change = np.abs(decode(r.content).astype(int) - rgb.astype(int))
+        assert 0 < change.max() <= 8 and r.headers["x-gapdiff-demo"] == "true"
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+
+
 def test_private_ray_hooks_warn_naming_the_version_instead_of_failing(monkeypatch):
     pytest.importorskip("ray.serve")
     import ray
