@@ -202,11 +202,13 @@ def kill_replica_under_load(args, url, bodies, bad) -> list[str]:
 
 
 def main() -> int:
+    from gapdiff_core.model.protector import PRECISION_CHOICES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-g", "--generator", help="checkpoint (default: a random generator of width --ngf)")
     p.add_argument("--ngf", type=int, default=16, help="width of the random generator (paper: 64; default 16)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="auto")
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-wait-ms", type=float, default=10)
     p.add_argument("--max-queue", type=int, default=48)

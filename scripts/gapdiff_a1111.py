@@ -15,14 +15,16 @@ except ImportError:  # not running inside AUTOMATIC1111 / Forge
     script_callbacks = shared = None
 
 CORE_IMPORT_ERROR = None
+PRECISIONS = ["auto"]  # the core's choices once it imports: gapdiff_core.model.protector.PRECISION_CHOICES
 if script_callbacks is not None:
     try:
+        from gapdiff_core.model.protector import PRECISION_CHOICES
         from gapdiff_core.ui import UISettings, build_ui
+        PRECISIONS = list(PRECISION_CHOICES)
     except ImportError as exc:  # shown in the tab; the rest of the webui is unaffected
         CORE_IMPORT_ERROR = exc
 
 SECTION = ("gapdiff", "GAP-Diff")
-PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 
 
 def default_models_dir() -> str:

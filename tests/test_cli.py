@@ -180,3 +180,89 @@ def test_malloc_keeps_freed_memory_only_for_batch_commands(monkeypatch, tmp_path
         monkeypatch.setattr(cli, "build_parser", lambda name=name: Parser(name.replace("_", "-")))
         assert main([]) == 0
         assert tuned == ([True] if name in ("protect", "compress") else []), name
+
+
+def subcommand_parsers():
+    """{command: its argparse parser}, for every command in cli.COMMANDS."""
+    import argparse
+
+    from gapdiff_core import cli
+
+    sub, = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == {name.replace("_", "-") for name in cli.COMMANDS}
+    return sub.choices
+
+
+def minimal_argv(parser, skip) -> list[str]:
+    """Placeholder values for what `parser` requires (positionals, required options), `skip` left out."""
+    argv = []
+    for action in parser._actions:
+        if action is skip or action.help == "show this help message and exit":
+            continue
+        if not action.option_strings:
+            argv += ["x"] * (1 if action.nargs in (None, "+") else 0)
+        elif action.required:
+            argv += [action.option_strings[0], "x"]
+    return argv
+
+
+def test_every_budget_option_of_every_command_follows_the_one_budget_rule(capsys):
+    checked = []
+    for command, parser in subcommand_parsers().items():
+        for action in parser._actions:
+            for flag in (f for f in action.option_strings if f.startswith("--budget")):
+                argv = [command, *minimal_argv(parser, action)]
+                for good in ("1", "255"):  # accepted: so a refusal below is the budget's
+                    build_parser().parse_args(argv + [flag, good])
+                for bad in ("0.5", "256", "nan"):
+                    with pytest.raises(SystemExit) as refused:
+                        build_parser().parse_args(argv + [flag, bad])
+                    assert refused.value.code == 2, (command, flag, bad)
+                    err = capsys.readouterr().err
+                    assert f"argument {flag}: the budget must be 1-255 grey levels" in err, (command, bad)
+                    assert f"not '{bad}'" in err, (command, bad)
+                checked.append(command)
+    assert {"protect", "convert", "app", "serve", "demo", "evaluate"} <= set(checked)
+
+
+def test_precision_and_mode_choices_are_the_protectors_constants(capsys):
+    from gapdiff_core.model.protector import MODES, PRECISION_CHOICES, PRECISIONS
+
+    assert PRECISION_CHOICES == ("auto", *PRECISIONS)
+    seen = {"--precision": [], "--mode": []}
+    for command, parser in subcommand_parsers().items():
+        for action in parser._actions:
+            if "--precision" in action.option_strings:
+                assert tuple(action.choices) == PRECISION_CHOICES, command
+                seen["--precision"].append(command)
+            if "--mode" in action.option_strings:
+                assert tuple(action.choices) == MODES, command
+                seen["--mode"].append(command)
+    assert set(seen["--precision"]) >= {"protect", "app", "serve"} and set(seen["--mode"]) >= {"protect", "serve"}
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "{" + ",".join(PRECISION_CHOICES) + "}" in help_text and "{" + ",".join(MODES) + "}" in help_text
+
+
+def test_convert_never_replaces_a_file_that_appears_while_it_writes(tmp_path, monkeypatch, capsys):
+    """The existence check before loading is only an early answer: the write itself is create-if-absent, so a file
+    that another convert (or anything) puts there meanwhile is kept and this convert fails with exit code 2."""
+    from gapdiff_core.model import checkpoint
+
+    torch.manual_seed(0)
+    g = Generator(ngf=8).eval()
+    torch.save({"generator." + k: v for k, v in g.state_dict().items()}, tmp_path / "G_per16.pth")
+    dest = tmp_path / "G.safetensors"
+    load = checkpoint.load_generator
+
+    def load_then_race(path, *args, **kwargs):
+        generator = load(path, *args, **kwargs)
+        dest.write_bytes(b"the other convert's file")  # appears after the check, before the write
+        return generator
+
+    monkeypatch.setattr(checkpoint, "load_generator", load_then_race)
+    assert main(["convert", str(tmp_path / "G_per16.pth"), str(dest)]) == 2
+    assert dest.read_bytes() == b"the other convert's file"
+    assert f"{dest} exists" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind

@@ -172,9 +172,9 @@ def test_output_folder_that_cannot_hold_files_is_a_clear_error(tmp_path, generat
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--budget", "0.5"], "argument --budget: 0.5 is outside 1-255"),
-    (["--budget", "nan"], "argument --budget: nan is outside 1-255"),
-    (["--budget", "eight"], "argument --budget: 'eight' is not a number"),
+    (["--budget", "0.5"], "argument --budget: the budget must be 1-255 grey levels on the 0-255 scale"),
+    (["--budget", "nan"], "argument --budget: the budget must be 1-255 grey levels on the 0-255 scale"),
+    (["--budget", "eight"], "argument --budget: the budget must be a number of grey levels, not 'eight'"),
     (["--quality", "0", "--format", "jpg"], "argument --quality: 0 is outside 1-100"),
     (["--quality", "101"], "argument --quality: 101 is outside 1-100"),
     (["--device", "banana"], "argument --device: 'banana' is not a device"),
@@ -216,7 +216,7 @@ def test_app_options_are_checked_before_anything_starts(capsys):
     parser = build_parser()
     assert parser.parse_args(["app", "--max-file-size", "2 GB"]).max_file_size == "2gb"
     for argv, words in ((["--max-file-size", "banana"], "argument --max-file-size: 'banana' is not a size"),
-                        (["--budget", "0.2"], "argument --budget: 0.2 is outside 1-255")):
+                        (["--budget", "0.2"], "argument --budget: the budget must be 1-255 grey levels")):
         with pytest.raises(SystemExit) as refused:
             parser.parse_args(["app", *argv])
         assert refused.value.code == 2 and words in capsys.readouterr().err

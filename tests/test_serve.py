@@ -13,6 +13,7 @@ import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,8 +28,13 @@ from gapdiff_core.serving.batcher import Batcher, QueueFull  # noqa: E402
 
 API_KEY = "test-key-123"
 MAX_BODY = 3 * 2 ** 20
-SERVER_OPTIONS = ["--precision", "fp32", "--max-batch", "4", "--max-wait-ms", "300", "--max-queue", "4",
-                  "--max-body-mb", "2", "--max-pixels", "4000000", "--api-key-env", "GAPDIFF_TEST_KEY"]
+# The server's settings come from all three sources: flags, GAPDIFF_SERVE_* variables and a YAML file. The suite's
+# limits (queue 4, body 2 MiB, 4 MP) only hold if each source was read, and the YAML's max_queue: 99 and
+# max_wait_ms: 5 only lose if the environment and the flags win over the file.
+SERVER_OPTIONS = ["--precision", "fp32", "--max-batch", "4", "--max-wait-ms", "300", "--api-key-env",
+                  "GAPDIFF_TEST_KEY"]
+SERVER_ENV = {"GAPDIFF_SERVE_MAX_QUEUE": "4", "GAPDIFF_SERVE_MAX_PIXELS": "4000000"}
+SERVER_YAML = "max_queue: 99\nmax_wait_ms: 5\nmax_body_mb: 2\nmax_pixels: 1000\n"
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +65,14 @@ def free_port() -> int:
 class Server:
     """`gapdiff serve` in a child process on 127.0.0.1, ready when /readyz answers 200."""
 
-    def __init__(self, generator, extra, tmpdir, ready_timeout):
+    def __init__(self, generator, extra, tmpdir, ready_timeout, config_dir):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "GAPDIFF_TEST_KEY": API_KEY, **({"TMPDIR": str(tmpdir)} if tmpdir else {})}
+        env = {**os.environ, "GAPDIFF_TEST_KEY": API_KEY, **SERVER_ENV, **({"TMPDIR": str(tmpdir)} if tmpdir else {})}
+        config = Path(config_dir) / "serve.yaml"
+        config.write_text(SERVER_YAML)
         self.proc = subprocess.Popen([sys.executable, "-m", "gapdiff_core.cli", "serve", "-g", str(generator),
-                                      "--port", str(self.port), *SERVER_OPTIONS, *extra],
+                                      "--port", str(self.port), "--config", str(config), *SERVER_OPTIONS, *extra],
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
@@ -100,7 +108,7 @@ def server(request, generator_path, tmp_path_factory):
     else:
         extra, ready = [], 60
     tmpdir = None if request.param == "ray" else tmp_path_factory.mktemp("tmp")  # Ray keeps its sessions there
-    s = Server(generator_path, extra, tmpdir, ready)
+    s = Server(generator_path, extra, tmpdir, ready, tmp_path_factory.mktemp("config"))
     s.kind, s.tmpdir = request.param, tmpdir
     yield s
     assert s.stop() == 0
@@ -234,8 +242,9 @@ def png_header_only(width, height, bit_depth=8, rows=b"\x00" * 64) -> bytes:
 
 @pytest.mark.parametrize("params, kind, words", [
     ({"budget": "abc"}, "bad_parameter", "budget"),
-    ({"budget": "0.5"}, "bad_parameter", "budget must be 1-8 grey levels"),
-    ({"budget": "9"}, "bad_parameter", "budget must be 1-8 grey levels (the service's budget"),
+    ({"budget": "0.5"}, "bad_parameter", "budget must be 1-255 grey levels"),  # common.budget's one rule
+    ({"budget": "nan"}, "bad_parameter", "budget must be 1-255 grey levels"),
+    ({"budget": "9"}, "bad_parameter", "budget must be at most 8 grey levels (the service's budget"),
     ({"mode": "fast"}, "bad_parameter", "mode must be one of working, native"),
     ({"format": "gif"}, "bad_parameter", "format must be one of png, webp, jpg"),
 ])
@@ -306,7 +315,7 @@ def test_nothing_is_written_to_the_temp_folder(server):
 # ------------------------------------------------------------------ graceful shutdown (a process of its own)
 
 def test_sigterm_finishes_in_flight_requests_then_exits(generator_path, tmp_path):
-    s = Server(generator_path, ["--max-wait-ms", "1500"], tmp_path, 60)  # a request waits 1.5 s for mates
+    s = Server(generator_path, ["--max-wait-ms", "1500"], tmp_path, 60, tmp_path)  # a request waits 1.5 s for mates
     try:
         with ThreadPoolExecutor(1) as pool, s.client() as c:
             in_flight = pool.submit(post, c, photo(seed=9))
@@ -364,7 +373,7 @@ def test_a_request_over_its_timeout_gets_504_and_leaves_the_queue(generator_path
     from gapdiff_core.serving.app import create_app
     from gapdiff_core.serving.engine import Engine
 
-    settings = ServiceSettings(generator=str(generator_path), precision="fp32", max_wait_ms=60_000, timeout_s=0.3)
+    settings = ServiceSettings(generator=str(generator_path), precision="fp32", max_wait_ms=60_000, timeout=0.3)
     app = create_app(settings, Engine(settings))
     with TestClient(app) as c:
         r = c.post("/v1/protect", content=png(photo()))
@@ -459,3 +468,234 @@ def listening_sockets(root: int) -> set:
             ip = ipaddress.ip_address(raw)
             found.add((str(ip.ipv4_mapped) if ip.version == 6 and ip.ipv4_mapped else str(ip), int(port, 16)))
     return found
+
+
+# ------------------------------------------------------------------ the request path: routers, schemas, settings
+
+def all_routes(routes):
+    """Every route of an app, those of included routers too (newer FastAPI keeps an included router as one entry)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        yield from all_routes(inner.routes) if inner is not None else [route]
+
+
+def test_every_route_but_health_readiness_metrics_and_docs_requires_the_key(monkeypatch, tmp_path):
+    from fastapi.routing import APIRoute
+    from fastapi.testclient import TestClient
+
+    from gapdiff_core.serving import ServiceSettings
+    from gapdiff_core.serving.app import create_app
+    from gapdiff_core.serving.dependencies import require_api_key
+
+    monkeypatch.setenv("GAPDIFF_TEST_KEY", API_KEY)
+    app = create_app(ServiceSettings(generator=str(tmp_path / "none.safetensors"), api_key_env="GAPDIFF_TEST_KEY"))
+    open_paths = {"/healthz", "/readyz", "/metrics", app.openapi_url, app.docs_url, app.redoc_url,
+                  app.swagger_ui_oauth2_redirect_url}
+    routes = list(all_routes(app.routes))
+    keyed = [r for r in routes if r.path not in open_paths]
+    assert {r.path for r in keyed} >= {"/v1/protect", "/v1/protect/batch"}
+    with TestClient(app) as c:
+        for route in routes:
+            for method in sorted(route.methods - {"HEAD"}):
+                anonymous = c.request(method, route.path)
+                if route in keyed:
+                    assert anonymous.status_code == 401, (method, route.path, anonymous.text)
+                    assert anonymous.json()["error"]["kind"] == "unauthorized"
+                    keyed_answer = c.request(method, route.path, headers={"X-API-Key": API_KEY})
+                    assert keyed_answer.status_code != 401, (method, route.path)
+                else:
+                    assert anonymous.status_code != 401, (method, route.path)
+    for route in keyed:  # declared as a dependency (the router's), not called by each endpoint
+        assert isinstance(route, APIRoute)
+        assert require_api_key in [d.call for d in route.dependant.dependencies], route.path
+
+
+def test_openapi_documents_every_json_answer_and_takes_choices_from_the_constants(tmp_path):
+    from gapdiff_core.model.protector import MODES
+    from gapdiff_core.serving import ServiceSettings
+    from gapdiff_core.serving.app import create_app
+    from gapdiff_core.serving.service import FORMATS
+
+    spec = create_app(ServiceSettings(generator=str(tmp_path / "g.safetensors"))).openapi()
+    schemas, paths = spec["components"]["schemas"], spec["paths"]
+
+    def ref(response):
+        return response["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+
+    batch = paths["/v1/protect/batch"]["post"]["responses"]
+    assert ref(batch["200"]) == "BatchAnswer"
+    items = schemas["BatchAnswer"]["properties"]["results"]["items"]["anyOf"]
+    assert {i["$ref"].rsplit("/", 1)[1] for i in items} == {"ProtectedImage", "FailedImage"}
+    assert {"image_base64", "max_change", "psnr", "batch_size", "demo"} <= set(schemas["ProtectedImage"]["required"])
+    assert ref(paths["/healthz"]["get"]["responses"]["200"]) == "Health"
+    ready = paths["/readyz"]["get"]["responses"]
+    assert (ref(ready["200"]), ref(ready["503"])) == ("Readiness", "NotReady")
+    for path in ("/v1/protect", "/v1/protect/batch"):
+        operation = paths[path]["post"]
+        assert all(ref(operation["responses"][s]) == "ErrorBody" for s in ("401", "413", "422", "429", "503"))
+        query = {p["name"]: p["schema"] for p in operation["parameters"]}
+        assert query["mode"]["enum"] == list(MODES) and query["format"]["enum"] == list(FORMATS)
+        form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+        assert form["mode"]["enum"] == list(MODES) and form["format"]["enum"] == list(FORMATS)
+    assert schemas["Readiness"]["properties"]["mode"]["enum"] == list(MODES)
+
+
+def test_settings_take_flags_over_environment_over_yaml_over_defaults(tmp_path):
+    from gapdiff_core.serving.settings import ServiceSettings, load_settings
+
+    config = tmp_path / "serve.yaml"
+    config.write_text("generator: from-yaml.safetensors\nmax_batch: 2\nmax_queue: 3\nmax-wait-ms: 4\nport: 9000\n")
+    env = {"GAPDIFF_SERVE_MAX_QUEUE": "30", "GAPDIFF_SERVE_MAX_WAIT_MS": "40", "GAPDIFF_SERVE_RAY": "true"}
+    settings, server = load_settings({"max_wait_ms": 400.0, "budget": None}, config=config, environ=env)
+    assert (settings.generator, settings.max_batch) == ("from-yaml.safetensors", 2)  # YAML over defaults
+    assert settings.max_queue == 30 and server.ray is True  # environment over YAML
+    assert settings.max_wait_ms == 400.0  # flags over the environment
+    assert settings.budget is None and settings.timeout == ServiceSettings.model_fields["timeout"].default
+    assert (server.port, server.host) == (9000, "127.0.0.1")
+    named, _ = load_settings({}, environ={"GAPDIFF_SERVE_CONFIG": str(config)})  # the file named in the environment
+    assert named.generator == "from-yaml.safetensors"
+
+
+@pytest.mark.parametrize("yaml_text, env, flags, words", [
+    ("generator: g\nbudget: 0.5\n", {}, {}, "serve.yaml: budget = 0.5: budget must be 1-255 grey levels"),
+    ("generator: g\n", {"GAPDIFF_SERVE_BUDGET": "nan"}, {},
+     "environment variable GAPDIFF_SERVE_BUDGET = 'nan': budget must be 1-255 grey levels"),
+    ("generator: g\n", {"GAPDIFF_SERVE_MAX_BATCH": "0"}, {},
+     "environment variable GAPDIFF_SERVE_MAX_BATCH = '0': Input should be greater than or equal to 1"),
+    ("generator: g\nmode: fast\n", {}, {}, "serve.yaml: mode = 'fast': Input should be 'working' or 'native'"),
+    ("generator: g\nprecision: fp8\n", {}, {}, "serve.yaml: precision = 'fp8'"),
+    ("generator: g\nmax_batchs: 2\n", {}, {}, "serve.yaml: max_batchs: unknown setting; known: generator"),
+    ("generator: g\n", {"GAPDIFF_SERVE_PORTT": "1"}, {}, "environment variable GAPDIFF_SERVE_PORTT: unknown setting"),
+    ("generator: g\n", {}, {"port": 70000}, "flag --port = 70000: Input should be less than or equal to 65535"),
+    ("max_batch: 2\n", {}, {}, "no generator checkpoint: give -g/--generator"),
+    ("- generator\n", {}, {}, "serve.yaml: expected settings as 'name: value' lines, not a list"),
+    ("generator: [unclosed\n", {}, {}, "serve.yaml: not valid YAML"),
+])
+def test_a_bad_setting_is_refused_naming_its_source(tmp_path, yaml_text, env, flags, words):
+    from gapdiff_core.serving.settings import SettingsError, load_settings
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(SettingsError) as error:
+        load_settings(flags, config=config, environ=env)
+    assert words in str(error.value)
+
+
+def test_serve_refuses_a_bad_config_before_starting(tmp_path, capsys, monkeypatch):
+    from gapdiff_core.cli import main
+
+    config = tmp_path / "serve.yaml"
+    config.write_text("max_queue: -1\n")
+    assert main(["serve", "-g", str(tmp_path / "g.safetensors"), "--config", str(config)]) == 2
+    assert f"{config}: max_queue = -1: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert main(["serve", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: cannot read the config file" in capsys.readouterr().err
+    monkeypatch.setenv("GAPDIFF_SERVE_GENERATOR", str(tmp_path / "from-env.safetensors"))
+    assert main(["serve"]) == 2  # the generator named in the environment is the one looked for
+    assert "from-env.safetensors: generator checkpoint not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ Ray Serve: builder, version checks, floor
+
+def test_application_builder_builds_the_deployment_as_serve_run_calls_it(generator_path, monkeypatch):
+    pytest.importorskip("ray.serve")
+    import importlib
+
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from gapdiff_core.serving.settings import SettingsError
+
+    build = importlib.import_module("gapdiff_core.serving.ray_serve").build  # `serve run module:build k=v`
+    monkeypatch.setenv("GAPDIFF_SERVE_MAX_BATCH", "3")
+    app = call_user_app_builder_with_args_if_necessary(build, {"generator": str(generator_path), "replicas": "2",
+                                                              "budget": "4", "num_cpus": "0.5"})
+    assert isinstance(app, Application)
+    deployment = app._bound_deployment  # Ray keeps what bind() got here
+    assert deployment.name == "protect" and deployment.num_replicas == 2
+    assert deployment.ray_actor_options["num_cpus"] == 0.5
+    settings, = deployment.init_args
+    assert (settings.budget, settings.max_batch, settings.generator) == (4.0, 3, str(generator_path))
+    with pytest.raises(SettingsError, match="argument budget = '0.5': budget must be 1-255"):
+        build({"generator": str(generator_path), "budget": "0.5"})
+
+
+@pytest.mark.ray
+def test_the_built_application_serves_on_loopback(generator_path, monkeypatch):
+    """build() as Ray Serve runs it: a local loopback-only Ray, Serve's proxy on 127.0.0.1, one protected photo."""
+    pytest.importorskip("ray.serve")
+    import ray
+    from ray import serve
+
+    from gapdiff_core.common.ray_local import LOCAL_ONLY_VARIABLE, start_ray
+    from gapdiff_core.serving.ray_serve import build
+
+    monkeypatch.setenv(LOCAL_ONLY_VARIABLE, "0")  # start_ray sets it; restored after the test
+    monkeypatch.setenv("GAPDIFF_SERVE_PRECISION", "fp32")
+    port = free_port()
+    try:
+        start_ray(num_cpus=2)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build({"generator": str(generator_path), "num_cpus": "1"}), name="built", route_prefix="/",
+                  blocking=False)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            deadline = time.monotonic() + 120
+            while c.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the built application never became ready"
+                time.sleep(0.5)
+            rgb = photo(seed=12)
+            r = post(c, rgb)
+        assert r.status_code == 200, r.text
+        change = np.abs(decode(r.content).astype(int) - rgb.astype(int))
+        assert 0 < change.max() <= 8 and r.headers["x-gapdiff-demo"] == "true"
+    finally:
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+
+
+def test_private_ray_hooks_warn_naming_the_version_instead_of_failing(monkeypatch):
+    pytest.importorskip("ray.serve")
+    import ray
+    from ray.serve._private import replica
+
+    from gapdiff_core.serving import ray_serve
+
+    original = replica.add_port_to_grpc_server
+    monkeypatch.setattr(replica, "add_port_to_grpc_server", original)  # restored after the test
+    assert ray_serve.ray_version() >= ray_serve.GRPC_BIND_HOOK_SINCE
+    ray_serve.bind_replica_grpc_to_loopback()  # this Ray has the hook: patched, no warning
+    assert replica.add_port_to_grpc_server.loopback is True
+
+    monkeypatch.setattr(replica, "add_port_to_grpc_server", original)
+    monkeypatch.setattr(ray, "__version__", "2.57.1")  # 2.56-2.57 bind with add_insecure_port("[::]:0")
+    with pytest.warns(RuntimeWarning, match=r"Ray 2\.57\.1: .* listens on every interface"):
+        ray_serve.bind_replica_grpc_to_loopback()
+    assert replica.add_port_to_grpc_server is original
+
+    monkeypatch.setattr(ray, "__version__", "2.60.0")
+    monkeypatch.delattr(replica, "add_port_to_grpc_server")  # a later Ray that renamed it
+    with pytest.warns(RuntimeWarning, match=r"Ray 2\.60\.0: no ray\.serve\._private\.replica"):
+        ray_serve.bind_replica_grpc_to_loopback()
+
+
+def test_ray_serve_floor_is_the_first_ray_with_what_the_code_uses(monkeypatch):
+    """pyproject's ray[serve] floor is RAY_FLOOR, 2.56: the first release whose serve.ingress() takes no app and
+    builds it with __serve_build_asgi_app__ (2.55.1's ingress requires an app); the installed Ray has that form."""
+    import inspect
+    import re
+
+    pytest.importorskip("ray.serve")
+    import ray
+    from ray import serve
+
+    from gapdiff_core.serving import ray_serve
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    floor = re.search(r'"ray\[serve\]>=([0-9.]+)"', text)[1]
+    assert ray_serve.ray_version(floor) == ray_serve.RAY_FLOOR == (2, 56)
+    assert ray_serve.ray_version() >= ray_serve.RAY_FLOOR
+    assert inspect.signature(serve.ingress).parameters["app"].default is None
+    monkeypatch.setattr(ray, "__version__", "2.55.1")
+    with pytest.raises(ImportError, match=r"needs ray\[serve\]>=2\.56 .* this is Ray 2\.55\.1"):
+        ray_serve.check_ray_version()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ..model.protector import PRECISION_CHOICES
 from . import options
 
 HELP = "start the GAP-Diff web app (Gradio) on 127.0.0.1"
@@ -26,7 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("--budget", type=options.budget, default=8.0,
                    help="default budget in grey levels (1-255 on the 0-255 scale)")
     p.add_argument("--device", type=options.device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     p.add_argument("--max-file-size", type=options.file_size, default="50mb",
                    help="largest accepted upload, e.g. 50mb (default)")
     p.add_argument("--max-photos", type=int, default=64,

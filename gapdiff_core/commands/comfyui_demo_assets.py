@@ -48,12 +48,12 @@ def untrained_generator(ngf: int = 16):
 
 
 def run(args) -> int:
-    import shutil
     import sys
     from pathlib import Path
 
-    from ..model.checkpoint import save_generator
     from ..diffusion import Surrogate
+    from ..io.atomic import write_bytes
+    from ..model.checkpoint import save_generator
     from ..samples import SAMPLES_DIR
 
     models = Path(args.models_dir)
@@ -89,8 +89,7 @@ def run(args) -> int:
             if target.exists() and not args.force:
                 kept.append(target)
             else:
-                shutil.copyfile(SAMPLES_DIR / source, target)
-                written.append(target)
+                written.append(write_bytes(target, (SAMPLES_DIR / source).read_bytes()))
     else:
         print(f"note: {input_dir} does not exist; sample photos not copied (use --input-dir)", file=sys.stderr)
 

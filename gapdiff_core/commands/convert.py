@@ -30,17 +30,21 @@ def run(args) -> int:
     from ..model.checkpoint import CheckpointError, load_generator, save_generator
 
     dest = Path(args.dest)
-    if dest.exists():
-        print(f"gapdiff convert: {dest} exists; choose another name", file=sys.stderr)
+    exists = f"gapdiff convert: {dest} exists; choose another name"
+    if dest.exists():  # fail before loading; the write below refuses a file that appears meanwhile
+        print(exists, file=sys.stderr)
         return 2
     try:
         generator = load_generator(args.source)
         info = generator.info
         info.budget, info.working_resolution, info.surrogate = args.budget, args.working_resolution, args.surrogate
         info.provenance = args.provenance or f"converted from {Path(args.source).name} (official GAP-Diff format)"
-        save_generator(generator, dest, info)
+        save_generator(generator, dest, info, overwrite=False)  # atomic create-if-absent: one of two racing wins
     except CheckpointError as exc:
         print(f"gapdiff convert: {exc}", file=sys.stderr)
+        return 2
+    except FileExistsError:
+        print(exists, file=sys.stderr)
         return 2
     print(f"wrote {dest}: {info.describe()}")
     return 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import options
+
 HELP = "run protect -> JPEG -> LoRA DreamBooth -> generate -> metrics on a toy model (a demo, not protection)"
 DESCRIPTION = """Run the evaluation protocol end to end on the sample face photos that ship with the package,
 offline, on CPU, in a few minutes:
@@ -21,7 +23,7 @@ IDENTITY = {"set_B": ("obama.jpg", "obama2.jpg"), "set_C": ("obama3.jpg",)}
 
 def add_arguments(p) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--budget", type=float, default=8.0, help="budget in grey levels (default 8)")
+    p.add_argument("--budget", type=options.budget, default=8.0, help="budget in grey levels, 1-255 (default 8)")
     p.add_argument("--quality", type=int, action="append", default=None,
                    help="JPEG quality applied after protection (repeatable; default 70, 50 and 30)")
     p.add_argument("--resolution", type=int, default=128, help="attack/generation resolution (default 128)")
@@ -37,8 +39,7 @@ def add_arguments(p) -> None:
 
 def prepare_photos(root) -> Path:
     """Copy the sample photos of one identity into the Anti-DreamBooth layout (set_B attacked, set_C reference)."""
-    import shutil
-
+    from ..io.atomic import write_bytes
     from ..samples import SAMPLES_DIR
 
     root = Path(root)
@@ -46,7 +47,7 @@ def prepare_photos(root) -> Path:
         (root / sub).mkdir(parents=True, exist_ok=True)
         for n in names:
             if not (root / sub / n).is_file():
-                shutil.copyfile(Path(SAMPLES_DIR) / n, root / sub / n)
+                write_bytes(root / sub / n, (Path(SAMPLES_DIR) / n).read_bytes())
     return root
 
 

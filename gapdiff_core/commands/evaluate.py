@@ -46,7 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--transform", action="append", dest="transforms", default=None,
                    help="transform after protection: none, jpeg:Q, blur, noise:S, quantize:L, resize:N "
                         "(repeatable; default: none; the paper protocol: none and jpeg:70)")
-    p.add_argument("--budget", action="append", dest="budgets", type=float, default=None,
+    p.add_argument("--budget", action="append", dest="budgets", type=options.budget, default=None,
                    help="budget in grey levels on the 0-255 scale (repeatable; default 8)")
     options.protection_function(p)
     p.add_argument("--model", default="tiny", help="surrogate to attack: tiny, a diffusers folder or a checkpoint")

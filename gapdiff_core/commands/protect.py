@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..model.protector import MODES, PRECISION_CHOICES
 from . import options
 from .batch_log import BatchLog
 
@@ -34,12 +35,12 @@ def add_arguments(p) -> None:
                    help="generator checkpoint: official .pth or gapdiff .safetensors")
     p.add_argument("--budget", type=options.budget, default=None,
                    help="L-infinity budget in grey levels (1-255 on the 0-255 scale); default: the checkpoint's (8)")
-    p.add_argument("--mode", choices=("working", "native"), default="working",
+    p.add_argument("--mode", choices=MODES, default="working",
                    help="working: compute at the fine-tuning resolution (512 short side) and resize the "
                         "perturbation to the photo (fast, default); native: full resolution, tiled")
     p.add_argument("--device", type=options.device, default="auto",
                    help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="auto picks the fastest precision within 1 grey level of fp32 for the device")
     p.add_argument("--batch-size", type=int, default=4,
                    help="photos read at a time; those of equal size go through the generator together")

@@ -95,8 +95,10 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     return generator.to(device).eval()
 
 
-def save_generator(generator: Generator, path: str | os.PathLike, info: GeneratorInfo) -> Path:
-    """Write `generator` as `.safetensors` with metadata, atomically."""
+def save_generator(generator: Generator, path: str | os.PathLike, info: GeneratorInfo, *,
+                   overwrite: bool = True) -> Path:
+    """Write `generator` as `.safetensors` with metadata, atomically; without `overwrite`, an existing file (even
+    one that appears during the write) is never replaced: FileExistsError."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: generators are saved as .safetensors")
@@ -108,7 +110,7 @@ def save_generator(generator: Generator, path: str | os.PathLike, info: Generato
                 **{k: json.dumps(v) for k, v in meta.items()}}
     state = {k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_file(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    return write_file(path, lambda tmp: save_file(state, str(tmp), metadata=metadata), overwrite=overwrite)
 
 
 def read_info(path: str | os.PathLike) -> GeneratorInfo:

@@ -32,6 +32,9 @@ NORM_DESCRIPTIONS = {
     "official": "the authors' generate.py (train mode, dropout on, one image per batch, seeded)",
 }
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: The precision a user may ask for: auto (the fastest within 1 grey level of fp32, see default_precision) or one of
+#: PRECISIONS. The CLI, the service and the hosts offer these.
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -1,8 +1,10 @@
-"""The protection service: an ASGI app with dynamic batching (`app.create_app`), run on uvicorn in one process
-(`run_uvicorn`) or on Ray Serve replicas (`ray_serve`). Needs the `serve` extra (and `ray` for Ray Serve)."""
+"""The protection service: settings (flags, environment, YAML), the endpoints on FastAPI routers with their
+dependencies and response models, dynamic batching, the engine, and the app (`app.create_app`), run on uvicorn in
+one process (`run_uvicorn`) or on Ray Serve replicas (`ray_serve`, with the application builder `build`). Needs the
+`serve` extra (and `ray` for Ray Serve)."""
 from __future__ import annotations
 
-from .engine import ServiceSettings
+from .settings import ServiceSettings
 
 __all__ = ["ServiceSettings", "run_uvicorn"]
 

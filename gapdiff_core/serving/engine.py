@@ -1,31 +1,13 @@
 """The protection behind the service: one `Protector`, batches of equal-size 8-bit photos in, protected out."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Hashable, Sequence
 
 import numpy as np
 
+from ..common.budget import check_budget
 from ..model.protector import MODES
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    """What `gapdiff serve` runs with (command-line options; the same for every replica)."""
-
-    generator: str
-    device: str = "auto"
-    precision: str = "auto"
-    budget: float | None = None  # default budget: the checkpoint's
-    mode: str = "working"
-    max_batch: int = 8
-    max_wait_ms: float = 10.0
-    max_queue: int = 64
-    timeout_s: float = 60.0
-    max_body_bytes: int = 50 * 2 ** 20
-    max_pixels: int = 40_000_000
-    max_batch_images: int = 16
-    api_key_env: str = "GAPDIFF_API_KEY"
+from .settings import ServiceSettings
 
 
 class Engine:
@@ -45,12 +27,12 @@ class Engine:
     def key(self, rgb: np.ndarray, mode: str | None, budget: float | None) -> Hashable:
         """The batch key of a request, with the defaults filled in; raises ValueError for a bad mode or budget."""
         mode = self.protector.mode if mode is None else mode
-        budget = self.protector.budget if budget is None else float(budget)
+        budget = self.protector.budget if budget is None else check_budget(budget, "budget")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        if not 1 <= budget <= self.protector.budget:  # auto precision was checked at the service's budget
-            raise ValueError(f"budget must be 1-{self.protector.budget:g} grey levels (the service's budget; start "
-                             f"it with --budget to allow more), not {budget:g}")
+        if budget > self.protector.budget:  # auto precision was checked at the service's budget
+            raise ValueError(f"budget must be at most {self.protector.budget:g} grey levels (the service's budget; "
+                             f"start it with --budget to allow more), not {budget:g}")
         return rgb.shape, mode, budget
 
     def check_size(self, key: Hashable, name: str) -> None:
