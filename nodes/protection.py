@@ -6,7 +6,7 @@ import torch
 from ..gapdiff_core import load_generator
 from ..gapdiff_core.common.budget import BUDGET_MAX, BUDGET_MIN, DEFAULT_BUDGET, check_budget
 from ..gapdiff_core.common.visualize import amplified_perturbation
-from ..gapdiff_core.model.protector import MODES, NORM_DESCRIPTIONS, NORMS, PRECISIONS, Protector
+from ..gapdiff_core.model.protector import MODES, NORM_DESCRIPTIONS, NORMS, PRECISION_CHOICES, Protector
 from . import host
 
 CATEGORY = "GAP-Diff"
@@ -55,7 +55,7 @@ class ProtectImage:
                                    "tooltip": "working: computed at the resolution a fine-tuner trains at (512 "
                                               "short side) and resized to the photo; native: full resolution, "
                                               "tiled."}),
-            "precision": (["auto", *PRECISIONS], {"default": "auto",
+            "precision": (list(PRECISION_CHOICES), {"default": "auto",
                                                   "tooltip": "Generator precision; auto picks per device."}),
         }, "optional": {
             "norm": (list(NORMS), {"default": "image",

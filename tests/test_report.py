@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gapdiff_core.common.visualize import amplified_perturbation
 from gapdiff_core.evaluation.report import (aggregate, html_report, jpeg_quality, markdown_report, svg_line_chart,
                                             write_reports)
 
@@ -94,7 +95,7 @@ def test_html_perturbation_image_maps_budget_to_full_range(tmp_path):
     shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri))).convert("RGB")).astype(int)
     clean = np.asarray(Image.open(tmp_path / "clean.png")).astype(int)
     diff = np.asarray(Image.open(tmp_path / "prot_8.png")).astype(int) - clean
-    np.testing.assert_array_equal(shown, np.clip(np.round(127.5 + diff * 127.5 / 8), 0, 255))
+    np.testing.assert_array_equal(shown, amplified_perturbation(clean, clean + diff, 8)[0])
     assert shown[diff == 0].min() == shown[diff == 0].max() == 128
     assert shown[diff == 8].min() == 255 and shown[diff == -8].max() == 0
 

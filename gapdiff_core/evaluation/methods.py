@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..model.checkpoint import GENERATOR_SUFFIXES
 from ..protections import ALIASES, PROTECTIONS, canonical_name
 from .inputs import file_digest
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
 @dataclass
@@ -36,7 +36,7 @@ def resolve_method(spec: str, budget: Optional[float]) -> Method:
         return Method("none", "none", None, None, "none", "none", description=PROTECTIONS["none"].describe)
     name, colon, arg = spec.partition(":")
     registered = bool(colon) and name.strip().lower() in PROTECTIONS.keys() | ALIASES.keys()  # name:arg
-    if not registered and (path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_file()):
+    if not registered and (path.suffix.lower() in GENERATOR_SUFFIXES or path.is_file()):
         kind, arg = "gap-diff", spec
     else:
         arg = arg or None

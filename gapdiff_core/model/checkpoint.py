@@ -80,7 +80,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
                               "or train one with `gapdiff train`)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         state, info = _read_safetensors(path)
     else:
         state, info = _read_pth(path), GeneratorInfo(provenance=f"official-format state dict ({path.name})")
@@ -100,7 +100,7 @@ def save_generator(generator: Generator, path: str | os.PathLike, info: Generato
     """Write `generator` as `.safetensors` with metadata, atomically; without `overwrite`, an existing file (even
     one that appears during the write) is never replaced: FileExistsError."""
     path = Path(path)
-    if path.suffix != ".safetensors":
+    if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"{path}: generators are saved as .safetensors")
     meta = asdict(info)
     meta.pop("source")
@@ -124,7 +124,7 @@ def read_info(path: str | os.PathLike) -> GeneratorInfo:
         raise CheckpointError(f"{path}: no such generator checkpoint")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
