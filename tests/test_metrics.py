@@ -197,7 +197,7 @@ def test_evaluate_images_names_backends_and_matches_parts(faces):
     assert out["brisque"]["per_image"][0] == pytest.approx(M.brisque_score(gen[0]))
     assert "SFace" in out["backends"]["embedder"] and "RetinaFace" in out["backends"]["detector"]
     assert M.evaluate_images(gen[:1])["ism"] is None
-    fid = M.fidelity(torch.zeros(1, 3, 16, 16), torch.full((1, 3, 16, 16), 2 / 255))
+    fid = M.protection_fidelity(torch.zeros(1, 3, 16, 16), torch.full((1, 3, 16, 16), 2 / 255))
     assert fid["linf_grey_levels"] == 2.0 and fid["psnr_db"] == 10 * np.log10(255 ** 2 / 4)  # exact, on 8 bits
 
 
@@ -411,12 +411,12 @@ def test_fidelity_of_8_bit_photos_of_several_sizes_is_change_stats_and_ssim_of_e
     rng = np.random.default_rng(3)
     clean = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((40, 40, 3), (24, 32, 3))]
     prot = [np.clip(c.astype(int) + rng.integers(-5, 6, c.shape), 0, 255).astype(np.uint8) for c in clean]
-    fid = M.fidelity(prot, clean)
+    fid = M.protection_fidelity(prot, clean)
     assert fid["per_image_psnr_db"] == [change_stats(c, p).psnr for p, c in zip(prot, clean)]
     assert fid["linf_grey_levels"] == 5.0 and fid["per_image_ssim"] == [ssim_uint8(p, c) for p, c in zip(prot, clean)]
-    assert M.fidelity(clean, clean)["psnr_db"] == float("inf")
+    assert M.protection_fidelity(clean, clean)["psnr_db"] == float("inf")
     with pytest.raises(ValueError, match="2 protected and 1 clean"):
-        M.fidelity(prot, clean[:1])
+        M.protection_fidelity(prot, clean[:1])
 
 
 def test_change_stats_takes_read_only_photos_without_a_warning():

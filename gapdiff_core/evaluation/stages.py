@@ -42,13 +42,13 @@ def _fidelity_of(files, clean_files) -> dict:
     """:func:`gapdiff_core.metrics.fidelity` of the written 8-bit photos against the clean ones, over the pairs
     whose size the transform kept."""
     from ..io import load_image
-    from ..metrics import fidelity
+    from ..metrics import protection_fidelity
 
     pairs = [(a, b) for a, b in ((load_image(f).rgb, load_image(c).rgb) for f, c in zip(files, clean_files))
              if a.shape == b.shape]
     if not pairs:
         return {"psnr_db": None, "ssim": None, "linf_grey_levels": None, "note": "sizes changed by the transform"}
-    f = fidelity([a for a, _ in pairs], [b for _, b in pairs])
+    f = protection_fidelity([a for a, _ in pairs], [b for _, b in pairs])
     return {k: f[k] for k in ("psnr_db", "ssim", "linf_grey_levels", "per_image_psnr_db", "backend")}
 
 

@@ -7,7 +7,7 @@ SFace embedder (ArcFace-family stand-in for the paper's ArcFace). Summaries acro
 ``ism_across_identities`` (official rule) and ``reference_detection_rate`` (the detector's floor).
 """
 from .brisque_iqa import BRISQUEResult, brisque, brisque_score
-from .evaluate import evaluate_images, fidelity
+from .evaluate import evaluate_images, protection_fidelity
 from .faces import (DETECTORS, EMBEDDERS, BackendUnavailable, Face, align_face, available_backends,
                     get_detector, get_embedder, register_detector, register_embedder)
 from .face_iqa import FaceQualityResult, face_quality
@@ -17,7 +17,7 @@ from .identity import (Analyses, DetectionRateResult, FaceAnalysis, FDFRResult, 
 from .serfiq import SERFIQResult, serfiq, serfiq_from_embeddings
 
 __all__ = [
-    "BRISQUEResult", "brisque", "brisque_score", "evaluate_images", "fidelity", "DETECTORS", "EMBEDDERS",
+    "BRISQUEResult", "brisque", "brisque_score", "evaluate_images", "protection_fidelity", "DETECTORS", "EMBEDDERS",
     "BackendUnavailable", "Face", "align_face", "available_backends", "get_detector", "get_embedder",
     "register_detector", "register_embedder", "FaceQualityResult", "face_quality", "psnr", "ssim", "Analyses",
     "DetectionRateResult", "FaceAnalysis", "FDFRResult", "ISMResult", "ISMSummary", "analyze_faces", "fdfr", "ism",

@@ -53,7 +53,7 @@ def evaluate_images(generated: ImageBatch, references: Optional[ImageBatch | np.
     return out
 
 
-def fidelity(protected: ImageBatch, clean: ImageBatch) -> dict:
+def protection_fidelity(protected: ImageBatch, clean: ImageBatch) -> dict:
     """How visible a protection is, on the photos' 8-bit values: the mean PSNR (dB; ∞ if any photo is unchanged)
     and SSIM of protected vs clean photos, and the largest change in grey levels (0-255), with each photo's PSNR
     and SSIM. Photos: B×3×H×W tensors in [0, 1] (rounded to 8 bits) or lists of H×W×3 uint8 arrays, the sizes of
