@@ -121,3 +121,10 @@ def dead_pid() -> int:
 def zip_bomb_pth():
     """``make(path) -> path``: writes a zip-bomb .pth there (under 1 MB, declaring a 64 MB tensor)."""
     return _zip_bomb_pth
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start Ray or several processes are slow by nature: `-m "not slow"` leaves them out too."""
+    for item in items:
+        if item.get_closest_marker("ray") or item.get_closest_marker("distributed"):
+            item.add_marker(pytest.mark.slow)
