@@ -15,13 +15,13 @@ from typing import Optional
 import torch
 
 from ..common.seeds import derive_seed
-from . import codecs, filters, geometry, platforms
+from . import codecs, filters, geometry, platforms, purification, upscaling
 from .pixels import quantize_8bit
 from .specs import TransformSpecError, TransformType, parse_args, render_step
 
 CHAIN_STEP = (1_000_003, 1)  # seed of step i of a chain: (seed, i)
 REGISTRY: dict[str, TransformType] = {
-    e.name: e for family in (filters, codecs, geometry, platforms) for e in family.ENTRIES}
+    e.name: e for family in (filters, codecs, geometry, platforms, purification, upscaling) for e in family.ENTRIES}
 
 
 class Transform:
