@@ -26,7 +26,8 @@ With the tiny built-in surrogate (the default) everything is a demo on a toy mod
 verdicts read 'n/a (toy model)'. Give --surrogate a real Stable Diffusion model for meaningful numbers.
 
 Transforms are registry specs (jpeg:75, webp:80, resize:1080|jpeg:75, platform:instagram, gauss:1, median:3,
-diffpure:0.1, gridpure, impress, noisy-upscale, ...; chains with '|'). Default: none, {', '.join(DEFAULT_TRANSFORMS)}.
+diffpure:0.1, gridpure, impress, noisy-upscale, ...; chains with '|').
+Default: none, {', '.join(DEFAULT_TRANSFORMS)}.
 
 Writes OUT/robustness.html (heat map, verdicts, example images, settings; self-contained) and OUT/robustness.json
 (every number, per photo too). A photo that cannot be read or transformed is reported and skipped (exit code 1);

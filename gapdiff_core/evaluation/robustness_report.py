@@ -39,11 +39,13 @@ def _interval(iv: Interval, digits: int = 3) -> str:
     return f"{iv.mean:.{digits}g} [{iv.low:.{digits}g}, {iv.high:.{digits}g}]"
 
 
+def _share(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.0%}"
+
+
 def _percent(iv: Interval) -> str:
-    if math.isnan(iv.mean):
-        return "n/a"
-    if iv.low == iv.high:
-        return f"{iv.mean:.0%}"
+    if math.isnan(iv.mean) or iv.low == iv.high:
+        return _share(iv.mean)
     return f"{iv.mean:.0%} [{iv.low:.0%}, {iv.high:.0%}]"
 
 
@@ -132,7 +134,7 @@ def heat_map_svg(matrix: RobustnessMatrix, cell_w: int = 170, cell_h: int = 62) 
             out.append(f'<rect x="{x}" y="{y}" width="{cell_w}" height="{cell_h}" fill="{_colour(c.effect.mean, scale)}"'
                        f' stroke="#888"><title>{html.escape(matrix.verdict_text(c))}</title></rect>')
             for k, text in enumerate((_num(c.effect.mean, 3), f"[{_num(c.effect.low, 3)}, {_num(c.effect.high, 3)}]",
-                                      f"share {_percent(Interval(c.share.mean, c.share.mean, c.share.mean))}")):
+                                      f"share {_share(c.share.mean)}")):
                 out.append(f'<text x="{x + cell_w / 2}" y="{y + 18 + 16 * k}" text-anchor="middle">'
                            f'{html.escape(text)}</text>')
     out.append("</svg>")
