@@ -107,6 +107,22 @@ def test_a_photo_that_fails_is_skipped_and_every_cell_uses_the_same_photos(tmp_p
     assert all(len(v) == 2 for per_method in m.errors.values() for v in per_method.values())
 
 
+class Failing(FlatGrey):
+    spec = "failing"
+
+    def __call__(self, images, seed=0, surrogate=None):
+        if images.shape[-1] != 48:
+            raise RuntimeError("size mismatch")
+        return images
+
+
+def test_a_transform_that_fails_on_one_photo_skips_that_photo_naming_the_transform():
+    m = robustness_matrix([*photos(2), photos(1, side=40)[0]], [BRIGHTEN], [Failing()], measure=brightness,
+                          resamples=200)
+    assert m.photos == ["photo 0", "photo 1"]
+    assert m.skipped == {"photo 2": "transform 'failing' failed: size mismatch"}
+
+
 def test_progress_and_a_size_changing_transform(tmp_path):
     calls = []
     m = robustness_matrix(photos(2, side=64), [BRIGHTEN], ["resize:32"], measure=brightness, resamples=200,

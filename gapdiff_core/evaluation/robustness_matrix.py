@@ -275,6 +275,14 @@ def _load(photo, max_side: Optional[int]) -> torch.Tensor:
     return x
 
 
+def _apply(t: Transform, photo: torch.Tensor, seed: int, surrogate) -> torch.Tensor:
+    """``t(photo)``; a failure (a bad value for this photo, or a transform's own error) names the transform."""
+    try:
+        return t(photo, seed=seed, surrogate=surrogate)
+    except (ValueError, RuntimeError) as exc:
+        raise ValueError(f"transform {t.spec!r} failed: {exc}") from exc
+
+
 @dataclass
 class _PhotoResult:
     errors: dict[str, dict[str, float]]  # "clean" or method -> transform -> denoising error
@@ -288,10 +296,10 @@ def _measure_photo(clean: torch.Tensor, name: str, seed: int, methods, steps, su
     first_protection = next((m for m in methods if m.role == "protection"), None)
     out = _PhotoResult({"clean": {}, **{m.name: {} for m in methods}}, {m.name: {} for m in methods}, [])
     for j, t in enumerate(steps):
-        tc = t(clean, seed=seed, surrogate=surrogate)
+        tc = _apply(t, clean, seed, surrogate)
         out.errors["clean"][t.spec] = measure(tc)
         for m in methods:
-            tp = t(protected[m.name], seed=seed, surrogate=surrogate)
+            tp = _apply(t, protected[m.name], seed, surrogate)
             if tp.shape != tc.shape:
                 raise ValueError(f"{t.spec} gave {tuple(tp.shape[-2:])} for the {m.name} photo but "
                                  f"{tuple(tc.shape[-2:])} for the clean one")
