@@ -165,7 +165,7 @@ def _examples_html(matrix: RobustnessMatrix) -> str:
     if not matrix.examples:
         return "<p>No examples (no protection method, or no photo measured).</p>"
     parts = []
-    for e in matrix.examples:
+    for e in sorted(matrix.examples, key=lambda e: matrix.transforms.index(e.transform)):  # grouped by transform
         figs = "".join(f'<figure><img alt="{alt}" src="{_png(img)}"><figcaption>{alt}</figcaption></figure>'
                        for alt, img in (("clean", e.clean), ("protected", e.protected),
                                         ("difference, amplified", e.difference)))
