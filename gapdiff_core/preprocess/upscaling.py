@@ -17,14 +17,17 @@ from .geometry import resize
 from .specs import Param, TransformSpecError, TransformType
 
 TINY = "tiny"
-TINY_UPSCALER_UNET = {  # stable-diffusion-x4-upscaler's layout, narrowed: 4 latent + 3 low-res image channels in
+TINY_UPSCALER_UNET = {  # stable-diffusion-x4-upscaler's layout, narrowed: 4 latent + 3 low-res image channels in,
+    # the noise level as class label; attention only at the deepest level (1/8), so 512-px inputs stay cheap on a CPU
     "sample_size": 32, "in_channels": 7, "out_channels": 4,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-    "block_out_channels": [32, 64], "layers_per_block": 1, "norm_num_groups": 8, "cross_attention_dim": 32,
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "block_out_channels": [16, 16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8, "cross_attention_dim": 32,
     "attention_head_dim": 4, "num_class_embeds": 1000, "act_fn": "silu",
 }
-TINY_UPSCALER_VAE = {  # three blocks: the x4 upscaler's 4x latent scale, its 0.08333 scaling factor
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+TINY_UPSCALER_VAE = {  # three blocks: the x4 upscaler's 4x latent scale, its 0.08333 scaling factor; no attention
+    # in the mid block (at the input's full resolution it would need minutes on a CPU for a 512-px photo)
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "mid_block_add_attention": False,
     "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
     "block_out_channels": [8, 16, 16], "layers_per_block": 1, "norm_num_groups": 4, "scaling_factor": 0.08333,
 }
