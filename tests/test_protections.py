@@ -109,13 +109,13 @@ def test_aspl_fine_tunes_its_surrogate_on_the_clean_set(surrogate, class_images,
 
 def test_prior_preservation_and_batches_follow_the_released_code(surrogate, class_images, monkeypatch):
     calls = []
-    real = base_module.dreambooth_loss
+    real = base_module.instance_and_prior_loss
 
     def spy(model, x, emb, cls, cls_emb, prior_weight=1.0, **kw):
         calls.append((x.shape[0], None if cls is None else cls.shape[0], prior_weight))
         return real(model, x, emb, cls, cls_emb, prior_weight=prior_weight, **kw)
 
-    monkeypatch.setattr(base_module, "dreambooth_loss", spy)
+    monkeypatch.setattr(base_module, "instance_and_prior_loss", spy)
     x = _photos(3, 31)
     _method("fsmg", surrogate, class_images, finetune_steps=2, pgd_steps=1).protect(x)
     assert calls == [(2, 2, 1.0)] * 2  # batch 2 instance + 2 class images, prior weight 1

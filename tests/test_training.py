@@ -184,7 +184,7 @@ def test_finetune_on_chooses_the_instance_images_of_the_surrogate_step(tmp_path,
         seen.append(instance.detach().clone())
         return sum(p.sum() for p in s.unet.parameters()) * 0.0
 
-    monkeypatch.setattr(losses, "dreambooth_loss", spy)
+    monkeypatch.setattr(losses, "instance_and_prior_loss", spy)
     cfg = load_config(None, **TINY, output_dir=str(tmp_path), max_steps=3, beta=0.0, gamma=0.0, finetune_steps=1,
                       finetune_every=1, preprocess="default", finetune_on="clean")
     trainer = Trainer(cfg, surrogate=_private_copy(surrogate))

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.progress import ProgressFn, StopFn, stop_requested
-from ..losses import denoising_error, dreambooth_loss
+from ..losses import denoising_error, instance_and_prior_loss
 from ..common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
 from ..model.protector import apply_budget
 
@@ -285,7 +285,7 @@ class IterativeProtection:
                 cls = cls_all[[j % n_cls for j in k]].to(x) if n_cls else None
                 inst_emb = model.encode_prompt(self.settings["prompt"]).expand(batch, -1, -1)
                 cls_emb = model.encode_prompt(self.settings["class_prompt"]).expand(batch, -1, -1) if n_cls else None
-                loss = dreambooth_loss(model, x, inst_emb, cls, cls_emb, prior_weight=pw)
+                loss = instance_and_prior_loss(model, x, inst_emb, cls, cls_emb, prior_weight=pw)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -163,8 +163,9 @@ class Trainer:
                     cls = clean  # stand-in for class images: clean faces (see docs/differences-from-official.md)
                 self.opt_unet.zero_grad(set_to_none=True)
                 with self.acc.autocast():
-                    loss = losses.dreambooth_loss(s, instance, inst_emb, cls, class_emb.expand(cls.shape[0], -1, -1),
-                                                  cfg.prior_weight, cfg.official_uniform_noise, cfg.sample_latents)
+                    loss = losses.instance_and_prior_loss(s, instance, inst_emb, cls,
+                                                          class_emb.expand(cls.shape[0], -1, -1), cfg.prior_weight,
+                                                          cfg.official_uniform_noise, cfg.sample_latents)
                 loss.backward()
                 if self.acc.num_processes > 1:
                     for p in s.unet.parameters():
