@@ -54,6 +54,18 @@ def test_config_file_overrides_and_unknown_keys(tmp_path):
         load_config(ROOT / "train" / "configs" / f"{name}.yaml")
 
 
+def test_training_budget_follows_the_one_budget_rule():
+    """The rule of common/budget.py (1-255 grey levels), as every protection method and command: a budget of 0.5
+    used to pass ``budget > 0`` and train a generator whose 8-bit output cannot change."""
+    from gapdiff_core.common.budget import BUDGET_RULE, BudgetError
+
+    for bad in (0.5, 0, 256, float("nan")):
+        with pytest.raises(BudgetError) as err:
+            load_config(None, budget=bad)
+        assert str(err.value) == f"training config: budget must be {BUDGET_RULE}, not {bad!r}"
+    assert load_config(None, budget=1).budget == 1 and load_config(None, budget=255).budget == 255
+
+
 def test_paper_config_marks_where_each_setting_comes_from():
     """Every setting of paper.yaml says whether the paper, the official code or this project fixes it."""
     import re

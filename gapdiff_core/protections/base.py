@@ -32,6 +32,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..common.budget import check_budget
 from ..common.progress import ProgressFn, StopFn, stop_requested
 from ..losses import denoising_error, instance_and_prior_loss
 from ..common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
@@ -129,8 +130,7 @@ class IterativeProtection:
             raise ValueError(f"protection {self.name}: unknown setting(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(settings))}")
         settings.update(overrides)
-        if not 0 < float(settings["budget"]) <= 255:
-            raise ValueError(f"{self.name}: budget must be in (0, 255] grey levels, not {settings['budget']}")
+        check_budget(settings["budget"], f"{self.name}: budget")
         if class_images is not None and "num_class_images" not in settings:
             raise ValueError(f"{self.name}: its released code trains no surrogate with prior preservation; "
                              f"it takes no class images")
