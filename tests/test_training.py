@@ -124,6 +124,52 @@ def test_training_raises_adversarial_effect_on_held_out_images(tmp_path, surroga
     assert exported.info.demo is True and exported.info.budget == cfg.budget and exported.info.ngf == 8
 
 
+# ---------------------------------------------------------------- surrogate warm-up
+@pytest.fixture
+def one_thread():
+    """Small tensors: one thread avoids oversubscription on a shared machine (the warm-up ran 10x faster here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_surrogate_warm_up_streams_its_batches_and_rebuilds_the_same_surrogate(tmp_path, surrogate, monkeypatch,
+                                                                              one_thread):
+    """The warm-up holds at most one batch (2) of training images at a time and reads at most steps x batch of them,
+    whatever the dataset's size (it used to stack the whole dataset onto the device); a second run (as a resumed one)
+    rebuilds exactly the same surrogate."""
+    import weakref
+
+    from gapdiff_core.training.data import ImageFolderDataset
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    g = torch.Generator().manual_seed(5)
+    for i in range(9):
+        pixels = (torch.rand(256, 256, 3, generator=g) * 255).byte().numpy()
+        Image.fromarray(pixels).save(faces / f"{i}.png")
+    alive, peak, reads = [0], [0], [0]
+    read = ImageFolderDataset.__getitem__
+
+    def counted(self, i):
+        x = read(self, i)
+        alive[0] += 1
+        reads[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(x, lambda: alive.__setitem__(0, alive[0] - 1))
+        return x
+
+    monkeypatch.setattr(ImageFolderDataset, "__getitem__", counted)
+    runs = [Trainer(load_config(None, **TINY, train_dir=str(faces), output_dir=str(tmp_path / name), max_steps=1,
+                                surrogate_warmup_steps=2), surrogate=_private_copy(surrogate)) for name in ("a", "b")]
+    assert len(runs[0].dataset) == 8 and peak[0] <= 2 and 0 < reads[0] <= 2 * 2 * 2  # 2 runs x 2 steps x batch 2
+    first, second = (r.surrogate.unet.state_dict() for r in runs)
+    untrained = surrogate.unet.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert sum(not torch.equal(first[k], untrained[k]) for k in first) > len(first) // 2
+
+
 # ---------------------------------------------------------------- exact resume
 def _resume_config(tmp_path, name):
     return load_config(None, **{**TINY, "checkpoint_every": 2}, output_dir=str(tmp_path / name), lr=0.01,

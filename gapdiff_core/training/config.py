@@ -117,6 +117,22 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def preprocess_config(spec: Any) -> list[dict]:
+    """The preprocessing sampler's entries of ``TrainConfig.preprocess`` (default, official, none or a list)."""
+    from ..preprocess import DEFAULT_CONFIG, official_prelayer_config
+
+    if spec in (None, "none", "identity"):
+        return [{"name": "identity", "p": 1.0}]
+    if spec == "default":
+        return [dict(e) for e in DEFAULT_CONFIG]
+    if spec == "official":
+        return official_prelayer_config()
+    if isinstance(spec, list):
+        return spec
+    raise ValueError(f"training config: preprocess={spec!r}; use default, official, none or a list of "
+                     "{name, p, ...} entries")
+
+
 def _read_file(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".toml":
