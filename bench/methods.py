@@ -34,7 +34,7 @@ from gapdiff_core.losses import denoising_error  # noqa: E402
 from gapdiff_core.preprocess.real import jpeg, quantize_8bit  # noqa: E402
 from gapdiff_core.protections import METHODS, get_protection  # noqa: E402
 from gapdiff_core.protections.caat import cross_attention_kv  # noqa: E402
-from gapdiff_core.protections.mist import add_lora  # noqa: E402
+from gapdiff_core.attack.lora import UNET_LORA_TARGETS, add_lora  # noqa: E402
 from gapdiff_core.training.warmup import warm_up_surrogate  # noqa: E402
 
 SET_SIZE = 4  # photos protected together (Anti-DreamBooth's set_B)
@@ -164,7 +164,7 @@ def sd_unit_costs(device, iters):
     clone = probe.clone()
     costs["clone"] = time.perf_counter() - t0
     del clone
-    lora = add_lora(sd.unet, 4)
+    lora = add_lora(sd.unet, UNET_LORA_TARGETS, 4)
     costs["train_lora"] = time_it(train_step(lora), iters)
     print(f"  train_lora unit {costs['train_lora']:.2f} s, clone {costs['clone']:.2f} s", flush=True)
     return costs

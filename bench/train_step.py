@@ -32,7 +32,7 @@ def time_steps(trainer: Trainer, batch: torch.Tensor, steps: int, finetune: bool
         if finetune:
             raw = trainer.generator(batch * 2 - 1).detach()
             prot = (batch + raw * trainer.cfg.budget / 255).clamp(0, 1)
-            trainer.finetune_surrogate(prot, prot, batch)
+            trainer.finetuner(prot, prot, batch)
         else:
             trainer.train_step(batch)
         if trainer.device.type == "cuda":

@@ -1,4 +1,5 @@
-"""GAP-Diff objective: timestep-weighted adversarial diffusion loss, GAN terms, loss schedules, DreamBooth loss.
+"""GAP-Diff objective: timestep-weighted adversarial diffusion loss, GAN terms, loss schedules, DreamBooth's
+instance-and-prior loss.
 
 The paper's total loss is  L = α·L_GAN + β·L_adv(x_prot) + γ·L_adv(p(x_prot))  with
 L_adv(x, c, t) = E_t[ −w(t) · d(target, f_θ(x_t, t, c)) ],  the target being ε (or v for v-prediction surrogates).
@@ -215,10 +216,12 @@ def scheduled_weights(schedule: str, weights: LossWeights, progress: float, swit
 
 
 # ---------------------------------------------------------------- surrogate fine-tuning (DreamBooth, L_ft and L_ft')
-def dreambooth_loss(surrogate, instance_x01: torch.Tensor, instance_embeds: torch.Tensor, class_x01: Optional[torch.Tensor],
-                    class_embeds: Optional[torch.Tensor], prior_weight: float = 1.0,
-                    official_uniform_noise: bool = False, sample_latents: bool = True) -> torch.Tensor:
-    """The diffusion training loss on instance images plus λ·prior preservation on class images (to MINIMISE).
+def instance_and_prior_loss(surrogate, instance_x01: torch.Tensor, instance_embeds: torch.Tensor,
+                            class_x01: Optional[torch.Tensor], class_embeds: Optional[torch.Tensor],
+                            prior_weight: float = 1.0, official_uniform_noise: bool = False,
+                            sample_latents: bool = True) -> torch.Tensor:
+    """DreamBooth's loss on images: the mean denoising MSE of the instance images plus λ·that of the class images
+    (prior preservation), to MINIMISE.
 
     Plain (unweighted) MSE with uniform t, as DreamBooth trains; gradients reach whatever parameters are trainable.
     """

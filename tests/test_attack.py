@@ -238,3 +238,46 @@ def test_bf16_on_a_cpu_without_avx512_is_a_clear_error(base, cache, tmp_path, mo
     with pytest.raises(ValueError, match="needs AVX-512; use mixed_precision='no'"):
         DreamBoothAttack(base, _config("lora", max_train_steps=1, mixed_precision="bf16"),
                          cache_dir=cache).run(_photos(), tmp_path)
+
+
+def test_one_lora_helper_matches_both_injection_paths_it_replaced(base):
+    """``add_lora`` (the attack and ACE) gives the same parameter names, count, initial values and outputs for a seed
+    as the two paths it replaced: peft's ``inject_adapter_in_model`` (the attack) and diffusers' ``add_adapter``
+    (ACE)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from gapdiff_core.attack.lora import UNET_LORA_TARGETS, add_lora
+
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=list(UNET_LORA_TARGETS))
+    paths = {"helper": lambda unet: add_lora(unet, UNET_LORA_TARGETS, 4),
+             "inject": lambda unet: inject_adapter_in_model(config, unet, adapter_name="default"),
+             "add_adapter": lambda unet: unet.add_adapter(config)}
+    unets, trainable = {}, None
+    for name, inject in paths.items():
+        unet = copy.deepcopy(base.unet)
+        torch.manual_seed(0)
+        params = inject(unet)
+        trainable = params if name == "helper" else trainable
+        unets[name] = unet
+    lora = [n for n, _ in unets["helper"].named_parameters() if ".lora_A." in n or ".lora_B." in n]
+    # A and B of to_q/k/v/out in the 8 attention layers (attn1, attn2 of the 4 transformer blocks)
+    assert len(lora) == 2 * 4 * 8 and len(trainable) == len(lora)
+    assert [n for n, p in unets["helper"].named_parameters() if p.requires_grad] == lora
+    states = {name: unet.state_dict() for name, unet in unets.items()}
+    for name in ("inject", "add_adapter"):
+        assert list(states[name]) == list(states["helper"])
+        assert all(torch.equal(states[name][k], v) for k, v in states["helper"].items()), name
+    g = torch.Generator().manual_seed(1)
+    b_values = {n: torch.randn(p.shape, generator=g) for n, p in unets["helper"].named_parameters() if ".lora_B." in n}
+    x = torch.randn(1, 4, RES // 8, RES // 8, generator=g)
+    t, emb = torch.tensor([500]), base.encode_prompt("a photo of sks person")
+    outputs = {}
+    with torch.no_grad():
+        for name, unet in unets.items():
+            for n, p in unet.named_parameters():
+                if n in b_values:
+                    p.copy_(b_values[n])
+            outputs[name] = unet(x, t, encoder_hidden_states=emb).sample
+        plain = base.unet(x, t, encoder_hidden_states=emb).sample
+    assert (outputs["helper"] - plain).abs().max() > 1e-3
+    assert torch.equal(outputs["inject"], outputs["helper"]) and torch.equal(outputs["add_adapter"], outputs["helper"])

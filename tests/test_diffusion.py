@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from gapdiff_core.diffusion import (  # noqa: E402
     CheckpointError, Surrogate, bundled_config, detect_sd_version, load_surrogate, looks_v_prediction,
     read_state_dict)
 from gapdiff_core.diffusion import convert  # noqa: E402
+from gapdiff_core.io import atomic  # noqa: E402
 from gapdiff_core.diffusion.surrogate import SURROGATE_MARKER, TINY_TEXT_ENCODER, TINY_UNET, TINY_VAE  # noqa: E402
 from gapdiff_core.diffusion.tokenizer import clip_tokenizer  # noqa: E402
 
@@ -167,6 +169,33 @@ def test_diffusers_folder_round_trip(family, marker, probe, tmp_path, no_network
         assert torch.equal(x, y)
     state, _ = read_state_dict(loaded.save_single_file(tmp_path / "again.safetensors"))
     assert detect_sd_version(state) == family
+
+
+def test_save_pretrained_is_atomic(probe, tmp_path, monkeypatch):
+    """A save that fails half-way (after the UNet is written) leaves no partial folder, and a previous complete
+    folder exactly as it was; a save that completes replaces it whole."""
+    first, second = Surrogate.tiny(0), Surrogate.tiny(1)
+    folder = first.save_pretrained(tmp_path / "model")
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(second.vae, "save_pretrained", disk_full)  # the UNet is written by then
+    with pytest.raises(OSError, match="No space left"):
+        second.save_pretrained(folder)
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    with pytest.raises(OSError, match="No space left"):
+        second.save_pretrained(tmp_path / "new")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no partial folder, temporary or model.old
+    monkeypatch.undo()
+    synced, fsync_dir = [], atomic.fsync_dir
+    monkeypatch.setattr(atomic, "fsync_dir", lambda path: synced.append(Path(path).name) or fsync_dir(path))
+    second.save_pretrained(folder)
+    assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(synced)  # their entries are durable too
+    monkeypatch.undo()
+    for x, y in zip(_outputs(second, probe), _outputs(load_surrogate(folder), probe)):
+        assert torch.equal(x, y)
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2"])

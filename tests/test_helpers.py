@@ -2,6 +2,9 @@
 state, prompts, the JPEG robustness measurement."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +15,8 @@ from gapdiff_core.metrics.fidelity import DiffStats, change_stats
 from gapdiff_core.metrics.robustness import jpeg_robustness, jpeg_uint8
 from gapdiff_core.common.sizes import short_side_size
 from gapdiff_core.common.visualize import amplification, amplified_perturbation, row_blocks
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_derived_seeds_keep_the_values_training_and_attacks_have_always_used():
@@ -68,10 +73,45 @@ def test_optimizer_state_round_trips_through_flat_tensors():
             assert torch.equal(a["state"][i][k], b["state"][i][k])
 
 
-def test_prompts_are_the_papers():
-    assert prompts.PAPER_PROMPTS[0] == prompts.INSTANCE_PROMPT == "a photo of sks person"
-    assert len(prompts.PAPER_PROMPTS) == 4 and all("sks person" in p for p in prompts.PAPER_PROMPTS)
-    assert prompts.CLASS_PROMPT == "a photo of person" and prompts.CAAT_PROMPT == "a photo of a person"
+def test_the_attack_class_images_generation_and_protections_run_with_the_prompts_of_prompts_py(tmp_path, monkeypatch):
+    """The prompts of common/prompts.py are the ones the code runs with, not copies retyped elsewhere: what the text
+    encoder is asked to encode by the DreamBooth attack, the class-image cache, sampling and the protections (the
+    empty prompt is classifier-free guidance's unconditional one); the documented protocol names the same ones."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("peft")
+    from gapdiff_core.attack import DreamBoothAttack, GenerationConfig, generate, preset
+    from gapdiff_core.diffusion import Surrogate
+    from gapdiff_core.protections import get_protection
+
+    encoded = []
+    encode = Surrogate.encode_prompt
+    monkeypatch.setattr(Surrogate, "encode_prompt", lambda self, p: encoded.extend([p] if isinstance(p, str) else p)
+                        or encode(self, p))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread avoids oversubscription on a shared machine
+    try:
+        base, photos = Surrogate.tiny(0), torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        cfg = preset("tiny-lora", resolution=32, max_train_steps=1, num_class_images=1, class_steps=1,
+                     class_batch_size=1, save_model=False)
+        attacked = DreamBoothAttack(base, cfg, cache_dir=tmp_path).run(photos, tmp_path / "attack").surrogate
+        assert set(encoded) - {""} == {prompts.INSTANCE_PROMPT, prompts.CLASS_PROMPT}
+        [info] = (tmp_path / "class-images").rglob("info.json")
+        assert json.loads(info.read_text(encoding="utf-8"))["prompt"] == prompts.CLASS_PROMPT
+        encoded.clear()
+        assert generate(attacked, GenerationConfig(images_per_prompt=1, steps=1, resolution=32)).prompts == \
+            list(prompts.PAPER_PROMPTS)
+        assert set(encoded) - {""} == set(prompts.PAPER_PROMPTS) and len(prompts.PAPER_PROMPTS) == 4
+        for name, expected in (("aspl", {prompts.INSTANCE_PROMPT, prompts.CLASS_PROMPT}),
+                               ("caat", {prompts.CAAT_PROMPT})):
+            encoded.clear()
+            get_protection(name, base, schedule="tiny", resolution=32, class_cache_dir=tmp_path,
+                           **({"iterations": 1, "pgd_steps": 1} if name == "aspl" else {"steps": 1})).protect(photos)
+            assert set(encoded) - {""} == expected, name
+    finally:
+        torch.set_num_threads(threads)
+    documented = (ROOT / "docs" / "differences-from-official.md").read_text(encoding="utf-8")
+    assert f'Instance prompt `instance_prompt` ("{prompts.INSTANCE_PROMPT}"), class prompt `class_prompt` ' \
+           f'("{prompts.CLASS_PROMPT}")' in " ".join(documented.split())
 
 
 def test_jpeg_robustness_measures_what_survives():

@@ -123,14 +123,14 @@ def test_gan_losses_match_bce():
     assert float(g) == pytest.approx(float(bce(d(fake), torch.ones(3, 1))), rel=1e-6)
 
 
-def test_dreambooth_loss_trains_only_trainable_parts_and_prior_adds():
+def test_instance_and_prior_loss_trains_only_trainable_parts_and_prior_adds():
     sur = StandIn()
     sur.unet.requires_grad_(True)
     inst, cls, emb = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.zeros(2, 77, 8)
     torch.manual_seed(3)
-    only = losses.dreambooth_loss(sur, inst, emb, cls, emb, prior_weight=0.0)
+    only = losses.instance_and_prior_loss(sur, inst, emb, cls, emb, prior_weight=0.0)
     torch.manual_seed(3)
-    with_prior = losses.dreambooth_loss(sur, inst, emb, cls, emb, prior_weight=1.0)
+    with_prior = losses.instance_and_prior_loss(sur, inst, emb, cls, emb, prior_weight=1.0)
     assert float(with_prior) > float(only) > 0
     with_prior.backward()
     assert float(sur.unet.weight.grad.abs().sum()) > 0 and sur.enc.weight.grad is None

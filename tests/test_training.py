@@ -54,6 +54,18 @@ def test_config_file_overrides_and_unknown_keys(tmp_path):
         load_config(ROOT / "train" / "configs" / f"{name}.yaml")
 
 
+def test_training_budget_follows_the_one_budget_rule():
+    """The rule of common/budget.py (1-255 grey levels), as every protection method and command: a budget of 0.5
+    used to pass ``budget > 0`` and train a generator whose 8-bit output cannot change."""
+    from gapdiff_core.common.budget import BUDGET_RULE, BudgetError
+
+    for bad in (0.5, 0, 256, float("nan")):
+        with pytest.raises(BudgetError) as err:
+            load_config(None, budget=bad)
+        assert str(err.value) == f"training config: budget must be {BUDGET_RULE}, not {bad!r}"
+    assert load_config(None, budget=1).budget == 1 and load_config(None, budget=255).budget == 255
+
+
 def test_paper_config_marks_where_each_setting_comes_from():
     """Every setting of paper.yaml says whether the paper, the official code or this project fixes it."""
     import re
@@ -110,6 +122,52 @@ def test_training_raises_adversarial_effect_on_held_out_images(tmp_path, surroga
     assert trained["max_abs_grey"] <= cfg.budget + 0.5 + 1e-4  # rounding a non-grid input adds at most 0.5
     exported = load_generator(tmp_path / cfg.export_name)
     assert exported.info.demo is True and exported.info.budget == cfg.budget and exported.info.ngf == 8
+
+
+# ---------------------------------------------------------------- surrogate warm-up
+@pytest.fixture
+def one_thread():
+    """Small tensors: one thread avoids oversubscription on a shared machine (the warm-up ran 10x faster here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_surrogate_warm_up_streams_its_batches_and_rebuilds_the_same_surrogate(tmp_path, surrogate, monkeypatch,
+                                                                              one_thread):
+    """The warm-up holds at most one batch (2) of training images at a time and reads at most steps x batch of them,
+    whatever the dataset's size (it used to stack the whole dataset onto the device); a second run (as a resumed one)
+    rebuilds exactly the same surrogate."""
+    import weakref
+
+    from gapdiff_core.training.data import ImageFolderDataset
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    g = torch.Generator().manual_seed(5)
+    for i in range(9):
+        pixels = (torch.rand(256, 256, 3, generator=g) * 255).byte().numpy()
+        Image.fromarray(pixels).save(faces / f"{i}.png")
+    alive, peak, reads = [0], [0], [0]
+    read = ImageFolderDataset.__getitem__
+
+    def counted(self, i):
+        x = read(self, i)
+        alive[0] += 1
+        reads[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(x, lambda: alive.__setitem__(0, alive[0] - 1))
+        return x
+
+    monkeypatch.setattr(ImageFolderDataset, "__getitem__", counted)
+    runs = [Trainer(load_config(None, **TINY, train_dir=str(faces), output_dir=str(tmp_path / name), max_steps=1,
+                                surrogate_warmup_steps=2), surrogate=_private_copy(surrogate)) for name in ("a", "b")]
+    assert len(runs[0].dataset) == 8 and peak[0] <= 2 and 0 < reads[0] <= 2 * 2 * 2  # 2 runs x 2 steps x batch 2
+    first, second = (r.surrogate.unet.state_dict() for r in runs)
+    untrained = surrogate.unet.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert sum(not torch.equal(first[k], untrained[k]) for k in first) > len(first) // 2
 
 
 # ---------------------------------------------------------------- exact resume
@@ -184,7 +242,7 @@ def test_finetune_on_chooses_the_instance_images_of_the_surrogate_step(tmp_path,
         seen.append(instance.detach().clone())
         return sum(p.sum() for p in s.unet.parameters()) * 0.0
 
-    monkeypatch.setattr(losses, "dreambooth_loss", spy)
+    monkeypatch.setattr(losses, "instance_and_prior_loss", spy)
     cfg = load_config(None, **TINY, output_dir=str(tmp_path), max_steps=3, beta=0.0, gamma=0.0, finetune_steps=1,
                       finetune_every=1, preprocess="default", finetune_on="clean")
     trainer = Trainer(cfg, surrogate=_private_copy(surrogate))

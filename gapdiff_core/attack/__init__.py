@@ -1,8 +1,9 @@
 """DreamBooth / LoRA test attack on (protected) photos, and sampling from the attacked model."""
 from ..common.progress import TqdmProgress, stop_requested
 from .class_images import class_images, default_cache_dir, model_fingerprint
+from .data import load_photos
 from .dreambooth import (CLASS_PROMPT, INSTANCE_PROMPT, AttackResult, DreamBoothAttack, DreamBoothConfig,
-                         instance_loss, load_photos, run_dreambooth)
+                         instance_loss, run_dreambooth)
 from .generation import PAPER_GENERATION, PAPER_PROMPTS, Generated, GenerationConfig, generate, sample
 from .lora_export import kohya_state_dict, load_kohya_lora, merge_kohya_lora, save_kohya_lora
 from .presets import PRESETS, preset

@@ -22,18 +22,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..io import atomic
-from ..common import seeds
-from ..common.optimizer_state import flatten_optimizer, unflatten_optimizer
 from ..common.progress import ProgressFn, StopFn, stop_requested
 from ..common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
-from ..common.sizes import short_side_size
+from ..io import atomic
+from ..losses import diffusion_target
+from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from .class_images import class_images, model_fingerprint
+from .data import batch_indices, latent_moments, load_photos, sample_latents, step_generator
+from .lora import TEXT_LORA_TARGETS, UNET_LORA_TARGETS, add_lora
 
-UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-CHECKPOINT_DIR = "checkpoint"
-OPTIMIZER = "optimizer"  # prefix of the optimizer state in a checkpoint (optimizer_state.flatten_optimizer)
 # fields that may change between a run and its resumption
 RESUMABLE_FIELDS = ("max_train_steps", "checkpointing_steps", "save_model")
 
@@ -108,119 +105,32 @@ class AttackResult:
     seconds: float = 0.0
 
 
-# ---------------------------------------------------------------- images
-def load_photos(images, resolution: int, center_crop: bool = True) -> torch.Tensor:
-    """Photos (a B×3×H×W [0, 1] tensor, or paths) -> B×3×R×R: short side resized to R (antialiased bilinear, as
-    torchvision's Resize), then centre-cropped (or resized to R×R with ``center_crop=False``)."""
-    if isinstance(images, torch.Tensor):
-        batch = [images] if images.dim() == 3 else list(images.split(1))
-    else:
-        from ..io import load_image
-
-        batch = [load_image(p).tensor() for p in images]
-    if not batch:
-        raise ValueError("no photos to attack with")
-    out = []
-    for img in batch:
-        img = img if img.dim() == 4 else img.unsqueeze(0)
-        if img.shape[1] != 3:
-            raise ValueError(f"photos must be 3-channel RGB, got shape {tuple(img.shape)}")
-        h, w = img.shape[-2:]
-        if center_crop:
-            nh, nw = short_side_size(h, w, resolution)
-            if (nh, nw) != (h, w):
-                img = F.interpolate(img.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-            top, left = (nh - resolution) // 2, (nw - resolution) // 2
-            img = img[..., top:top + resolution, left:left + resolution]
-        elif (h, w) != (resolution, resolution):
-            img = F.interpolate(img.float(), size=(resolution, resolution), mode="bilinear", antialias=True,
-                                align_corners=False)
-        out.append(img.float().clamp(0, 1))
-    return torch.cat(out)
-
-
-# ---------------------------------------------------------------- helpers
-def _step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seeds.derive_seed(seeds.STEP, seed, step, salt))
-
-
-def _batch_indices(step: int, batch: int, length: int, seed: int) -> list[int]:
-    """Dataset indices of ``step``: an endless stream of per-epoch shuffles (like a shuffling DataLoader)."""
-    out = []
-    for pos in range(step * batch, step * batch + batch):
-        epoch, i = divmod(pos, length)
-        perm = torch.randperm(length, generator=_step_generator(seed, epoch, salt=17))
-        out.append(int(perm[i]))
-    return out
-
-
-@torch.no_grad()
-def _latent_moments(surrogate, images: torch.Tensor, batch: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """VAE posterior mean and std (unscaled) of each image, on the CPU in fp32."""
-    means, stds = [], []
-    for chunk in images.split(batch):
-        x = (chunk * 2 - 1).to(surrogate.vae.device, surrogate.vae.dtype)
-        dist = surrogate.vae.encode(x).latent_dist
-        means.append(dist.mean.float().cpu())
-        stds.append(dist.std.float().cpu())
-    return torch.cat(means), torch.cat(stds)
-
-
-def _sample_latents(moments, idx: list[int], g: torch.Generator, scaling: float) -> torch.Tensor:
-    mean, std = moments[0][idx], moments[1][idx]
-    return (mean + std * torch.randn(mean.shape, generator=g)) * scaling
-
-
-def _hash_tensor(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-def _set_grad_targets(surrogate, config: DreamBoothConfig) -> dict[str, torch.nn.Parameter]:
-    """Make the trainable parameters of ``surrogate`` (adding peft LoRA layers in LoRA mode); return them by name."""
+def _make_trainable(surrogate, config: DreamBoothConfig) -> dict[str, torch.nn.Parameter]:
+    """Make the trainable parameters of ``surrogate`` (LoRA layers seeded by ``config.seed`` in LoRA mode) and put the
+    trained parts in train mode; return the trainable parameters by name."""
     surrogate.freeze()
     parts = {"unet": surrogate.unet}
     if config.train_text_encoder:
         parts["text_encoder"] = surrogate.text_encoder
-    if config.mode == "lora":
-        from peft import LoraConfig, inject_adapter_in_model
-
-        alpha = config.lora_alpha if config.lora_alpha is not None else config.lora_rank
-        for part, module in parts.items():
-            targets = UNET_LORA_TARGETS if part == "unet" else TEXT_LORA_TARGETS
-            cfg = LoraConfig(r=config.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                             target_modules=list(targets))
+    for part, module in parts.items():
+        if config.mode == "lora":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
-                inject_adapter_in_model(cfg, module, adapter_name="default")
-            module.requires_grad_(False)
-            for n, p in module.named_parameters():
-                if ".lora_A." in n or ".lora_B." in n:
-                    p.requires_grad_(True)
-    else:
-        for module in parts.values():
+                add_lora(module, UNET_LORA_TARGETS if part == "unet" else TEXT_LORA_TARGETS, config.lora_rank,
+                         config.lora_alpha)
+        else:
             module.requires_grad_(True)
-    named = {}
-    for part, module in parts.items():
         module.train()
-        for n, p in module.named_parameters():
-            if p.requires_grad:
-                named[f"{part}.{n}"] = p
-    return named
+    return {f"{part}.{n}": p for part, module in parts.items() for n, p in module.named_parameters() if p.requires_grad}
 
 
-def dreambooth_loss(surrogate, latents: torch.Tensor, prompt_embeds: torch.Tensor, noise: torch.Tensor,
-                    timesteps: torch.Tensor) -> torch.Tensor:
-    """Per-sample noise-prediction MSE (target ε, or v for v-prediction models)."""
-    sched = surrogate.scheduler
-    noisy = sched.add_noise(latents, noise, timesteps)
+def noise_prediction_error(surrogate, latents: torch.Tensor, prompt_embeds: torch.Tensor, noise: torch.Tensor,
+                           timesteps: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE of the UNet's prediction of the target (ε, or v for v-prediction models) for the given noise
+    and timesteps: DreamBooth's training loss on (scaled) latents."""
+    noisy = surrogate.scheduler.add_noise(latents, noise, timesteps)
     pred = surrogate.predict(noisy, timesteps, prompt_embeds).float()
-    ptype = surrogate.prediction_type
-    if ptype == "epsilon":
-        target = noise
-    elif ptype == "v_prediction":
-        target = sched.get_velocity(latents, noise, timesteps)
-    else:
-        raise ValueError(f"unsupported prediction_type {ptype!r} (expected 'epsilon' or 'v_prediction')")
+    target = diffusion_target(surrogate.scheduler, latents, noise, timesteps)
     return F.mse_loss(pred, target.float(), reduction="none").mean(dim=(1, 2, 3))
 
 
@@ -231,52 +141,40 @@ def instance_loss(surrogate, images, prompt: str = INSTANCE_PROMPT, *, resolutio
     learnt the images). Uses the VAE mean, ``samples`` (noise, timestep) draws per image."""
     res = int(resolution or surrogate.resolution)
     x = load_photos(images, res)
-    mean, _ = _latent_moments(surrogate, x)
+    mean, _ = latent_moments(surrogate, x)
     lat = (mean * surrogate.vae.config.scaling_factor).repeat(samples, 1, 1, 1)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(lat.shape, generator=g)
     t = torch.randint(0, surrogate.scheduler.config.num_train_timesteps, (lat.shape[0],), generator=g)
     dev = surrogate.device
     emb = surrogate.encode_prompt([prompt] * lat.shape[0])
-    return float(dreambooth_loss(surrogate, lat.to(dev), emb, noise.to(dev), t.to(dev)).mean())
+    return float(noise_prediction_error(surrogate, lat.to(dev), emb, noise.to(dev), t.to(dev)).mean())
 
 
-# ---------------------------------------------------------------- checkpoints (tensors + JSON only)
-def _save_checkpoint(folder: Path, step: int, params: dict, optimizer, fingerprint: str, losses: list[float],
-                     scaler=None) -> None:
-    """Write ``folder`` atomically (:func:`atomic.folder_beside`): a kill leaves the previous checkpoint or this one."""
-    from safetensors.torch import save_file
-
-    tensors, state = {}, {"step": step, "fingerprint": fingerprint, "param_names": list(params), "losses": losses,
-                          "grad_scaler": scaler.state_dict() if scaler is not None else None}
-    flatten_optimizer(OPTIMIZER, optimizer.state_dict(), tensors, state)
-    with atomic.folder_beside(folder) as tmp:
-        save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, str(tmp / "trainable.safetensors"))
-        if tensors:
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+def _hash_tensor(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def _load_checkpoint(folder: Path, params: dict, optimizer, fingerprint: str, scaler=None) -> tuple[int, list]:
-    from safetensors.torch import load_file
+@dataclass
+class _Training:
+    """One run's trainable copy and what its loop works on: the latent moments of the photos (and of the class
+    images with prior preservation), fixed prompt embeddings (None while the text encoder trains), the step."""
 
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    if OPTIMIZER not in state:
-        raise ValueError(f"{folder}: checkpoint in an older format; delete {folder} to start this attack afresh")
-    if state["fingerprint"] != fingerprint:
-        raise ValueError(f"{folder}: checkpoint of a different attack (model, photos or settings changed); "
-                         f"use another output folder or delete {folder}")
-    if state["param_names"] != list(params):
-        raise ValueError(f"{folder}: checkpoint parameters do not match this model")
-    weights = load_file(str(folder / "trainable.safetensors"))
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(weights[n].to(p.device, p.dtype))
-    tensors = load_file(str(folder / "optimizer.safetensors")) if (folder / "optimizer.safetensors").is_file() else {}
-    optimizer.load_state_dict(unflatten_optimizer(OPTIMIZER, tensors, state))
-    if scaler is not None and state.get("grad_scaler"):
-        scaler.load_state_dict(state["grad_scaler"])
-    return int(state["step"]), list(state["losses"])
+    model: object
+    params: dict
+    optimizer: torch.optim.Optimizer
+    scaler: object
+    instance: tuple
+    prior: tuple | None
+    embeds: torch.Tensor | None
+    checkpoint: Path
+    fingerprint: str
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+
+    def save(self) -> None:
+        save_checkpoint(self.checkpoint, self.step, self.params, self.optimizer, self.fingerprint, self.losses,
+                        self.scaler)
 
 
 # ---------------------------------------------------------------- the attack
@@ -319,21 +217,17 @@ class DreamBoothAttack:
         repeated; a larger ``max_train_steps`` continues it. ``progress(step, total, loss)`` after every step; ``should_stop``
         (callable or Event) ends the run early with a checkpoint saved and ``completed=False``.
         """
-        cfg = self.config
-        t0 = time.perf_counter()
+        cfg, t0 = self.config, time.perf_counter()
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         res = int(cfg.resolution or self.base.resolution)
         if res % self.base.latent_scale:
             raise ValueError(f"resolution {res} is not a multiple of the VAE's factor {self.base.latent_scale}")
+        self._check_precision()
         photos = load_photos(images, res, cfg.center_crop)
         fingerprint = self.fingerprint(photos)
-
-        model = self._copy()
-        device = self.base.device
-        model.to(device)
-        inst_moments = _latent_moments(model, photos)
-        class_moments, generated = None, 0
+        model = self._copy().to(self.base.device)
+        instance, prior, generated = latent_moments(model, photos), None, 0
         if cfg.with_prior_preservation:
             cls = class_images(self.base, cfg.class_prompt, cfg.num_class_images, resolution=res,
                                cache_dir=self.cache_dir, steps=cfg.class_steps,
@@ -341,106 +235,138 @@ class DreamBoothAttack:
                                batch_size=cfg.class_batch_size, progress=class_progress, should_stop=should_stop)
             if cls is None:
                 return AttackResult(model.freeze(), out_dir, 0, False, seconds=time.perf_counter() - t0)
-            class_moments, generated = _latent_moments(model, cls.images), cls.generated
+            prior, generated = latent_moments(model, cls.images), cls.generated
+        training = self._start_training(model, instance, prior, out_dir / CHECKPOINT_DIR, fingerprint, resume)
+        atomic.write_text(out_dir / "attack.json", json.dumps(
+            {"config": cfg.to_dict(), "base_model": self.base.name, "is_demo": self.base.is_demo,
+             "fingerprint": fingerprint, "photos": len(photos), "resolution": res}, indent=2))
+        completed = self._train(training, progress, should_stop)
+        result = AttackResult(model, out_dir, training.step, completed, training.losses,
+                              class_images_generated=generated)
+        self._finish(result)
+        result.seconds = time.perf_counter() - t0
+        return result
 
-        params = _set_grad_targets(model, cfg)
+    def _check_precision(self) -> None:
+        """Refuse a mixed precision this device cannot train in, before any work is done."""
+        cfg, device = self.config, self.base.device
+        if cfg.mixed_precision == "fp16" and device.type != "cuda":
+            raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no'")
+        if cfg.mixed_precision == "bf16" and device.type == "cpu" \
+                and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+            raise ValueError(f"mixed_precision='bf16' on this CPU ({torch.backends.cpu.get_cpu_capability()}) fails "
+                             "in torch's bf16 attention, which needs AVX-512; use mixed_precision='no'")
+
+    def _start_training(self, model, instance: tuple, prior: tuple | None, checkpoint: Path, fingerprint: str,
+                        resume: bool) -> _Training:
+        """Make ``model`` trainable, build its optimizer, and continue from ``checkpoint`` (or ``checkpoint.old``,
+        left by a kill between its two renames) when ``resume`` and one is there."""
+        cfg = self.config
+        params = _make_trainable(model, cfg)
         if cfg.gradient_checkpointing:  # on the copies only (the VAE is shared with the base model)
             model.unet.enable_gradient_checkpointing()
             model.text_encoder.gradient_checkpointing_enable()
         optimizer = torch.optim.AdamW(list(params.values()), lr=cfg.learning_rate,
                                       betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
                                       eps=cfg.adam_epsilon)
-        use_scaler = cfg.mixed_precision == "fp16"
-        if use_scaler and device.type != "cuda":
-            raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no'")
-        if cfg.mixed_precision == "bf16" and device.type == "cpu" \
-                and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
-            raise ValueError(f"mixed_precision='bf16' on this CPU ({torch.backends.cpu.get_cpu_capability()}) fails "
-                             "in torch's bf16 attention, which needs AVX-512; use mixed_precision='no'")
-        scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        ckpt = out_dir / CHECKPOINT_DIR
-        atomic.sweep_stale_temps(out_dir)  # a killed checkpoint write's temporary (the folder may hold the user's
-        # files and other runs' writes: only temporaries of processes that no longer run are removed)
-        step, losses = 0, []
-        found = atomic.current(ckpt)  # checkpoint, or checkpoint.old after a kill between its two renames
+        scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
+        embeds = None
+        if not cfg.train_text_encoder:  # fixed: computed once, outside autocast
+            bs = cfg.train_batch_size
+            embeds = model.encode_prompt(cfg.instance_prompt).expand(bs, -1, -1)
+            if prior is not None:
+                embeds = torch.cat([embeds, model.encode_prompt(cfg.class_prompt).expand(bs, -1, -1)])
+        training = _Training(model, params, optimizer, scaler, instance, prior, embeds, checkpoint, fingerprint)
+        atomic.sweep_stale_temps(checkpoint.parent)  # a killed checkpoint write's temporary (the folder may hold the
+        # user's files and other runs' writes: only temporaries of processes that no longer run are removed)
+        found = atomic.current(checkpoint)
         if resume and found is not None and (found / "state.json").is_file():
-            step, losses = _load_checkpoint(found, params, optimizer, fingerprint, scaler)
-        atomic.write_text(out_dir / "attack.json", json.dumps(
-            {"config": cfg.to_dict(), "base_model": self.base.name, "is_demo": self.base.is_demo,
-             "fingerprint": fingerprint, "photos": len(photos), "resolution": res}, indent=2))
+            training.step, training.losses = load_checkpoint(found, params, optimizer, fingerprint, scaler)
+        return training
 
-        n_inst = len(photos)
-        n_class = len(class_moments[0]) if class_moments is not None else 0
-        length = max(n_inst, n_class) if class_moments is not None else n_inst
-        scaling = model.vae.config.scaling_factor
-        num_t = model.scheduler.config.num_train_timesteps
-        bs = cfg.train_batch_size
-        amp = (torch.autocast(device.type, dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
-               if cfg.mixed_precision != "no" else torch.autocast(device.type, enabled=False))
-        if not cfg.train_text_encoder:
-            inst_emb = model.encode_prompt(cfg.instance_prompt)
-            class_emb = model.encode_prompt(cfg.class_prompt) if class_moments is not None else None
-        stopped = False
-        while step < cfg.max_train_steps:
+    def _train(self, training: _Training, progress: ProgressFn, should_stop: StopFn) -> bool:
+        """Train from ``training.step`` to ``max_train_steps``, saving a checkpoint every ``checkpointing_steps``
+        and at the end; returns False when ``should_stop`` ended it early."""
+        cfg, completed = self.config, True
+        while training.step < cfg.max_train_steps:
             if stop_requested(should_stop):
-                stopped = True
+                completed = False
                 break
-            g = _step_generator(cfg.seed, step)
-            idx = _batch_indices(step, bs, length, cfg.seed)
-            lat = _sample_latents(inst_moments, [i % n_inst for i in idx], g, scaling)
-            if class_moments is not None:
-                lat = torch.cat([lat, _sample_latents(class_moments, [i % n_class for i in idx], g, scaling)])
-            noise = torch.randn(lat.shape, generator=g)
-            t = torch.randint(0, num_t, (lat.shape[0],), generator=g)
-            with amp:
-                if cfg.train_text_encoder:
-                    prompts = [cfg.instance_prompt] * bs + ([cfg.class_prompt] * bs if class_moments is not None else [])
-                    emb = model.encode_prompt(prompts)
-                else:
-                    emb = inst_emb.expand(bs, -1, -1)
-                    if class_moments is not None:
-                        emb = torch.cat([emb, class_emb.expand(bs, -1, -1)])
-                per_sample = dreambooth_loss(model, lat.to(device), emb, noise.to(device), t.to(device))
-            loss = per_sample[:bs].mean()
-            if class_moments is not None:
-                loss = loss + cfg.prior_loss_weight * per_sample[bs:].mean()
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            step += 1
+            loss = self._loss(training)
+            self._optimizer_step(training, loss)
+            training.step += 1
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise FloatingPointError(f"DreamBooth loss became {value} at step {step}; lower the learning rate "
-                                         f"or use mixed_precision='no'")
-            losses.append(value)
+                raise FloatingPointError(f"DreamBooth loss became {value} at step {training.step}; lower the "
+                                         f"learning rate or use mixed_precision='no'")
+            training.losses.append(value)
             if progress is not None:
-                progress(step, cfg.max_train_steps, value)
-            if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0 and step < cfg.max_train_steps:
-                _save_checkpoint(ckpt, step, params, optimizer, fingerprint, losses, scaler)
-        _save_checkpoint(ckpt, step, params, optimizer, fingerprint, losses, scaler)
+                progress(training.step, cfg.max_train_steps, value)
+            if cfg.checkpointing_steps and training.step % cfg.checkpointing_steps == 0 \
+                    and training.step < cfg.max_train_steps:
+                training.save()
+        training.save()
         if cfg.gradient_checkpointing:
-            model.unet.disable_gradient_checkpointing()
-            model.text_encoder.gradient_checkpointing_disable()
+            training.model.unet.disable_gradient_checkpointing()
+            training.model.text_encoder.gradient_checkpointing_disable()
+        return completed
 
-        result = AttackResult(model, out_dir, step, not stopped, losses, class_images_generated=generated)
-        if cfg.mode == "lora" and result.completed:
-            result.lora_path, model = self._export_lora(model, out_dir)
-            result.surrogate = model
+    def _loss(self, training: _Training) -> torch.Tensor:
+        """The loss of step ``training.step``: instance MSE + ``prior_loss_weight`` × class MSE, on latents, noise and
+        timesteps drawn from generators seeded by (seed, step)."""
+        cfg, model, prior, bs = self.config, training.model, training.prior, self.config.train_batch_size
+        n_inst, n_class = len(training.instance[0]), len(prior[0]) if prior is not None else 0
+        g = step_generator(cfg.seed, training.step)
+        idx = batch_indices(training.step, bs, max(n_inst, n_class), cfg.seed)
+        scaling = model.vae.config.scaling_factor
+        lat = sample_latents(training.instance, [i % n_inst for i in idx], g, scaling)
+        if prior is not None:
+            lat = torch.cat([lat, sample_latents(prior, [i % n_class for i in idx], g, scaling)])
+        noise = torch.randn(lat.shape, generator=g)
+        t = torch.randint(0, model.scheduler.config.num_train_timesteps, (lat.shape[0],), generator=g)
+        device = model.device
+        with self._autocast(device):
+            emb = training.embeds
+            if emb is None:
+                emb = model.encode_prompt([cfg.instance_prompt] * bs + ([cfg.class_prompt] * bs if prior is not None else []))
+            per_sample = noise_prediction_error(model, lat.to(device), emb, noise.to(device), t.to(device))
+        loss = per_sample[:bs].mean()
+        if prior is not None:
+            loss = loss + cfg.prior_loss_weight * per_sample[bs:].mean()
+        return loss
+
+    def _autocast(self, device: torch.device):
+        mixed = self.config.mixed_precision
+        if mixed == "no":
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=torch.bfloat16 if mixed == "bf16" else torch.float16)
+
+    def _optimizer_step(self, training: _Training, loss: torch.Tensor) -> None:
+        """Back-propagate ``loss`` (scaled with fp16), clip the gradients at ``max_grad_norm`` and step."""
+        optimizer, scaler = training.optimizer, training.scaler
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(training.params.values()), self.config.max_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+    def _finish(self, result: AttackResult) -> None:
+        """Freeze the attacked model; once completed, export the LoRA (LoRA mode: ``result.surrogate`` becomes the
+        base with it merged in) and write the model folder (atomically, :meth:`Surrogate.save_pretrained`)."""
+        if self.config.mode == "lora" and result.completed:
+            result.lora_path, result.surrogate = self._export_lora(result.surrogate, result.out_dir)
+        model = result.surrogate
         model.freeze()
         model.clear_prompt_cache()
-        if result.completed and cfg.save_model:
-            result.model_dir = model.save_pretrained(out_dir / "model")
-        result.seconds = time.perf_counter() - t0
-        return result
+        if result.completed and self.config.save_model:
+            result.model_dir = model.save_pretrained(result.out_dir / "model")
 
     def _export_lora(self, trained, out_dir: Path):
         """Write ``lora.safetensors`` and return (its path, the base model with the LoRA merged in)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..io.atomic import write_file
+from ..io.atomic import folder_beside, write_file
 from . import convert
 from .tokenizer import clip_tokenizer, write_tokenizer_files
 
@@ -251,16 +251,19 @@ class Surrogate:
                 "config": self.config_dir.name if self.config_dir is not None else None}
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Diffusers folder layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+        """Diffusers folder layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), written
+        atomically (:func:`atomic.folder_beside`): the folder appears complete or not at all, and a previous one is
+        replaced only once the new one is complete (a failed save leaves it as it was)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.unet.save_pretrained(folder / "unet")
-        self.vae.save_pretrained(folder / "vae")
-        self.text_encoder.save_pretrained(folder / "text_encoder")
-        self.scheduler.save_pretrained(folder / "scheduler")
-        write_tokenizer_files(folder / "tokenizer", self.tokenizer.pad_token, self.tokenizer.model_max_length)
-        (folder / "model_index.json").write_text(json.dumps(model_index(), indent=2), encoding="utf-8")
-        (folder / SURROGATE_MARKER).write_text(json.dumps(self._marker(), indent=2), encoding="utf-8")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with folder_beside(folder) as tmp:
+            self.unet.save_pretrained(tmp / "unet")
+            self.vae.save_pretrained(tmp / "vae")
+            self.text_encoder.save_pretrained(tmp / "text_encoder")
+            self.scheduler.save_pretrained(tmp / "scheduler")
+            write_tokenizer_files(tmp / "tokenizer", self.tokenizer.pad_token, self.tokenizer.model_max_length)
+            (tmp / "model_index.json").write_text(json.dumps(model_index(), indent=2), encoding="utf-8")
+            (tmp / SURROGATE_MARKER).write_text(json.dumps(self._marker(), indent=2), encoding="utf-8")
         return folder
 
     def ldm_state_dict(self) -> dict[str, torch.Tensor]:

@@ -106,8 +106,9 @@ def write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Path:
 
 @contextlib.contextmanager
 def folder_beside(dest: PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``dest``; when the block ends without an error, its files are fsynced
-    and it replaces ``dest`` (:func:`replace_folder`). On an error it is removed and ``dest`` is left as it was."""
+    """Yield an empty temporary folder beside ``dest``; when the block ends without an error, its files and folders
+    are fsynced and it replaces ``dest`` (:func:`replace_folder`). On an error it is removed and ``dest`` is left as
+    it was."""
     dest = Path(dest)
     tmp = new_temp_folder(dest.parent)
     os.chmod(tmp, 0o777 & ~current_umask())
@@ -117,6 +118,8 @@ def folder_beside(dest: PathLike) -> Iterator[Path]:
             if item.is_file():
                 with open(item, "rb+") as f:
                     os.fsync(f.fileno())
+            elif item.is_dir():
+                fsync_dir(item)
         fsync_dir(tmp)
         replace_folder(tmp, dest)
     except BaseException:

@@ -32,8 +32,9 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..common.budget import check_budget
 from ..common.progress import ProgressFn, StopFn, stop_requested
-from ..losses import denoising_error, dreambooth_loss
+from ..losses import denoising_error, instance_and_prior_loss
 from ..common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
 from ..model.protector import apply_budget
 
@@ -129,8 +130,7 @@ class IterativeProtection:
             raise ValueError(f"protection {self.name}: unknown setting(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(settings))}")
         settings.update(overrides)
-        if not 0 < float(settings["budget"]) <= 255:
-            raise ValueError(f"{self.name}: budget must be in (0, 255] grey levels, not {settings['budget']}")
+        check_budget(settings["budget"], f"{self.name}: budget")
         if class_images is not None and "num_class_images" not in settings:
             raise ValueError(f"{self.name}: its released code trains no surrogate with prior preservation; "
                              f"it takes no class images")
@@ -285,7 +285,7 @@ class IterativeProtection:
                 cls = cls_all[[j % n_cls for j in k]].to(x) if n_cls else None
                 inst_emb = model.encode_prompt(self.settings["prompt"]).expand(batch, -1, -1)
                 cls_emb = model.encode_prompt(self.settings["class_prompt"]).expand(batch, -1, -1) if n_cls else None
-                loss = dreambooth_loss(model, x, inst_emb, cls, cls_emb, prior_weight=pw)
+                loss = instance_and_prior_loss(model, x, inst_emb, cls, cls_emb, prior_weight=pw)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)

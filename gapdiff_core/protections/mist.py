@@ -29,6 +29,7 @@ import math
 
 import torch
 
+from ..attack.lora import UNET_LORA_TARGETS, add_lora
 from ..losses import latent_denoising_error
 from .base import IterativeProtection, with_models
 
@@ -82,21 +83,6 @@ class Mist(IterativeProtection):
         return {"pgd": self.settings["iterations"] * set_size}
 
 
-def add_lora(unet, rank: int = 4) -> list[torch.nn.Parameter]:
-    """Attach a rank-``rank`` LoRA (peft) to the UNet's attention projections; returns the trainable parameters."""
-    try:
-        from peft import LoraConfig
-    except ImportError as exc:  # pragma: no cover - peft is in the [diffusion] extra
-        raise ImportError("the ACE (Mist) protection needs peft (pip install 'gapdiff[diffusion]')") from exc
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    params = [p for n, p in unet.named_parameters() if "lora_" in n]
-    for p in params:
-        p.requires_grad_(True)
-    return params
-
-
 class ACE(IterativeProtection):
     name = "ace"
     paper = ("ACE / Mist-v2 (Zheng et al., ICLR 2025): 5 x (30 targeted PGD + 10 LoRA steps), "
@@ -111,7 +97,7 @@ class ACE(IterativeProtection):
     def perturb(self, x0: torch.Tensor) -> torch.Tensor:
         s = self.settings
         unet = self.clone().unet
-        lora = add_lora(unet, int(s["rank"]))
+        lora = add_lora(unet, UNET_LORA_TARGETS, int(s["rank"]))
         view = with_models(self.surrogate, unet)
         with torch.no_grad():
             z_target = self.surrogate.encode_images(target_texture(*x0.shape[-2:], x0.device))

@@ -1,4 +1,5 @@
-"""Generator training (GAP-Diff): config, image-folder data, the accelerate loop, validation, the demo generator."""
+"""Generator training (GAP-Diff): config, image-folder data, the accelerate loop, surrogate warm-up and fine-tuning,
+validation, the demo generator."""
 from .config import TrainConfig, load_config, parse_override
 from .data import EpochSampler, ImageFolderDataset, list_images, usable_images
 from .demo import train_demo_generator

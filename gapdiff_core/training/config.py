@@ -10,6 +10,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from ..losses import DISTANCES, SCHEDULES, TIMESTEP_WEIGHTINGS
+from ..common.budget import check_budget
 from ..common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
 
 FINETUNE_ON = ("protected", "clean", "both")
@@ -17,7 +18,8 @@ FINETUNE_ON = ("protected", "clean", "both")
 
 @dataclass
 class TrainConfig:
-    """Every knob of ``gapdiff train``. Budgets are grey levels (0-255 scale); ``None`` means "not set"."""
+    """Every knob of ``gapdiff train``. Budgets are grey levels (0-255 scale, :func:`check_budget`'s rule: 1-255);
+    ``None`` means "not set"."""
 
     # data
     train_dir: Optional[str] = None          # image folder (FFHQ-style faces); None -> the bundled sample photos
@@ -106,12 +108,29 @@ class TrainConfig:
         for name in ("batch_size", "checkpoint_every", "log_every", "val_every", "finetune_every", "val_timesteps"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1")
-        if self.finetune_steps < 0 or self.budget <= 0:
-            bad("finetune_steps must be >= 0 and budget > 0")
+        if self.finetune_steps < 0:
+            bad("finetune_steps must be >= 0")
+        check_budget(self.budget, "training config: budget")
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def preprocess_config(spec: Any) -> list[dict]:
+    """The preprocessing sampler's entries of ``TrainConfig.preprocess`` (default, official, none or a list)."""
+    from ..preprocess import DEFAULT_CONFIG, official_prelayer_config
+
+    if spec in (None, "none", "identity"):
+        return [{"name": "identity", "p": 1.0}]
+    if spec == "default":
+        return [dict(e) for e in DEFAULT_CONFIG]
+    if spec == "official":
+        return official_prelayer_config()
+    if isinstance(spec, list):
+        return spec
+    raise ValueError(f"training config: preprocess={spec!r}; use default, official, none or a list of "
+                     "{name, p, ...} entries")
 
 
 def _read_file(path: Path) -> dict:

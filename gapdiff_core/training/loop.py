@@ -22,10 +22,11 @@ from ..common import seeds
 from ..model.checkpoint import GeneratorInfo, save_generator
 from ..model.generator import Discriminator, Generator
 from ..common.optimizer_state import flatten_optimizer, unflatten_optimizer
-from ..preprocess import PreprocessSampler, official_prelayer_config
+from ..preprocess import PreprocessSampler
 from . import state as ckpt
-from .config import TrainConfig
-from .data import EpochSampler, ImageFolderDataset, list_images, split_train_val, usable_images
+from .config import TrainConfig, preprocess_config
+from .data import EpochSampler, ImageFolderDataset, split_train_val
+from .finetune import SurrogateFinetuner
 from .validation import evaluate_generator, protect_batch, save_grid, validation_images
 from .warmup import warm_up_surrogate
 
@@ -38,20 +39,6 @@ def build_surrogate(cfg: TrainConfig):
     from ..diffusion import load_surrogate
 
     return load_surrogate(cfg.surrogate, config=cfg.surrogate_config, seed=cfg.surrogate_seed)
-
-
-def preprocess_config(spec: Any) -> list[dict]:
-    if spec in (None, "none", "identity"):
-        return [{"name": "identity", "p": 1.0}]
-    if spec == "default":
-        from ..preprocess import DEFAULT_CONFIG
-        return [dict(e) for e in DEFAULT_CONFIG]
-    if spec == "official":
-        return official_prelayer_config()
-    if isinstance(spec, list):
-        return spec
-    raise ValueError(f"training config: preprocess={spec!r}; use default, official, none or a list of "
-                     "{name, p, ...} entries")
 
 
 def _lr_lambda(kind: str, total: int):
@@ -104,16 +91,9 @@ class Trainer:
                                                          else self.opt_d, _lr_lambda(cfg.lr_schedule, self.total_steps))
         self.preprocess = PreprocessSampler(preprocess_config(cfg.preprocess),
                                             seed=seeds.derive_seed(seeds.PROCESS, cfg.seed, self.acc.process_index))
-        self.opt_unet, self.class_images = None, None
-        if cfg.finetune_steps > 0:
-            self.opt_unet = torch.optim.AdamW(self.surrogate.unet.parameters(), lr=cfg.finetune_lr)
-            if cfg.class_dir:
-                paths, _ = usable_images(list_images(cfg.class_dir), cfg.resolution, cfg.min_side_fraction,
-                                         cfg.max_aspect)
-                self.class_images = ImageFolderDataset(paths, cfg.resolution, cache=len(paths) <= 256)
+        self.finetuner = SurrogateFinetuner(cfg, self.surrogate, self.acc) if cfg.finetune_steps > 0 else None
         if cfg.surrogate_warmup_steps > 0:  # deterministic, so a resumed run rebuilds the same surrogate
-            images = torch.stack([self.dataset[i] for i in range(len(self.dataset))]).to(self.device)
-            warm_up_surrogate(self.surrogate, images, cfg.surrogate_warmup_steps, cfg.surrogate_warmup_lr,
+            warm_up_surrogate(self.surrogate, self.dataset, cfg.surrogate_warmup_steps, cfg.surrogate_warmup_lr,
                               seed=cfg.seed, sample_latents=cfg.sample_latents)
         self.instance_embeds = self.surrogate.encode_prompt(cfg.instance_prompt)
         self.step = 0
@@ -137,46 +117,6 @@ class Trainer:
         return self.acc.unwrap_model(self.generator)
 
     # ------------------------------------------------------------ one step
-    def finetune_instances(self, protected: torch.Tensor, preprocessed: torch.Tensor,
-                           clean: torch.Tensor) -> torch.Tensor:
-        """The instance images of L_ft, by ``finetune_on``: ``protected`` = [protected; p(protected)] (L_ft and L_ft'
-        on the generator's output), ``clean`` = the clean batch (DreamBooth on x0, as ASPL's surrogate), ``both``."""
-        on = self.cfg.finetune_on
-        parts = {"protected": [protected, preprocessed], "clean": [clean], "both": [clean, protected, preprocessed]}
-        return torch.cat([x.detach() for x in parts[on]])
-
-    def finetune_surrogate(self, protected: torch.Tensor, preprocessed: torch.Tensor, clean: torch.Tensor) -> float:
-        """M DreamBooth steps on the surrogate's UNet (only it is trainable, only during these steps)."""
-        cfg, s = self.cfg, self.surrogate
-        instance = self.finetune_instances(protected, preprocessed, clean)
-        inst_emb = self.instance_embeds.expand(instance.shape[0], -1, -1)
-        class_emb = s.encode_prompt(cfg.class_prompt)
-        s.unet.requires_grad_(True)
-        s.unet.train()
-        last = 0.0
-        try:
-            for _ in range(cfg.finetune_steps):
-                if self.class_images is not None:
-                    idx = torch.randint(0, len(self.class_images), (clean.shape[0],)).tolist()
-                    cls = torch.stack([self.class_images[i] for i in idx]).to(self.device)
-                else:
-                    cls = clean  # stand-in for class images: clean faces (see docs/differences-from-official.md)
-                self.opt_unet.zero_grad(set_to_none=True)
-                with self.acc.autocast():
-                    loss = losses.dreambooth_loss(s, instance, inst_emb, cls, class_emb.expand(cls.shape[0], -1, -1),
-                                                  cfg.prior_weight, cfg.official_uniform_noise, cfg.sample_latents)
-                loss.backward()
-                if self.acc.num_processes > 1:
-                    for p in s.unet.parameters():
-                        if p.grad is not None:
-                            p.grad = self.acc.reduce(p.grad, reduction="mean")
-                self.opt_unet.step()
-                last = float(loss.detach())
-        finally:
-            s.unet.requires_grad_(False)
-            s.unet.eval()
-        return last
-
     def train_step(self, clean: torch.Tensor) -> dict:
         """One generator/discriminator step on a batch of clean images in [0, 1]; returns the logged values."""
         cfg, acc = self.cfg, self.acc
@@ -191,7 +131,7 @@ class Trainer:
         preprocessed, pre_name = self.preprocess(protected)
         row: dict[str, Any] = {"step": self.step + 1, "preprocess": pre_name}
         if cfg.finetune_steps > 0 and self.step % cfg.finetune_every == 0:
-            row["finetune_loss"] = self.finetune_surrogate(protected, preprocessed, clean)
+            row["finetune_loss"] = self.finetuner(protected, preprocessed, clean)
         # critic: clean -> 1, preprocessed protected -> 0 (each half back-propagated after its own forward)
         self.opt_d.zero_grad(set_to_none=True)
         with acc.no_sync(self.discriminator):
@@ -237,9 +177,9 @@ class Trainer:
         tensors.update(ckpt.prefixed("discriminator", self.acc.unwrap_model(self.discriminator).state_dict()))
         flatten_optimizer("opt_g", self.opt_g.state_dict(), tensors, meta)
         flatten_optimizer("opt_d", self.opt_d.state_dict(), tensors, meta)
-        if self.opt_unet is not None:
+        if self.finetuner is not None:
             tensors.update(ckpt.prefixed("unet", self.surrogate.unet.state_dict()))
-            flatten_optimizer("opt_unet", self.opt_unet.state_dict(), tensors, meta)
+            flatten_optimizer("opt_unet", self.finetuner.optimizer.state_dict(), tensors, meta)
         tensors["rng/torch"] = torch.get_rng_state()
         tensors["rng/preprocess"] = self.preprocess.generator.get_state()
         if torch.cuda.is_available():
@@ -275,11 +215,11 @@ class Trainer:
         self.opt_d.load_state_dict(unflatten_optimizer("opt_d", tensors, meta))
         self.sched_g.load_state_dict(meta["sched_g"])
         self.sched_d.load_state_dict(meta["sched_d"])
-        if self.opt_unet is not None:
+        if self.finetuner is not None:
             if "opt_unet" not in meta:
                 raise ValueError(f"{folder}: saved without surrogate fine-tuning; cannot resume with finetune_steps>0")
             self.surrogate.unet.load_state_dict(ckpt.unprefixed("unet", tensors))
-            self.opt_unet.load_state_dict(unflatten_optimizer("opt_unet", tensors, meta))
+            self.finetuner.optimizer.load_state_dict(unflatten_optimizer("opt_unet", tensors, meta))
         torch.set_rng_state(tensors["rng/torch"])
         self.preprocess.generator.set_state(tensors["rng/preprocess"])
         if "rng/cuda" in tensors and torch.cuda.is_available():

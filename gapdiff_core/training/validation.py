@@ -72,6 +72,8 @@ def save_grid(path: Path, clean01: torch.Tensor, protected01: torch.Tensor, budg
 
 
 def validation_images(paths, resolution: int, limit: Optional[int] = None) -> torch.Tensor:
+    """The fixed validation batch, held in memory as one tensor: at most ``limit`` images (the config's
+    ``val_count``, 4 by default; ``split_train_val`` never returns more), so small and bounded."""
     from .data import ImageFolderDataset
 
     ds = ImageFolderDataset(list(paths)[:limit] if limit else list(paths), resolution)

@@ -13,11 +13,20 @@ def warm_up_surrogate(surrogate, images01, steps: int = 30, lr: float = 3e-3, ba
     depends on the image at all: a random UNet ends in GroupNorm + conv, so its output scale, and with it the
     denoising error, barely moves with the input. Real surrogates are trained already and never need this.
 
-    Deterministic from ``seed`` (global RNG forked); VAE latents are computed once. Returns the loss per step.
+    ``images01``: the training images, any sequence of 3×H×W tensors in [0, 1] (a tensor, or a dataset that reads
+    them on demand). Only the images the steps draw are read, one at a time, and only their VAE latents are kept
+    (at most ``steps × batch_size`` of them): memory does not grow with the number of images. Deterministic from
+    ``seed`` (global RNG forked), so a resumed run rebuilds the same surrogate. Returns the loss per step.
     """
     s = surrogate
-    with torch.no_grad():
-        latents = torch.cat([s.encode_images(x[None].to(s.device), sample=sample_latents) for x in images01])
+    latents: dict[int, torch.Tensor] = {}
+
+    def latent(i: int) -> torch.Tensor:
+        if i not in latents:
+            with torch.no_grad():
+                latents[i] = s.encode_images(images01[i][None].to(s.device), sample=sample_latents)[0]
+        return latents[i]
+
     emb = s.encode_prompt(CLASS_PROMPT)
     opt = torch.optim.AdamW(s.unet.parameters(), lr=lr)
     identity = _LatentIdentity(s)
@@ -28,8 +37,7 @@ def warm_up_surrogate(surrogate, images01, steps: int = 30, lr: float = 3e-3, ba
         with torch.random.fork_rng(devices=[s.device] if s.device.type == "cuda" else []):
             torch.manual_seed(seed)
             for _ in range(steps):
-                idx = torch.randint(0, latents.shape[0], (batch_size,))
-                z = latents[idx]
+                z = torch.stack([latent(i) for i in torch.randint(0, len(images01), (batch_size,)).tolist()])
                 z = torch.where(torch.rand(batch_size, 1, 1, 1, device=z.device) < 0.5, z, z.flip(-1))
                 loss = denoising_error(identity, z, emb.expand(batch_size, -1, -1)).mean()
                 opt.zero_grad(set_to_none=True)
