@@ -31,7 +31,8 @@ import torch  # noqa: E402
 
 from gapdiff_core.diffusion import Surrogate  # noqa: E402
 from gapdiff_core.losses import denoising_error  # noqa: E402
-from gapdiff_core.preprocess.real import jpeg, quantize_8bit  # noqa: E402
+from gapdiff_core.preprocess.codecs import jpeg  # noqa: E402
+from gapdiff_core.preprocess.pixels import quantize_8bit  # noqa: E402
 from gapdiff_core.protections import METHODS, get_protection  # noqa: E402
 from gapdiff_core.protections.caat import cross_attention_kv  # noqa: E402
 from gapdiff_core.attack.lora import UNET_LORA_TARGETS, add_lora  # noqa: E402

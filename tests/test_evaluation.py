@@ -406,3 +406,100 @@ def test_cli_protocol_paper_sets_the_paper_and_given_flags_override_it():
                               "--class-images", "3"]))
     assert cfg.attack_preset == "lora" and cfg.official_mode and cfg.seed == 5
     assert cfg.attack_overrides == {"num_class_images": 3}
+
+
+# ---------------------------------------------------------------- every registry transform, per transform
+CHAIN, PURIFY = "resize:64|jpeg:75", "diffpure:0.1,sampler=ddim,steps=2"
+
+
+@pytest.fixture(scope="module")
+def per_transform(finished, identity_folder, toy_generator_file):
+    """The finished run's methods with a chain and a purification besides none, on its cache: (out dir, results,
+    stage counts)."""
+    out, _, _ = finished
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    counts = Counter()
+    cfg = _config(toy_generator_file, transforms=["none", CHAIN, PURIFY])
+    runner = ProtocolRunner(identity_folder, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False)
+    results = runner.run()
+    torch.set_num_threads(threads)
+    return out, results, counts
+
+
+def test_every_registry_transform_runs_the_full_protocol(per_transform):
+    from gapdiff_core.evaluation.report import aggregate, markdown_report
+
+    out, results, counts = per_transform
+    # only the new transforms' cells were computed: the protect stages and the 'none' cells came from the cache
+    assert counts == Counter(transform=4, attack=4, identity=4, generate=4, metrics=4)
+    assert Counter(r["transform"] for r in results["runs"]) == Counter({"none": 2, CHAIN: 2, PURIFY: 2})
+    for run in results["runs"]:
+        assert set(run["metrics"]) == set(PROMPTS)
+        for m in run["metrics"].values():
+            assert 0.0 <= m["fdfr"] <= 1.0 and m["brisque"] is not None and "ism" in m and "face_quality" in m
+        assert {"fdfr", "ism", "brisque", "face_quality"} <= set(run["mean"]) and run["mean"]["brisque"] is not None
+    chain = next(r for r in results["runs"] if r["transform"] == CHAIN)
+    sizes = [Image.open(out / p).size for p in chain["images"]["transformed"]]
+    assert [min(s) for s in sizes] == [64, 64]  # resize:64 ran (the short side), then JPEG 75
+    assert chain["fidelity_after_transform"]["note"] == "sizes changed by the transform"
+    rows = {(r["method"], r["transform"]) for r in aggregate(results)}
+    assert len(rows) == 6 and {t for _, t in rows} == {"none", CHAIN, PURIFY}
+    md = markdown_report(results)
+    assert "| none | resize:64\\|jpeg:75 |" in md and f"| none | {PURIFY} |" in md  # a chain stays one cell
+
+
+def test_a_purification_runs_through_the_protocol_model_seeded_per_photo(per_transform, identity_folder,
+                                                                         toy_generator_file):
+    from gapdiff_core.evaluation.stages import transform_seed
+    from gapdiff_core.io import load_image
+    from gapdiff_core.preprocess import parse
+
+    out, _, _ = per_transform
+    runner = ProtocolRunner(identity_folder, out, _config(toy_generator_file), progress=False)
+    (ident,) = find_identities(identity_folder)
+    prec, pfolder = runner.stage_protect(ident, resolve_method("none", None))
+    rec, folder = runner.stage_transform((prec, pfolder), PURIFY)  # from the cache
+    assert rec["config"]["model"] == "tiny" and rec["config"]["transform"] == PURIFY
+    t = parse(PURIFY)
+    seeds = [transform_seed(0, digest, t.spec) for digest in prec["config"]["photos"]]
+    assert len(set(seeds)) == 2  # each photo its own stream
+    for name, seed in zip(prec["files"], seeds):
+        x = load_image(pfolder / name).tensor()
+        written = load_image(folder / name).tensor()
+        assert not torch.equal(written, x)  # purified through the surrogate
+        assert torch.equal(t(x, seed=seed, surrogate=runner.base), written)  # that seed: deterministic
+        assert not torch.equal(t(x, seed=seed + 1, surrogate=runner.base), written)
+
+
+def test_transform_stage_is_keyed_by_the_normalised_spec(tmp_path, identity_folder, toy_generator_file):
+    counts = Counter()
+    runner = ProtocolRunner(identity_folder, tmp_path, _config(toy_generator_file),
+                            on_compute=lambda s, k: counts.update([s]), progress=False)
+    (ident,) = find_identities(identity_folder)
+    prot = runner.stage_protect(ident, resolve_method("none", None))
+    key = runner.stage_transform(prot, "jpeg:75")[0]["key"]
+    assert runner.stage_transform(prot, "JPEG:quality=75")[0]["key"] == key  # the same transform, loaded
+    other = runner.stage_transform(prot, "jpeg:75,subsampling=444")[0]
+    assert other["key"] != key and other["config"]["transform"] == "jpeg:75,subsampling=444"
+    assert counts == Counter(protect=1, transform=2)
+    assert runner._base is None  # a transform without the surrogate never loads the model
+
+
+def test_config_and_cli_take_every_registry_spec_and_name_a_bad_one(tmp_path, capsys, identity_folder):
+    from gapdiff_core.cli import main
+    from gapdiff_core.preprocess import TransformSpecError, available
+
+    cfg = ProtocolConfig(transforms=["JPEG:75", "jpeg:75", "Platform:Instagram", CHAIN, PURIFY,
+                                     "noisy-upscale:0.05,upscaler=Models/X4"])
+    assert cfg.transforms == ["jpeg:75", "platform:instagram", CHAIN, PURIFY, "noisy-upscale:0.05,upscaler=Models/X4"]
+    with pytest.raises(TransformSpecError, match=r"'resize:64\|jpeg:101': quality must be in \[1, 100\]"):
+        ProtocolConfig(transforms=["none", "resize:64|jpeg:101"])
+    out = tmp_path / "out"
+    assert main(["evaluate", str(identity_folder), "--out", str(out), "--transform", "jpeg:75",
+                 "--transform", "gridpure:stride=300", "--no-progress"]) == 2
+    assert "'gridpure:stride=300'" in capsys.readouterr().err and not out.exists()  # before any work
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = capsys.readouterr().out
+    assert all(i.usage in text for i in available())  # the registry's list

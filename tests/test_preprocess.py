@@ -1,4 +1,4 @@
-"""Tests for gapdiff_core.preprocess: JPEG-Mask, simulators, sampler, real transforms."""
+"""Tests for gapdiff_core.preprocess: JPEG-Mask, simulators, sampler, the official test-time transforms."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from gapdiff_core import preprocess as P
-from gapdiff_core.preprocess import real
+from gapdiff_core.preprocess import codecs, filters, geometry
 from gapdiff_core.metrics.fidelity import psnr
 
 SAMPLES = Path(__file__).resolve().parent.parent / "gapdiff_core" / "samples"
@@ -116,12 +116,12 @@ def test_diff_jpeg_matches_pillow(quality, name):
     """The README's claim: 48-57 dB from libjpeg at quality 30-95 (measured on these crops: 49.3-53.6 dB, the same
     under ATEN_CPU_CAPABILITY=avx2; tables one quality step off give 38-44 dB at quality 30, 70 and 90)."""
     x = photo(256, 256, name=name)
-    assert psnr(P.diff_jpeg(x, quality), real.jpeg(x, quality)) >= 48.0
+    assert psnr(P.diff_jpeg(x, quality), codecs.jpeg(x, quality)) >= 48.0
 
 
 def test_diff_jpeg_odd_size_and_tables():
     x = photo(37, 61, name="biden.jpg", top=200, left=200)
-    assert psnr(P.diff_jpeg(x, 70), real.jpeg(x, 70)) >= 47.0  # measured 47.85 dB (edge blocks padded)
+    assert psnr(P.diff_jpeg(x, 70), codecs.jpeg(x, 70)) >= 47.0  # measured 47.85 dB (edge blocks padded)
     qy, qc = P.quantization_tables(torch.tensor([50.0, 10.0]))
     assert qy[0, 0, 0] == 16 and qc[0, 7, 7] == 99 and qy[1].max() == 255  # IJG tables, baseline clamp
 
@@ -138,14 +138,15 @@ def _is_8bit(t: torch.Tensor) -> bool:
 def test_real_transforms_are_8bit_and_behave():
     x = photo(64, 80)
     for spec in ["none", "jpeg:70", "blur", "noise:0.05", "quantize:64", "resize:32"]:
-        assert _is_8bit(P.parse_transform(spec)(x)), spec
-    assert psnr(real.jpeg(x, 30), x) < psnr(real.jpeg(x, 70), x) < psnr(real.jpeg(x, 95), x)
-    assert real.resize(x, 32).shape == (1, 3, 32, 40)
-    assert real.resize(x, (20, 30)).shape == (1, 3, 20, 30)
-    q = real.quantize(x, 64)
+        assert _is_8bit(P.parse(spec)(x)), spec
+    assert psnr(codecs.jpeg(x, 30), x) < psnr(codecs.jpeg(x, 70), x) < psnr(codecs.jpeg(x, 95), x)
+    assert geometry.resize(x, 32).shape == (1, 3, 32, 40)
+    assert geometry.resize(x, (20, 30)).shape == (1, 3, 20, 30)
+    q = filters.quantize(x, 64)
     assert len(torch.unique((q * 64).round())) <= 65
-    a = real.gaussian_noise(x, 0.05, seed=1)
-    assert torch.equal(a, real.gaussian_noise(x, 0.05, seed=1)) and not torch.equal(a, real.gaussian_noise(x, 0.05, seed=2))
+    a = filters.gaussian_noise(x, 0.05, seed=1)
+    assert torch.equal(a, filters.gaussian_noise(x, 0.05, seed=1))
+    assert not torch.equal(a, filters.gaussian_noise(x, 0.05, seed=2))
     assert 0.03 < (a - x).std() < 0.07
 
 
@@ -154,19 +155,19 @@ def test_real_blur_matches_opencv_fixed_point_arithmetic():
     # BORDER_REFLECT_101, rounded half up.
     a = np.array([[10, 200, 30], [40, 50, 60], [70, 80, 255], [0, 1, 2]], dtype=np.int64)
     x = torch.from_numpy(np.repeat(a[None, None], 3, 1) / 255.0).float()
-    out = (real.gaussian_blur(x)[0, 0] * 255).round().long().numpy()
+    out = (filters.gaussian_blur(x)[0, 0] * 255).round().long().numpy()
     pad = np.vstack([a[1:2], a, a[-2:-1]])
     expect = (82 * pad[:-2] + 92 * pad[1:-1] + 82 * pad[2:] + 128) >> 8
     assert np.array_equal(out, expect)
 
 
-def test_parse_transform_specs_and_errors():
-    assert P.parse_transform("JPEG:70").spec == "jpeg:70"
-    assert P.parse_transform("noise:0.1").spec == "noise:0.1"
-    assert P.parse_transform("none").name == "none"
+def test_parse_specs_and_errors():
+    assert P.parse("JPEG:70").spec == "jpeg:70"
+    assert P.parse("noise:0.1").spec == "noise:0.1"
+    assert P.parse("none").name == "none"
     for bad in ["jpg:70", "jpeg:abc", "jpeg:0", "jpeg:101", "blur:3", "quantize:1", "noise:-1", ""]:
         with pytest.raises(ValueError, match="image transform"):
-            P.parse_transform(bad)
+            P.parse(bad)
 
 
 def test_sampler_reproducible_and_respects_zero_probability():

@@ -131,13 +131,18 @@ def test_write_reports_writes_three_files(tmp_path, fsynced):
 def test_bare_jpeg_is_plotted_at_the_quality_it_runs_at():
     import torch
 
-    from gapdiff_core.preprocess.real import jpeg, parse_transform
+    from gapdiff_core.preprocess import parse
+    from gapdiff_core.preprocess.codecs import jpeg
 
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     q = jpeg_quality("jpeg")
-    assert torch.equal(parse_transform("jpeg")(x), jpeg(x, q))
+    assert torch.equal(parse("jpeg")(x), jpeg(x, q))
     assert not torch.equal(jpeg(x, q), jpeg(x, 75 if q != 75 else 70))
     assert jpeg_quality("jpeg:30") == 30 and jpeg_quality("none") == 100 and jpeg_quality("blur") is None
+    assert jpeg_quality("JPEG:quality=75,subsampling=4:2:0") == 75  # any spelling of the plotted transform
+    # not points of the JPEG-quality line: other subsampling, a chain ending in JPEG, a preset built on it
+    assert [jpeg_quality(s) for s in ("jpeg:75,subsampling=444", "resize:64|jpeg:75", "platform:instagram")] == [
+        None, None, None]
 
 
 def test_html_thumbnails_decode_16_bit_photos_like_the_rest_of_the_tool(tmp_path):

@@ -269,13 +269,27 @@ def test_gridpure_iterates_on_the_tiny_surrogate(tiny):
 def test_impress_lowers_its_consistency_loss(tiny):
     x = photo(32, 32)
     out = parse("impress:8,noise=0")(x, surrogate=tiny)
-    before = pur.consistency_loss(tiny.vae, x * 2 - 1)
-    after = pur.consistency_loss(tiny.vae, out * 2 - 1)
+    before = pur.consistency_loss(tiny, x * 2 - 1)
+    after = pur.consistency_loss(tiny, out * 2 - 1)
     assert after < 0.95 * before
     assert (out - x).abs().mean() < 0.1  # and stays near the photo
     assert torch.equal(out, parse("impress:8,noise=0")(x, surrogate=tiny))
     noisy = parse("impress:1,lr=0.000001,noise=0.2")(x, seed=3, surrogate=tiny)
     assert 0.05 < float((noisy - x).std()) < 0.15  # starts from the photo plus noise, as the reference
+
+
+def test_impress_on_sides_off_the_latent_grid(tiny):
+    """A 61×45 photo (neither side a multiple of 8): the reconstruction of the photo padded to the latent grid is
+    compared on the photo's own pixels (it raised a size-mismatch RuntimeError before)."""
+    x = photo(61, 45)
+    loss = pur.consistency_loss(tiny, x * 2 - 1)
+    padded = pur.pad_to_grid(x * 2 - 1, tiny.latent_scale)
+    assert padded.shape[-2:] == (64, 48) and torch.equal(padded[..., :61, :45], x * 2 - 1)
+    assert torch.allclose(padded[..., 61:, :45], (x * 2 - 1)[..., [59, 58, 57], :])  # reflected, not zeros
+    rec = tiny.vae.decode(tiny.vae.encode(padded).latent_dist.mode()).sample[..., :61, :45]
+    assert torch.allclose(loss, (rec - (x * 2 - 1)).pow(2).flatten(1).mean(1), atol=1e-6)
+    out = parse("impress:8,noise=0")(x, surrogate=tiny)
+    assert out.shape == x.shape and pur.consistency_loss(tiny, out * 2 - 1) < 0.95 * loss
 
 
 # ---------------------------------------------------------------- noisy upscaling

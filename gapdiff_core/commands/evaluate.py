@@ -33,6 +33,7 @@ Example (the paper's protocol on a real SD 2.1-base folder):
 
 def add_arguments(p) -> None:
     # choices spelled out (evaluation.PROTOCOLS): building the parser imports no engine module
+    p.format_help = _with_transform_list(p.format_help)
     p.add_argument("data", help="photos: <identity>/set_B, set_C (Anti-DreamBooth layout) or a plain folder")
     p.add_argument("--out", default="eval_out", help="output folder (default eval_out)")
     p.add_argument("--cache", default=None, help="stage cache folder (default OUT/cache)")
@@ -43,9 +44,10 @@ def add_arguments(p) -> None:
                    help="protection: none, a generator checkpoint (or gap-diff:CKPT), or an iterative method run "
                         "against --model (aspl, fsmg, photoguard, mist, ace, metacloak, caat, simac; NAME:tiny for "
                         "its short schedule) (repeatable; default: none)")
-    p.add_argument("--transform", action="append", dest="transforms", default=None,
-                   help="transform after protection: none, jpeg:Q, blur, noise:S, quantize:L, resize:N "
-                        "(repeatable; default: none; the paper protocol: none and jpeg:70)")
+    p.add_argument("--transform", action="append", dest="transforms", default=None, metavar="SPEC",
+                   help="transform between protection and the attack, a registry spec (listed below): jpeg:75, "
+                        "resize:1080,side=long|jpeg:75, platform:instagram, diffpure:0.1 (purifications run through "
+                        "--model) (repeatable; default: none; the paper protocol: none and jpeg:70)")
     p.add_argument("--budget", action="append", dest="budgets", type=options.budget, default=None,
                    help="budget in grey levels on the 0-255 scale (repeatable; default 8)")
     options.protection_function(p)
@@ -76,6 +78,19 @@ def add_arguments(p) -> None:
     p.add_argument("--address", default=None,
                    help="--executor ray: a Ray cluster whose nodes all see the cache folder (default: a local "
                         "instance on loopback)")
+
+
+def _with_transform_list(format_help):
+    """``format_help`` followed by the transform registry's list, imported only when the help is shown (building
+    the parser imports no engine module)."""
+    def with_transforms() -> str:
+        import textwrap
+
+        from ..preprocess import help_text
+
+        return (format_help() + "\ntransforms (--transform SPEC; steps of a chain joined with '|'):\n"
+                + textwrap.indent(help_text(), "  ") + "\n")
+    return with_transforms
 
 
 def build_config(args):

@@ -13,9 +13,11 @@ from ..metrics.faces import DEFAULT_DETECTOR
 class ProtocolConfig:
     """What to run. ``methods``: ``"none"``, a generator checkpoint path, or a registered protection
     (``name`` or ``name:arg``, :data:`gapdiff_core.protections.PROTECTIONS`); every method except ``none`` runs at each
-    of ``budgets`` (grey levels, 1-255: :func:`gapdiff_core.common.budget.check_budget`). ``transforms``: real
-    transform specs (``none``, ``jpeg:70``, ``blur``, ``resize:256``, ...). ``attack_preset``: a name of :data:`gapdiff_core.attack.PRESETS`. ``protocol``: the
-    named protocol these settings started from (:data:`PROTOCOLS`, see :func:`protocol_config`), or "custom".
+    of ``budgets`` (grey levels, 1-255: :func:`gapdiff_core.common.budget.check_budget`). ``transforms``: specs of
+    the transform registry (:func:`gapdiff_core.preprocess.parse`: ``none``, ``jpeg:70``,
+    ``resize:1080,side=long|jpeg:75``, ``platform:instagram``, ``diffpure:0.1``, ...), stored normalised.
+    ``attack_preset``: a name of :data:`gapdiff_core.attack.PRESETS`. ``protocol``: the named protocol these
+    settings started from (:data:`PROTOCOLS`, see :func:`protocol_config`), or "custom".
     ``norm``, ``official_mode`` (seeded by ``seed``): the generator's protection function (:class:`Protector`).
     ``identity_samples``: (noise, timestep) draws per reference photo for the identity-learning gap."""
 
@@ -48,17 +50,17 @@ class ProtocolConfig:
         from ..attack import PRESETS
 
         self.methods = [str(m) for m in self.methods] or ["none"]
-        self.transforms = [str(t).strip().lower() for t in self.transforms] or ["none"]
+        from ..preprocess import parse
+
+        # each spec checked (TransformSpecError names it) and normalised by the registry, before any model loads;
+        # case is the registry's business (an upscaler=FOLDER path keeps its own), a repeated transform runs once
+        self.transforms = list(dict.fromkeys(parse(str(t)).spec for t in self.transforms)) or ["none"]
         protected = [m for m in self.methods if m.strip().lower() != "none"]
         what = "the budget" + (f" of method {', '.join(repr(m) for m in protected)}" if protected else "")
         self.budgets = [check_budget(b, what) for b in self.budgets] or [DEFAULT_BUDGET]
         self.prompts = tuple(self.prompts) or PAPER_PROMPTS
         if self.attack_preset not in PRESETS:
             raise ValueError(f"unknown attack preset {self.attack_preset!r}; choose one of {', '.join(PRESETS)}")
-        from ..preprocess import parse_transform
-
-        for t in self.transforms:
-            parse_transform(t)  # fails early with a clear message
         from ..model.protector import NORMS
 
         if self.norm not in NORMS:

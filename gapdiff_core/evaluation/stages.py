@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import torch
 
 from ..common.progress import TqdmProgress
+from ..common.seeds import derive_seed
 from ..protections import PROTECTIONS, ProtectFn
 from .cache import StageCache, config_key
 from .config import ProtocolConfig
@@ -17,8 +18,16 @@ from .inputs import Identity, file_digest
 from .methods import Method, resolve_method
 from .summary import SUMMARY_VERSION, summarize_metrics
 
+TRANSFORM_STREAM = (1_000_039, 7_927, 1)  # seed of a photo's transform: (seed, clean photo digest, spec digest)
 STAGES = ("protect", "transform", "attack", "identity", "generate", "metrics")
 ONE_PHOTO_METHODS = ("none", "gap-diff")  # methods that protect each photo alone, without the protocol's model
+
+
+def transform_seed(seed: int, photo_digest: str, spec: str) -> int:
+    """The seed a transform draws from on one photo: derived from the run's ``seed``, the clean photo's digest
+    (:func:`~.inputs.file_digest`: the identity's photo) and the normalised spec, so each (photo, transform) has its
+    own stream and the clean and the protected versions of a photo share it."""
+    return derive_seed(TRANSFORM_STREAM, seed, int(photo_digest, 16), int(config_key(spec), 16))
 
 
 def _save_pngs(folder: Path, images: list, names: list[str]) -> list[str]:
@@ -146,17 +155,29 @@ class StageRunner:
         return self._protectors[k]
 
     def stage_transform(self, protect: tuple[dict, Path], spec: str) -> tuple[dict, Path]:
+        """The protected photos through the registry transform ``spec``: photo i with the seed of
+        :func:`transform_seed` (its clean photo, the spec, the run's seed: the same for every method), a
+        purification through the protocol's model. Keyed by the normalised spec (and that model, if it uses it)."""
+        from ..preprocess import parse
+
         prec, pfolder = protect
-        cfg = {"parent": prec["key"], "transform": spec}
+        transform = parse(spec)
+        cfg = {"parent": prec["key"], "transform": transform.spec, "seed": self.config.seed,
+               **(self._model_key() if transform.needs_surrogate else {})}
         key, rec, folder = self.cache.lookup("transform", cfg, prec)
         if rec is None:
             def work() -> dict:
-                from ..preprocess import parse_transform
-
-                fn = parse_transform(spec)
-                images = [fn(x).clamp(0, 1) for x in _load_photos(pfolder / n for n in prec["files"])]
+                surrogate = self.base if transform.needs_surrogate else None
+                images = []
+                for name, photo, x in zip(prec["files"], prec["config"]["photos"],
+                                          _load_photos(pfolder / n for n in prec["files"])):
+                    try:
+                        images.append(transform(x, seed=transform_seed(self.config.seed, photo, transform.spec),
+                                                surrogate=surrogate).clamp(0, 1))
+                    except (ValueError, RuntimeError) as e:
+                        raise RuntimeError(f"transform {transform.spec!r} failed on {pfolder / name}: {e}") from e
                 names = _save_pngs(folder, images, prec["files"])
-                return {"files": names, "transform": spec,
+                return {"files": names, "transform": transform.spec,
                         "fidelity": _fidelity_of([folder / n for n in names], prec["clean"])}
             rec = self._compute("transform", key, cfg, prec, work)
         return rec, folder

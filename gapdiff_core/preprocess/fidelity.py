@@ -11,7 +11,7 @@ from PIL import Image
 from ..metrics.fidelity import psnr
 from ..common.sizes import short_side_size
 from ..samples import SAMPLES_DIR
-from . import real
+from . import codecs, filters, geometry
 from .differentiable_jpeg import diff_jpeg
 from .jpeg_masking import jpeg_mask01
 from .simulators import gaussian_blur, gaussian_noise, quantize, resize_bilinear
@@ -48,21 +48,21 @@ def _cases() -> list[tuple[str, str, str, Callable, Callable]]:
     """(key, transform label, simulator label, simulator(x), real(x))."""
     cases = []
     for q in JPEG_QUALITIES:
-        rj = lambda x, q=q: real.jpeg(x, q)
+        rj = lambda x, q=q: codecs.jpeg(x, q)
         cases.append((f"diffjpeg_q{q}", f"jpeg:{q}", "diff_jpeg", lambda x, q=q: diff_jpeg(x, q), rj))
         cases.append((f"kornia_q{q}", f"jpeg:{q}", "kornia jpeg_codec_differentiable", lambda x, q=q: _kornia_jpeg(x, q), rj))
         cases.append((f"jpegmask_q{q}", f"jpeg:{q}", "jpeg_mask01", jpeg_mask01, rj))
     cases.append(("blur", "blur (3×3, σx 0.1, σy 2)", "gaussian_blur(σ=(2, 0.1), k=3)",
-                  lambda x: gaussian_blur(x, (2.0, 0.1), 3), real.gaussian_blur))
+                  lambda x: gaussian_blur(x, (2.0, 0.1), 3), filters.gaussian_blur))
     cases.append(("blur_train", "blur (3×3, σx 0.1, σy 2)", "gaussian_blur(σ=2, k=7) [training]",
-                  lambda x: gaussian_blur(x, 2.0, 7), real.gaussian_blur))
+                  lambda x: gaussian_blur(x, 2.0, 7), filters.gaussian_blur))
     cases.append(("noise", "noise:0.05 (same seed)", "gaussian_noise(std=0.05)",
                   lambda x: gaussian_noise(x, 0.05, torch.Generator().manual_seed(0)),
-                  lambda x: real.gaussian_noise(x, 0.05, seed=0)))
+                  lambda x: filters.gaussian_noise(x, 0.05, seed=0)))
     cases.append(("quantize64", "quantize:64", "quantize(levels=64)", lambda x: quantize(x, 64),
-                  lambda x: real.quantize(x, 64)))
+                  lambda x: filters.quantize(x, 64)))
     cases.append(("resize256", "resize:256 (Pillow)", "resize_bilinear (torch, antialias)",
-                  lambda x: resize_bilinear(x, (256, 256)), lambda x: real.resize(x, 256)))
+                  lambda x: resize_bilinear(x, (256, 256)), lambda x: geometry.resize(x, 256)))
     return cases
 
 

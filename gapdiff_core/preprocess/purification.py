@@ -17,6 +17,13 @@ from .specs import Param, TransformSpecError, TransformType
 SAMPLERS = ("ddpm", "ddim")
 
 
+def pad_to_grid(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """``x`` padded at the bottom and right to multiples of ``scale`` (the latent grid): by reflection, or by
+    repetition where a side is too short to reflect."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % scale, 0, -h % scale), mode="reflect" if min(h, w) > scale else "replicate")
+
+
 # ---------------------------------------------------------------- noise to step t*, denoise with the surrogate
 def denoising_timesteps(start: int, steps: int) -> list[int]:
     """Model timesteps from ``start - 1`` down to 0: all of them (``steps`` 0, as DiffPure), else ``steps`` evenly
@@ -32,9 +39,7 @@ def diffuse_and_denoise(surrogate, x: torch.Tensor, start: int, sampler: str, st
     ``start`` of the surrogate's schedule, denoise them to step 0 with the empty prompt and ``sampler`` (ancestral
     DDPM with the fixed posterior variance, or deterministic DDIM), decode, crop back."""
     h, w = x.shape[-2:]
-    s = surrogate.latent_scale
-    x = F.pad(x, (0, -w % s, 0, -h % s), mode="reflect" if min(h, w) > s else "replicate")
-    z = surrogate.encode_images(x, sample=False).float()
+    z = surrogate.encode_images(pad_to_grid(x, surrogate.latent_scale), sample=False).float()
     abar = surrogate.scheduler.alphas_cumprod.to(device=z.device, dtype=torch.float32)
     noise = lambda: torch.randn(z.shape, generator=generator).to(z.device)  # noqa: E731
     z = abar[start - 1].sqrt() * z + (1 - abar[start - 1]).sqrt() * noise()
@@ -137,11 +142,15 @@ def _check_grid(params: dict, spec: str) -> None:
 
 
 # ---------------------------------------------------------------- IMPRESS
-def consistency_loss(vae, x: torch.Tensor) -> torch.Tensor:
-    """Per-image ‖D(E(x)) − x‖² (mean over pixels) on the [-1, 1] scale, through the posterior mode, as IMPRESS's
-    ``criterion(model(X_p).sample, X_p)``; ``x`` in [-1, 1]."""
+def consistency_loss(surrogate, x: torch.Tensor) -> torch.Tensor:
+    """Per-image ‖D(E(x)) − x‖² (mean over pixels) on the [-1, 1] scale through the surrogate's VAE (posterior
+    mode), as IMPRESS's ``criterion(model(X_p).sample, X_p)``; ``x`` in [-1, 1], of any size: padded to the latent
+    grid (:func:`pad_to_grid`) and the reconstruction compared on ``x``'s own pixels."""
+    vae = surrogate.vae
+    h, w = x.shape[-2:]
     p = next(vae.parameters())
-    rec = vae.decode(vae.encode(x.to(p.dtype)).latent_dist.mode()).sample.float()
+    padded = pad_to_grid(x.to(p.dtype), surrogate.latent_scale)
+    rec = vae.decode(vae.encode(padded).latent_dist.mode()).sample.float()[..., :h, :w]
     return (rec - x.float()).pow(2).flatten(1).mean(1)
 
 
@@ -154,8 +163,7 @@ def impress(x: torch.Tensor, steps: int = 100, lr: float = 0.01, weight: float =
 
     Source: Cao et al., NeurIPS 2023, github.com/AAAAAAsuka/Impress (``impress.py``; defaults of its face script
     ``pg_mask_pur_helen.py``)."""
-    vae = surrogate.vae
-    device = next(vae.parameters()).device
+    device = next(surrogate.vae.parameters()).device
     target = (x * 2 - 1).to(device)
     start = target + torch.randn(x.shape, generator=seeded_generator(seed)).to(device) * float(noise)
     xp = start.clone().requires_grad_(True)
@@ -164,7 +172,7 @@ def impress(x: torch.Tensor, steps: int = 100, lr: float = 0.01, weight: float =
     with torch.enable_grad():
         for _ in range(int(steps)):
             distance = ((xp - target).pow(2).flatten(1).mean(1) + 1e-12).sqrt()
-            loss = (consistency_loss(vae, xp) + float(weight) * (distance - float(eps)).clamp(min=0)).sum()
+            loss = (consistency_loss(surrogate, xp) + float(weight) * (distance - float(eps)).clamp(min=0)).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()

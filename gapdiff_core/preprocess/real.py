@@ -1,6 +1,8 @@
 """The evaluation transforms under their former names; the registry (``preprocess.transforms``) holds them now.
 
-``parse_transform`` is ``transforms.parse``; the functions live in ``filters``, ``codecs`` and ``geometry``.
+``parse_transform`` is ``transforms.parse``; the functions live in ``filters``, ``codecs``, ``geometry`` and
+``pixels``. No engine module calls these names any more (the package re-exports them); the module stays for
+their outside callers (the ComfyUI nodes and their tests, the UI tests).
 """
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ from PIL import Image
 from ..io import atomic
 from ..losses import VAL_SEED, mean_denoising_error
 from ..metrics.fidelity import psnr, ssim
-from ..preprocess import real
+from ..preprocess.codecs import jpeg
+from ..preprocess.pixels import quantize_8bit
 from ..model.protector import Protector
 from ..common.visualize import amplified_perturbation
 
@@ -30,7 +31,7 @@ def random_sign_noise(x01: torch.Tensor, budget: float, seed: int = VAL_SEED) ->
     """The random baseline: ±budget on every pixel (the largest perturbation the same L∞ budget allows)."""
     g = torch.Generator().manual_seed(seed)
     sign = torch.randint(0, 2, x01.shape, generator=g).float() * 2 - 1
-    return real.quantize_8bit(x01 + sign.to(x01.device) * (budget / 255.0))
+    return quantize_8bit(x01 + sign.to(x01.device) * (budget / 255.0))
 
 
 def evaluate_generator(generator, surrogate, clean01: torch.Tensor, budget: float, prompt_embeds: torch.Tensor,
@@ -43,8 +44,8 @@ def evaluate_generator(generator, surrogate, clean01: torch.Tensor, budget: floa
     protected = protect_batch(generator, clean01, budget) if protected is None else protected.to(surrogate.device)
     err = lambda x: float(mean_denoising_error(surrogate, x, prompt_embeds, timesteps, **loss_kwargs).mean())  # noqa: E731
     out = {"adv_clean": err(clean01), "adv_protected": err(protected)}
-    out["adv_clean_jpeg"] = err(real.jpeg(clean01, jpeg_quality))
-    out["adv_protected_jpeg"] = err(real.jpeg(protected, jpeg_quality))
+    out["adv_clean_jpeg"] = err(jpeg(clean01, jpeg_quality))
+    out["adv_protected_jpeg"] = err(jpeg(protected, jpeg_quality))
     if include_random:
         out["adv_random"] = err(random_sign_noise(clean01, budget))
     gain = out["adv_protected"] - out["adv_clean"]

@@ -6,7 +6,8 @@ import math
 from typing import Optional
 
 from ...metrics.directions import METRICS
-from ...preprocess.real import JPEG_DEFAULT_QUALITY
+from ...preprocess import parse
+from ...preprocess.codecs import SUBSAMPLING_PARAM
 from .rows import GAP_HEADING, PROTOCOL_COLUMNS
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -14,13 +15,14 @@ EMPTY_NOTES = {"ism": "undefined: no face in the reference photos"}
 
 
 def jpeg_quality(spec: str) -> Optional[int]:
-    """'jpeg:30' -> 30; bare 'jpeg' -> the quality it runs at (real.JPEG_DEFAULT_QUALITY); 'none' -> 100 (plotted
-    at the right end, labelled 'none'); anything else -> None."""
-    if spec == "none":
+    """The JPEG quality a transform spec runs at, when it is a JPEG round trip alone at the default chroma
+    subsampling ('jpeg:30' -> 30; a bare 'jpeg' -> the registry's default quality); 'none' -> 100 (plotted at the
+    right end, labelled 'none'); anything else (another transform, a chain, other subsampling) -> None."""
+    t = parse(spec)
+    if t.name == "none":
         return 100
-    name, _, arg = spec.partition(":")
-    if name == "jpeg":
-        return int(arg) if arg else JPEG_DEFAULT_QUALITY
+    if t.name == "jpeg" and t.params["subsampling"] == SUBSAMPLING_PARAM.default:
+        return t.params["quality"]
     return None
 
 

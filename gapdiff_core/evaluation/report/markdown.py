@@ -6,6 +6,17 @@ from ...metrics.directions import format_signed, format_value
 from .facts import DEMO_BANNER, backends, protocol_summary, run_facts, setup_items
 from .rows import GAP_HEADING, PROTOCOL_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NOTE, aggregate, no_face_note
 
+
+def _cell(value) -> str:
+    """Text of a table cell, a chain's '|' escaped so that it does not split the cell."""
+    return str(value).replace("|", "\\|")
+
+
+def _cells(r: dict) -> list[str]:
+    """A row's method and transform as table cells."""
+    return [_cell(r["method"]), _cell(r["transform"])]
+
+
 def markdown_report(results: dict) -> str:
     """The protocol that ran, then the paper's layout (rows method × transform, column groups per prompt: FDFR↑ ISM↓
     BRISQUE↑ SER-FIQ↓), then the summary over prompts with the detected-face means and the identity-learning gap."""
@@ -19,7 +30,8 @@ def markdown_report(results: dict) -> str:
     lines += [f"## {title}", "", note, ""]
     if settings:
         lines += ["| Setting | Protocol | This run | |", "|---|---|---|---|"]
-        lines += [f"| {name} | {want} | {got} | {'✓' if ok else '✗ departs'} |" for name, want, got, ok in settings]
+        lines += [f"| {name} | {_cell(want)} | {_cell(got)} | {'✓' if ok else '✗ departs'} |"
+                  for name, want, got, ok in settings]
         lines.append("")
     lines += [f"- {k}: {v}" for k, v in run_facts(results)] + [""]
     lines += ["## Results per prompt", "",
@@ -31,7 +43,7 @@ def markdown_report(results: dict) -> str:
             + [f"mean {name}" for _, name in PROTOCOL_COLUMNS])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["method"], r["transform"]]
+        cells = _cells(r)
         cells += [format_value(r["per_prompt"][p][k]) for p in prompts for k, _ in PROTOCOL_COLUMNS]
         cells += [format_value(r["mean"][k]) for k, _ in PROTOCOL_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
@@ -41,13 +53,13 @@ def markdown_report(results: dict) -> str:
               "| " + " | ".join(["Method", "Transform"] + [n for _, n in SUMMARY_COLUMNS] + [GAP_HEADING]) + " |",
               "|" + "---|" * (len(SUMMARY_COLUMNS) + 3)]
     for r in rows:
-        cells = [r["method"], r["transform"]] + [format_value(r["mean"][k]) for k, _ in SUMMARY_COLUMNS]
+        cells = _cells(r) + [format_value(r["mean"][k]) for k, _ in SUMMARY_COLUMNS]
         lines.append("| " + " | ".join(cells + [format_signed(r["identity_gap"])]) + " |")
     lines += ["", "## Visibility of the protection (protected vs clean photos)", "",
               "| Method | Transform | PSNR (dB) | SSIM | L∞ (grey levels) | PSNR after transform (dB) |",
               "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['transform']} | {format_value(r['psnr_db'], 2)} | "
+        lines.append(f"| {' | '.join(_cells(r))} | {format_value(r['psnr_db'], 2)} | "
                      f"{format_value(r['ssim'], 4)} | {format_value(r['linf'], 1)} | "
                      f"{format_value(r['psnr_after_transform_db'], 2)} |")
     lines += ["", "## Setup", ""] + [f"- {k}: {v}" for k, v in setup_items(results)]
