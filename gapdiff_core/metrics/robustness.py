@@ -21,7 +21,7 @@ EFFECT_TIMESTEPS = (100, 300, 500, 700, 900)
 
 
 def jpeg_uint8(rgb: np.ndarray, quality: int) -> np.ndarray:
-    """The registry's ``jpeg`` (``preprocess.codecs``) on 8-bit pixels: Pillow's JPEG round trip (4:2:0), without float copies."""
+    """The registry's ``jpeg`` (``preprocess.codecs``) on 8-bit pixels: Pillow's round trip (4:2:0), no float copies."""
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality))
     buf.seek(0)
