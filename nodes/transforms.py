@@ -68,12 +68,13 @@ class Transform:
                              f"Surrogate node to the surrogate input")
         if surrogate is not None:
             surrogate = surrogate.to(host.device())
-        x = host.image_to_core(image)
-        progress = host.Progress(x.shape[0])
+        progress = host.Progress(image.shape[0])
         out = []
-        for i in range(x.shape[0]):
-            out.append(transform(x[i:i + 1], seed=derive_seed(PHOTO_STREAM, int(seed), i), surrogate=surrogate))
-            progress.step()
+        with host.training_mode():  # impress optimises the photo: normal tensors with gradients, not inference ones
+            x = host.image_to_core(image).clone()
+            for i in range(x.shape[0]):
+                out.append(transform(x[i:i + 1], seed=derive_seed(PHOTO_STREAM, int(seed), i), surrogate=surrogate))
+                progress.step()
         return (host.core_to_image(torch.cat(out)),)  # a batch has one size, and so has its output
 
 

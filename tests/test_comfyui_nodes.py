@@ -470,8 +470,10 @@ def test_transform_node_purification_needs_the_surrogate(comfy, surrogate):
         (same,) = run(pack, "GAPDiffTransform", image=photo, spec="diffpure:0.0,steps=1", seed=0, surrogate=model)
         (purified,) = run(pack, "GAPDiffTransform", image=photo, spec="diffpure:0.5,steps=2", seed=0,
                           surrogate=model)
-    assert same.shape == purified.shape == photo.shape
+        (impressed,) = run(pack, "GAPDiffTransform", image=photo, spec="impress:steps=2", seed=0, surrogate=model)
+    assert same.shape == purified.shape == impressed.shape == photo.shape
     assert (same - photo).abs().max() <= 2 / 255 < (purified - photo).abs().max()
+    assert not torch.equal(impressed, photo)  # IMPRESS optimises the photo: it runs under ComfyUI's inference mode
 
 
 def test_transform_node_stops_between_photos_when_cancelled(comfy):
