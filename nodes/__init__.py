@@ -8,7 +8,7 @@ from .host import register_generator_folder
 from .iterative import IterativeProtect
 from .protection import LoadGenerator, ProtectImage
 from .surrogate import LoadSurrogate
-from .transforms import JPEGCompress, Preprocess
+from .transforms import JPEGCompress, Preprocess, Transform
 
 register_generator_folder()
 
@@ -22,6 +22,7 @@ NODE_CLASS_MAPPINGS = {
     "GAPDiffGenerate": Generate,
     "GAPDiffEvaluateProtection": EvaluateProtection,
     "GAPDiffIterativeProtect": IterativeProtect,
+    "GAPDiffTransform": Transform,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -34,4 +35,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "GAPDiffGenerate": "Generate (GAP-Diff)",
     "GAPDiffEvaluateProtection": "Evaluate Protection (GAP-Diff)",
     "GAPDiffIterativeProtect": "Iterative Protection (ASPL, Mist, ...)",
+    "GAPDiffTransform": "Transform (robustness)",
 }

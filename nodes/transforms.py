@@ -1,11 +1,81 @@
-"""JPEG Compress and Preprocess: the real 8-bit transforms a photo meets after protection (evaluation side)."""
+"""Transform (robustness), JPEG Compress and Preprocess: what happens to a photo between protection and the attacker,
+all through the one transform registry (``gapdiff_core.preprocess``: spec strings such as ``jpeg:75``,
+``platform:instagram``, ``resize:1080,side=long|jpeg:75``, ``diffpure:0.1``)."""
 from __future__ import annotations
 
-from ..gapdiff_core.preprocess import real
+import torch
+
+from ..gapdiff_core.common.seeds import derive_seed
+from ..gapdiff_core.evaluation.robustness_matrix import PHOTO_STREAM
+from ..gapdiff_core.preprocess import TransformSpecError, help_text, parse
 from . import host
+from .surrogate import SURROGATE
 
 CATEGORY = "GAP-Diff"
 PREPROCESS = ("gaussian_blur", "gaussian_noise", "quantize", "resize")
+
+
+def _transformed(image, spec: str, seed: int) -> torch.Tensor:
+    """The whole IMAGE batch through ``spec`` with one seed (random steps draw the batch's noise at once)."""
+    progress = host.Progress(1)
+    out = parse(spec)(host.image_to_core(image), seed=int(seed))
+    progress.step()
+    return host.core_to_image(out)
+
+
+class Transform:
+    DESCRIPTION = ("Applies a transform from gapdiff's registry, written as a spec: what a platform or an attacker "
+                   "does to a photo before fine-tuning on it. Codecs (jpeg:75, webp:80, avif:60), geometry "
+                   "(resize:1080,side=long, crop:0.9, rescale:0.5), platform presets (platform:instagram, facebook, "
+                   "x, whatsapp: approximations), filters (blur, gauss:1, median:3, bilateral, tv, nlmeans) and "
+                   "purifications through a diffusion model (diffpure:0.1, gridpure, impress, noisy-upscale: these "
+                   "need the surrogate input). Chain steps with '|'. Photo by photo; photo i of the batch uses the "
+                   "seed the robustness matrix gives photo i, so results are reproducible.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {}),
+            "spec": ("STRING", {"default": "jpeg:75", "multiline": False,
+                                "tooltip": "A transform spec; steps chained with '|'. Known transforms:\n"
+                                           + help_text()}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Seed of the random steps (noise, random crops, purifications)."}),
+        }, "optional": {
+            "surrogate": (SURROGATE, {"tooltip": "The diffusion model the purifications (diffpure, gridpure, "
+                                                 "impress, noisy-upscale) run through; other transforms ignore it."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, spec=None):
+        # ComfyUI leaves out an input fed by a link: that spec is checked when the node runs
+        if spec is None:
+            return True
+        try:
+            parse(spec)
+        except TransformSpecError as exc:
+            return str(exc)
+        return True
+
+    def apply(self, image, spec, seed, surrogate=None):
+        transform = parse(spec)
+        if transform.needs_surrogate and surrogate is None:
+            raise ValueError(f"image transform {transform.spec!r} runs through a diffusion model: connect a Load "
+                             f"Surrogate node to the surrogate input")
+        if surrogate is not None:
+            surrogate = surrogate.to(host.device())
+        progress = host.Progress(image.shape[0])
+        out = []
+        with host.training_mode():  # impress optimises the photo: normal tensors with gradients, not inference ones
+            x = host.image_to_core(image).clone()
+            for i in range(x.shape[0]):
+                out.append(transform(x[i:i + 1], seed=derive_seed(PHOTO_STREAM, int(seed), i), surrogate=surrogate))
+                progress.step()
+        return (host.core_to_image(torch.cat(out)),)  # a batch has one size, and so has its output
 
 
 class JPEGCompress:
@@ -24,16 +94,13 @@ class JPEGCompress:
         }}
 
     def compress(self, image, quality):
-        progress = host.Progress(1)
-        out = real.jpeg(host.image_to_core(image), quality=int(quality))
-        progress.step()
-        return (host.core_to_image(out),)
+        return (_transformed(image, f"jpeg:{int(quality)}", 0),)
 
 
 class Preprocess:
     DESCRIPTION = ("One real 8-bit transform as in the evaluation protocol: Gaussian blur (OpenCV-exact), "
                    "Gaussian noise, quantization to fewer levels, or bilinear resize. Only the settings of the "
-                   "chosen transform are used.")
+                   "chosen transform are used. The Transform (robustness) node takes any registry spec.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)
@@ -67,19 +134,14 @@ class Preprocess:
 
     def apply(self, image, transform, blur_kernel, blur_sigma_x, blur_sigma_y, noise_std, seed, quantize_levels,
               resize_short_side, resize_method):
-        x = host.image_to_core(image)
-        progress = host.Progress(1)
-        if transform == "gaussian_blur":
-            if blur_kernel % 2 == 0:
-                raise ValueError(f"blur_kernel must be odd, got {blur_kernel}")
-            out = real.gaussian_blur(x, (blur_kernel, blur_kernel), sigma_x=blur_sigma_x, sigma_y=blur_sigma_y)
-        elif transform == "gaussian_noise":
-            out = real.gaussian_noise(x, std=noise_std, seed=seed)
-        elif transform == "quantize":
-            out = real.quantize(x, levels=quantize_levels)
-        elif transform == "resize":
-            out = real.resize(x, int(resize_short_side), method=resize_method)
-        else:
+        specs = {
+            "gaussian_blur": f"blur:{int(blur_kernel)},sigma_x={float(blur_sigma_x)!r},"
+                             f"sigma_y={float(blur_sigma_y)!r}",
+            "gaussian_noise": f"noise:{float(noise_std)!r}",
+            "quantize": f"quantize:{int(quantize_levels)}",
+            "resize": f"resize:{int(resize_short_side)},"
+                      f"filter={'bilinear' if resize_method == 'pillow' else resize_method}",
+        }
+        if transform not in specs:
             raise ValueError(f"unknown transform {transform!r}; choose one of {', '.join(PREPROCESS)}")
-        progress.step()
-        return (host.core_to_image(out),)
+        return (_transformed(image, specs[transform], seed),)

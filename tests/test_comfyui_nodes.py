@@ -46,6 +46,8 @@ INTERFACE = {
                                  ("schedule", "COMBO"), ("budget", "FLOAT"), ("seed", "INT"), ("resolution", "INT"),
                                  ("clean_set", "IMAGE")],
                                 [("protected", "IMAGE"), ("info", "STRING")]),
+    "GAPDiffTransform": ([("image", "IMAGE"), ("spec", "STRING"), ("seed", "INT"), ("surrogate", "GAPDIFF_SURROGATE")],
+                         [("image", "IMAGE")]),
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -353,18 +355,57 @@ def test_jpeg_compress_is_real_libjpeg(comfy):
     assert not torch.equal(out, (image * 255).round() / 255)
 
 
+PREPROCESS_INPUTS = dict(blur_kernel=3, blur_sigma_x=0.1, blur_sigma_y=2.0, noise_std=0.05, seed=0, quantize_levels=8,
+                         resize_short_side=32, resize_method="pillow")
+
+
 @pytest.mark.parametrize("transform,shape", [("gaussian_blur", (2, 64, 80, 3)), ("gaussian_noise", (2, 64, 80, 3)),
                                              ("quantize", (2, 64, 80, 3)), ("resize", (2, 32, 40, 3))])
 def test_preprocess(comfy, transform, shape):
     pack, *_ = comfy
     image = faces(2)
-    (out,) = run(pack, "GAPDiffPreprocess", image=image, transform=transform, blur_kernel=3, blur_sigma_x=0.1,
-                 blur_sigma_y=2.0, noise_std=0.05, seed=0, quantize_levels=8, resize_short_side=32,
-                 resize_method="pillow")
+    (out,) = run(pack, "GAPDiffPreprocess", image=image, transform=transform, **PREPROCESS_INPUTS)
     assert out.shape == shape and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
     assert torch.equal(out * 255, (out * 255).round())
     if transform == "quantize":
         assert len(torch.unique(out)) <= 9  # floor(x * 8) / 8: 0, 1/8, ..., 1
+
+
+def _former_path(x, transform, settings):
+    """What JPEG Compress and Preprocess computed before they went through the registry (preprocess.real)."""
+    from gapdiff_core.preprocess import real
+
+    if transform == "jpeg":
+        return real.jpeg(x, quality=settings["quality"])
+    if transform == "gaussian_blur":
+        k = settings["blur_kernel"]
+        return real.gaussian_blur(x, (k, k), sigma_x=settings["blur_sigma_x"], sigma_y=settings["blur_sigma_y"])
+    if transform == "gaussian_noise":
+        return real.gaussian_noise(x, std=settings["noise_std"], seed=settings["seed"])
+    if transform == "quantize":
+        return real.quantize(x, levels=settings["quantize_levels"])
+    return real.resize(x, settings["resize_short_side"], method=settings["resize_method"])
+
+
+@pytest.mark.parametrize("transform,changes", [
+    ("jpeg", {"quality": 43}), ("gaussian_blur", {}), ("gaussian_blur", {"blur_kernel": 7, "blur_sigma_x": 1.5}),
+    ("gaussian_blur", {"blur_kernel": 5, "blur_sigma_x": 0.0, "blur_sigma_y": 0.0}),
+    ("gaussian_noise", {"noise_std": 0.1, "seed": 12345}), ("quantize", {"quantize_levels": 5}),
+    ("resize", {"resize_short_side": 56}), ("resize", {"resize_short_side": 40, "resize_method": "opencv"})])
+def test_jpeg_and_preprocess_nodes_give_the_former_outputs_through_the_registry(comfy, transform, changes):
+    """The nodes now build a registry spec; on a photo (and a batch: noise is drawn for the batch at once, as
+    before) the result is byte-identical to the former preprocess.real functions."""
+    pack, *_ = comfy
+    image = torch.cat([sample_photo("obama.jpg", 96), sample_photo("obama2.jpg", 96)])
+    if transform == "jpeg":
+        settings = {"quality": 43}
+        (out,) = run(pack, "GAPDiffJPEGCompress", image=image, **settings)
+    else:
+        settings = {**PREPROCESS_INPUTS, **changes}
+        (out,) = run(pack, "GAPDiffPreprocess", image=image, transform=transform, **settings)
+    expected = _former_path(image.movedim(-1, 1), transform, settings).movedim(1, -1)
+    assert out.shape == expected.shape and torch.equal(out, expected)
+    assert out.shape != image.shape or not torch.equal(out, image)
 
 
 def test_preprocess_rejects_even_kernel_before_running(comfy):
@@ -373,6 +414,74 @@ def test_preprocess_rejects_even_kernel_before_running(comfy):
     assert cls.VALIDATE_INPUTS(blur_kernel=3) is True
     assert "odd" in cls.VALIDATE_INPUTS(blur_kernel=4)
     assert "odd" in cls.VALIDATE_INPUTS(blur_kernel=33)
+
+
+def test_transform_node_is_registered_with_its_display_name(comfy):
+    pack, *_ = comfy
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS["GAPDiffTransform"] == "Transform (robustness)"
+    spec = pack.NODE_CLASS_MAPPINGS["GAPDiffTransform"].INPUT_TYPES()
+    assert spec["required"]["spec"][1]["default"] == "jpeg:75" and "diffpure[:t" in \
+        spec["required"]["spec"][1]["tooltip"]
+    assert list(spec["optional"]) == ["surrogate"]
+
+
+def test_transform_node_applies_the_spec_photo_by_photo_with_the_matrix_seeds(comfy):
+    from gapdiff_core.common.seeds import derive_seed
+    from gapdiff_core.evaluation.robustness_matrix import PHOTO_STREAM
+    from gapdiff_core.preprocess import parse, real
+
+    pack, *_ = comfy
+    image = torch.cat([sample_photo("obama.jpg", 96), sample_photo("obama2.jpg", 96)])
+    (out,) = run(pack, "GAPDiffTransform", image=image, spec="jpeg:75", seed=0)
+    assert torch.equal(out, real.jpeg(image.movedim(-1, 1), 75).movedim(1, -1))
+    spec = "rescale:0.5|noise:0.05|resize:48"
+    (out,) = run(pack, "GAPDiffTransform", image=image, spec=spec, seed=7)
+    assert out.shape == (2, 48, 48, 3)
+    for i in range(2):
+        expected = parse(spec)(image[i:i + 1].movedim(-1, 1), seed=derive_seed(PHOTO_STREAM, 7, i))
+        assert torch.equal(out[i:i + 1], expected.movedim(1, -1))
+    same = torch.cat([image[:1], image[:1]])
+    (noisy,) = run(pack, "GAPDiffTransform", image=same, spec="noise:0.05", seed=7)
+    assert not torch.equal(noisy[0], noisy[1])  # each photo draws its own noise
+    (again,) = run(pack, "GAPDiffTransform", image=same, spec="noise:0.05", seed=7)
+    assert torch.equal(noisy, again)
+
+
+def test_transform_node_refuses_a_bad_spec_naming_it(comfy):
+    pack, *_ = comfy
+    cls = pack.NODE_CLASS_MAPPINGS["GAPDiffTransform"]
+    assert cls.VALIDATE_INPUTS(spec="platform:instagram|jpeg:60") is True
+    assert cls.VALIDATE_INPUTS() is True  # a spec fed by a link is checked when the node runs
+    for bad, problem in (("jpg:75", "unknown transform 'jpg'"), ("jpeg:101", "quality must be in"),
+                         ("resize:64||jpeg:75", "empty step")):
+        message = cls.VALIDATE_INPUTS(spec=bad)
+        assert isinstance(message, str) and repr(bad) in message and problem in message
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            run(pack, "GAPDiffTransform", image=faces(1), spec=bad, seed=0)
+
+
+def test_transform_node_purification_needs_the_surrogate(comfy, surrogate):
+    pack, *_ = comfy
+    photo = faces(1, 64, 64)
+    with pytest.raises(ValueError, match=r"'diffpure:0\.0,steps=1'.*connect a Load Surrogate node"):
+        run(pack, "GAPDiffTransform", image=photo, spec="diffpure:0.0,steps=1", seed=0)
+    model, _ = surrogate
+    with torch.inference_mode():
+        (same,) = run(pack, "GAPDiffTransform", image=photo, spec="diffpure:0.0,steps=1", seed=0, surrogate=model)
+        (purified,) = run(pack, "GAPDiffTransform", image=photo, spec="diffpure:0.5,steps=2", seed=0,
+                          surrogate=model)
+        (impressed,) = run(pack, "GAPDiffTransform", image=photo, spec="impress:steps=2", seed=0, surrogate=model)
+    assert same.shape == purified.shape == impressed.shape == photo.shape
+    assert (same - photo).abs().max() <= 2 / 255 < (purified - photo).abs().max()
+    assert not torch.equal(impressed, photo)  # IMPRESS optimises the photo: it runs under ComfyUI's inference mode
+
+
+def test_transform_node_stops_between_photos_when_cancelled(comfy):
+    pack, fp, utils, mm = comfy
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        run(pack, "GAPDiffTransform", image=faces(3), spec="jpeg:75", seed=0)
+    assert not mm.processing_interrupted()
 
 
 def test_load_surrogate_is_labelled_demo(surrogate):

@@ -165,7 +165,7 @@ def test_parse_specs_and_errors():
     assert P.parse("JPEG:70").spec == "jpeg:70"
     assert P.parse("noise:0.1").spec == "noise:0.1"
     assert P.parse("none").name == "none"
-    for bad in ["jpg:70", "jpeg:abc", "jpeg:0", "jpeg:101", "blur:3", "quantize:1", "noise:-1", ""]:
+    for bad in ["jpg:70", "jpeg:abc", "jpeg:0", "jpeg:101", "blur:4", "quantize:1", "noise:-1", ""]:
         with pytest.raises(ValueError, match="image transform"):
             P.parse(bad)
 

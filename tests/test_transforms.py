@@ -54,7 +54,7 @@ def test_specs_normalise_and_keep_the_former_ones():
 
 @pytest.mark.parametrize("spec, problem", [
     ("jpg:70", "unknown transform 'jpg'"), ("jpeg:abc", "quality must be an integer"),
-    ("jpeg:0", r"quality must be in \[1, 100\], got 0"), ("jpeg:101", "got 101"), ("blur:3", "takes no argument"),
+    ("jpeg:0", r"quality must be in \[1, 100\], got 0"), ("jpeg:101", "got 101"), ("none:3", "takes no argument"),
     ("jpeg:70,subsampling=411", "subsampling must be one of 444, 422, 420"), ("jpeg:70,speed=3", "no parameter 'speed'"),
     ("jpeg:quality=70,80", "positional value cannot follow"), ("jpeg:70,quality=80", "quality given twice"),
     ("quantize:1", "levels must be in"), ("noise:-1", "std must be in"), ("noise:nan", "finite"), ("median:4", "odd"),

@@ -218,7 +218,8 @@ def test_zip_is_written_atomically(models, photo, tmp_path):
 def test_robustness_measures_what_survives_jpeg(models, photo, tmp_path):
     protector = generators.get_protector(models / "tiny_real.safetensors", 16, "working", "cpu", "fp32")
     r = robustness_tab.robustness_check(str(photo), None, 50, tmp_path, protector)
-    assert "Perturbation energy kept through JPEG" in r.markdown
+    assert "% as strong** as before" in r.markdown and "similarity of **" in r.markdown
+    assert "energy kept" not in r.markdown and "max change" not in r.markdown
     assert png_pixels(r.clean_jpeg_png.read_bytes()).shape == (120, 96, 3)
     from gapdiff_core.preprocess.real import jpeg
     expected = to_uint8(jpeg(load_image(photo).tensor(), 50))
@@ -266,10 +267,104 @@ def test_denoising_effect_is_deterministic_and_responds_to_the_image():
     assert a > 0 and denoising_effect(sur, torch.rand_like(x)) != a
 
 
-def test_robustness_without_an_effect_before_jpeg_says_so(photo, tmp_path):
+def test_robustness_tab_offers_presets_and_reads_typed_specs():
+    labels = robustness_tab.preset_choices(False)
+    assert [robustness_tab.PRESETS[x] for x in labels] == ["jpeg:75", "platform:instagram", "platform:facebook",
+                                                          "platform:x", "platform:whatsapp", "gauss:1"]
+    assert robustness_tab.preset_choices(True) == list(robustness_tab.PRESETS)  # diffpure only with a surrogate
+    assert set(robustness_tab.DEFAULT_PRESETS) <= set(labels)
+    diffpure = robustness_tab.preset_choices(True)[-1]
+    chosen, skipped = robustness_tab.chosen_transforms(
+        [labels[0], diffpure], "webp:80; resize:64 | jpeg:75\n\n JPEG:75 \nimpress:steps=2", surrogate_chosen=False)
+    assert [t.spec for t in chosen] == ["jpeg:75", "webp:80", "resize:64|jpeg:75"]  # jpeg:75 once
+    assert skipped == ["diffpure:0.1,steps=10", "impress:2"]  # normalised specs
+    chosen, skipped = robustness_tab.chosen_transforms([diffpure], "", surrogate_chosen=True)
+    assert [t.spec for t in chosen] == ["diffpure:0.1,steps=10"] and not skipped
+    with pytest.raises(UIError, match=r"'jpeg:120'.*quality must be in \[1, 100\].*Write transforms like"):
+        robustness_tab.chosen_transforms([], "webp:80\njpeg:120", surrogate_chosen=True)
+    with pytest.raises(UIError, match="Unknown transform choice"):
+        robustness_tab.chosen_transforms(["jpeg:75"], "", surrogate_chosen=True)
+
+
+def brightness(photo: torch.Tensor) -> float:
+    """A stand-in measure that sees only the mean brightness (fast and exact; the tab's own is the surrogate's)."""
+    return float(photo.mean())
+
+
+class Brighten:
+    """A stand-in protector that brightens every pixel by 4 grey levels: a known effect under `brightness`."""
+
+    budget, info = 4.0, GeneratorInfo(ngf=8, demo=False)
+
+    def __call__(self, x):
+        return (x + 4 / 255).clamp(0, 1).mul(255).round().div(255)
+
+
+def test_survival_table_puts_the_verdict_in_words_first_then_the_matrix_numbers():
+    from gapdiff_core.evaluation.robustness_report import _interval, _percent
+    from gapdiff_core.preprocess import parse
+
+    g = torch.Generator().manual_seed(0)
+    faces = [(torch.rand(1, 3, 40, 40, generator=g) * 0.6 + 0.2).mul(255).round().div(255) for _ in range(8)]
+    steps = []
+    matrix, method = robustness_tab.measure_survival(
+        faces, [parse("jpeg:90"), parse("quantize:2")], None, protector=Brighten(), measure=brightness,
+        progress=lambda done, total, _: steps.append((done, total)))
+    assert method == "gap-diff" and steps[-1] == (24, 24)
+    assert [m.name for m in matrix.methods] == ["gap-diff", "none", "random-noise"]
+    assert matrix.methods[2].budget == 4.0  # the control has the protection's budget
+    text = robustness_tab.survival_markdown(matrix, method, ["diffpure:0.1,steps=10"])
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert list(rows)[1:] == ["no change (reference)", "`jpeg:90`", "`quantize:2`"]
+    assert rows["`jpeg:90`"][0] == "**survives**"  # +4 grey levels keep their mean brightness through JPEG 90
+    for spec, name in (("none", "no change (reference)"), ("jpeg:90", "`jpeg:90`"), ("quantize:2", "`quantize:2`")):
+        cell = matrix.cell("gap-diff", spec)
+        word = robustness_tab.VERDICTS[cell.verdict].split(" (")[0]
+        assert rows[name] == [f"**{word}**", _interval(cell.effect), _percent(cell.share),
+                              _interval(matrix.cell("random-noise", spec).effect), rows[name][4]]
+        assert rows[name][4] in ("identical", f"{cell.psnr.mean:.4g}")
+    assert "How to read this" in text and "Not measured, they need a surrogate: `diffpure:0.1,steps=10`" in text
+    assert "survives (the effect kept is clearly above the random-noise control" in text
+    matrix.toy = True
+    toy = robustness_tab.survival_markdown(matrix, method)
+    assert "| `jpeg:90` | **n/a (toy model)** |" in toy and "DEMO on a toy model" in toy
+    assert "the demo readings would be `none`: survives, `jpeg:90`: survives" in toy
+
+
+def test_survival_of_an_uploaded_pair_uses_its_own_largest_change_for_the_noise_control():
+    from gapdiff_core.preprocess import parse
+
+    clean = torch.full((1, 3, 24, 24), 100 / 255)
+    protected = clean.clone()
+    protected[..., :4, :4] += 6 / 255
+    matrix, method = robustness_tab.measure_survival([clean], [parse("jpeg:90")], None, protected=protected,
+                                                     measure=brightness)
+    assert method == "your protected photo" and matrix.methods[2].budget == 6.0
+    assert "**uncertain**" in robustness_tab.survival_markdown(matrix, method)  # one photo: no interval
+    with pytest.raises(UIError, match="one clean photo of the same size"):
+        robustness_tab.measure_survival([clean, clean], [parse("jpeg:90")], None, protected=protected,
+                                        measure=brightness)
+
+
+def test_robustness_tab_measures_the_chosen_transforms_on_the_tiny_surrogate(models, photo, tmp_path):
+    """The whole tab function, as the button runs it: presets and typed specs, the tiny (toy) surrogate."""
     pytest.importorskip("diffusers")
-    r = robustness_tab.robustness_check(str(photo), str(photo), 60, tmp_path, None, SmallSurrogate())
-    assert "survives JPEG: n/a (no adversarial effect before JPEG" in r.markdown and "n/a%" not in r.markdown
+    from gapdiff_core.ui import build_ui
+
+    robustness = _ui_fn(build_ui(settings.UISettings(models_dir=models, device="cpu", precision="fp32")),
+                        "robustness")
+    shown = []
+    table, clean_jpeg, prot_jpeg, pert, report = robustness(
+        [str(photo)], None, 75, "tiny built-in model (DEMO)", "", "tiny_real.safetensors", None, 8, "working",
+        [robustness_tab.preset_choices(True)[0]], "webp:80", progress=lambda value, desc=None: shown.append(desc))
+    assert "| `jpeg:75` | **n/a (toy model)** |" in table and "| `webp:80` | **n/a (toy model)** |" in table
+    assert "DEMO on a toy model" in table and "How to read this" in table
+    assert any(d and d.startswith("Measuring: 3 of 3") for d in shown)
+    assert Path(clean_jpeg).is_file() and "After JPEG at quality 75" in report
+    table, *_ = robustness([str(photo)], None, 75, "none", "", "tiny_real.safetensors", None, 8, "working",
+                           list(robustness_tab.DEFAULT_PRESETS), "", progress=lambda *a, **k: None)
+    assert table == robustness_tab.NO_SURROGATE
 
 
 def test_evaluate_tab_reports_face_quality_and_detector():
@@ -292,6 +387,10 @@ def test_builder_builds_blocks_with_api(models):
     names = {getattr(d, "api_name", None) for d in blocks.fns.values()} if isinstance(blocks.fns, dict) else \
         {d.api_name for d in blocks.fns}
     assert {"protect", "robustness", "evaluate", "list_generators"} <= names
+    presets = next(c for c in blocks.blocks.values() if getattr(c, "elem_id", None) == "gapdiff_rb_presets")
+    offered = [c[0] if isinstance(c, (tuple, list)) else c for c in presets.choices]
+    assert offered == robustness_tab.preset_choices(False)  # diffpure appears once a surrogate is chosen
+    assert list(presets.value) == list(robustness_tab.DEFAULT_PRESETS)
 
 
 # ---------------------------------------------------------------- the running app on loopback
@@ -528,7 +627,7 @@ def test_robustness_without_diffusers_says_so_and_still_compares(models, photo, 
         robustness_tab.load_surrogate_cached("tiny")
     monkeypatch.setattr(builtins, "__import__", real_import)
     r = robustness_tab.robustness_check(str(photo), str(photo), 60, tmp_path)
-    assert "Perturbation energy kept through JPEG" in r.markdown
+    assert "% as strong** as before" in r.markdown
 
 
 def test_evaluate_and_protect_limit_photos_and_pixels(models, photo, tmp_path):

@@ -154,16 +154,21 @@ def nlmeans(x: torch.Tensor, h: float = 10.0, template: int = 7, search: int = 2
     return per_image(x, one)
 
 
-def official_blur(x: torch.Tensor) -> torch.Tensor:
-    """The official 3×3 test-time blur (sigmaX 0.1, sigmaY 2.0), bit-exact with OpenCV.
+def official_blur(x: torch.Tensor, kernel: int = 3, sigma_x: float = 0.1, sigma_y: float = 2.0) -> torch.Tensor:
+    """OpenCV's Gaussian blur over a kernel×kernel window, bit-exact; the defaults are the official test-time blur
+    (3×3, sigmaX 0.1, sigmaY 2.0). A sigma of 0 follows OpenCV (sigmaX from the kernel, sigmaY = sigmaX).
 
     Source: the GAP-Diff / Anti-DreamBooth test script's ``cv2.GaussianBlur(img, (3, 3), 0.1, 2.0)``."""
-    return gaussian_blur(x)
+    return gaussian_blur(x, (kernel, kernel), sigma_x=sigma_x, sigma_y=sigma_y)
 
 
 ENTRIES = (
     TransformType("none", identity, (), "no change (8-bit storage only)"),
-    TransformType("blur", official_blur, (), "the official 3x3 blur (sigmaX 0.1, sigmaY 2.0)"),
+    TransformType("blur", official_blur, (
+        Param("kernel", int, 3, "window size", low=1, high=31, odd=True),
+        Param("sigma_x", float, 0.1, "horizontal std in pixels (0: from the kernel)", low=0, high=20),
+        Param("sigma_y", float, 2.0, "vertical std in pixels (0: sigma_x)", low=0, high=20),
+    ), "OpenCV-exact Gaussian blur; default the official 3x3 (sigmaX 0.1, sigmaY 2.0)"),
     TransformType("noise", gaussian_noise, (Param("std", float, 0.05, "noise std on [0, 1]", low=0, high=1),),
                   "add Gaussian noise of STD (seeded)", random=True),
     TransformType("quantize", quantize, (Param("levels", int, 64, "grey levels", low=2, high=256),),

@@ -16,7 +16,7 @@ from ..model.protector import MODES
 from .compat import FILE_TYPE, listen, make
 from .settings import UIError, UISettings
 from .text import ABOUT_MARKDOWN
-from .uploads import as_list, new_output_dir
+from .uploads import as_list, file_path, load_upload, new_output_dir
 
 log = logging.getLogger("gapdiff.ui")
 SURROGATE_CHOICES = ("none", "tiny built-in model (DEMO)", "local model (path below)")
@@ -113,23 +113,35 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                 results_state = gr.State([])
 
             with gr.Tab("Robustness", elem_id="gapdiff_tab_robustness"):
-                gr.Markdown("Platforms re-compress uploads as JPEG. Compress the clean and the protected photo the "
-                            "same way and see how much of the protection is left.")
+                gr.Markdown("Platforms re-compress and resize uploads, and an attacker may try to wash the protection "
+                            "out before fine-tuning. Pick what may happen to the photos and see, per transform, how "
+                            "much of the protection survives.")
                 with gr.Row():
-                    rb_clean = make(gr.File, label="Clean photo", file_types=["image"], type=FILE_TYPE,
+                    rb_clean = make(gr.File, label="Clean photo(s): several give a verdict with a 95% interval",
+                                    file_count="multiple", file_types=["image"], type=FILE_TYPE,
                                     elem_id="gapdiff_rb_clean")
-                    rb_protected = make(gr.File, label="Protected photo (optional: otherwise the generator above "
-                                        "protects the clean one)", file_types=["image"], type=FILE_TYPE,
-                                        elem_id="gapdiff_rb_protected")
+                    rb_protected = make(gr.File, label="Protected photo (optional, with one clean photo: otherwise "
+                                        "the generator above protects the clean ones)", file_types=["image"],
+                                        type=FILE_TYPE, elem_id="gapdiff_rb_protected")
                 with gr.Row():
-                    quality = make(gr.Slider, minimum=10, maximum=100, step=1, value=75, label="JPEG quality",
-                                   elem_id="gapdiff_quality")
                     surrogate = make(gr.Radio, choices=list(SURROGATE_CHOICES), value=SURROGATE_CHOICES[0],
-                                     label="Surrogate model for the adversarial effect", elem_id="gapdiff_surrogate")
+                                     label="Surrogate model that measures the protection (and runs purifications)",
+                                     elem_id="gapdiff_surrogate")
                     roots = ", ".join(str(r) for r in initial.surrogate_roots()) or "no folder set"
                     surrogate_path = make(gr.Textbox, label=f"Local surrogate: the name of a diffusers folder or SD "
                                           f".safetensors in {roots}", elem_id="gapdiff_surrogate_path")
-                rb_btn = make(gr.Button, value="Compress and compare", variant="primary", elem_id="gapdiff_rb_run")
+                with gr.Row():
+                    rb_presets = make(gr.CheckboxGroup, choices=robustness_tab.preset_choices(False),
+                                      value=list(robustness_tab.DEFAULT_PRESETS), label="What happens to the photos",
+                                      elem_id="gapdiff_rb_presets")
+                    rb_specs = make(gr.Textbox, label="More transforms (one per line)", lines=2,
+                                    placeholder="webp:80\nresize:1080,side=long|jpeg:75",
+                                    info=robustness_tab.SPEC_HELP + " Chain steps with '|'.",
+                                    elem_id="gapdiff_rb_specs")
+                    quality = make(gr.Slider, minimum=10, maximum=100, step=1, value=75,
+                                   label="JPEG quality of the before/after images", elem_id="gapdiff_quality")
+                rb_btn = make(gr.Button, value="Check what survives", variant="primary", elem_id="gapdiff_rb_run")
+                rb_matrix = gr.Markdown("", elem_id="gapdiff_rb_matrix")
                 with gr.Row():
                     rb_clean_out = make(gr.Image, label="Clean after JPEG", type="filepath", interactive=False,
                                         format="png")
@@ -221,10 +233,16 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                outputs=[before, after, perturbation, photo_stats], queue=False, api_name=False)
 
         def robustness(clean, prot, q, surrogate_choice, surrogate_dir, choice, ckpt, budget_value, mode_value,
-                       progress=gr.Progress()):
+                       presets=(), specs="", progress=gr.Progress()):
             s = get()
+            clean = as_list(clean)
             if not clean:
                 raise UIError("Upload the clean photo first.")
+            if prot and len(clean) > 1:
+                raise UIError("A protected photo goes with one clean photo: upload one clean photo, or leave the "
+                              "protected one out and let the generator protect them all.")
+            transforms, skipped = robustness_tab.chosen_transforms(presets, specs,
+                                                                   surrogate_choice != SURROGATE_CHOICES[0])
             protector = None
             if not prot:
                 path = generators.resolve_generator(choice, ckpt, s.models_dir)
@@ -232,24 +250,48 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                     protector = generators.get_protector(path, budget_value, mode_value, s.device, s.precision)
             sur = None
             if surrogate_choice == SURROGATE_CHOICES[1]:
-                progress(0.1, desc="Loading the tiny demo surrogate")
+                progress(0.05, desc="Loading the tiny demo surrogate")
                 sur = robustness_tab.load_surrogate_cached("tiny", _device_name(s.device))
             elif surrogate_choice == SURROGATE_CHOICES[2]:
                 local = robustness_tab.resolve_surrogate_path(surrogate_dir, s)
-                progress(0.1, desc="Loading the surrogate")
+                progress(0.05, desc="Loading the surrogate")
                 sur = robustness_tab.load_surrogate_cached(str(local), _device_name(s.device))
-            progress(0.5, desc="Compressing and measuring")
+            progress(0.1, desc="Compressing as JPEG")
             with s.work_lock():
-                r = robustness_tab.robustness_check(clean, prot or None, int(q), new_output_dir(), protector,
-                                                    sur, float(budget_value), s.max_pixels)
+                r = robustness_tab.robustness_check(clean[0], prot or None, int(q), new_output_dir(), protector,
+                                                    float(budget_value), s.max_pixels)
             demo_note = f"⚠️ {generators.DEMO_WARNING}\n\n" if protector is not None and protector.info.demo else ""
-            return str(r.clean_jpeg_png), str(r.protected_jpeg_png), str(r.perturbation_png), demo_note + r.markdown
+            if sur is None:
+                table = robustness_tab.NO_SURROGATE
+            elif not transforms:
+                table = "Tick or type at least one transform to measure."
+            else:
+                photos = [load_upload(Path(file_path(u)), s.max_pixels).tensor() for u in clean]
+                protected = load_upload(Path(file_path(prot)), s.max_pixels, "Protected photo").tensor() \
+                    if prot else None
+
+                def step(done, total, _):
+                    progress(0.1 + 0.9 * done / total, desc=f"Measuring: {done} of {total} (photo × transform)")
+                with s.work_lock():
+                    matrix, method = robustness_tab.measure_survival(
+                        photos, transforms, sur, protector=protector, protected=protected,
+                        budget=float(budget_value), device=_device_name(s.device), progress=step)
+                table = robustness_tab.survival_markdown(matrix, method, skipped)
+            return (demo_note + table, str(r.clean_jpeg_png), str(r.protected_jpeg_png), str(r.perturbation_png),
+                    r.markdown)
 
         listen(rb_btn.click, _readable(robustness),
                inputs=[rb_clean, rb_protected, quality, surrogate, surrogate_path, generator, checkpoint, budget,
-                       mode],
-               outputs=[rb_clean_out, rb_prot_out, rb_pert_out, rb_report], api_name="robustness",
+                       mode, rb_presets, rb_specs],
+               outputs=[rb_matrix, rb_clean_out, rb_prot_out, rb_pert_out, rb_report], api_name="robustness",
                concurrency_limit=1, concurrency_id="gapdiff_gpu")
+
+        def offer_presets(surrogate_choice, ticked):
+            offered = robustness_tab.preset_choices(surrogate_choice != SURROGATE_CHOICES[0])
+            return gr.update(choices=offered, value=[t for t in ticked or () if t in offered])
+
+        listen(surrogate.change, _readable(offer_presets), inputs=[surrogate, rb_presets], outputs=[rb_presets],
+               queue=False, api_name=False)
 
         def evaluate(refs, gen, progress=gr.Progress()):
             progress(0.1, desc="Detecting and embedding faces")

@@ -1,23 +1,59 @@
-"""The Robustness tab without Gradio: JPEG a clean photo and its protected version the same way and measure how
-much of the perturbation (and, with a surrogate, of its adversarial effect) survives; surrogates are read only
-from the folders the host allows."""
+"""The Robustness tab without Gradio: which transforms (re-encoding, platform uploads, filters, purification) the
+protection survives, measured with the robustness matrix (``evaluation.robustness_matrix``) and explained in plain
+words, and the clean and protected photo after JPEG side by side. Surrogates are read only from the folders the
+host allows."""
 from __future__ import annotations
 
 import contextlib
-import math
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
 
 from ..common.budget import DEFAULT_BUDGET
 from ..common.visualize import amplified_perturbation
+from ..evaluation.robustness_matrix import (TOY, VERDICTS, MatrixMethod, RobustnessMatrix, none_method,
+                                            random_noise_method, robustness_matrix)
+from ..evaluation.robustness_report import banners
+from ..evaluation.robustness_report import _interval as interval_text
+from ..evaluation.robustness_report import _num as number_text
+from ..evaluation.robustness_report import _percent as percent_text
 from ..io import save_image
 from ..metrics.directions import format_value
 from ..metrics.robustness import jpeg_robustness
 from ..model.protector import Protector
+from ..preprocess import Transform, TransformSpecError, parse
 from .settings import DEFAULT_MAX_PIXELS, UIError, UISettings
 from .uploads import file_path, load_upload
+
+# What the user ticks (label -> registry spec); the purification is offered only with a surrogate
+PRESETS = {
+    "JPEG at quality 75 (jpeg:75)": "jpeg:75",
+    "Instagram upload, approximate (platform:instagram)": "platform:instagram",
+    "Facebook upload, approximate (platform:facebook)": "platform:facebook",
+    "X / Twitter upload, approximate (platform:x)": "platform:x",
+    "WhatsApp, approximate (platform:whatsapp)": "platform:whatsapp",
+    "Slight blur of 1 pixel (gauss:1)": "gauss:1",
+    "DiffPure purification through the surrogate (diffpure:0.1,steps=10)": "diffpure:0.1,steps=10",
+}
+DEFAULT_PRESETS = ("JPEG at quality 75 (jpeg:75)", "Instagram upload, approximate (platform:instagram)",
+                   "WhatsApp, approximate (platform:whatsapp)")
+SPEC_HELP = "Write transforms like jpeg:75, platform:instagram, gauss:1 or resize:1080,side=long|jpeg:75."
+NO_SURROGATE = ("Choose a surrogate model to measure how much of the protection survives each transform: the "
+                "measure asks a diffusion model how hard the photos are to learn. The tiny built-in model shows how "
+                "it works (its numbers mean nothing for real protection); a local Stable Diffusion model gives real "
+                "numbers. The photos after JPEG below need no surrogate.")
+READING = ("**How to read this.** The surrogate model tries to learn the photo, as an attacker's fine-tuning would. "
+           "*Effect kept* is how much harder the protected photo still is for it to learn than the clean one after "
+           "the transform (its denoising error, protected minus clean: above 0 the protection still works, at 0 it is "
+           "gone); *share* compares that with no transform (100% = nothing lost). *Random noise* is what plain noise "
+           "of the same strength does: a protection no better than that counts as removed. *PSNR* says how visible "
+           "the change left in the photo is (higher = less visible; above about 40 dB most people see none). Brackets "
+           "are 95% intervals over your photos: upload several photos for a verdict, one photo gives no interval.")
 
 
 @dataclass
@@ -68,11 +104,98 @@ def load_surrogate_cached(spec: str, device: str = "cpu"):
         return _SURROGATES[spec]
 
 
+def preset_choices(surrogate_chosen: bool) -> list[str]:
+    """The preset labels to offer: the purification needs a surrogate, so it is offered only with one."""
+    return [label for label, spec in PRESETS.items() if surrogate_chosen or not parse(spec).needs_surrogate]
+
+
+def chosen_transforms(labels: Sequence[str] | None, text: str | None,
+                      surrogate_chosen: bool) -> tuple[list[Transform], list[str]]:
+    """The ticked presets then the typed specs (one per line or separated by ';'), parsed; and the specs left out
+    because they need a surrogate and none is chosen. A bad spec is a UIError naming it."""
+    specs = []
+    for label in labels or ():
+        if label not in PRESETS:
+            raise UIError(f"Unknown transform choice {label!r}; reload the page.")
+        specs.append(PRESETS[label])
+    specs += [part.strip() for part in re.split(r"[;\n]", text or "") if part.strip()]
+    chosen, skipped = [], []
+    for spec in specs:
+        try:
+            t = parse(spec)
+        except TransformSpecError as exc:
+            raise UIError(f"{exc}. {SPEC_HELP}") from exc
+        if t.needs_surrogate and not surrogate_chosen:
+            skipped.append(t.spec)
+        elif t.spec not in (c.spec for c in chosen):
+            chosen.append(t)
+    return chosen, skipped
+
+
+def verdict_word(matrix: RobustnessMatrix, method: str, spec: str) -> str:
+    """The verdict in one or two words ("survives", "weakened", "removed", "n/a (toy model)", ...)."""
+    if matrix.toy:
+        return TOY
+    return VERDICTS[matrix.cell(method, spec).verdict].split(" (")[0]
+
+
+def survival_markdown(matrix: RobustnessMatrix, method: str, skipped: Sequence[str] = ()) -> str:
+    """Per transform: the verdict in words first, then the effect kept with its 95% interval and its share of the
+    untransformed effect, the random-noise control's effect and the PSNR; the reading in plain words under it."""
+    lines = [f"⚠️ {b}" for b in banners(matrix)]
+    lines += ["", "| transform | protection | effect kept [95% interval] | share kept | random noise, same "
+                  "strength | PSNR (dB) |", "|---|---|---|---|---|---|"]
+    for spec in matrix.transforms:
+        cell, control = matrix.cell(method, spec), matrix.cell("random-noise", spec)
+        name = "no change (reference)" if spec == "none" else f"`{spec}`"
+        lines.append(f"| {name} | **{verdict_word(matrix, method, spec)}** | {interval_text(cell.effect)} | "
+                     f"{percent_text(cell.share)} | {interval_text(control.effect)} | {number_text(cell.psnr.mean)} |")
+    words = sorted({matrix.cell(method, s).verdict for s in matrix.transforms}, key=list(VERDICTS).index)
+    lines += ["", READING, "", "Verdicts: " + "; ".join(VERDICTS[w] for w in words) + "."]
+    if matrix.toy:
+        demo = ", ".join(f"`{s}`: {VERDICTS[matrix.cell(method, s).verdict].split(' (')[0]}"
+                         for s in matrix.transforms)
+        lines.append(f"On a toy model every verdict is {TOY}; the demo readings would be {demo}.")
+    if skipped:
+        lines.append("Not measured, they need a surrogate: " + ", ".join(f"`{s}`" for s in skipped) + ".")
+    lines += [f"Photo {name} skipped: {reason}" for name, reason in matrix.skipped.items()]
+    return "\n".join(lines)
+
+
+def measure_survival(photos: Sequence[torch.Tensor], transforms: Sequence[Transform], surrogate, *,
+                     protector: Protector | None = None, protected: torch.Tensor | None = None,
+                     budget: float = DEFAULT_BUDGET, device: str = "cpu",
+                     measure: Optional[Callable[[torch.Tensor], float]] = None,
+                     progress: Optional[Callable[[int, int, object], None]] = None) -> tuple[RobustnessMatrix, str]:
+    """The robustness matrix of the protection (the generator's, or one uploaded protected photo for a single clean
+    photo), the clean photo and the random-noise control over ``transforms``; returns it and the method's row name.
+    The control has the protection's budget (for an uploaded pair: its largest change). ``measure``: the matrix's
+    (default: the surrogate's denoising error)."""
+    if protected is not None:
+        if len(photos) != 1 or protected.shape != photos[0].shape:
+            raise UIError("An uploaded protected photo is measured against one clean photo of the same size.")
+        budget = max(1.0, float(((protected - photos[0]).abs() * 255).round().max()))
+        method = MatrixMethod("your protected photo", lambda x, seed: protected.to(x.device), budget=budget)
+    elif protector is not None:
+        budget = protector.budget
+        method = MatrixMethod("gap-diff", lambda x, seed: protector(x).to(x.device), demo=bool(protector.info.demo),
+                              budget=budget)
+    else:
+        raise UIError("Upload the protected photo too, or choose a generator to protect the clean one.")
+    methods = [method, none_method(), random_noise_method(budget)]
+    try:
+        matrix = robustness_matrix(list(photos), methods, transforms, surrogate=surrogate, measure=measure,
+                                   budget=budget, examples=0, device=device, progress=progress)
+    except ValueError as exc:  # no photo could be measured: each reason names the transform
+        raise UIError(str(exc)) from exc
+    return matrix, method.name
+
+
 def robustness_check(clean_upload: str, protected: str | None, quality: int, out_dir: Path,
-                     protector: Protector | None = None, surrogate=None, budget: float = DEFAULT_BUDGET,
+                     protector: Protector | None = None, budget: float = DEFAULT_BUDGET,
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> RobustnessResult:
-    """JPEG both the clean and the protected photo at `quality`; measure how much of the perturbation (and, with
-    a surrogate, of the adversarial effect) survives. Full-resolution data stays in 8 bits."""
+    """JPEG both the clean and the protected photo at `quality` and say, in words, how much of the perturbation is
+    left. Full-resolution data stays in 8 bits."""
     clean = load_upload(Path(file_path(clean_upload)), max_pixels).rgb
     if isinstance(protected, (str, os.PathLike)):
         prot = load_upload(Path(file_path(protected)), max_pixels, "Protected photo").rgb
@@ -86,30 +209,22 @@ def robustness_check(clean_upload: str, protected: str | None, quality: int, out
         raise UIError("Upload the protected photo too, or choose a generator to protect the clean one.")
     if not 1 <= int(quality) <= 100:
         raise UIError(f"JPEG quality must be 1..100, not {quality}.")
-    r = jpeg_robustness(clean, prot, int(quality), surrogate)
+    r = jpeg_robustness(clean, prot, int(quality))
     before, after = r.before, r.after
     clean_jpeg_png = save_image(out_dir / f"clean_jpeg_q{quality}.png", r.clean_jpeg)
     protected_jpeg_png = save_image(out_dir / f"protected_jpeg_q{quality}.png", r.protected_jpeg)
     vis, gain = amplified_perturbation(r.clean_jpeg, r.protected_jpeg, budget)
     pert_png = save_image(out_dir / f"perturbation_after_jpeg_x{gain:.0f}.png", vis)
-    lines = [f"JPEG quality {quality}: both photos compressed the same way (Pillow, 4:2:0).", "",
-             "| | before JPEG | after JPEG |", "|---|---|---|",
-             f"| max change (grey levels) | {before.max:.0f} | {after.max:.0f} |",
-             f"| RMS change (grey levels) | {before.rms:.2f} | {after.rms:.2f} |",
-             f"| PSNR vs clean (dB) | {format_value(before.psnr, 2)} | {format_value(after.psnr, 2)} |",
-             "", f"Perturbation energy kept through JPEG: **{100 * r.energy_kept:.0f}%** "
-                 f"(correlation with the original perturbation {r.correlation:.2f})."]
-    if r.effect is not None:
-        e = r.effect
-        name = getattr(surrogate, "name", "surrogate")
-        demo = " (DEMO model: the number shows the computation, not real protection)" \
-            if getattr(surrogate, "is_demo", False) else ""
-        lines += ["", f"Adversarial effect on **{name}**{demo} — the surrogate's denoising loss, higher means the "
-                      "model learns the photo worse:", "",
-                  "| | clean | protected | effect |", "|---|---|---|---|",
-                  f"| before JPEG | {e.clean:.5f} | {e.protected:.5f} | {e.before:+.5f} |",
-                  f"| after JPEG | {e.clean_jpeg:.5f} | {e.protected_jpeg:.5f} | {e.after:+.5f} |", "",
-                  "Share of the adversarial effect that survives JPEG: " + (
-                      f"**{100 * e.share:.0f}%**." if math.isfinite(e.share) else
-                      "n/a (no adversarial effect before JPEG to compare with).")]
+    lines = [f"**After JPEG at quality {quality}** (both photos compressed the same way, as a platform would):", "",
+             f"- The perturbation is **{100 * r.energy_kept:.0f}% as strong** as before (its average size, "
+             f"{after.rms:.2f} grey levels against {before.rms:.2f}), and what is left still follows the original "
+             f"pattern with a similarity of **{r.correlation:.2f}** (1 = the same pattern, 0 = unrelated): JPEG "
+             "keeps the coarse part of the pattern and replaces the fine part with its own errors.",
+             f"- The largest difference of any pixel between the two photos is {after.max:.0f} grey levels out of "
+             f"255 after JPEG, {before.max:.0f} before: JPEG spreads the change around, so single pixels can move "
+             "by more than the budget.",
+             f"- PSNR, how close the protected photo looks to the clean one (higher = harder to see; above about 40 "
+             f"dB most people see no difference): {format_value(before.psnr, 2)} dB before, "
+             f"{format_value(after.psnr, 2)} dB after JPEG.",
+             "", f"Perturbation shown ×{gain:.0f} in the third image; mid-grey means no difference."]
     return RobustnessResult(clean_jpeg_png, protected_jpeg_png, pert_png, "\n".join(lines))

@@ -15,8 +15,8 @@ scaled up: mid-grey means unchanged.
 - It does not hide your face from people, face recognition or search engines, and it does not remove a photo
   that is already online.
 - It is not a guarantee: it was designed against specific fine-tuning methods and models; other models,
-  heavy editing, resizing, screenshots or strong compression can weaken it. The *Robustness* tab shows how much
-  survives JPEG.
+  heavy editing, resizing, screenshots, strong compression or purification can weaken it. The *Robustness* tab
+  measures, per transform (JPEG, platform uploads, blur, purification), how much of it survives.
 - Protect **every** photo you share: unprotected photos of you can still be used.
 - **Demo generators** (trained against a toy model) protect nothing real; they are labelled DEMO wherever they
   appear here, in file names and in the gallery.
