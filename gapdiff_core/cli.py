@@ -12,7 +12,7 @@ import sys
 from .common.allocator import keep_freed_memory
 
 COMMANDS = ("protect", "compress", "convert", "info", "demo", "comfyui_demo_assets", "app", "attack", "train", "evaluate",
-            "serve", "export")
+            "serve", "export", "robustness")
 # Short batch commands whose repeated generator passes gain from keeping freed memory (see allocator.py); long-running
 # ones (app, serve, train) keep glibc's defaults, which hand freed memory back to the system.
 KEEP_FREED_MEMORY = ("protect", "compress")
