@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from gapdiff_core.metrics.fidelity import psnr
-from gapdiff_core.preprocess import PreprocessSampler, real
+from gapdiff_core.preprocess import PreprocessSampler, parse, real
 from gapdiff_core.preprocess.diff_platforms import PLATFORMS, codec_as_jpeg, matched_jpeg_quality, platform
 from gapdiff_core.preprocess.differentiable_jpeg import diff_jpeg
 from gapdiff_core.preprocess.simulators import (crop, crop_window, gauss, gaussian_noise, opencv_kernel_size, rescale,
@@ -187,3 +187,22 @@ def test_platforms_config_loads_and_every_entry_runs():
     for entry in entries:
         y, name = PreprocessSampler([dict(entry, p=1)], seed=1)(x)
         assert name == entry["name"] and y.shape == x.shape
+
+
+@pytest.mark.parametrize("spec,simulate,floor", [
+    ("rescale:0.5,filter=bicubic", lambda x, g: rescale(x, 0.5, "bicubic"), 48.0),  # measured 53.3 dB
+    ("gauss:1.5", lambda x, g: gauss(x, 1.5), 50.0),  # measured 58.7 dB
+    ("noise:0.04", lambda x, g: store_8bit(gaussian_noise(x, 0.04, g)), 60.0),  # measured: identical
+])
+def test_twins_follow_the_registry_transform_of_the_same_parameters(spec, simulate, floor):
+    """The same spec through the evaluation registry (seed 2) and through its training twin (generator seeded 2)."""
+    x = photo("obama3.jpg", size=160, top=150, left=200)
+    real_out = parse(spec)(x, seed=2)
+    assert psnr(simulate(x, torch.Generator().manual_seed(2)), real_out) >= floor
+
+
+def test_crop_twin_takes_the_registry_window():
+    x = photo(size=150)
+    real_out = parse("crop:0.7,position=random")(x, seed=9)
+    sim = crop(x, 0.7, torch.Generator().manual_seed(9))
+    assert psnr(sim, pillow_resize(real_out, 150, 150, Image.BILINEAR)) >= 48.0  # measured 57.9 dB
