@@ -10,10 +10,10 @@ mirror images, astronaut.png whole and mirrored; all at 512×512.
 
 Measure: the robustness matrix (gapdiff_core/evaluation/robustness_matrix.py) per seed, transforms from the one
 registry (gapdiff_core/preprocess/transforms.py). Per transform T the adversarial effect retained = the surrogate's
-mean denoising error (8 fixed timesteps, 4 with --quick, fixed noise, photo resized to the training size 512) on T(protected) minus
-on T(clean), averaged over the photos; the random ±budget noise control beside it; then mean ± sd over seeds (both
-configs of a seed train against the same warmed-up surrogate, on which they are measured). Also the PSNR of
-T(protected) against T(clean).
+mean denoising error (8 fixed timesteps at 512 px; --quick: 4 at 256 px; fixed noise) on T(protected) minus
+on T(clean), averaged over the photos; the random ±budget noise control beside it; then mean ± sd over seeds (one
+tiny surrogate, warmed up once, serves every run and every measurement: the seeds vary the generators' initial
+weights, data order and preprocessing draws). Also the PSNR of T(protected) against T(clean).
 
 Usage: python bench/robustness_study.py [--quick] [--seeds 3] [--steps 200]. Ends with key=value lines.
 """
@@ -57,8 +57,7 @@ TRANSFORMS = (
     "platform:whatsapp", "rescale:0.5,filter=bicubic", "crop:0.8,position=random", "gauss:1.0", "noise:0.03",
     "median:3", "tv:0.1", "diffpure:0.1,steps=10",
 )
-QUICK_TRANSFORMS = ("none", "jpeg:75", "webp:80", "resize:270,filter=bicubic,side=long|jpeg:75",
-                    "rescale:0.5,filter=bicubic", "gauss:1.0")
+QUICK_TRANSFORMS = ("none", "jpeg:75", "webp:80", "resize:270,filter=bicubic,side=long|jpeg:75", "gauss:1.0")
 CONFIGS = {"jpeg-only": "default", "robust": None}  # None: the list of train/configs/platforms.yaml
 
 
@@ -83,12 +82,11 @@ def held_out_photos() -> tuple[torch.Tensor, list[str]]:
     return torch.stack(photos), names
 
 
-def train(preprocess, seed: int, steps: int, train_dir: Path, val_dir: Path, work: Path, surrogate=None) -> Trainer:
-    """A generator trained with the demo settings; ``surrogate``: one warmed up already by this seed's first run
-    (the warm-up depends on the seed and the photos only, so it is not repeated)."""
-    settings = {**DEMO_SETTINGS, "preprocess": preprocess}
-    if surrogate is not None:
-        settings["surrogate_warmup_steps"] = 0
+def train(preprocess, seed: int, steps: int, train_dir: Path, val_dir: Path, work: Path, surrogate=None,
+          warmup: int = 30) -> Trainer:
+    """A generator trained with the demo settings; ``surrogate``: one warmed up already by an earlier run (then not
+    warmed up again), else a fresh tiny one warmed up for ``warmup`` steps."""
+    settings = {**DEMO_SETTINGS, "preprocess": preprocess, "surrogate_warmup_steps": 0 if surrogate is not None else warmup}
     cfg = load_config(None, **settings, max_steps=steps, seed=seed, progress=False, output_dir=str(work),
                       train_dir=str(train_dir), val_dir=str(val_dir), tensorboard=False)
     trainer = Trainer(cfg, surrogate=surrogate)
@@ -150,13 +148,13 @@ def _square_free(im: Image.Image) -> torch.Tensor:
 
 
 def matrix_effects(surrogate, clean: torch.Tensor, generators: dict, budget: float, transforms, seed: int,
-                   timesteps: int = 8) -> dict:
+                   timesteps: int = 8, resolution: int = SIZE) -> dict:
     """{(method, spec): (effect retained averaged over photos, PSNR of T(protected) vs T(clean))} of one seed, from
     the robustness matrix (``evaluation.robustness_matrix``) measured at the training resolution."""
     methods = [random_noise_method(budget)] + [
         MatrixMethod(name, lambda x, s, g=g: protect_batch(g, x, budget)) for name, g in generators.items()]
     matrix = robustness_matrix(list(clean.split(1)), methods, transforms, surrogate=surrogate,
-                               measure=DenoisingMeasure(surrogate, timesteps, resolution=SIZE), budget=budget, seed=seed,
+                               measure=DenoisingMeasure(surrogate, timesteps, resolution=resolution), budget=budget, seed=seed,
                                resamples=200, examples=0)
     return {(m.name, spec): (matrix.cell(m.name, spec).effect.mean, matrix.cell(m.name, spec).psnr.mean)
             for m in methods for spec in matrix.transforms}
@@ -174,13 +172,14 @@ def key(text: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
-                    help="40 training steps, 6 transforms and 4 measuring timesteps instead of 200, 14 and 8")
+                    help="8 training steps, 10 warm-up steps, 5 transforms, 4 measuring timesteps at 256 px instead of "
+                         "200, 30, 14, 8 at 512 px (for a loaded machine: the generators barely train)")
     ap.add_argument("--no-fidelity", action="store_true", help="skip the simulation-vs-real PSNR table")
     ap.add_argument("--seeds", type=int, default=3, help="training seeds per configuration (default 3)")
-    ap.add_argument("--steps", type=int, default=None, help="training steps per generator (default 200, quick 40)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per generator (default 200, quick 8)")
     args = ap.parse_args(argv)
-    steps = args.steps or (40 if args.quick else 200)
-    timesteps = 4 if args.quick else 8
+    steps = args.steps or (8 if args.quick else 200)
+    warmup, timesteps, resolution = (10, 4, 256) if args.quick else (30, 8, SIZE)
     transforms = QUICK_TRANSFORMS if args.quick else TRANSFORMS
     robust = yaml.safe_load((ROOT / "train" / "configs" / "platforms.yaml").read_text(encoding="utf-8"))["preprocess"]
     configs = {name: (robust if value is None else value) for name, value in CONFIGS.items()}
@@ -203,16 +202,19 @@ def main(argv=None) -> int:
         for name in TRAIN_PHOTOS:
             atomic.write_bytes(train_dir / name, (SAMPLES_DIR / name).read_bytes())
         atomic.write_bytes(val_dir / "astronaut.png", (SAMPLES_DIR / "astronaut.png").read_bytes())  # unused: no validation
+        surrogate = None  # warmed up once (seed 0's run), then shared: the seeds vary the generators only
         for seed in range(args.seeds):
-            generators, surrogate, budget = {}, None, None
+            generators, budget = {}, None
             for config, preprocess in configs.items():
                 t1 = time.time()
-                trainer = train(preprocess, seed, steps, train_dir, val_dir, Path(tmp, f"{config}-{seed}"), surrogate)
+                trainer = train(preprocess, seed, steps, train_dir, val_dir, Path(tmp, f"{config}-{seed}"), surrogate,
+                                warmup)
                 train_seconds.append(time.time() - t1)
                 surrogate = trainer.surrogate
                 generators[config], budget = trainer.unwrapped_generator(), trainer.cfg.budget
                 print(f"seed {seed} {config}: trained in {train_seconds[-1]:.0f} s", flush=True)
-            results[seed] = matrix_effects(surrogate, clean, generators, budget, transforms, seed, timesteps)
+            results[seed] = matrix_effects(surrogate, clean, generators, budget, transforms, seed, timesteps,
+                                           resolution)
             for (m, spec), (effect, db) in results[seed].items():
                 print(f"  seed {seed} {m:>13} {spec:<46} effect {effect:+.6f}  PSNR {db:.2f} dB", flush=True)
             print(f"seed {seed}: measured at {time.time() - t0:.0f} s", flush=True)
@@ -230,7 +232,9 @@ def main(argv=None) -> int:
     print(f"\nphotos={len(names)}")
     print(f"seeds={args.seeds}")
     print(f"steps={steps}")
+    print(f"warmup_steps={warmup}")
     print(f"measuring_timesteps={timesteps}")
+    print(f"measuring_resolution={resolution}")
     print(f"train_seconds_mean={statistics.mean(train_seconds):.1f}")
     print(f"seconds={time.time() - t0:.1f}")
     for spec, _, sim, _ in fidelity:
