@@ -124,3 +124,38 @@ def test_protect_without_a_photo_shows_one_message_and_leaves_the_outputs(served
             assert page.get_by_text("Upload one or more photos first.").count() == 1
         finally:
             browser.close()
+
+
+def test_robustness_tab_shows_per_transform_verdicts_in_the_browser(served):
+    """The Robustness tab as a person uses it: two photos, the tiny demo surrogate, the default transforms plus a
+    typed chain; the table names every transform, labels the verdicts as a toy-model demo, and shows the measures."""
+    url, _, photo, other = served
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.set_default_timeout(120_000)
+            page.goto(url)
+            page.locator("#gapdiff_generator_info").get_by_text("DEMO generator").first.wait_for()
+            page.get_by_role("tab", name="Robustness").click()
+            page.locator("#gapdiff_rb_clean input[type=file]").set_input_files([str(photo), str(other)])
+            page.locator("#gapdiff_rb_clean").get_by_text("other").first.wait_for()
+            page.locator("#gapdiff_surrogate").get_by_text("tiny built-in model (DEMO)").click()
+            page.locator("#gapdiff_rb_specs textarea").fill("resize:64|jpeg:60")
+            page.locator("#gapdiff_rb_run").click()
+            table = page.locator("#gapdiff_rb_matrix table")
+            table.wait_for()
+            text = page.locator("#gapdiff_rb_matrix").inner_text()
+            for name in ("jpeg:75", "platform:instagram", "platform:whatsapp", "resize:64|jpeg:60"):
+                assert name in text, (name, text)
+            assert "n/a (toy model)" in text and "DEMO" in text
+            assert "effect kept" in text and "random noise" in text and "PSNR" in text
+            rows = table.locator("tbody tr")
+            assert rows.count() == 5  # the reference and four transforms: the chain's '|' does not split its row
+            chain = table.locator("tbody tr", has_text="resize:64|jpeg:60")
+            assert chain.locator("td").count() == 6 and "toy model" in chain.locator("td").nth(1).inner_text()
+            page.locator("#gapdiff_rb_matrix").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "browser_robustness.png"), full_page=True)
+        finally:
+            browser.close()

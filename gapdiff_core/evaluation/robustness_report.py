@@ -29,13 +29,13 @@ EXPLAINED = (
 )
 
 
-def _num(x: float, digits: int = 4) -> str:
+def number_text(x: float, digits: int = 4) -> str:
     return "n/a" if math.isnan(x) else ("identical" if math.isinf(x) else f"{x:.{digits}g}")
 
 
-def _interval(iv: Interval, digits: int = 3) -> str:
+def interval_text(iv: Interval, digits: int = 3) -> str:
     if math.isnan(iv.mean) or math.isinf(iv.mean) or iv.low == iv.high:
-        return _num(iv.mean, digits)
+        return number_text(iv.mean, digits)
     return f"{iv.mean:.{digits}g} [{iv.low:.{digits}g}, {iv.high:.{digits}g}]"
 
 
@@ -43,7 +43,7 @@ def _share(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.0%}"
 
 
-def _percent(iv: Interval) -> str:
+def percent_text(iv: Interval) -> str:
     if math.isnan(iv.mean) or iv.low == iv.high:
         return _share(iv.mean)
     return f"{iv.mean:.0%} [{iv.low:.0%}, {iv.high:.0%}]"
@@ -68,8 +68,8 @@ def matrix_table(matrix: RobustnessMatrix) -> str:
         rows = [head]
         for m in matrix.methods:
             c = matrix.cell(m.name, spec)
-            rows.append((m.name, _interval(c.effect), _percent(c.share), _interval(c.over_control),
-                         _num(c.psnr.mean, 3), matrix.verdict_text(c)))
+            rows.append((m.name, interval_text(c.effect), percent_text(c.share), interval_text(c.over_control),
+                         number_text(c.psnr.mean, 3), matrix.verdict_text(c)))
         widths = [max(len(r[k]) for r in rows) for k in range(len(head) - 1)]
         lines.append(f"\n== {spec}" + (" (untransformed reference)" if spec == matrix.transforms[0] else ""))
         lines += ["  ".join(v.ljust(w) for v, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
@@ -133,7 +133,7 @@ def heat_map_svg(matrix: RobustnessMatrix, cell_w: int = 170, cell_h: int = 62) 
             c, x = matrix.cell(m.name, spec), left + j * cell_w
             out.append(f'<rect x="{x}" y="{y}" width="{cell_w}" height="{cell_h}" fill="{_colour(c.effect.mean, scale)}"'
                        f' stroke="#888"><title>{html.escape(matrix.verdict_text(c))}</title></rect>')
-            for k, text in enumerate((_num(c.effect.mean, 3), f"[{_num(c.effect.low, 3)}, {_num(c.effect.high, 3)}]",
+            for k, text in enumerate((number_text(c.effect.mean, 3), f"[{number_text(c.effect.low, 3)}, {number_text(c.effect.high, 3)}]",
                                       f"share {_share(c.share.mean)}")):
                 out.append(f'<text x="{x + cell_w / 2}" y="{y + 18 + 16 * k}" text-anchor="middle">'
                            f'{html.escape(text)}</text>')
@@ -155,8 +155,8 @@ def _table_html(matrix: RobustnessMatrix) -> str:
     for spec in matrix.transforms:
         for m in matrix.methods:
             c = matrix.cell(m.name, spec)
-            cols = (spec, m.name, _interval(c.effect), _percent(c.share), _interval(c.over_control),
-                    _num(c.psnr.mean, 3), matrix.verdict_text(c))
+            cols = (spec, m.name, interval_text(c.effect), percent_text(c.share), interval_text(c.over_control),
+                    number_text(c.psnr.mean, 3), matrix.verdict_text(c))
             rows.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in cols) + "</tr>")
     return "<table>" + "\n".join(rows) + "</table>"
 

@@ -18,10 +18,8 @@ from ..common.budget import DEFAULT_BUDGET
 from ..common.visualize import amplified_perturbation
 from ..evaluation.robustness_matrix import (TOY, VERDICTS, MatrixMethod, RobustnessMatrix, none_method,
                                             random_noise_method, robustness_matrix)
-from ..evaluation.robustness_report import banners
-from ..evaluation.robustness_report import _interval as interval_text
-from ..evaluation.robustness_report import _num as number_text
-from ..evaluation.robustness_report import _percent as percent_text
+from ..evaluation.report.markdown import table_cell
+from ..evaluation.robustness_report import banners, interval_text, number_text, percent_text
 from ..io import save_image
 from ..metrics.directions import format_value
 from ..metrics.robustness import jpeg_robustness
@@ -147,7 +145,7 @@ def survival_markdown(matrix: RobustnessMatrix, method: str, skipped: Sequence[s
                   "strength | PSNR (dB) |", "|---|---|---|---|---|---|"]
     for spec in matrix.transforms:
         cell, control = matrix.cell(method, spec), matrix.cell("random-noise", spec)
-        name = "no change (reference)" if spec == "none" else f"`{spec}`"
+        name = "no change (reference)" if spec == "none" else f"`{table_cell(spec)}`"
         lines.append(f"| {name} | **{verdict_word(matrix, method, spec)}** | {interval_text(cell.effect)} | "
                      f"{percent_text(cell.share)} | {interval_text(control.effect)} | {number_text(cell.psnr.mean)} |")
     words = sorted({matrix.cell(method, s).verdict for s in matrix.transforms}, key=list(VERDICTS).index)

@@ -7,14 +7,14 @@ from .facts import DEMO_BANNER, backends, protocol_summary, run_facts, setup_ite
 from .rows import GAP_HEADING, PROTOCOL_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NOTE, aggregate, no_face_note
 
 
-def _cell(value) -> str:
+def table_cell(value) -> str:
     """Text of a table cell, a chain's '|' escaped so that it does not split the cell."""
     return str(value).replace("|", "\\|")
 
 
 def _cells(r: dict) -> list[str]:
     """A row's method and transform as table cells."""
-    return [_cell(r["method"]), _cell(r["transform"])]
+    return [table_cell(r["method"]), table_cell(r["transform"])]
 
 
 def markdown_report(results: dict) -> str:
@@ -30,7 +30,7 @@ def markdown_report(results: dict) -> str:
     lines += [f"## {title}", "", note, ""]
     if settings:
         lines += ["| Setting | Protocol | This run | |", "|---|---|---|---|"]
-        lines += [f"| {name} | {_cell(want)} | {_cell(got)} | {'✓' if ok else '✗ departs'} |"
+        lines += [f"| {name} | {table_cell(want)} | {table_cell(got)} | {'✓' if ok else '✗ departs'} |"
                   for name, want, got, ok in settings]
         lines.append("")
     lines += [f"- {k}: {v}" for k, v in run_facts(results)] + [""]
