@@ -4,9 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
 import torch
 
 from gapdiff_core.commands import demo
+
+pytestmark = pytest.mark.slow
 
 
 def _fake_training(out_path, minutes=1.0, progress=False, **kw):

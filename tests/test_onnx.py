@@ -9,6 +9,8 @@ pytest.importorskip("onnxscript")
 from gapdiff_core import Generator, GeneratorInfo, Protector, save_generator  # noqa: E402
 from gapdiff_core.cli import main  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, record_fsyncs):

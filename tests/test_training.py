@@ -91,6 +91,7 @@ def test_dataset_skips_too_small_and_too_oblong(tmp_path, caplog):
 
 
 # ---------------------------------------------------------------- the learning signal
+@pytest.mark.slow
 def test_training_raises_adversarial_effect_on_held_out_images(tmp_path, surrogate):
     """A few steps must beat the untrained generator AND random ±budget noise on a held-out photo, by margins that
     fail when the perturbation's gradient path is cut (checked by detaching it in the adversarial loss).
@@ -177,6 +178,7 @@ def _resume_config(tmp_path, name):
                        finetune_lr=1e-4, augment=True)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_follows_the_uninterrupted_trajectory(tmp_path):
     from gapdiff_core.diffusion import Surrogate
 
@@ -286,6 +288,7 @@ def test_two_process_run_synchronises_and_writes_one_checkpoint(tmp_path):
     assert (out / "generator.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_demo_generator_is_saved_and_labelled_as_demo(tmp_path):
     from gapdiff_core.training import train_demo_generator
 

@@ -301,7 +301,7 @@ class Brighten:
 
 
 def test_survival_table_puts_the_verdict_in_words_first_then_the_matrix_numbers():
-    from gapdiff_core.evaluation.robustness_report import _interval, _percent
+    from gapdiff_core.evaluation.robustness_report import interval_text, percent_text
     from gapdiff_core.preprocess import parse
 
     g = torch.Generator().manual_seed(0)
@@ -321,8 +321,8 @@ def test_survival_table_puts_the_verdict_in_words_first_then_the_matrix_numbers(
     for spec, name in (("none", "no change (reference)"), ("jpeg:90", "`jpeg:90`"), ("quantize:2", "`quantize:2`")):
         cell = matrix.cell("gap-diff", spec)
         word = robustness_tab.VERDICTS[cell.verdict].split(" (")[0]
-        assert rows[name] == [f"**{word}**", _interval(cell.effect), _percent(cell.share),
-                              _interval(matrix.cell("random-noise", spec).effect), rows[name][4]]
+        assert rows[name] == [f"**{word}**", interval_text(cell.effect), percent_text(cell.share),
+                              interval_text(matrix.cell("random-noise", spec).effect), rows[name][4]]
         assert rows[name][4] in ("identical", f"{cell.psnr.mean:.4g}")
     assert "How to read this" in text and "Not measured, they need a surrogate: `diffpure:0.1,steps=10`" in text
     assert "survives (the effect kept is clearly above the random-noise control" in text
