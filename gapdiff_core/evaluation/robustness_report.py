@@ -105,13 +105,15 @@ def matrix_json(matrix: RobustnessMatrix) -> dict:
         "per_photo": {"denoising_error": matrix.errors, "psnr": matrix.psnr}})
 
 
-def _colour(value: float, scale: float) -> str:
-    """White at 0, red for a positive effect, blue for a negative one, full at ``scale``."""
+def _colour(value: float, scale: float) -> tuple[str, str]:
+    """The cell's fill and its text colour: white at 0, red for a positive effect, blue for a negative one, full at
+    ``scale``; white text on the darkest fills so the numbers stay readable."""
     if not math.isfinite(value) or scale <= 0:
-        return "#eeeeee"
+        return "#eeeeee", "black"
     v = max(-1.0, min(1.0, value / scale))
     fade = round(255 * (1 - abs(v)))
-    return f"rgb(255,{fade},{fade})" if v >= 0 else f"rgb({fade},{fade},255)"
+    fill = f"rgb(255,{fade},{fade})" if v >= 0 else f"rgb({fade},{fade},255)"
+    return fill, "white" if abs(v) > 0.6 else "black"
 
 
 def heat_map_svg(matrix: RobustnessMatrix, cell_w: int = 170, cell_h: int = 62) -> str:
@@ -131,11 +133,12 @@ def heat_map_svg(matrix: RobustnessMatrix, cell_w: int = 170, cell_h: int = 62) 
                    f'font-weight="bold">{html.escape(m.name)}</text>')
         for j, spec in enumerate(matrix.transforms):
             c, x = matrix.cell(m.name, spec), left + j * cell_w
-            out.append(f'<rect x="{x}" y="{y}" width="{cell_w}" height="{cell_h}" fill="{_colour(c.effect.mean, scale)}"'
-                       f' stroke="#888"><title>{html.escape(matrix.verdict_text(c))}</title></rect>')
-            for k, text in enumerate((number_text(c.effect.mean, 3), f"[{number_text(c.effect.low, 3)}, {number_text(c.effect.high, 3)}]",
-                                      f"share {_share(c.share.mean)}")):
-                out.append(f'<text x="{x + cell_w / 2}" y="{y + 18 + 16 * k}" text-anchor="middle">'
+            fill, ink = _colour(c.effect.mean, scale)
+            out.append(f'<rect x="{x}" y="{y}" width="{cell_w}" height="{cell_h}" fill="{fill}" stroke="#888">'
+                       f'<title>{html.escape(matrix.verdict_text(c))}</title></rect>')
+            interval = f"[{number_text(c.effect.low, 3)}, {number_text(c.effect.high, 3)}]"
+            for k, text in enumerate((number_text(c.effect.mean, 3), interval, f"share {_share(c.share.mean)}")):
+                out.append(f'<text x="{x + cell_w / 2}" y="{y + 18 + 16 * k}" text-anchor="middle" fill="{ink}">'
                            f'{html.escape(text)}</text>')
     out.append("</svg>")
     return "\n".join(out)
