@@ -4,6 +4,7 @@ the amplified perturbation, download the PNG and check it against the core. Scre
 Skipped only when Chromium or Playwright is missing outside CI; with CI=true it must run.
 """
 import argparse
+import contextlib
 import io
 import os
 import shutil
@@ -107,24 +108,16 @@ def test_protect_in_the_browser_and_download(served, tmp_path):
 def test_protect_without_a_photo_shows_one_message_and_leaves_the_outputs(served):
     """The request is refused before it starts: one toast, and no result pane turns into an error."""
     url, *_ = served
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1600})
-            page.set_default_timeout(30_000)
-            page.goto(url)
-            page.locator("#gapdiff_generator_info").get_by_text("DEMO generator").first.wait_for()
-            page.locator("#gapdiff_protect").click()
-            page.get_by_text("Upload one or more photos first.").first.wait_for()
-            page.wait_for_timeout(500)  # let any per-pane error state render
-            panes = ["#gapdiff_gallery", "#gapdiff_downloads", "#gapdiff_before", "#gapdiff_after",
-                     "#gapdiff_perturbation", "#gapdiff_status", "#gapdiff_photo_stats"]
-            flagged = [sel for sel in panes if "error" in page.locator(sel).first.inner_text().lower()
-                       or page.locator(f"{sel} .error").count()]
-            assert flagged == [], f"panes showing an error: {flagged}"
-            assert page.get_by_text("Upload one or more photos first.").count() == 1
-        finally:
-            browser.close()
+    with _app_page(url) as page:
+        page.locator("#gapdiff_protect").click()
+        page.get_by_text("Upload one or more photos first.").first.wait_for()
+        page.wait_for_timeout(500)  # let any per-pane error state render
+        panes = ["#gapdiff_gallery", "#gapdiff_downloads", "#gapdiff_before", "#gapdiff_after",
+                 "#gapdiff_perturbation", "#gapdiff_status", "#gapdiff_photo_stats"]
+        flagged = [sel for sel in panes if "error" in page.locator(sel).first.inner_text().lower()
+                   or page.locator(f"{sel} .error").count()]
+        assert flagged == [], f"panes showing an error: {flagged}"
+        assert page.get_by_text("Upload one or more photos first.").count() == 1
 
 
 def test_robustness_tab_shows_per_transform_verdicts_in_the_browser(served):
@@ -132,31 +125,38 @@ def test_robustness_tab_shows_per_transform_verdicts_in_the_browser(served):
     typed chain; the table names every transform, labels the verdicts as a toy-model demo, and shows the measures."""
     url, _, photo, other = served
     ARTIFACTS.mkdir(exist_ok=True)
+    with _app_page(url, timeout_ms=120_000) as page:
+        page.get_by_role("tab", name="Robustness").click()
+        page.locator("#gapdiff_rb_clean input[type=file]").set_input_files([str(photo), str(other)])
+        page.locator("#gapdiff_rb_clean").get_by_text("other").first.wait_for()
+        page.locator("#gapdiff_surrogate").get_by_text("tiny built-in model (DEMO)").click()
+        page.locator("#gapdiff_rb_specs textarea").fill("resize:64|jpeg:60")
+        page.locator("#gapdiff_rb_run").click()
+        table = page.locator("#gapdiff_rb_matrix table")
+        table.wait_for()
+        text = page.locator("#gapdiff_rb_matrix").inner_text()
+        for name in ("jpeg:75", "platform:instagram", "platform:whatsapp", "resize:64|jpeg:60"):
+            assert name in text, (name, text)
+        assert "n/a (toy model)" in text and "DEMO" in text
+        assert "effect kept" in text and "random noise" in text and "PSNR" in text
+        rows = table.locator("tbody tr")
+        assert rows.count() == 5  # the reference and four transforms: the chain's '|' does not split its row
+        chain = table.locator("tbody tr", has_text="resize:64|jpeg:60")
+        assert chain.locator("td").count() == 6 and "toy model" in chain.locator("td").nth(1).inner_text()
+        page.locator("#gapdiff_rb_matrix").scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "browser_robustness.png"), full_page=True)
+
+
+@contextlib.contextmanager
+def _app_page(url, timeout_ms: int = 30_000):
+    """The app open in headless Chromium, its demo generator listed."""
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
-            page.set_default_timeout(120_000)
+            page.set_default_timeout(timeout_ms)
             page.goto(url)
             page.locator("#gapdiff_generator_info").get_by_text("DEMO generator").first.wait_for()
-            page.get_by_role("tab", name="Robustness").click()
-            page.locator("#gapdiff_rb_clean input[type=file]").set_input_files([str(photo), str(other)])
-            page.locator("#gapdiff_rb_clean").get_by_text("other").first.wait_for()
-            page.locator("#gapdiff_surrogate").get_by_text("tiny built-in model (DEMO)").click()
-            page.locator("#gapdiff_rb_specs textarea").fill("resize:64|jpeg:60")
-            page.locator("#gapdiff_rb_run").click()
-            table = page.locator("#gapdiff_rb_matrix table")
-            table.wait_for()
-            text = page.locator("#gapdiff_rb_matrix").inner_text()
-            for name in ("jpeg:75", "platform:instagram", "platform:whatsapp", "resize:64|jpeg:60"):
-                assert name in text, (name, text)
-            assert "n/a (toy model)" in text and "DEMO" in text
-            assert "effect kept" in text and "random noise" in text and "PSNR" in text
-            rows = table.locator("tbody tr")
-            assert rows.count() == 5  # the reference and four transforms: the chain's '|' does not split its row
-            chain = table.locator("tbody tr", has_text="resize:64|jpeg:60")
-            assert chain.locator("td").count() == 6 and "toy model" in chain.locator("td").nth(1).inner_text()
-            page.locator("#gapdiff_rb_matrix").scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "browser_robustness.png"), full_page=True)
+            yield page
         finally:
             browser.close()
