@@ -300,6 +300,7 @@ def test_lora_copy_is_atomic_and_never_silently_replaces_another_file(comfy, tmp
 
 
 # ---------------------------------------------------------------- running the nodes
+@pytest.mark.slow
 def test_load_generator_and_protect(comfy):
     pack, fp, utils, mm = comfy
     generator, info = run(pack, "GAPDiffLoadGenerator", generator_name="tiny.safetensors")
@@ -550,6 +551,7 @@ def test_attack_presets_are_the_cores(comfy):
     assert tuple(schedulers) == SCHEDULERS
 
 
+@pytest.mark.slow
 def test_dreambooth_attack_saves_lora_and_generates(comfy, surrogate, fast_presets):
     pack, fp, utils, mm = comfy
     surrogate, _ = surrogate

@@ -155,6 +155,7 @@ def test_gradient_checkpointing_switch_keeps_results(tiny, probe):
 
 
 # ---------------------------------------------------------------- loaders round-trip
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
 @pytest.mark.parametrize("marker", [True, False])
 def test_diffusers_folder_round_trip(family, marker, probe, tmp_path, no_network):
@@ -198,6 +199,7 @@ def test_save_pretrained_is_atomic(probe, tmp_path, monkeypatch):
         assert torch.equal(x, y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd1", "sd2"])
 def test_single_file_round_trip(family, probe, tmp_path, no_network):
     model = Surrogate.tiny(3, family=family)

@@ -191,6 +191,7 @@ def test_inference_generator_computes_the_chosen_function(official_pth, norm):
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
 @pytest.mark.parametrize("norm,size", [("image", (512, 512)), ("image", (768, 1024)), ("running", (512, 512)),
                                        ("running", (768, 1024))])
+@pytest.mark.slow
 def test_packed_cpu_generator_matches_official_forward(official_pth, norm, size):
     path, sd = official_pth
     packed = pack_for_cpu(InferenceGenerator(load_generator(path), norm).to(memory_format=torch.channels_last))

@@ -89,6 +89,7 @@ def _resumed_value(out: Path) -> float:
     (1, {4: 4.0}, 4, 44.0),           # the same step written again (a resume from an older checkpoint)
     (2, {2: 2.0, 4: 4.0}, 6, 6.0),    # keep 2: step-2 is pruned after step-6 is in place
 ])
+@pytest.mark.slow
 def test_a_kill_at_any_moment_of_a_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path, keep, before, step, value):
     newest = before[max(before)]
     points = 0
