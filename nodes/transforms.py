@@ -23,7 +23,14 @@ def _transformed(image, spec: str, seed: int) -> torch.Tensor:
     return host.core_to_image(out)
 
 
-class Transform:
+class _ImageNode:
+    """What the three nodes share: one IMAGE in the GAP-Diff category out."""
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+
+
+class Transform(_ImageNode):
     DESCRIPTION = ("Applies a transform from gapdiff's registry, written as a spec: what a platform or an attacker "
                    "does to a photo before fine-tuning on it. Codecs (jpeg:75, webp:80, avif:60), geometry "
                    "(resize:1080,side=long, crop:0.9, rescale:0.5), platform presets (platform:instagram, facebook, "
@@ -31,9 +38,6 @@ class Transform:
                    "purifications through a diffusion model (diffpure:0.1, gridpure, impress, noisy-upscale: these "
                    "need the surrogate input). Chain steps with '|'. Photo by photo; photo i of the batch uses the "
                    "seed the robustness matrix gives photo i, so results are reproducible.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
     FUNCTION = "apply"
 
     @classmethod
@@ -78,11 +82,8 @@ class Transform:
         return (host.core_to_image(torch.cat(out)),)  # a batch has one size, and so has its output
 
 
-class JPEGCompress:
+class JPEGCompress(_ImageNode):
     DESCRIPTION = "Real JPEG compression (libjpeg through Pillow, 4:2:0) at a quality, decoded back to an IMAGE."
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
     FUNCTION = "compress"
 
     @classmethod
@@ -97,13 +98,10 @@ class JPEGCompress:
         return (_transformed(image, f"jpeg:{int(quality)}", 0),)
 
 
-class Preprocess:
+class Preprocess(_ImageNode):
     DESCRIPTION = ("One real 8-bit transform as in the evaluation protocol: Gaussian blur (OpenCV-exact), "
                    "Gaussian noise, quantization to fewer levels, or bilinear resize. Only the settings of the "
                    "chosen transform are used. The Transform (robustness) node takes any registry spec.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
     FUNCTION = "apply"
 
     @classmethod
