@@ -11,7 +11,8 @@ from PIL import Image
 
 from gapdiff_core.diffusion import Surrogate
 from gapdiff_core.losses import denoising_error
-from gapdiff_core.protections import CLOSED, METHODS, PROTECTIONS, ProtectionCancelled, canonical_name, get_protection
+from gapdiff_core.protections import (CLOSED, METHODS, PROTECTIONS, ProtectionCancelled, canonical_name,
+                                      get_protection, published_budget)
 from gapdiff_core.protections import base as base_module
 
 RES = 64  # working resolution of the tests (the tiny model's VAE downsamples by 8)
@@ -284,7 +285,7 @@ def test_registry_errors_aliases_and_closed_methods(surrogate):
     assert isinstance(get_protection("Mist-v2", surrogate, schedule="tiny"), METHODS["ace"])
     assert isinstance(get_protection("anti-dreambooth", surrogate), METHODS["aspl"])
     assert [canonical_name(n) for n in ("generator", "GapDiff", "gap-diff")] == ["gap-diff"] * 3
-    assert set(METHODS) | {"none", "gap-diff"} == set(PROTECTIONS)  # one registry: every method has one entry
+    assert set(METHODS) | {"none", "random-noise", "gap-diff"} == set(PROTECTIONS)  # one registry, one entry each
 
 
 def test_a_method_spends_its_published_budget_unless_overridden(surrogate, photo):
@@ -295,6 +296,67 @@ def test_a_method_spends_its_published_budget_unless_overridden(surrogate, photo
     assert diff.max() == pytest.approx(7, abs=1e-3)
     tighter = get_protection("photoguard", surrogate, schedule="tiny", resolution=RES, budget=3)
     assert tighter.settings == {**method.settings, "budget": 3}
+
+
+def test_published_budgets_are_the_authors_and_unknown_where_none_is():
+    published = {name: published_budget(name)[0] for name in PROTECTIONS}
+    assert published == {"none": None, "random-noise": None, "gap-diff": 8.0, "aspl": 6.4, "fsmg": 6.4,
+                         "simac": 8.0, "metacloak": 11.0, "mist": 16.0, "ace": 4.0, "caat": 6.4, "photoguard": 7.65}
+    assert published_budget("metacloak")[1].startswith("MetaCloak script/methods_config.sh")
+    assert published_budget("none") == (None, "unknown") and published_budget("mist-v2")[0] == 4.0
+
+
+def test_random_noise_control_moves_every_pixel_by_the_whole_budget_at_random():
+    from types import SimpleNamespace
+
+    photos = [_photos(1, 61, size=48), _photos(1, 62, size=40)]  # values in [0.2, 0.8]: no clipping at 0 or 255
+    protect = PROTECTIONS["random-noise"].factory(None, 6.4, SimpleNamespace(seed=3), None, None)
+    out = protect(photos, [])
+    steps = [(y * 255 - torch.round(x * 255)).round() for x, y in zip(photos, out)]
+    assert all(set(s.unique().tolist()) == {-6.0, 6.0} for s in steps)  # ±floor(budget) on every pixel
+    assert 0.4 < float((steps[0] > 0).float().mean()) < 0.6 and not torch.equal(steps[0][..., :40, :40], steps[1])
+    assert all(torch.equal(a, b) for a, b in zip(out, protect(photos, [])))  # seeded
+    with pytest.raises(ValueError, match="no argument"):
+        PROTECTIONS["random-noise"].factory("x", 8, SimpleNamespace(seed=0), None, None)
+
+
+def test_released_numerics_fine_tune_pure_bf16_weights_without_a_clip(surrogate, class_images, monkeypatch):
+    """ASPL's released code: bf16 weights (Adam steps at lr 5e-7 round away) and a clip given an exhausted
+    iterator (no clip); corrected: fp32 weights that move, clipped every step."""
+    clips = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, *a, **k: clips.append(1) or real_clip(
+        params, *a, **k))
+    moved = {}
+    for numerics in ("corrected", "released"):
+        method = _method("aspl", surrogate, class_images, reference_numerics=numerics)
+        model = method.clone()
+        params = base_module.trainable_parameters(model)
+        assert {p.dtype for p in params} == {torch.bfloat16 if numerics == "released" else torch.float32}
+        before = [p.detach().clone() for p in params]
+        clips.clear()
+        method.finetune(model, _photos(2, 51), 3, 5e-7)
+        moved[numerics] = sum(int((p != b).sum()) for p, b in zip(params, before)) / sum(b.numel() for b in before)
+        assert len(clips) == (3 if numerics == "corrected" else 0)
+    assert moved["corrected"] > 0.2 and moved["released"] < 0.05 * moved["corrected"], moved  # measured 0.39, 0.003
+    assert {n for n, c in METHODS.items() if c.released_numerics} == {"aspl", "simac", "metacloak"}
+    with pytest.raises(ValueError, match="reference_numerics"):
+        _method("aspl", surrogate, class_images, reference_numerics="bf16")
+    with pytest.raises(ValueError, match="unknown setting"):
+        _method("caat", surrogate, class_images, reference_numerics="released")
+
+
+def test_class_images_from_a_folder_are_its_first_images_by_name(surrogate, tmp_path):
+    for i in range(3):
+        _save(tmp_path / "cls" / f"{i:02d}.png", 70 + i, size=(RES, RES))
+    method = get_protection("aspl", surrogate, schedule="tiny", resolution=RES, class_images=str(tmp_path / "cls"))
+    got = method.prior_images()
+    assert got.shape == (2, 3, RES, RES)  # the tiny schedule's 2 class images: 00.png and 01.png
+    first = torch.from_numpy(np.array(Image.open(tmp_path / "cls" / "00.png"))).permute(2, 0, 1) / 255
+    assert torch.allclose(got[0], first.float(), atol=1e-6)
+    short = get_protection("aspl", surrogate, resolution=RES, class_images=str(tmp_path / "cls"))
+    with pytest.raises(ValueError, match="holds 3 image"):
+        short.prior_images()  # the default schedule wants 200
 
 
 # ---------------------------------------------------------------- the entry points protect sets
@@ -361,3 +423,19 @@ def test_protocol_runner_protects_each_identity_set_with_its_set_a(tmp_path):
         assert runner.stage_protect(ident, resolve_method("spy-set", 8.0))[0]["key"] != rec["key"]
     finally:
         PROTECTIONS.pop("spy-set")
+
+
+def test_ace_lora_adapts_attention_and_the_geglu_input_as_lora_diffusion_does(surrogate, class_images, monkeypatch):
+    import copy
+
+    from gapdiff_core.protections import mist as mist_module
+
+    unet = copy.deepcopy(surrogate.unet)
+    params = mist_module.add_lora(unet, mist_module.ACE_LORA_TARGETS, 4)
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in unet.named_parameters() if ".lora_A." in n}
+    assert adapted == {"to_q", "to_k", "to_v", "0", "proj"} and params  # "0": to_out.0, "proj": ff.net.0.proj
+    assert any(".ff.net.0.proj.lora_A." in n for n, _ in unet.named_parameters())
+    seen, real = [], mist_module.add_lora
+    monkeypatch.setattr(mist_module, "add_lora", lambda m, targets, rank: seen.append(targets) or real(m, targets, rank))
+    _method("ace", surrogate, class_images, epochs=1, pgd_steps=1, lora_steps=1).protect(_photos(1, 81))
+    assert seen == [mist_module.ACE_LORA_TARGETS]

@@ -49,6 +49,7 @@ class DreamBoothConfig:
     class_guidance_scale: float = 7.5
     class_scheduler: str = "ddim"
     class_batch_size: int = 4
+    class_data_dir: str | None = None  # a folder of class images (the first num_class_images by name) to use instead
     resolution: int | None = None  # None: the model's resolution
     center_crop: bool = True
     train_text_encoder: bool = False  # full: fine-tune it; lora: add LoRA to it too
@@ -232,7 +233,8 @@ class DreamBoothAttack:
             cls = class_images(self.base, cfg.class_prompt, cfg.num_class_images, resolution=res,
                                cache_dir=self.cache_dir, steps=cfg.class_steps,
                                guidance_scale=cfg.class_guidance_scale, scheduler=cfg.class_scheduler, seed=cfg.seed,
-                               batch_size=cfg.class_batch_size, progress=class_progress, should_stop=should_stop)
+                               batch_size=cfg.class_batch_size, progress=class_progress, should_stop=should_stop,
+                               folder=cfg.class_data_dir)
             if cls is None:
                 return AttackResult(model.freeze(), out_dir, 0, False, seconds=time.perf_counter() - t0)
             prior, generated = latent_moments(model, cls.images), cls.generated

@@ -20,7 +20,7 @@ from .summary import SUMMARY_VERSION, summarize_metrics
 
 TRANSFORM_STREAM = (1_000_039, 7_927, 1)  # seed of a photo's transform: (seed, clean photo digest, spec digest)
 STAGES = ("protect", "transform", "attack", "identity", "generate", "metrics")
-ONE_PHOTO_METHODS = ("none", "gap-diff")  # methods that protect each photo alone, without the protocol's model
+ONE_PHOTO_METHODS = ("none", "gap-diff", "random-noise")  # methods that protect each photo alone, without a model
 
 
 def transform_seed(seed: int, photo_digest: str, spec: str) -> int:
@@ -61,6 +61,11 @@ def _fidelity_of(files, clean_files) -> dict:
     return {k: f[k] for k in ("psnr_db", "ssim", "linf_grey_levels", "per_image_psnr_db", "backend")}
 
 
+def folder_digest(folder: Path) -> str:
+    """A key of a folder's files (relative names and sizes): a model folder, a class-images folder."""
+    return config_key(sorted((str(f.relative_to(folder)), f.stat().st_size) for f in folder.rglob("*") if f.is_file()))
+
+
 class StageRunner:
     """The stages of :class:`ProtocolConfig`, each keyed in ``cache`` by its settings and its parent's key; the
     models they share (the protocol's diffusion model, the protection methods, the reference embeddings) are built
@@ -91,6 +96,8 @@ class StageRunner:
         if self.config.resolution:
             overrides["resolution"] = self.config.resolution
         overrides.setdefault("seed", self.config.seed)
+        if self.config.class_images:
+            overrides.setdefault("class_data_dir", self.config.class_images)
         cfg = preset(self.config.attack_preset, **overrides)
         if cfg.mode == "lora" and "save_model" not in overrides:
             cfg = cfg.replace(save_model=False)  # lora.safetensors is enough to rebuild the attacked model
@@ -100,9 +107,7 @@ class StageRunner:
         spec = self.config.model
         if Path(spec).exists():
             p = Path(spec)
-            ident = file_digest(p) if p.is_file() else config_key(sorted(
-                (str(f.relative_to(p)), f.stat().st_size) for f in p.rglob("*") if f.is_file()))
-            return {"model": ident}
+            return {"model": file_digest(p) if p.is_file() else folder_digest(p)}
         return {"model": spec, "model_seed": self.config.model_seed}
 
     def _bar(self, desc: str, unit: str = "step"):
@@ -132,6 +137,13 @@ class StageRunner:
             cfg["norm"] = self.config.norm
             if self.config.official_mode:
                 cfg["official_mode_seed"] = self.config.seed
+            if self.config.generator_precision != "auto":
+                cfg["precision"] = self.config.generator_precision
+        if method.kind not in ONE_PHOTO_METHODS:  # settings of the set protections, when not their defaults
+            if self.config.reference_numerics != "corrected":
+                cfg["reference_numerics"] = self.config.reference_numerics
+            if self.config.class_images:
+                cfg["class_images"] = folder_digest(Path(self.config.class_images))
         key, rec, folder = self.cache.lookup("protect", cfg)
         if rec is None:
             def work() -> dict:
@@ -186,6 +198,8 @@ class StageRunner:
         trec, tfolder = transformed
         acfg = self.attack_config()
         cfg = {"parent": trec["key"], **self._model_key(), "attack": acfg.to_dict()}
+        if acfg.class_data_dir:
+            cfg["class_images"] = folder_digest(Path(acfg.class_data_dir))
         key, rec, folder = self.cache.lookup("attack", cfg, trec)
         model = None
         if rec is None:

@@ -11,7 +11,9 @@ FSMG: DreamBooth-train the surrogate (UNet + text encoder) 1000 steps on set_A â
 (shuffled), lr 5e-7, prior weight 1.0 (the repository's ``train_dreambooth.py`` settings) â€” then 100 PGD steps on
 the whole set against that fixed model.
 
-Departures: fp32 instead of bf16; without a ``reference`` (set_A) the photos themselves are the clean set.
+Departures: fp32 surrogate weights with a real gradient clip unless ``reference_numerics="released"`` (the released
+code's pure-bf16 weights and no-op clip, see :mod:`.base`); without a ``reference`` (set_A) the photos themselves are
+the clean set.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from .base import IterativeProtection
 class ASPL(IterativeProtection):
     name = "aspl"
     paper = "Anti-DreamBooth ASPL (Van Le et al., ICCV 2023): 50 x (3 surrogate, 6 PGD, 3 surrogate) steps"
+    budget_source = "Anti-DreamBooth scripts/attack_with_aspl.sh: 0.05 on [-1, 1]"
     uses_clean_set = True
+    released_numerics = True
     defaults = dict(budget=6.4, step=0.64, iterations=50, surrogate_steps=3, pgd_steps=6, lr=5e-7,
                     train_text_encoder=True, num_class_images=200)
     tiny = dict(iterations=2, surrogate_steps=1, pgd_steps=2, num_class_images=2, class_steps=2)
@@ -58,6 +62,7 @@ class FSMG(IterativeProtection):
     name = "fsmg"
     paper = ("Anti-DreamBooth FSMG (Van Le et al., ICCV 2023): 1000 DreamBooth steps (batch 2) on the clean set, "
              "then 100 PGD steps")
+    budget_source = "Anti-DreamBooth scripts/attack_with_fsmg.sh: 0.05 on [-1, 1]"
     uses_clean_set = True
     defaults = dict(budget=6.4, step=0.64, finetune_steps=1000, batch_size=2, pgd_steps=100, lr=5e-7,
                     train_text_encoder=True, num_class_images=200)

@@ -30,6 +30,7 @@ def cross_attention_kv(unet) -> list[torch.nn.Parameter]:
 class CAAT(IterativeProtection):
     name = "caat"
     paper = "CAAT (Xu et al., CVPR 2024): 250 joint steps, image ascent + cross-attention K/V descent (lr 1e-5)"
+    budget_source = "CAAT scripts/train_CAAT.sh: 0.05 on [-1, 1]"
     prompt = CAAT_PROMPT
     defaults = dict(budget=6.4, step=0.64, steps=250, lr=1e-5, hflip=True)
     tiny = dict(steps=3)

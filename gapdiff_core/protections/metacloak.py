@@ -11,7 +11,12 @@ rounds: a 6-step sign-PGD on the whole set where each gradient goes through a ra
 training steps of that snapshot on the perturbed photos. Budget 11 grey levels (r = 11/255 on 0..255), step r/10
 = 1.1 grey levels, no random start. ~14,400 PGD steps per identity.
 
-Departures: fp32 (MetaCloak: fp16).
+Saving: the released code truncates the perturbed photo to 8 bits (``astype(np.uint8)``: a floor, half a grey level
+darker on average); here the step is rounded and clipped to the budget
+(:func:`~gapdiff_core.model.protector.apply_budget`).
+
+Departures: fp32 surrogate weights unless ``reference_numerics="released"`` (the released code loads them in bf16;
+see :mod:`.base`).
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ class MetaCloak(IterativeProtection):
     name = "metacloak"
     paper = ("MetaCloak (Liu et al., CVPR 2024): 6 snapshots of a 1000-step DreamBooth run x 4 trials x 100 "
              "rounds x (6 EOT-PGD + 2 training steps)")
+    budget_source = "MetaCloak script/methods_config.sh: r = 11; 11 measured on the GAP-Diff paper's images"
+    released_numerics = True
     defaults = dict(budget=11.0, step=1.1, pool_steps=1000, snapshot_every=200, trials=4, rounds=100,
                     pgd_steps=6, train_steps=2, lr=5e-7, train_text_encoder=True, num_class_images=200)
     tiny = dict(pool_steps=2, snapshot_every=2, trials=1, rounds=1, pgd_steps=2, train_steps=1,

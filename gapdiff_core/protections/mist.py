@@ -19,9 +19,15 @@ noise prediction towards the target's VAE latent, min ‖ε̂(x'_t, t) − z_tar
 the same error pattern. Each LoRA step takes one random photo plus one class image (prior weight 0.1, 50 class
 images), gradients clipped at 1.0; the text encoder is not trained (the CLI default). Budget 8/255 on [-1, 1] = 4
 grey levels (CLI; the web UI's default strength 12 = 6 grey levels), step 0.005 on [-1, 1] = 0.64.
-Departures: LoRA via peft on the UNet's attention projections (``to_q/k/v/out``, rank 4, alpha 4); PGD on the
-whole set at once (the code loops over the photos; the gradients do not mix); no gradient checkpointing;
-procedural target texture as above.
+LoRA (rank 4, alpha 4) on the layers the reference's ``lora_diffusion.inject_trainable_lora`` adapts by default:
+every linear layer of the UNet's attention blocks (``to_q/k/v/out``) and of its GEGLU feed-forward input
+(``ff.net.0.proj``), here through peft.
+Saving: Mist v1's code truncates the 8-bit output (``astype(np.uint8)``), so its own docstring puts the final budget
+at epsilon + 1 grey levels; Mist-v2's adds 0.5 before truncating (rounding) and clips before it, so a pixel can end
+one grey level past the budget. Here every method rounds the step and clips it to ``floor(budget)`` after rounding
+(:func:`gapdiff_core.model.protector.apply_budget`): unbiased, never past the budget.
+Departures: PGD on the whole set at once (the code loops over the photos; the gradients do not mix); no gradient
+checkpointing; procedural target texture as above.
 """
 from __future__ import annotations
 
@@ -50,6 +56,7 @@ def target_texture(h: int, w: int, device=None) -> torch.Tensor:
 class Mist(IterativeProtection):
     name = "mist"
     paper = "Mist v1 (Liang et al., ICML 2023 + tech report): fused textural + semantic PGD, 100 steps, strength 16"
+    budget_source = "Mist mist_v3.py: strength 16 on 0-255"
     prompt = "a painting"
     defaults = dict(budget=16.0, step=1.0, iterations=100, rate=1e4, random_start=True)
     tiny = dict(iterations=3)
@@ -83,10 +90,15 @@ class Mist(IterativeProtection):
         return {"pgd": self.settings["iterations"] * set_size}
 
 
+#: ACE's LoRA layers: lora_diffusion's default targets (the linear layers of Attention and GEGLU modules)
+ACE_LORA_TARGETS = (*UNET_LORA_TARGETS, "ff.net.0.proj")
+
+
 class ACE(IterativeProtection):
     name = "ace"
     paper = ("ACE / Mist-v2 (Zheng et al., ICLR 2025): 5 x (30 targeted PGD + 10 LoRA steps), "
              "budget 4 grey levels (CLI)")
+    budget_source = "Mist-v2 CLI: 8/255 on [-1, 1]"
     defaults = dict(budget=4.0, step=0.64, epochs=5, pgd_steps=30, lora_steps=10, lr=1e-4, rank=4,
                     num_class_images=50, prior_weight=0.1)
     tiny = dict(epochs=2, pgd_steps=2, lora_steps=1, num_class_images=2, class_steps=2)
@@ -97,7 +109,7 @@ class ACE(IterativeProtection):
     def perturb(self, x0: torch.Tensor) -> torch.Tensor:
         s = self.settings
         unet = self.clone().unet
-        lora = add_lora(unet, UNET_LORA_TARGETS, int(s["rank"]))
+        lora = add_lora(unet, ACE_LORA_TARGETS, int(s["rank"]))
         view = with_models(self.surrogate, unet)
         with torch.no_grad():
             z_target = self.surrogate.encode_images(target_texture(*x0.shape[-2:], x0.device))

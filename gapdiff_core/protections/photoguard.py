@@ -20,6 +20,7 @@ from .base import IterativeProtection
 class PhotoGuard(IterativeProtection):
     name = "photoguard"
     paper = "PhotoGuard encoder attack (Salman et al., ICML 2023): 1000 PGD steps pulling the latent towards zero"
+    budget_source = "PhotoGuard demo_simple_attack_img2img.ipynb: 0.06 on [-1, 1]"
     defaults = dict(budget=7.65, step=2.55, iterations=1000, random_start=True)
     tiny = dict(iterations=4)
 

@@ -1,16 +1,19 @@
 """The one registry of protection methods, by name with aliases: `gapdiff protect --method`, `gapdiff evaluate
 --method`, the protocol runner, the ComfyUI Iterative Protection node and the benches all read it.
 
-Names: ``none`` (the clean photos, the protocol's baseline), ``gap-diff`` (one forward pass of a trained generator,
-:class:`GapDiffMethod`) and the iterative methods of :data:`METHODS`. :data:`ALIASES` maps other spellings to them
+Names: ``none`` (the clean photos, the protocol's baseline), ``random-noise`` (±budget sign noise on every pixel,
+the protocol's control), ``gap-diff`` (one forward pass of a trained generator, :class:`GapDiffMethod`) and the
+iterative methods of :data:`METHODS`. :data:`ALIASES` maps other spellings to them
 (``generator`` and ``gapdiff`` to gap-diff, ``anti-dreambooth`` to aspl, ``mist-v2`` to ace). Glaze is closed
 source (a desktop app and web service, no published code): it is listed in :data:`CLOSED` and not imitated.
 
 Each entry builds two things: :func:`get_protection` gives the method as an object (``.protect(images)``), and its
-``factory`` gives the protocol runner's set function (:data:`ProtectFn`, see :func:`register_protection`).
+``factory`` gives the protocol runner's set function (:data:`ProtectFn`, see :func:`register_protection`). Each
+also states the budget its authors published (:func:`published_budget`), which ``--protocol paper`` runs it at.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -28,6 +31,7 @@ from .simac import SimAC
 # a protection in the protocol: (an identity's set_B photos, its clean set_A photos), lists of 1×3×H×W in [0, 1]
 # -> the protected set_B photos; iterative methods protect the set together, as their released code does
 ProtectFn = Callable[[list, list], list]
+NOISE_STREAM = (1_000_037, 1)  # the seed of the random-noise control on photo i: (seed, i)
 
 METHODS: dict[str, type[IterativeProtection]] = {
     cls.name: cls for cls in (ASPL, FSMG, PhotoGuard, Mist, ACE, MetaCloak, CAAT, SimAC)}
@@ -46,21 +50,31 @@ class Registered:
     factory: Callable[..., ProtectFn]
     describe: str = ""
     cls: Optional[type] = None
+    budget: Optional[float] = None  # the budget its authors published (grey levels), None where unknown
+    budget_source: str = ""
 
 
 PROTECTIONS: dict[str, Registered] = {}
 
 
 def register_protection(name: str, factory: Callable[..., ProtectFn], describe: str = "",
-                        cls: Optional[type] = None) -> None:
+                        cls: Optional[type] = None, budget: Optional[float] = None, budget_source: str = "") -> None:
     """Make ``name`` (and ``name:arg``) a method: ``factory(arg, budget, settings, model, cache_dir)`` returns a
     :data:`ProtectFn`, which protects one identity's set_B photos (a list of 1×3×H×W in [0, 1]) given its clean
     set_A photos (a list, maybe empty). ``settings`` is the protocol's configuration (``device``, ``resolution``,
-    ``seed``, ``norm``, ``official_mode``); ``model()`` returns the protocol's diffusion model, loaded once and
-    shared with the attack stage (methods that attack it must not change it); ``cache_dir`` is the protocol's
-    cache folder (class images live in ``cache_dir/class_images``, shared with the attack stage). ``describe`` is
-    shown in reports; ``cls`` is what :func:`get_protection` builds."""
-    PROTECTIONS[name.strip().lower()] = Registered(name.strip().lower(), factory, describe, cls)
+    ``seed``, ``norm``, ``official_mode``, ``generator_precision``, ``class_images``, ``reference_numerics``);
+    ``model()`` returns the protocol's diffusion model, loaded once and shared with the attack stage (methods that
+    attack it must not change it); ``cache_dir`` is the protocol's cache folder (class images live in
+    ``cache_dir/class_images``, shared with the attack stage). ``describe`` is shown in reports; ``cls`` is what :func:`get_protection` builds; ``budget`` the budget (grey levels) its
+    authors published and ``budget_source`` where (None: unknown)."""
+    PROTECTIONS[name.strip().lower()] = Registered(name.strip().lower(), factory, describe, cls, budget, budget_source)
+
+
+def published_budget(name: str) -> tuple[Optional[float], str]:
+    """(budget in grey levels, where it is published) of method ``name``; (None, "unknown") where no budget is
+    known. Iterative methods: their authors' released scripts (:attr:`IterativeProtection.budget_source`)."""
+    entry = PROTECTIONS[canonical_name(name)]
+    return (entry.budget, entry.budget_source) if entry.budget is not None else (None, "unknown")
 
 
 def canonical_name(name: str) -> str:
@@ -130,26 +144,47 @@ def _none_factory(arg, budget, settings, model, cache_dir) -> ProtectFn:
     return lambda photos, clean_set: photos
 
 
+def _random_noise_factory(arg, budget, settings, model, cache_dir) -> ProtectFn:
+    """±``budget`` grey levels of random sign on every pixel (the largest change the budget allows, with no
+    adversarial direction), photo i seeded by (``settings.seed``, i): the control a protection must beat."""
+    from ..common.seeds import derive_seed
+    from ..model.protector import apply_budget
+
+    if arg:
+        raise ValueError(f"method 'random-noise:{arg}' takes no argument")
+
+    def noise(x: torch.Tensor, seed: int) -> torch.Tensor:
+        sign = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(seed)).float() * 2 - 1
+        return apply_budget(x, sign.to(x.device) * (math.floor(budget + 1e-6) / 255), budget)
+    return lambda photos, clean_set: [noise(x, derive_seed(NOISE_STREAM, settings.seed, i))
+                                      for i, x in enumerate(photos)]
+
+
 def _gap_diff_factory(arg, budget, settings, model, cache_dir) -> ProtectFn:
     """A generator checkpoint (``arg``), one photo at a time as the authors' code protects."""
     if not arg:
         raise ValueError("method 'gap-diff:PATH' needs a generator checkpoint path")
     method = GapDiffMethod(arg, budget=budget, device=settings.device, norm=settings.norm,
-                           official_mode=settings.official_mode, seed=settings.seed)
+                           official_mode=settings.official_mode, seed=settings.seed,
+                           precision=settings.generator_precision)
     return lambda photos, clean_set: method.protect(photos)
 
 
 def _iterative_factory(name: str):
     """An iterative protection (ASPL, Mist, …) against the protocol's own model, white-box as in the paper;
     ``name:tiny`` picks the method's few-step schedule. Each identity's set_B is protected as one set, with its
-    set_A as the clean set where the method's code uses one; class images come from the protocol's model and are
-    cached beside the attack stage's. The methods train private copies of the model only."""
+    set_A as the clean set where the method's code uses one; class images come from the protocol's class-images
+    folder, or else from the protocol's model, cached beside the attack stage's; ASPL, SimAC and MetaCloak
+    fine-tune with the protocol's ``reference_numerics``. The methods train private copies of the model only."""
     def factory(arg, budget, settings, model, cache_dir) -> ProtectFn:
         if arg not in (None, "tiny", "default"):
             raise ValueError(f"method '{name}:{arg}': the argument is a schedule, 'tiny' or 'default'")
+        cls = METHODS[name]
+        extra = {"reference_numerics": settings.reference_numerics} if cls.released_numerics else {}
         method = get_protection(name, model(), schedule=arg or "default", budget=budget,
                                 resolution=settings.resolution, seed=settings.seed,
-                                class_cache_dir=Path(cache_dir) / "class_images")
+                                class_images=settings.class_images if "num_class_images" in cls.defaults else None,
+                                class_cache_dir=Path(cache_dir) / "class_images", **extra)
 
         def protect_set(photos: list, clean_set: list) -> list:
             return method.protect(photos, reference=clean_set or None)
@@ -159,6 +194,9 @@ def _iterative_factory(name: str):
 
 
 register_protection("none", _none_factory, "no protection (clean photos attacked)")
-register_protection("gap-diff", _gap_diff_factory, "GAP-Diff generator checkpoint", GapDiffMethod)
+register_protection("random-noise", _random_noise_factory, "random ±budget sign noise (the control)")
+register_protection("gap-diff", _gap_diff_factory, "GAP-Diff generator checkpoint", GapDiffMethod, 8.0,
+                    "GAP-Diff (NDSS 2025): 16/255 on [-1, 1]")
 for _name, _cls in METHODS.items():
-    register_protection(_name, _iterative_factory(_name), f"{_name} (iterative, against the protocol's model)", _cls)
+    register_protection(_name, _iterative_factory(_name), f"{_name} (iterative, against the protocol's model)", _cls,
+                        _cls.defaults["budget"], _cls.budget_source)

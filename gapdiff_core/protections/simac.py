@@ -12,7 +12,8 @@ step 0.64, ASPL's 50 × (3, 6, 3) schedule with UNet + text encoder and prior pr
 
 Departures: the paper's feature-interference loss on the last decoder block is left out — in the released code it
 is added as a detached float and contributes no gradient, so SimAC as released is what is implemented here; the
-ASPL departures apply (fp32; the photos as the clean set when no set_A is given).
+ASPL departures apply (fp32 unless ``reference_numerics="released"``; the photos as the clean set when no set_A is
+given).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .aspl import ASPL
 class SimAC(ASPL):
     name = "simac"
     paper = "SimAC (Wang et al., CVPR 2024): ASPL + greedy timestep selection (50 rounds x 5 probes, keep <= 100)"
+    budget_source = "SimAC scripts/attack_timestep.sh: 16/255 on [-1, 1]; 8 measured on the GAP-Diff paper's images"
     defaults = dict(ASPL.defaults, budget=8.0, select_rounds=50, probes=5, delta_t=20, keep=100)
     tiny = dict(ASPL.tiny, select_rounds=2, probes=2, keep=900)
 
