@@ -60,8 +60,8 @@ class ProtectImage:
         }, "optional": {
             "norm": (list(NORMS), {"default": "image",
                                    "tooltip": "image: each BatchNorm uses the photo's own statistics, the function "
-                                              "the generator was trained to compute; running: eval-mode running "
-                                              "statistics (not what it was trained on)."}),
+                                              "the authors ran at inference (batch 1, train-mode BatchNorm), dropout "
+                                              "off; running: eval-mode running statistics (not what they ran)."}),
         }}
 
     def protect(self, image, generator, budget, mode, precision, norm="image"):

@@ -1,5 +1,5 @@
-"""Protection computes the trained function (per-image statistics) and respects the budget after 8-bit rounding,
-in every mode, for any size."""
+"""Protection computes the function the authors ran at inference (per-image statistics, dropout off) and respects
+the budget after 8-bit rounding, in every mode, for any size."""
 import copy
 import math
 

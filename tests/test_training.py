@@ -99,9 +99,9 @@ def test_training_raises_adversarial_effect_on_held_out_images(tmp_path, surroga
     The random tiny UNet first gets a short denoising warm-up: untrained, its GroupNorm'd output barely depends on
     the input, so no perturbation can move its error (per-image PGD gains ~0.05 %).
 
-    Protection normalises each photo with its own statistics (the trained function), so even an untrained
-    generator makes a structured, nearly saturated +-budget perturbation (gain 4.3e-4 here); 32 steps double it
-    (8.4e-4; 16 steps gave only 5.9e-4)."""
+    Protection normalises each photo with its own statistics (the function the authors ran at inference, dropout
+    off), so even an untrained generator makes a structured, nearly saturated +-budget perturbation (gain 4.3e-4
+    here); 32 steps double it (8.4e-4; 16 steps gave only 5.9e-4)."""
     cfg = load_config(None, **TINY, output_dir=str(tmp_path), lr=0.01, max_steps=32, beta=1.0, gamma=0.0,
                       preprocess="none", surrogate_warmup_steps=30)
     trainer = Trainer(cfg, surrogate=surrogate)

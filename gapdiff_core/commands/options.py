@@ -77,7 +77,8 @@ def protection_function(p) -> None:
     no engine module."""
     p.add_argument("--norm", choices=("image", "running"), default="image",
                    help="image (default): each BatchNorm uses the photo's own statistics, the function the "
-                        "generator was trained to compute; running: eval-mode running statistics (not trained)")
+                        "authors ran at inference (batch 1, train-mode BatchNorm), dropout off; running: eval-mode "
+                        "running statistics (not what the authors ran)")
     p.add_argument("--official-mode", action="store_true",
                    help="reproduce the authors' generate.py (train mode, dropout on, one photo at a time), seeded "
                         "by --seed")

@@ -75,7 +75,7 @@ class Generator(nn.Module):
 
 
 #: The normalisation an `InferenceGenerator` computes: "image" (the default) normalises every BatchNorm with the
-#: image's own statistics, as train-mode BatchNorm at batch 1 (what the generator was trained to compute);
+#: image's own statistics, as train-mode BatchNorm at batch 1 (the function the authors ran at inference, dropout off);
 #: "running" uses the BatchNorms' running statistics (eval mode), folded into the convolutions.
 NORMS = ("image", "running")
 _ENC_NORMS = [None, "norm2", "norm4", "norm8", "norm8", "norm8", "norm8", None]

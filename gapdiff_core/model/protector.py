@@ -27,8 +27,9 @@ MODES = ("working", "native")
 MAX_WORKING_PIXELS = 2048 * 2048
 #: What each choice of normalisation computes, for banners, reports and node info.
 NORM_DESCRIPTIONS = {
-    "image": "per-image statistics (train-mode BatchNorm at batch 1, dropout off: the trained function)",
-    "running": "running statistics (eval-mode BatchNorm, folded; not the function the generator was trained on)",
+    "image": ("per-image statistics: the function the authors ran at inference (batch 1, train-mode BatchNorm), "
+              "dropout off"),
+    "running": "running statistics (eval-mode BatchNorm, folded; not the function the authors ran)",
     "official": "the authors' generate.py (train mode, dropout on, one image per batch, seeded)",
 }
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -96,9 +97,10 @@ class Protector:
     short side, padded to a multiple of 256), resizes it to the photo and clips it to the budget; mode="native"
     runs the generator at full resolution, tiled with overlap for large photos so memory stays bounded.
 
-    norm="image" (the default) computes what the generator was trained to compute: every BatchNorm normalises each
-    photo with its own statistics (train-mode BatchNorm at batch 1), dropout off, so the result is deterministic and
-    never depends on the other photos of a batch. The statistics cover the photo only, never the padding (they are
+    norm="image" (the default) computes the function the authors ran at inference (their generate.py: batch 1,
+    train-mode BatchNorm), dropout off: every BatchNorm normalises each photo with its own statistics, so the result
+    is deterministic and never depends on the other photos of a batch (training normalised over batches of 6 with
+    dropout on: not this function). The statistics cover the photo only, never the padding (they are
     masked to the photo's region at every level). In native mode each tile of a large photo is normalised with its
     own statistics, as the generator sees a photo of that size: sharing the whole photo's statistics across tiles
     agrees less with the untiled result (measured: correlation 0.89 against 0.93 with each tile's own), because a

@@ -36,7 +36,8 @@ def resize(x: torch.Tensor, size: Union[int, Sequence[int]] = 256, filter: str =
     ``size`` is kept as it is. ``size`` (H, W): exactly that size. Filters are Pillow's (antialiased when
     shrinking); "opencv" is cv2.INTER_LINEAR (2-tap bilinear, no antialias).
 
-    Source: Pillow ``Image.resize``; the default is the Anti-DreamBooth / GAP-Diff test-time resize."""
+    Source: Pillow ``Image.resize``; the Anti-DreamBooth / GAP-Diff test-time resize is ``cv2.resize`` with
+    INTER_LINEAR (``filter="opencv"``), which the default (Pillow bilinear, antialiased) approximates."""
     h, w = x.shape[-2:]
     if isinstance(size, int):
         if not enlarge and (min(h, w) if side == "short" else max(h, w)) <= size:
@@ -80,7 +81,8 @@ ENTRIES = (
         Param("size", int, 256, "target side in pixels", low=1, high=16384), FILTER_PARAM,
         Param("side", "choice", "short", "which side becomes size", choices=("short", "long")),
         Param("enlarge", bool, True, "also enlarge smaller photos"),
-    ), "resize so one side is SIZE (default: the short side, bilinear; not scaled back)"),
+    ), "resize so one side is SIZE (default: the short side, Pillow bilinear; filter=opencv is the official code's "
+       "cv2 INTER_LINEAR; not scaled back)"),
     TransformType("crop", crop, (
         Param("fraction", float, 0.9, "kept fraction of each side", low=0.05, high=1.0),
         Param("position", "choice", "center", "where the window sits", choices=POSITIONS),
