@@ -281,3 +281,56 @@ def test_one_lora_helper_matches_both_injection_paths_it_replaced(base):
         plain = base.unet(x, t, encoder_hidden_states=emb).sample
     assert (outputs["helper"] - plain).abs().max() > 1e-3
     assert torch.equal(outputs["inject"], outputs["helper"]) and torch.equal(outputs["add_adapter"], outputs["helper"])
+
+
+def _knowing_model(base, photo: torch.Tensor, knows: str):
+    """The tiny model with a UNet that predicts the exact noise of ``photo``'s latent under prompt ``knows`` and
+    zero under any other: its DreamBooth loss is 0 for that prompt and E[noise²] for the others."""
+    from gapdiff_core.attack.data import latent_moments, load_photos
+
+    lat = latent_moments(base, load_photos(photo, RES))[0] * base.vae.config.scaling_factor
+    known = base.encode_prompt(knows)[0]
+    ab = base.scheduler.alphas_cumprod
+
+    def predict(noisy, t, emb):
+        a = ab[t].view(-1, 1, 1, 1)
+        noise = (noisy - a.sqrt() * lat) / (1 - a).sqrt()
+        return torch.stack([n if torch.equal(e, known) else torch.zeros_like(n) for n, e in zip(noise, emb)])
+
+    model = copy.copy(base)
+    model.predict = predict
+    return model
+
+
+def test_identity_gain_formula_on_models_whose_answer_is_known(base):
+    from gapdiff_core.attack import CLASS_PROMPT, INSTANCE_PROMPT, identity_gain, relative_gain
+
+    photo = _photos()[:1]
+    g = torch.Generator().manual_seed(5)  # the draws identity_gain makes with seed 5: noise first, then timesteps
+    expected = float(torch.randn((8, 4, RES // 8, RES // 8), generator=g).pow(2).mean())
+    learnt = identity_gain(_knowing_model(base, photo, INSTANCE_PROMPT), photo, resolution=RES, samples=8, seed=5)
+    assert learnt["instance_error"] == pytest.approx(0, abs=1e-5) and learnt["class_error"] == pytest.approx(expected)
+    assert learnt["gain"] == pytest.approx(expected, rel=1e-5) and learnt["per_photo_gain"] == [learnt["gain"]]
+    swapped = identity_gain(_knowing_model(base, photo, CLASS_PROMPT), photo, resolution=RES, samples=8, seed=5)
+    assert swapped["gain"] == pytest.approx(-expected, rel=1e-5)
+    # a model that ignores the prompt gains exactly 0: both prompts see the same noise and timesteps
+    blind = copy.copy(base)
+    blind.predict = lambda noisy, t, emb: torch.zeros_like(noisy)
+    assert identity_gain(blind, photo, resolution=RES, samples=8, seed=5)["gain"] == 0.0
+    assert relative_gain(0.25, 0.5) == 0.5 and relative_gain(0.25, 0.0) is None and relative_gain(0.1, -1) is None
+
+
+def test_attack_takes_class_images_from_a_folder(base, tmp_path):
+    from gapdiff_core.io import save_image, to_uint8
+
+    g = torch.Generator().manual_seed(9)
+    (tmp_path / "cls").mkdir()
+    for i in range(3):
+        save_image(tmp_path / "cls" / f"{i}.png", to_uint8(torch.rand(1, 3, 40, 48, generator=g)))
+    cfg = _config("lora", max_train_steps=1, checkpointing_steps=0, class_data_dir=str(tmp_path / "cls"))
+    result = DreamBoothAttack(base, cfg, cache_dir=tmp_path / "cache").run(_photos(), tmp_path / "out")
+    assert result.completed and result.class_images_generated == 0
+    assert not (tmp_path / "cache").exists()  # nothing generated, nothing cached
+    with pytest.raises(ValueError, match="holds 3 image"):
+        DreamBoothAttack(base, cfg.replace(num_class_images=4), cache_dir=tmp_path / "cache").run(
+            _photos(), tmp_path / "out2")

@@ -80,7 +80,8 @@ def test_results_hold_protocol_metrics_per_prompt(finished):
     assert on_disk["reference_detection"]["n_photos"] == 1 and on_disk["config"]["norm"] == "image"
     assert on_disk["protocol"] == {"name": "custom", "settings": []}
     assert on_disk["directions"]["ism"] == on_disk["directions"]["serfiq"] == "lower = stronger protection"
-    assert on_disk["directions"]["identity_gap"] == on_disk["directions"]["fdfr"] == "higher = stronger protection"
+    assert on_disk["directions"]["fdfr"] == "higher = stronger protection"
+    assert on_disk["directions"]["identity_gain"] == "lower = stronger protection"
 
 
 def test_recorded_fidelity_is_change_stats_of_the_saved_pngs(tmp_path, identity_folder, toy_generator_file):
@@ -103,36 +104,39 @@ def test_recorded_fidelity_is_change_stats_of_the_saved_pngs(tmp_path, identity_
     assert protect[0]["fidelity"]["linf_grey_levels"] <= 8
 
 
-def test_identity_learning_gap_is_against_the_clean_attack(finished, identity_folder, toy_generator_file):
-    from gapdiff_core.attack import instance_loss
+def test_identity_gain_is_relative_to_the_clean_attack_at_the_same_transform(finished, identity_folder,
+                                                                             toy_generator_file):
+    from gapdiff_core.attack import CLASS_PROMPT, instance_loss
 
     out, results, _ = finished
     by = {(r["method_kind"], r["transform"]): r for r in results["runs"]}
-    clean = by[("none", "none")]["identity_learning"]
-    assert clean["gap"] == 0.0 and clean["error"] == clean["clean_error"]
     for run in results["runs"]:
-        il = run["identity_learning"]
-        assert il["clean_error"] == clean["error"] and il["gap"] == pytest.approx(il["error"] - il["clean_error"])
-    # the error is the attacked model's DreamBooth loss on set_C (the attack lowered it below the base model's)
+        ig, clean = run["identity_gain"], by[("none", run["transform"])]["identity_gain"]
+        assert ig["clean_gain"] == clean["gain"]  # the clean attack through this run's transform, not "none"
+        assert ig["relative"] == (pytest.approx(ig["gain"] / ig["clean_gain"]) if ig["clean_gain"] > 0 else None)
+    assert by[("gap-diff", "jpeg:50")]["identity_gain"]["clean_gain"] != by[("none", "none")]["identity_gain"]["gain"]
+    # the gain is the attacked model's DreamBooth loss on set_C with the class prompt minus with the instance prompt
     runner = ProtocolRunner(identity_folder, out, _config(toy_generator_file), progress=False)
     rec = runner.cache.load("attack", by[("gap-diff", "jpeg:50")]["keys"]["attack"])
     attacked = runner._reload_attacked(rec, runner.cache.folder("attack", rec["key"]))
     (ident,) = find_identities(identity_folder)
-    error = instance_loss(attacked, [str(p) for p in ident.references], resolution=32, samples=8, seed=0)
-    assert by[("gap-diff", "jpeg:50")]["identity_learning"]["error"] == pytest.approx(error, rel=1e-4)
-    base = instance_loss(runner.base, [str(p) for p in ident.references], resolution=32, samples=8, seed=0)
-    assert clean["error"] < base
+    refs = [str(p) for p in ident.references]
+    inst = instance_loss(attacked, refs, resolution=32, samples=8, seed=0)
+    cls = instance_loss(attacked, refs, CLASS_PROMPT, resolution=32, samples=8, seed=0)
+    ig = by[("gap-diff", "jpeg:50")]["identity_gain"]
+    assert ig["instance_error"] == pytest.approx(inst, rel=1e-4) and ig["class_error"] == pytest.approx(cls, rel=1e-4)
+    assert ig["gain"] == pytest.approx(cls - inst, abs=1e-6)
 
 
-def test_gap_reference_is_computed_when_none_is_not_run(finished, identity_folder, toy_generator_file):
+def test_gain_reference_is_computed_when_none_is_not_run(finished, identity_folder, toy_generator_file):
     out, results, _ = finished
     counts = Counter()
     cfg = _config(toy_generator_file, methods=[str(toy_generator_file)], transforms=["jpeg:50"])
     again = ProtocolRunner(identity_folder, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False).run()
-    assert counts == Counter()  # the clean attack (none | none) came from the cache, not from the rows
+    assert counts == Counter()  # the clean attack (none | jpeg:50) came from the cache, not from the rows
     (run,) = again["runs"]
     before = next(r for r in results["runs"] if r["method_kind"] == "gap-diff" and r["transform"] == "jpeg:50")
-    assert run["identity_learning"] == before["identity_learning"]
+    assert run["identity_gain"] == before["identity_gain"]
 
 
 def test_rerun_recomputes_nothing_and_deleted_stage_reruns_with_dependents(finished, identity_folder, toy_generator_file):
@@ -354,15 +358,109 @@ def test_paper_protocol_runs_on_the_tiny_model_and_the_report_shows_what_ran(tmp
     assert not settings["attack.num_class_images"]["matches"] and not settings["attack.max_train_steps"]["matches"]
     assert not settings["attack.mixed_precision"]["matches"]  # fp32 here: bf16 attention needs AVX-512 on a CPU
     assert results["generation_config"]["scheduler"] == "pndm" and results["generation_config"]["steps"] == 3
+    # the components behind the numbers: the tiny model, the bundled face backends, generated class images, and
+    # fp32 sampling on a CPU all differ from the paper's
+    for key in ("model", "detector", "embedder", "serfiq", "class_images", "generation_precision"):
+        assert settings[key]["matches"] is False, key
+    assert "toy model" in settings["model"]["ran"] and "SD 1.x" in settings["model"]["ran"]
+    assert settings["generation_precision"]["ran"] == "fp32 (fp16 needs CUDA)"
+    assert results["generation_config"]["autocast"] == "no"
+    assert settings["face_quality"]["matches"] is None  # a diagnostic the paper has not: listed, not counted
+    assert settings["generator_precision"]["matches"] and settings["reference_numerics"]["ran"] == "released"
+    off = sum(s["matches"] is False for s in results["protocol"]["settings"])
     md = markdown_report(results)
-    assert "## Protocol: paper (8 departure(s))" in md
-    assert "| images per prompt | 30 | 1 | ✗ departs |" in md and "| scheduler | pndm | pndm | ✓ |" in md
-    assert "| sampling steps | 100 | 3 | ✗ departs |" in md and "| CFG scale | 7.5 | 7.5 | ✓ |" in md
-    assert "| attack: class images | 200 | 1 | ✗ departs |" in md
+    assert f"## Protocol: paper ({off} differ)" in md and off >= 13 and "all match" not in md
+    assert f"**{off} of {len(settings)} rows differ (" in md
+    assert "| images per prompt | 30 | 1 | ✗ differs |" in md and "| scheduler | pndm | pndm | ✓ |" in md
+    assert "| sampling steps | 100 | 3 | ✗ differs |" in md and "| CFG scale | 7.5 | 7.5 | ✓ |" in md
+    assert "| attack: class images | 200 | 1 | ✗ differs |" in md
     assert "| attack preset | paper-full | paper-full | ✓ |" in md
-    assert "identity gap" in md and "face detection on the clean reference photos" in md
+    assert "| face embedder (ISM) | ArcFace | sface | ✗ differs |" in md
+    assert "| diffusion model | SD 2.1-base (SD 2.x, 512 px, ε-prediction) | tiny (seed 0) (SD 1.x" in md
+    assert "— not in the paper |" in md
+    assert "identity gain" in md and "n/a (toy model)" in md and "face detection on the clean reference photos" in md
+    assert "the function the authors ran at inference (batch 1, train-mode BatchNorm), dropout off" in md
     page = write_reports(results, tmp_path)["html"].read_text(encoding="utf-8")
-    assert "Protocol: paper" in page and "✗ departs" in page
+    assert "Protocol: paper" in page and "✗ differs" in page
+
+
+def test_published_budgets_class_images_numerics_and_noise_control_run_end_to_end(tmp_path, identity_folder):
+    from gapdiff_core.evaluation import protocol_config
+    from gapdiff_core.evaluation.report import markdown_report
+    from gapdiff_core.io import save_image, to_uint8
+
+    g = torch.Generator().manual_seed(2)
+    (tmp_path / "cls").mkdir()
+    for i in range(3):
+        save_image(tmp_path / "cls" / f"{i}.png", to_uint8(torch.rand(1, 3, 40, 40, generator=g)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = protocol_config("paper", model="tiny", methods=["none", "metacloak:tiny"], transforms=["none"],
+                              resolution=32, images_per_prompt=1, generation_steps=1, serfiq_T=4,
+                              class_images=str(tmp_path / "cls"), prompts=PROMPTS[:1],
+                              attack_overrides=dict(max_train_steps=1, num_class_images=2, checkpointing_steps=0,
+                                                    mixed_precision="no"))
+        runner = ProtocolRunner(identity_folder, tmp_path / "out", cfg, progress=False)
+        results = runner.run()
+    finally:
+        torch.set_num_threads(threads)
+    # MetaCloak at its published 11 grey levels, and the random-noise control at the same budget
+    assert {(r["method_kind"], r["budget"]) for r in results["runs"]} == {
+        ("none", None), ("metacloak", 11.0), ("random-noise", 11.0)}
+    by = {r["method_kind"]: r for r in results["runs"]}
+    assert by["metacloak"]["fidelity"]["linf_grey_levels"] <= 11 and by["random-noise"]["fidelity"][
+        "linf_grey_levels"] == 11
+    settings = {s["setting"]: s for s in results["protocol"]["settings"]}
+    assert settings["budget.metacloak"]["matches"] and settings["budget.metacloak"]["ran"] == "11"
+    assert "budget.random-noise" not in settings and "budget.none" not in settings
+    assert settings["class_images"]["ran"] == (
+        "folder cls (3 images; sampler not stated in the folder (no readable info.json))")
+    assert settings["class_images"]["matches"] is None  # a folder cannot be checked against the authors' set
+    # the class images came from the folder: none was generated, for the attack or for MetaCloak
+    assert not list((tmp_path / "out" / "cache").rglob("class-images"))
+    protect = runner.cache.load("protect", by["metacloak"]["keys"]["protect"])["config"]
+    assert protect["reference_numerics"] == "released" and protect["class_images"]
+    md = markdown_report(results)
+    assert "| budget (grey levels): metacloak | 11 (MetaCloak script/methods_config.sh" in md
+    assert "| metacloak:tiny @11 | none |" in md and "| random-noise @11 | none |" in md
+    # --budget equalises: every method at the budgets given
+    equal = ProtocolRunner(identity_folder, tmp_path / "o2", protocol_config(
+        "paper", methods=["none", "metacloak:tiny", "aspl"], budgets=[8.0], published_budgets=False),
+        progress=False).methods()
+    assert [(m.kind, m.budget) for m in equal] == [("none", None), ("metacloak", 8.0), ("aspl", 8.0),
+                                                   ("random-noise", 8.0)]
+
+
+def test_generation_precision_is_fp16_only_on_cuda(tmp_path, identity_folder):
+    from gapdiff_core.evaluation.components import generation_precision
+
+    def autocast(**kw):
+        return ProtocolRunner(identity_folder, tmp_path, ProtocolConfig(**kw), progress=False).generation_config(
+            ).autocast
+
+    assert autocast() == "no" and autocast(generation_precision="bf16") == "bf16"
+    assert autocast(generation_precision="fp16") == "no"  # a CPU: fp32, and the protocol table says so
+    assert generation_precision(ProtocolConfig(generation_precision="fp16", device="cuda")) == "fp16"
+    with pytest.raises(ValueError, match="generation precision"):
+        ProtocolConfig(generation_precision="int8")
+    with pytest.raises(FileNotFoundError, match="class images folder"):
+        ProtocolConfig(class_images=str(tmp_path / "missing"))
+
+
+def test_class_images_row_states_the_sampler_a_folder_records(tmp_path):
+    from gapdiff_core.attack import preset
+    from gapdiff_core.evaluation.components import class_images_row
+
+    (tmp_path / "cls").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cls" / "0.png")
+    (tmp_path / "cls" / "info.json").write_text(json.dumps(
+        {"scheduler": "pndm", "steps": 50, "guidance_scale": 7.5, "model_name": "SD 2.1-base"}))
+    row = class_images_row(None, preset("tiny-lora", class_data_dir=str(tmp_path / "cls")))
+    assert row["ran"] == "folder cls (1 images; PNDM 50 steps, CFG 7.5, by SD 2.1-base)" and row["matches"] is None
+    generated = class_images_row(None, preset("tiny-lora"))
+    assert generated["ran"] == "generated by the protocol's model: DDIM 10 steps, CFG 7.5, fp32"
+    assert generated["matches"] is False
 
 
 def test_norm_and_official_mode_reach_the_generator_and_the_report(tmp_path, identity_folder, toy_generator_file):
@@ -403,9 +501,19 @@ def test_cli_protocol_paper_sets_the_paper_and_given_flags_override_it():
     assert cfg.detector == "retinaface-mobilenet"
     assert build_config(parse(["evaluate", "data", "--detector", "yunet"])).detector == "yunet"
     cfg = build_config(parse(["evaluate", "data", "--model", "sd/", "--official-mode", "--seed", "5",
-                              "--class-images", "3"]))
+                              "--num-class-images", "3"]))
     assert cfg.attack_preset == "lora" and cfg.official_mode and cfg.seed == 5
-    assert cfg.attack_overrides == {"num_class_images": 3}
+    assert cfg.attack_overrides == {"num_class_images": 3} and cfg.class_images is None
+    assert (cfg.reference_numerics, cfg.generation_precision, cfg.generator_precision, cfg.published_budgets,
+            cfg.noise_control) == ("corrected", "fp32", "auto", False, False)
+    cfg = build_config(parse(["evaluate", "data", "--protocol", "paper", "--class-images", ".", "--reference-numerics",
+                              "corrected", "--generation-precision", "bf16", "--generator-precision", "fp16"]))
+    assert (cfg.class_images, cfg.reference_numerics, cfg.generation_precision, cfg.generator_precision) == (
+        ".", "corrected", "bf16", "fp16")
+    assert cfg.published_budgets and cfg.noise_control  # the paper protocol's
+    cfg = build_config(parse(["evaluate", "data", "--protocol", "paper", "--budget", "8"]))
+    assert not cfg.published_budgets and cfg.budgets == [8.0] and cfg.reference_numerics == "released"
+    assert build_config(parse(["evaluate", "data", "--noise-control"])).noise_control
 
 
 # ---------------------------------------------------------------- every registry transform, per transform

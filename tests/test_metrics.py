@@ -396,7 +396,7 @@ def test_metric_directions_and_formats_have_one_home():
     from gapdiff_core.metrics.directions import METRICS, PROTOCOL_METRICS, format_signed, format_value
 
     assert " ".join(METRICS[k].heading for k in PROTOCOL_METRICS) == "FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓"  # the paper's
-    assert METRICS["face_quality"].heading == "face quality↓" and METRICS["identity_gap"].heading == "identity gap↑"
+    assert METRICS["face_quality"].heading == "face quality↓" and METRICS["identity_gain"].heading == "identity gain↓"
     assert METRICS["ism"].direction == "lower = stronger protection"
     assert [format_value(v) for v in (None, float("nan"), float("inf"), -float("inf"), 0.12345, 2)] == \
         ["n/a", "n/a", "∞", "-∞", "0.123", "2.000"]

@@ -40,7 +40,7 @@ def _results(tmp_path, budgets=(8.0,), transforms=("none", "jpeg:70", "jpeg:30")
                              "linf_grey_levels": float(delta), "backend": "torch"},
                 "fidelity_after_transform": {"psnr_db": 30 + q / 10},
                 "metrics": {p: dict(score) for p in PROMPTS}, "mean": dict(score),
-                "identity_learning": {"error": 0.5 + delta / 1000, "clean_error": 0.5, "gap": delta / 1000},
+                "identity_gain": {"gain": 0.5 - delta / 100, "clean_gain": 0.5, "relative": 1 - delta / 50},
                 "backends": {"detector": "yunet", "embedder": "sface", "brisque": "brisque 0.0.x"},
                 "images": {"clean": ["clean.png"], "protected": [pname], "transformed": [pname],
                            "references": ["clean.png"], "generated": {PROMPTS[0]: [gname], PROMPTS[1]: [gname]}},
@@ -67,11 +67,15 @@ def test_markdown_has_paper_layout_and_demo_label(tmp_path):
     assert len(cols) == 2 + 4 * (len(PROMPTS) + 1)
     rows = [line for line in md.splitlines() if line.startswith("| G @8 |")]
     assert len(rows) == 9 and "| G @8 | jpeg:30 | 0.250 | 0.520 | 28.000 | 0.700 |" in md  # per prompt, summary, PSNR
-    # the summary: protocol ISM, ISM over detected faces, BRISQUE, SER-FIQ both ways, the identity-learning gap
-    assert "| G @8 | jpeg:30 | 0.250 | 0.520 | 0.520 | 28.000 | 0.700 | 0.700 | 0.400 | 0.800 | +0.008 |" in md
-    assert "| none | none | 0.100 | 0.600 | 0.600 | 20.000 | 0.700 | 0.700 | 0.400 | 0.800 | +0 |" in md
+    # the summary: protocol ISM, ISM over detected faces, BRISQUE, SER-FIQ both ways, the identity gain (n/a on a
+    # toy model, the relative gain on a real one)
+    assert "| G @8 | jpeg:30 | 0.250 | 0.520 | 0.520 | 28.000 | 0.700 | 0.700 | 0.400 | 0.800 | n/a (toy model) |" in md
+    assert "| none | none | 0.100 | 0.600 | 0.600 | 20.000 | 0.700 | 0.700 | 0.400 | 0.800 | n/a (toy model) |" in md
     assert "DEMO ON A TOY MODEL" in md
-    assert "DEMO" not in markdown_report(_results(tmp_path, demo=False))
+    real = markdown_report(_results(tmp_path, demo=False))
+    assert "DEMO" not in real and "n/a (toy model)" not in real
+    assert "| G @8 | jpeg:30 | 0.250 | 0.520 | 0.520 | 28.000 | 0.700 | 0.700 | 0.400 | 0.800 | 0.840 |" in real
+    assert "| none | none | 0.100 | 0.600 | 0.600 | 20.000 | 0.700 | 0.700 | 0.400 | 0.800 | 1.000 |" in real
 
 
 def test_html_is_self_contained_with_images_and_plots(tmp_path):
@@ -187,16 +191,22 @@ def test_every_report_states_protocol_norm_and_detector_floor(tmp_path):
     assert "## Protocol: custom settings" in md and "--protocol paper" in md
     assert "face detection on the clean reference photos (the detector's floor): 3/4 detected (rate 0.750" in md
     assert "protection function (generator methods): image: per-image statistics" in md
-    results["protocol"] = {"name": "paper", "settings": [
-        {"setting": "scheduler", "protocol": "pndm", "ran": "pndm", "matches": True},
-        {"setting": "images_per_prompt", "protocol": 30, "ran": 2, "matches": False}]}
+    settings = [{"setting": "scheduler", "protocol": "pndm", "ran": "pndm", "matches": True},
+                {"setting": "face_quality", "protocol": "not in the paper", "ran": "QualityFace", "matches": None}]
+    results["protocol"] = {"name": "paper", "settings": settings}
+    assert "all match." in markdown_report(results)  # a diagnostic the paper has not is not a departure
+    settings += [{"setting": "images_per_prompt", "protocol": 30, "ran": 2, "matches": False},
+                 {"setting": "budget.metacloak", "protocol": "11 (MetaCloak)", "ran": "8", "matches": False}]
     results["config"].update(norm="running")
     md = markdown_report(results)
-    assert "## Protocol: paper (1 departure(s))" in md and "depart from it (images per prompt)" in md
-    assert "| scheduler | pndm | pndm | ✓ |" in md and "| images per prompt | 30 | 2 | ✗ departs |" in md
+    assert "## Protocol: paper (2 differ)" in md and "all match" not in md
+    assert "**2 of 4 rows differ (images per prompt, budget (grey levels): metacloak)" in md
+    assert "| scheduler | pndm | pndm | ✓ |" in md and "| images per prompt | 30 | 2 | ✗ differs |" in md
+    assert "| face-quality backbone | not in the paper | QualityFace | — not in the paper |" in md
+    assert "| budget (grey levels): metacloak | 11 (MetaCloak) | 8 | ✗ differs |" in md
     assert "protection function (generator methods): running: running statistics" in md
     page = html_report(results, tmp_path)
-    assert "Protocol: paper (1 departure(s))" in page and "identity gap" in page and "3/4 detected" in page
+    assert "Protocol: paper (2 differ)" in page and "identity gain" in page and "3/4 detected" in page
 
 
 def test_headings_arrows_and_missing_values_are_the_directions_modules(tmp_path):
@@ -205,15 +215,15 @@ def test_headings_arrows_and_missing_values_are_the_directions_modules(tmp_path)
     from gapdiff_core.commands.demo import summary_lines
     from gapdiff_core.metrics.directions import METRICS
 
-    results = _results(tmp_path)
+    results = _results(tmp_path, demo=False)
     for run in results["runs"]:
-        run["identity_learning"]["gap"] = None
+        run["identity_gain"]["relative"] = None
     md = markdown_report(results)
     summary = next(line for line in md.splitlines() if line.startswith("| Method | Transform | FDFR↑ | ISM↓ |"))
-    assert summary.endswith("| face quality↓ (detected faces) | identity gap↑ |")
+    assert summary.endswith("| face quality↓ (detected faces) | identity gain↓ |")
     assert "| none | none | 0.100 | 0.600 | 0.600 | 20.000 | 0.700 | 0.700 | 0.400 | 0.800 | n/a |" in md
     assert "–" not in md.replace("0–255", "") and "<td><b>n/a</b></td>" in html_report(results, tmp_path)
     lines = summary_lines(results)
     assert lines[0].startswith("mean over prompts (FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓ face quality↓: ")
-    assert all(f"{METRICS['identity_gap'].label} n/a |" in line for line in lines[1:7])
+    assert all(f"{METRICS['identity_gain'].label} n/a |" in line for line in lines[1:7])
     assert "| FDFR 0.250 ISM 0.520 BRISQUE 28.00 SER-FIQ 0.700 face quality 0.400 |" in lines[6]

@@ -115,21 +115,22 @@ def run(args) -> int:
 
 
 def summary_lines(results: dict) -> list[str]:
-    """One line per method × transform: the metrics' means over prompts, the identity-learning gap and the photos'
+    """One line per method × transform: the metrics' means over prompts, the identity gain and the photos'
     PSNR vs clean; then the detector's floor on the clean reference photos."""
     from ..evaluation.report import aggregate, no_face_note, run_facts
-    from ..metrics.directions import METRICS, PROTOCOL_METRICS, format_signed, format_value
+    from ..evaluation.report.rows import gain_text
+    from ..metrics.directions import METRICS, PROTOCOL_METRICS, format_value
 
     rows = aggregate(results)
     width = max(len(r["method"]) for r in rows)
     shown = (*PROTOCOL_METRICS, "face_quality")
-    gap = METRICS["identity_gap"]
+    gain = METRICS["identity_gain"]
     out = [f"mean over prompts ({' '.join(METRICS[k].heading for k in shown)}: arrows point to stronger protection; "
-           f"{gap.heading}: denoising error on the clean reference photo minus that after the clean-photo attack)"]
+           f"{gain.heading}: the identity the attacked model learnt, over that of the clean-photo attack)"]
     for r in rows:
         means = " ".join(f"{METRICS[k].label} {format_value(r['mean'][k], 2 if k == 'brisque' else 3)}" for k in shown)
-        out.append(f"{r['method']:<{width}} | {r['transform']:<8} | {means} | {gap.label} "
-                   f"{format_signed(r['identity_gap'])} | PSNR of photos vs clean "
+        out.append(f"{r['method']:<{width}} | {r['transform']:<8} | {means} | {gain.label} "
+                   f"{gain_text(r, results)} | PSNR of photos vs clean "
                    f"{format_value(r['psnr_after_transform_db'], 2)} dB")
     note = no_face_note(rows)
     facts = [f"{k}: {v}" for k, v in run_facts(results)]

@@ -17,14 +17,18 @@ Every stage is cached under OUT/cache by its settings: rerunning resumes and ski
 Writes OUT/results.json and OUT/report.{json,md,html}. With the tiny built-in model everything is a toy demo.
 
 --protocol paper sets everything the paper fixes (the paper-full DreamBooth at 512 px with 200 class images,
-the four prompts, 30 images per prompt, PNDM with 100 steps, CFG 7.5, budget 8, none and jpeg:70); any flag
-given as well overrides it, and the report lists each of the protocol's settings next to what ran.
+the four prompts, 30 images per prompt, PNDM with 100 steps, CFG 7.5 in fp16, every method at the budget its
+authors published, the baselines' released numerics, GAP-Diff in fp32, none and jpeg:70, a random-noise control);
+any flag given as well overrides it (--budget runs every method at the budgets given), and the report lists each
+of the protocol's settings and components (model, detector, embedder, SER-FIQ, class images, precisions, budgets)
+next to what ran, counting the rows that differ.
 Without --protocol: the tiny-lora (tiny model) or lora preset, 4 images per prompt, 30 DDIM steps.
 
-Every report also gives the identity-learning gap (the attacked model's denoising error on set_C minus that of
-the model attacked with the clean photos; higher = the attacker learned less; that clean attack runs once per
-identity even when 'none' is not among the methods) and the face detection rate on the clean set_C photos (the
-detector's floor).
+Every report also gives the identity gain (the attacked model's denoising error on set_C with the class prompt
+minus that with the instance prompt, same noise for both, over that of the model attacked with the clean photos
+through the same transform; 1 = learnt as well as from clean photos, lower = stronger protection; n/a on a toy
+model; those clean attacks run even when 'none' is not among the methods) and the face detection rate on the
+clean set_C photos (the detector's floor).
 
 Example (the paper's protocol on a real SD 2.1-base folder):
   gapdiff evaluate data/ --out eval_out --protocol paper --model sd21-base/ --device cuda \\
@@ -43,19 +47,32 @@ def add_arguments(p) -> None:
     p.add_argument("--method", action="append", dest="methods", default=None,
                    help="protection: none, a generator checkpoint (or gap-diff:CKPT), or an iterative method run "
                         "against --model (aspl, fsmg, photoguard, mist, ace, metacloak, caat, simac; NAME:tiny for "
-                        "its short schedule) (repeatable; default: none)")
+                        "its short schedule), or random-noise (the control) (repeatable; default: none)")
     p.add_argument("--transform", action="append", dest="transforms", default=None, metavar="SPEC",
                    help="transform between protection and the attack, a registry spec (listed below): jpeg:75, "
                         "resize:1080,side=long|jpeg:75, platform:instagram, diffpure:0.1 (purifications run through "
                         "--model) (repeatable; default: none; the paper protocol: none and jpeg:70)")
     p.add_argument("--budget", action="append", dest="budgets", type=options.budget, default=None,
-                   help="budget in grey levels on the 0-255 scale (repeatable; default 8)")
+                   help="budget in grey levels on the 0-255 scale, the same for every method (repeatable; default 8; "
+                        "the paper protocol runs each method at its published budget unless this is given)")
+    p.add_argument("--noise-control", action="store_true",
+                   help="add a random-noise row (±budget sign noise) at every budget a protection runs at (the "
+                        "paper protocol does)")
     options.protection_function(p)
+    p.add_argument("--generator-precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                   help="precision of GAP-Diff generators (default auto; the paper protocol: fp32, as the paper)")
+    p.add_argument("--reference-numerics", choices=("corrected", "released"), default=None,
+                   help="how ASPL, SimAC and MetaCloak fine-tune their surrogate: corrected (default: fp32, a real "
+                        "gradient clip) or released (their released code: pure-bf16 weights, a no-op clip; the "
+                        "paper protocol)")
     p.add_argument("--model", default="tiny", help="surrogate to attack: tiny, a diffusers folder or a checkpoint")
     p.add_argument("--preset", default=None, help="attack preset (default: the protocol's, else tiny-lora for "
                                                   "tiny and lora otherwise)")
     p.add_argument("--attack-steps", type=int, default=None, help="override the preset's training steps")
-    p.add_argument("--class-images", type=int, default=None, help="override the preset's number of class images")
+    p.add_argument("--num-class-images", type=int, default=None, help="override the preset's number of class images")
+    p.add_argument("--class-images", default=None, metavar="DIR",
+                   help="a folder of class images (e.g. the authors' set: SD 2.1-base, PNDM, bf16) for the attack "
+                        "and the protections' prior preservation, instead of images generated by --model (DDIM)")
     p.add_argument("--resolution", type=int, default=None, help="attack/generation resolution (default: the "
                                                                 "protocol's, else the preset's or model's)")
     p.add_argument("--images-per-prompt", type=int, default=None, help="default 4 (paper protocol 30)")
@@ -63,8 +80,11 @@ def add_arguments(p) -> None:
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default 7.5)")
     p.add_argument("--scheduler", default=None, help="sampling scheduler: ddim, pndm, dpm++, euler, ddpm "
                                                      "(default ddim; paper pndm)")
+    p.add_argument("--generation-precision", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="precision of the sampling (default fp32; the paper protocol: fp16 as the paper, on CUDA "
+                        "only: elsewhere fp32 runs and the report says so)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the attack, the sampling, the identity-learning draws and (--official-mode) the "
+                   help="seed of the attack, the sampling, the identity-gain draws and (--official-mode) the "
                         "generator's dropout (default 0)")
     p.add_argument("--serfiq-passes", type=int, default=None, help="SER-FIQ dropout passes T (default 100)")
     p.add_argument("--detector", choices=("retinaface-mobilenet", "yunet"), default=None,
@@ -99,12 +119,16 @@ def build_config(args):
     from ..evaluation import ProtocolConfig, protocol_config
 
     overrides = {k: v for k, v in (("max_train_steps", args.attack_steps),
-                                   ("num_class_images", args.class_images)) if v is not None}
+                                   ("num_class_images", args.num_class_images)) if v is not None}
     given = {k: v for k, v in dict(
         methods=args.methods, transforms=args.transforms, budgets=args.budgets, attack_preset=args.preset,
         resolution=args.resolution, images_per_prompt=args.images_per_prompt, generation_steps=args.steps,
         guidance_scale=args.guidance, scheduler=args.scheduler, serfiq_T=args.serfiq_passes,
-        detector=args.detector).items() if v is not None}
+        detector=args.detector, class_images=args.class_images, reference_numerics=args.reference_numerics,
+        generation_precision=args.generation_precision, generator_precision=args.generator_precision,
+        noise_control=args.noise_control or None).items() if v is not None}
+    if args.budgets:  # budgets given: every method at each of them
+        given["published_budgets"] = False
     common = dict(model=args.model, seed=args.seed, device=args.device, norm=args.norm,
                   official_mode=args.official_mode, attack_overrides=overrides)
     if args.protocol:

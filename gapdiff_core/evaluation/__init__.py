@@ -4,20 +4,22 @@ on disk.
 For each identity, protect its ``set_B`` photos, apply a platform transform (e.g. JPEG q 70), DreamBooth-attack a
 surrogate with them, generate the four prompts' images and score them against the identity's clean ``set_C``
 photos: FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓ per prompt (↑/↓: the direction of stronger protection), plus PSNR / SSIM / L∞
-of the protected photos against the clean ones. The ``identity`` stage measures the attacked model's denoising error
-on ``set_C``; minus that of the model attacked with the clean photos it is the identity-learning gap (higher = the
-attacker learned less). :data:`PROTOCOLS` names complete settings (``paper``: what the paper fixes).
+of the protected photos against the clean ones. The ``identity`` stage measures the attacked model's identity gain
+on ``set_C`` (class-prompt minus instance-prompt denoising error); over that of the model attacked with the clean
+photos through the same transform it says how much of the identity the attacker learnt (lower = stronger
+protection). :data:`PROTOCOLS` names complete settings (``paper``: what the paper fixes); :mod:`.components` the
+models behind the numbers, each against the paper's.
 
 Every stage writes its outputs into ``<cache>/<stage>/<key>/`` and a ``stage.json`` last; ``key`` hashes the stage's
 own settings and its parent's key (which hashes the input photos), so a rerun skips finished stages, an interrupted
 run resumes (the attack also resumes from its own checkpoint), and changing one setting recomputes only what it
 affects.
 
-Modules: :mod:`.config` (what to run, named protocols), :mod:`.inputs` (identities and their photos),
-:mod:`.methods` (``--method`` specs against :data:`gapdiff_core.protections.PROTECTIONS`), :mod:`.cache` (the stage
-cache), :mod:`.stages` (each stage, computed or loaded), :mod:`.runner` (the grid of runs and the results),
-:mod:`.summary` (metric means), :mod:`.report` (JSON, Markdown and HTML reports), :mod:`.on_ray` (the stage graph as
-Ray tasks).
+Modules: :mod:`.config` (what to run, named protocols), :mod:`.components` (the protocol table's components),
+:mod:`.inputs` (identities and their photos), :mod:`.methods` (``--method`` specs against
+:data:`gapdiff_core.protections.PROTECTIONS`, and their budgets), :mod:`.cache` (the stage cache), :mod:`.stages`
+(each stage, computed or loaded), :mod:`.runner` (the grid of runs and the results), :mod:`.summary` (metric
+means), :mod:`.report` (JSON, Markdown and HTML reports), :mod:`.on_ray` (the stage graph as Ray tasks).
 """
 from ..protections import PROTECTIONS, ProtectFn, register_protection
 from .cache import CACHE_VERSION, StageCache, config_key, jsonable

@@ -113,16 +113,22 @@ class ProtocolConfig:
 
 # What the paper fixes (the authors' scripts/db_infer.sh, infer.py and metric scripts): the paper-full
 # DreamBooth (its own preset holds lr, steps, batch, class images), 512 px, the four prompts, 30 images per prompt
-# in batches of 6, the SD 2.1-base default scheduler (PNDM) with 100 steps, CFG 7.5, budget 16/255 on [-1, 1]
-# (8 grey levels), the photos as protected and after JPEG q70, detection threshold 0.9, SER-FIQ's T = 100.
+# in batches of 6, the SD 2.1-base default scheduler (PNDM) with 100 steps, CFG 7.5 in fp16, every method at the
+# budget its authors published (GAP-Diff 16/255 on [-1, 1] = 8 grey levels; MetaCloak 11, measured on the paper's
+# images), the baselines as released (bf16 surrogates), GAP-Diff in fp32, the photos as protected and after JPEG
+# q70, detection threshold 0.9, SER-FIQ's T = 100; and a random-noise control at each budget. The models behind the
+# metrics are in components.PAPER.
 PROTOCOLS: dict[str, dict] = {
     "paper": dict(attack_preset="paper-full", resolution=512, prompts=PAPER_PROMPTS, images_per_prompt=30,
                   generation_steps=100, guidance_scale=7.5, scheduler="pndm", generation_batch_size=6, budgets=[8.0],
-                  transforms=["none", "jpeg:70"], threshold=0.9, serfiq_T=100),
+                  published_budgets=True, noise_control=True, reference_numerics="released", generator_precision="fp32",
+                  generation_precision="fp16", transforms=["none", "jpeg:70"], threshold=0.9, serfiq_T=100),
 }
 # the attack settings a protocol's report lists (from its preset, unless overridden)
 PROTOCOL_ATTACK_FIELDS = ("mode", "train_text_encoder", "learning_rate", "max_train_steps", "train_batch_size",
                           "prior_loss_weight", "num_class_images", "mixed_precision")
+# settings the component rows state instead (as they ran: per-method budgets, the precision the device allows)
+COMPONENT_SETTINGS = ("budgets", "generation_precision")
 
 
 def protocol_config(name: str, **overrides) -> ProtocolConfig:
@@ -133,24 +139,28 @@ def protocol_config(name: str, **overrides) -> ProtocolConfig:
     return ProtocolConfig(**{**PROTOCOLS[name], **overrides, "protocol": name})
 
 
-def protocol_settings(config: ProtocolConfig, attack) -> list[dict]:
-    """Each setting the protocol fixes: ``{"setting", "protocol", "ran", "matches"}`` (``attack``: the
-    :class:`DreamBoothConfig` that ran). Empty for a custom configuration."""
+def protocol_settings(config: ProtocolConfig, attack, model, methods) -> list[dict]:
+    """Each setting and component the protocol fixes: ``{"setting", "protocol", "ran", "matches"}`` (``attack``:
+    the :class:`DreamBoothConfig` that ran, ``model()`` the diffusion model, loaded only for a named protocol,
+    ``methods`` the :class:`Method` rows; ``matches`` None: a diagnostic the paper has not). Empty for a custom
+    configuration."""
     if config.protocol not in PROTOCOLS:
         return []
     from ..attack import preset
+    from .components import component_rows
 
     spec = PROTOCOLS[config.protocol]
     ran = config.to_dict()
     rows = []
     for k, v in spec.items():
+        if k in COMPONENT_SETTINGS:
+            continue
         want, got = (list(v) if isinstance(v, (list, tuple)) else v), ran[k]
         if k == "resolution":
             got = attack.resolution
         rows.append({"setting": k, "protocol": want, "ran": got, "matches": want == got})
-    base = preset(spec["attack_preset"])
+    base_preset = preset(spec["attack_preset"])
     for k in PROTOCOL_ATTACK_FIELDS:
-        want, got = getattr(base, k), getattr(attack, k)
+        want, got = getattr(base_preset, k), getattr(attack, k)
         rows.append({"setting": f"attack.{k}", "protocol": want, "ran": got, "matches": want == got})
-    return rows
-
+    return rows + component_rows(config, attack, model(), methods)

@@ -4,8 +4,8 @@ Every stage is idempotent through `StageCache` (a finished stage is loaded, neve
 grid is scheduled as tasks that run stages and leave their results in the cache, on a folder every worker sees:
 
   protect (one task per identity x method, shared by its transforms)
-    -> transform, attack, identity, generate (one task per cell; and per identity the clean-photo attack that
-       the identity-learning gap is measured against)
+    -> transform, attack, identity, generate (one task per cell; and per identity and transform the clean-photo
+       attack that the identity gain is relative to)
     -> metrics (one task per cell)
 
 Model stages ask Ray for a GPU when the protocol runs on CUDA (else a CPU); metric stages ask for a CPU. When
@@ -68,8 +68,9 @@ def run_on_ray(runner: ProtocolRunner, *, address: str | None = None, progress: 
     rows = runner.rows()
     none = resolve_method("none", None)
     chains = {(i.name, m.spec, m.budget, t): (i, m, t, True) for i, m, t in rows}
-    for ident in {i.name: i for i, _, _ in rows}.values():  # the clean attack behind the identity-learning gap
-        chains.setdefault((ident.name, none.spec, none.budget, "none"), (ident, none, "none", False))
+    for ident in {i.name: i for i, _, _ in rows}.values():  # the clean attacks the identity gain is relative to
+        for t in config.transforms:
+            chains.setdefault((ident.name, none.spec, none.budget, t), (ident, none, t, False))
     protected = {}
     for ident, method, _, _ in chains.values():
         k = (ident.name, method.spec, method.budget)

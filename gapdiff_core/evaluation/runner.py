@@ -11,12 +11,13 @@ from typing import Callable, Optional
 
 import torch
 
+from ..attack.identity import relative_gain
 from ..io.atomic import write_text
 from ..metrics.directions import METRICS
 from .cache import StageCache, jsonable
 from .config import ProtocolConfig, protocol_settings
 from .inputs import Identity, find_identities
-from .methods import Method, resolve_method
+from .methods import Method, method_budgets, resolve_method
 from .stages import STAGES, StageRunner
 from .summary import combine_metrics
 
@@ -34,12 +35,20 @@ class ProtocolRunner(StageRunner):
         cache = StageCache(Path(cache_dir) if cache_dir else self.out_dir / "cache", on_compute)
         super().__init__(config or ProtocolConfig(), cache, progress, log)
 
+    def methods(self) -> list[Method]:
+        """Every method at its budgets: each of ``budgets``, or with ``published_budgets`` the budget its authors
+        published (``budgets`` where none is); with ``noise_control`` a random-noise row at each budget used."""
+        c = self.config
+        methods = [resolve_method(spec, b) for spec in c.methods
+                   for b in method_budgets(spec, c.budgets, c.published_budgets)]
+        if self.config.noise_control:
+            used = {m.budget for m in methods if m.kind not in ("none", "random-noise")}
+            have = {m.budget for m in methods if m.kind == "random-noise"}
+            methods += [resolve_method("random-noise", b) for b in sorted(used - have)]
+        return methods
+
     def rows(self) -> list[tuple[Identity, Method, str]]:
-        idents = find_identities(self.data)
-        methods = []
-        for spec in self.config.methods:
-            budgets = [None] if str(spec).strip().lower() == "none" else self.config.budgets
-            methods += [resolve_method(spec, b) for b in budgets]
+        idents, methods = find_identities(self.data), self.methods()
         return [(i, m, t) for i in idents for m in methods for t in self.config.transforms]
 
     def run(self) -> dict:
@@ -59,12 +68,14 @@ class ProtocolRunner(StageRunner):
             met = self.stage_metrics(ident, gen)
             runs.append(self._run_record(ident, method, spec, prot, trans, att, idr, gen, met))
         idents = {r[0].name: r[0] for r in rows}
-        clean = {name: self.clean_attack_identity(i)["denoising_error"] for name, i in idents.items()}
+        clean = {(name, t): self.clean_attack_identity(i, t)["gain"] for name, i in idents.items()
+                 for t in self.config.transforms}
         for run in runs:
-            run["identity_learning"]["clean_error"] = c = clean[run["identity"]]
-            run["identity_learning"]["gap"] = run["identity_learning"]["error"] - c
+            run["identity_gain"]["clean_gain"] = c = clean[(run["identity"], run["transform"])]
+            run["identity_gain"]["relative"] = relative_gain(run["identity_gain"]["gain"], c)
         detection = {name: self.reference_detection(i) for name, i in idents.items()}
-        results = jsonable(self._results(runs, detection, time.perf_counter() - t_start))
+        methods = list({r[1].label: r[1] for r in rows}.values())
+        results = jsonable(self._results(runs, detection, methods, time.perf_counter() - t_start))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.out_dir / "results.json", json.dumps(results, indent=2))
         return results
@@ -88,8 +99,8 @@ class ProtocolRunner(StageRunner):
             "attack": {k: arec.get(k) for k in ("mode", "steps", "final_loss")},
             "metrics": met["per_prompt"], "mean": combine_metrics(list(met["per_prompt"].values())),
             "backends": met["backends"],
-            # the attacked model's denoising error on set_C; gap = error - that of the clean-attacked model
-            "identity_learning": {"error": idr["denoising_error"]},
+            # the attacked model's identity gain on set_C; relative: over that of the clean attack at this transform
+            "identity_gain": {k: idr[k] for k in ("gain", "instance_error", "class_error", "per_photo_gain")},
             "images": {"clean": [self._rel(Path(p)) for p in prec["clean"]],
                        "references": [self._rel(Path(p)) for p in ident.references],
                        "protected": [self._rel(pfolder / n) for n in prec["files"]],
@@ -101,7 +112,7 @@ class ProtocolRunner(StageRunner):
                               "generate": grec.get("seconds"), "metrics": met.get("seconds")},
         }
 
-    def _results(self, runs: list, detection: dict, seconds: float) -> dict:
+    def _results(self, runs: list, detection: dict, methods: list, seconds: float) -> dict:
         is_demo = any(r["model_is_demo"] or r["method_is_demo"] for r in runs)
         n_photos = sum(d["n_photos"] for d in detection.values())
         acfg = self.attack_config()
@@ -113,7 +124,8 @@ class ProtocolRunner(StageRunner):
             "demo_note": ("DEMO on a toy model: the surrogate is the tiny built-in random model and/or the generator "
                           "is a demo generator. These numbers show the pipeline, NOT protection." if is_demo else ""),
             "directions": {k: m.direction for k, m in METRICS.items()},
-            "protocol": {"name": self.config.protocol, "settings": protocol_settings(self.config, acfg)},
+            "protocol": {"name": self.config.protocol,
+                         "settings": protocol_settings(self.config, acfg, lambda: self.base, methods)},
             # the detector's floor: faces found on the clean reference photos (set_C)
             "reference_detection": {"per_identity": detection, "n_photos": n_photos,
                                     "n_detected": sum(d["n_detected"] for d in detection.values()),

@@ -13,6 +13,7 @@ from ..common.progress import TqdmProgress
 from ..common.seeds import derive_seed
 from ..protections import PROTECTIONS, ProtectFn
 from .cache import StageCache, config_key
+from .components import generation_precision
 from .config import ProtocolConfig
 from .inputs import Identity, file_digest
 from .methods import Method, resolve_method
@@ -243,42 +244,45 @@ class StageRunner:
         raise RuntimeError(f"{folder}: the attack stage kept neither a LoRA nor a model folder; delete it to rerun")
 
     def stage_identity(self, ident: Identity, attacked: tuple[dict, Path, object]) -> tuple[dict, tuple]:
-        """The attacked model's denoising error on the identity's clean reference photos (set_C): the DreamBooth
-        loss (instance prompt, VAE mean, ``identity_samples`` seeded noise/timestep draws per photo, the same for
-        every model). Returns the record and ``attacked`` with its model (reloaded when it had to be)."""
+        """The attacked model's identity gain on the identity's clean reference photos (set_C):
+        :func:`gapdiff_core.attack.identity_gain`, ``identity_samples`` seeded noise/timestep draws per photo, the
+        same for both prompts and every model. Returns the record and ``attacked`` with its model (reloaded when it
+        had to be)."""
         arec, afolder, model = attacked
         c = self.config
         cfg = {"parent": arec["key"], "references": [file_digest(p) for p in ident.references],
-               "samples": c.identity_samples, "seed": c.seed}
+               "samples": c.identity_samples, "seed": c.seed, "measure": "identity gain"}
         key, rec, _ = self.cache.lookup("identity", cfg, arec)
         if rec is None:
             def work() -> dict:
                 nonlocal model
-                from ..attack import instance_loss
+                from ..attack import identity_gain
 
                 if model is None:
                     model = self._reload_attacked(arec, afolder)
                 acfg = self.attack_config()
-                errors = [instance_loss(model, [str(p)], acfg.instance_prompt, resolution=acfg.resolution,
-                                        samples=c.identity_samples, seed=c.seed) for p in ident.references]
-                return {"denoising_error": sum(errors) / len(errors), "per_photo": errors}
+                return identity_gain(model, [str(p) for p in ident.references], instance_prompt=acfg.instance_prompt,
+                                     class_prompt=acfg.class_prompt, resolution=acfg.resolution,
+                                     samples=c.identity_samples, seed=c.seed)
             rec = self._compute("identity", key, cfg, arec, work)
         return rec, (arec, afolder, model)
 
-    def clean_attack_identity(self, ident: Identity) -> dict:
-        """The identity stage of the model attacked with the identity's clean, untransformed photos (method
-        ``none``, transform ``none``): the reference of the identity-learning gap. Cached like every stage."""
+    def clean_attack_identity(self, ident: Identity, spec: str) -> dict:
+        """The identity stage of the model attacked with the identity's clean photos through transform ``spec``
+        (method ``none``): the reference the identity gain is normalised by. Cached like every stage."""
         prot = self.stage_protect(ident, resolve_method("none", None))
-        att = self.stage_attack(self.stage_transform(prot, "none"))
+        att = self.stage_attack(self.stage_transform(prot, spec))
         return self.stage_identity(ident, att)[0]
 
     def generation_config(self):
         from ..attack import GenerationConfig
 
         c = self.config
+        precision = generation_precision(c)
         return GenerationConfig(prompts=c.prompts, images_per_prompt=c.images_per_prompt, steps=c.generation_steps,
                                 guidance_scale=c.guidance_scale, scheduler=c.scheduler, seed=c.seed,
-                                batch_size=c.generation_batch_size, resolution=self.attack_config().resolution)
+                                batch_size=c.generation_batch_size, resolution=self.attack_config().resolution,
+                                autocast="no" if precision == "fp32" else precision)
 
     def stage_generate(self, attacked: tuple[dict, Path, object]) -> tuple[dict, Path]:
         arec, afolder, model = attacked

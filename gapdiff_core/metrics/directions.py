@@ -33,8 +33,9 @@ METRICS = {m.key: m for m in (
     Metric("brisque", "BRISQUE", True, "no-reference image quality (higher = worse images)"),
     Metric("serfiq", "SER-FIQ", False, "face image quality of the generated faces"),
     Metric("face_quality", "face quality", False, "QualityFace fused with the face's naturalness"),
-    Metric("identity_gap", "identity gap", True, "how much less the attacked model learned the identity than "
-           "after the clean-photo attack"),
+    Metric("identity_gain", "identity gain", False, "the attacked model's identity gain on the clean reference "
+           "photos (class-prompt minus instance-prompt denoising error) over the clean-photo attack's at the same "
+           "transform (1 = the identity learnt as well as from clean photos)"),
 )}
 PROTOCOL_METRICS = ("fdfr", "ism", "brisque", "serfiq")  # the four of the paper's tables, in their order
 

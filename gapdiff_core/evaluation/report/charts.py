@@ -8,10 +8,10 @@ from typing import Optional
 from ...metrics.directions import METRICS
 from ...preprocess import parse
 from ...preprocess.codecs import SUBSAMPLING_PARAM
-from .rows import GAP_HEADING, PROTOCOL_COLUMNS
+from .rows import GAIN_HEADING, PROTOCOL_COLUMNS
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-EMPTY_NOTES = {"ism": "undefined: no face in the reference photos"}
+EMPTY_NOTES = {"ism": "undefined: no face in the reference photos", "identity_gain": "n/a (toy model)"}
 
 
 def jpeg_quality(spec: str) -> Optional[int]:
@@ -96,7 +96,7 @@ def robustness_plots(rows: list[dict]) -> list[str]:
         return []
     labels = {100: "none"} if any(r["transform"] == "none" for r in jrows) else {}
     plots = []
-    extra = (("face_quality", METRICS["face_quality"].heading), ("identity_gap", GAP_HEADING),
+    extra = (("face_quality", METRICS["face_quality"].heading), ("identity_gain", GAIN_HEADING),
              ("psnr_after_transform_db", "PSNR vs clean (dB)"))
     for key, name in PROTOCOL_COLUMNS + extra:
         series: dict = {}

@@ -1,8 +1,9 @@
-"""What ran, as every report states it: the protocol and how this run departs from it, the protection function,
-the detector's floor, the setup and the backends."""
+"""What ran, as every report states it: the protocol and how this run departs from it (its settings and the
+components behind the numbers), the protection function, the detector's floor, the setup and the backends."""
 from __future__ import annotations
 
 from ...metrics.directions import format_value
+from ..components import COMPONENT_NAMES
 
 DEMO_BANNER = ("DEMO ON A TOY MODEL: the diffusion model is the tiny built-in random model and/or the generator is a "
                "demo generator trained for about a minute against it. These numbers and images show how the "
@@ -16,7 +17,11 @@ SETTING_NAMES = {
     "attack.mode": "attack: fine-tuning", "attack.train_text_encoder": "attack: text encoder trained",
     "attack.learning_rate": "attack: learning rate", "attack.max_train_steps": "attack: steps",
     "attack.train_batch_size": "attack: batch", "attack.prior_loss_weight": "attack: prior-preservation weight",
-    "attack.num_class_images": "attack: class images", "attack.mixed_precision": "attack: mixed precision"}
+    "attack.num_class_images": "attack: class images", "attack.mixed_precision": "attack: mixed precision",
+    "published_budgets": "each method at its published budget", "noise_control": "random-noise control row",
+    "reference_numerics": "baselines' surrogate numerics (ASPL, SimAC, MetaCloak)",
+    "generator_precision": "GAP-Diff precision", **COMPONENT_NAMES}
+MARKS = {True: "✓", False: "✗ differs", None: "— not in the paper"}  # a row's mark, by its ``matches``
 
 
 def _value(v) -> str:
@@ -26,21 +31,29 @@ def _value(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def protocol_summary(results: dict) -> tuple[str, str, list[tuple[str, str, str, bool]]]:
-    """(title, one-line note, [(setting, protocol value, value that ran, matches)]) of the protocol that ran."""
+def _name(setting: str) -> str:
+    """A setting's name in reports: "budget.aspl" -> "budget (grey levels): aspl"."""
+    if setting.startswith("budget."):
+        return f"budget (grey levels): {setting.removeprefix('budget.')}"
+    return SETTING_NAMES.get(setting, setting)
+
+
+def protocol_summary(results: dict) -> tuple[str, str, list[tuple[str, str, str, object]]]:
+    """(title, one-line note, [(setting, protocol value, value that ran, matches)]) of the protocol that ran;
+    ``matches`` None: a diagnostic the paper has not (listed, not counted). The note counts the rows that differ
+    and says "all match" only when none does."""
     proto = results.get("protocol") or {"name": "custom", "settings": []}
     name, settings = proto["name"], proto.get("settings") or []
     if name == "custom" or not settings:
         return ("Protocol: custom settings",
                 "Not a named protocol; `gapdiff evaluate --protocol paper` runs the paper's. What ran is under Setup.",
                 [])
-    rows = [(SETTING_NAMES.get(s["setting"], s["setting"]), _value(s["protocol"]), _value(s["ran"]), s["matches"])
-            for s in settings]
-    off = [r[0] for r in rows if not r[3]]
-    note = (f"Protocol **{name}**: {PROTOCOL_TITLES.get(name, name)}. Every setting it fixes, and what this run used: "
-            + (f"**{len(off)} setting(s) depart from it ({', '.join(off)}), so these are not the protocol's "
-               "numbers.**" if off else "all match."))
-    return f"Protocol: {name}" + (f" ({len(off)} departure(s))" if off else ""), note, rows
+    rows = [(_name(s["setting"]), _value(s["protocol"]), _value(s["ran"]), s["matches"]) for s in settings]
+    off = [r[0] for r in rows if r[3] is False]
+    note = (f"Protocol **{name}**: {PROTOCOL_TITLES.get(name, name)}. Every setting and component it fixes, and "
+            "what this run used: " + (f"**{len(off)} of {len(rows)} rows differ ({', '.join(off)}), so these are "
+                                      "not the protocol's numbers.**" if off else "all match."))
+    return f"Protocol: {name}" + (f" ({len(off)} differ)" if off else ""), note, rows
 
 
 def run_facts(results: dict) -> list[tuple[str, str]]:

@@ -2,9 +2,9 @@
 visibility of the protection."""
 from __future__ import annotations
 
-from ...metrics.directions import format_signed, format_value
-from .facts import DEMO_BANNER, backends, protocol_summary, run_facts, setup_items
-from .rows import GAP_HEADING, PROTOCOL_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NOTE, aggregate, no_face_note
+from ...metrics.directions import format_value
+from .facts import DEMO_BANNER, MARKS, backends, protocol_summary, run_facts, setup_items
+from .rows import GAIN_HEADING, PROTOCOL_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NOTE, aggregate, gain_text, no_face_note
 
 
 def table_cell(value) -> str:
@@ -19,7 +19,7 @@ def _cells(r: dict) -> list[str]:
 
 def markdown_report(results: dict) -> str:
     """The protocol that ran, then the paper's layout (rows method × transform, column groups per prompt: FDFR↑ ISM↓
-    BRISQUE↑ SER-FIQ↓), then the summary over prompts with the detected-face means and the identity-learning gap."""
+    BRISQUE↑ SER-FIQ↓), then the summary over prompts with the detected-face means and the identity gain."""
     rows = aggregate(results)
     prompts = results["prompts"]
     lines = [f"# {results.get('title', 'gapdiff evaluation')}"
@@ -30,7 +30,7 @@ def markdown_report(results: dict) -> str:
     lines += [f"## {title}", "", note, ""]
     if settings:
         lines += ["| Setting | Protocol | This run | |", "|---|---|---|---|"]
-        lines += [f"| {name} | {table_cell(want)} | {table_cell(got)} | {'✓' if ok else '✗ departs'} |"
+        lines += [f"| {name} | {table_cell(want)} | {table_cell(got)} | {MARKS[ok]} |"
                   for name, want, got, ok in settings]
         lines.append("")
     lines += [f"- {k}: {v}" for k, v in run_facts(results)] + [""]
@@ -50,11 +50,11 @@ def markdown_report(results: dict) -> str:
     if no_face_note(rows):
         lines += ["", f"*{no_face_note(rows)}*"]
     lines += ["", "## Summary (mean over prompts and identities)", "", SUMMARY_NOTE, "",
-              "| " + " | ".join(["Method", "Transform"] + [n for _, n in SUMMARY_COLUMNS] + [GAP_HEADING]) + " |",
+              "| " + " | ".join(["Method", "Transform"] + [n for _, n in SUMMARY_COLUMNS] + [GAIN_HEADING]) + " |",
               "|" + "---|" * (len(SUMMARY_COLUMNS) + 3)]
     for r in rows:
         cells = _cells(r) + [format_value(r["mean"][k]) for k, _ in SUMMARY_COLUMNS]
-        lines.append("| " + " | ".join(cells + [format_signed(r["identity_gap"])]) + " |")
+        lines.append("| " + " | ".join(cells + [gain_text(r, results)]) + " |")
     lines += ["", "## Visibility of the protection (protected vs clean photos)", "",
               "| Method | Transform | PSNR (dB) | SSIM | L∞ (grey levels) | PSNR after transform (dB) |",
               "|---|---|---|---|---|---|"]

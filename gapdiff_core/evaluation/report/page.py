@@ -5,11 +5,11 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from ...metrics.directions import format_signed, format_value
+from ...metrics.directions import format_value
 from .charts import budget_plots, robustness_plots
-from .facts import DEMO_BANNER, backends, protocol_summary, run_facts, setup_items
+from .facts import DEMO_BANNER, MARKS, backends, protocol_summary, run_facts, setup_items
 from .images import image_grids
-from .rows import GAP_HEADING, PROTOCOL_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NOTE, aggregate, no_face_note
+from .rows import GAIN_HEADING, PROTOCOL_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NOTE, aggregate, gain_text, no_face_note
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1240px;color:#222}
 .demo{background:#fff3cd;border:2px solid #e0a800;padding:10px 14px;font-weight:bold;margin:12px 0}
@@ -39,7 +39,8 @@ def html_report(results: dict, base_dir: str | Path) -> str:
     if settings:
         h.append("<table><tr><th class='l'>Setting</th><th class='l'>Protocol</th><th class='l'>This run</th><th></th>"
                  "</tr>" + "".join(f"<tr><td class='l'>{e(n)}</td><td class='l'>{e(w)}</td><td class='l'>{e(g)}</td>"
-                                   f"<td>{'✓' if ok else '<b>✗ departs</b>'}</td></tr>" for n, w, g, ok in settings)
+                                   f"<td>{MARKS[ok] if ok is not False else '<b>' + MARKS[ok] + '</b>'}</td></tr>"
+                                   for n, w, g, ok in settings)
                  + "</table>")
     h.append("<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in run_facts(results)) + "</ul>")
     h += ["<h2>Results per prompt</h2><div class='wide'><table><tr><th class='l' rowspan='2'>Method</th>"
@@ -57,10 +58,10 @@ def html_report(results: dict, base_dir: str | Path) -> str:
              + "</p>" + (f"<p class='cap'><b>{e(no_face_note(rows))}</b></p>" if no_face_note(rows) else "")
              + "<h2>Summary (mean over prompts and identities)</h2><table><tr><th class='l'>Method</th>"
              "<th class='l'>Transform</th>" + "".join(f"<th>{e(n)}</th>" for _, n in SUMMARY_COLUMNS)
-             + f"<th>{GAP_HEADING}</th>"
+             + f"<th>{GAIN_HEADING}</th>"
              "</tr>" + "".join(f"<tr><td class='l'>{e(r['method'])}</td><td class='l'>{e(r['transform'])}</td>"
                                + "".join(f"<td>{format_value(r['mean'][k])}</td>" for k, _ in SUMMARY_COLUMNS)
-                               + f"<td><b>{format_signed(r['identity_gap'])}</b></td></tr>" for r in rows)
+                               + f"<td><b>{e(gain_text(r, results))}</b></td></tr>" for r in rows)
              + f"</table><p class='cap'>{e(SUMMARY_NOTE)}</p>"
              + "<h2>Visibility of the protection</h2><table><tr><th class='l'>Method</th>"
              "<th class='l'>Transform</th><th>PSNR (dB)</th><th>SSIM</th><th>L∞ (grey levels)</th>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from ...metrics.directions import METRICS, PROTOCOL_METRICS
+from ...metrics.directions import METRICS, PROTOCOL_METRICS, format_value
 from ..summary import combine_metrics
 
 
@@ -20,13 +20,16 @@ PROTOCOL_COLUMNS = tuple((k, METRICS[k].heading) for k in PROTOCOL_METRICS)
 #: (key, heading) of the summary's columns: the protocol means and the means over detected faces only
 SUMMARY_COLUMNS = tuple((k, _heading(k)) for k in ("fdfr", "ism", "ism_detected", "brisque", "serfiq",
                                                     "serfiq_detected", "face_quality", "face_quality_detected"))
-GAP_HEADING = METRICS["identity_gap"].heading  # "identity gap↑"
+GAIN_HEADING = METRICS["identity_gain"].heading  # "identity gain↓"
+TOY_GAIN = "n/a (toy model)"
 SUMMARY_NOTE = ("ISM, SER-FIQ and the face quality (the lower of the learned QualityFace score and the face's "
                 "1 - BRISQUE/100) as in the protocol (an image or identity without a detected face counts 0), and "
-                "over the detected faces only. Identity gap: the attacked model's "
-                "denoising error on the identity's clean reference photos (set_C) minus that of the model attacked "
-                "with the clean, untransformed photos; higher = the attacker learned less of the identity "
-                "(none | none is 0 by construction).")
+                "over the detected faces only. Identity gain: the attacked model's denoising error on the identity's "
+                "clean reference photos (set_C) with the class prompt minus that with the instance prompt (the same "
+                "noise and timesteps for both prompts and every model), divided by that of the model attacked with "
+                "the clean photos through the same transform; 1 = the attacker learnt the identity as well as from "
+                "clean photos, lower = stronger protection (none is 1 by construction; compare with random-noise at "
+                "the same budget). A toy model learns no identity: its gain is n/a.")
 
 
 def _mean(values):
@@ -36,8 +39,9 @@ def _mean(values):
 
 def aggregate(results: dict) -> list[dict]:
     """One row per (method, transform): metrics per prompt and their mean over identities and prompts, as the
-    official scripts average (:func:`gapdiff_core.evaluation.combine_metrics`); the identity-learning gap averaged
-    over identities; fidelity of the protected photos (and after the transform) vs the clean ones."""
+    official scripts average (:func:`gapdiff_core.evaluation.combine_metrics`); the relative identity gain averaged
+    over identities (None on a toy model); fidelity of the protected photos (and after the transform) vs the clean
+    ones."""
     groups: dict = {}
     for run in results["runs"]:
         groups.setdefault((run["method"], run["transform"]), []).append(run)
@@ -45,14 +49,14 @@ def aggregate(results: dict) -> list[dict]:
     for (method, transform), runs in groups.items():
         per_prompt = {p: combine_metrics([r["metrics"][p] for r in runs if p in r["metrics"]])
                       for p in results["prompts"]}
-        learning = [r.get("identity_learning") or {} for r in runs]
+        gains = [r.get("identity_gain") or {} for r in runs]
         rows.append({
             "method": method, "transform": transform, "budget": runs[0]["budget"],
             "method_spec": runs[0]["method_spec"], "identities": [r["identity"] for r in runs],
             "per_prompt": per_prompt,
             "mean": combine_metrics([e for r in runs for e in r["metrics"].values()]),
-            "identity_gap": _mean(x.get("gap") for x in learning),
-            "identity_error": _mean(x.get("error") for x in learning),
+            "identity_gain": None if toy_model(results) else _mean(x.get("relative") for x in gains),
+            "identity_gain_raw": _mean(x.get("gain") for x in gains),
             "psnr_db": _psnr(r["fidelity"] for r in runs),
             "ssim": _mean(r["fidelity"].get("ssim") for r in runs),
             "linf": max((r["fidelity"].get("linf_grey_levels") or 0.0) for r in runs),
@@ -68,6 +72,16 @@ def _psnr(fidelities) -> Optional[float]:
                   for f in fs):
         return math.inf
     return _mean(f.get("psnr_db") for f in fs)
+
+
+def toy_model(results: dict) -> bool:
+    """Whether the attacked diffusion model is a toy (the tiny random model): it learns no identity."""
+    return any(r.get("model_is_demo") for r in results["runs"])
+
+
+def gain_text(row: dict, results: dict) -> str:
+    """A row's identity gain for a table: n/a (toy model) on a toy model, where it cannot mean anything."""
+    return TOY_GAIN if toy_model(results) else format_value(row["identity_gain"])
 
 
 def no_face_note(rows: list[dict]) -> str:
