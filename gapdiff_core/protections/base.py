@@ -142,6 +142,11 @@ class IterativeProtection:
                              f"known: {', '.join(sorted(settings))}")
         settings.update(overrides)
         check_budget(settings["budget"], f"{self.name}: budget")
+        if settings.get("reference_numerics") == "released":
+            from ..attack.dreambooth import check_bf16_attention
+
+            check_bf16_attention(surrogate.device, f"{self.name}: reference_numerics='released' (bf16 weights)",
+                                 "use reference_numerics='corrected'")
         if settings.get("reference_numerics", "corrected") not in REFERENCE_NUMERICS:
             raise ValueError(f"{self.name}: reference_numerics must be one of {', '.join(REFERENCE_NUMERICS)}, not "
                              f"{settings['reference_numerics']!r}")
