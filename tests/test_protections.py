@@ -370,7 +370,7 @@ def _save(path, seed, size=(48, 40)):
     Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
 
 
-def test_cli_protects_a_folder_as_one_set_unless_per_photo(tmp_path, monkeypatch, surrogate):
+def test_cli_protects_a_folder_as_one_set_unless_per_photo(tmp_path, monkeypatch, surrogate, capsys):
     from gapdiff_core import protections
     from gapdiff_core.cli import main
 
@@ -399,6 +399,14 @@ def test_cli_protects_a_folder_as_one_set_unless_per_photo(tmp_path, monkeypatch
     for out in ("sets", "single"):
         assert len(list((tmp_path / out).rglob("*_mist-demo-protected.png"))) == 3
     assert main(args + ["-o", str(tmp_path / "x"), "--clean-set", str(tmp_path / "nothing")]) == 2
+    # --class-images DIR: the folder's first num_class_images (the tiny schedule's 2), checked before any work
+    _save(tmp_path / "cls" / "0.png", 30)
+    aspl = ["protect", str(tmp_path / "in" / "bob"), "--method", "aspl", "--schedule", "tiny", "--class-images",
+            str(tmp_path / "cls")]
+    assert main(aspl + ["-o", str(tmp_path / "c1")]) == 2 and sets == [(1, None)] * 3  # 1 image: refused
+    assert "holds 1 image(s); 2 are needed" in capsys.readouterr().err
+    _save(tmp_path / "cls" / "1.png", 31)
+    assert main(aspl + ["-o", str(tmp_path / "c2")]) == 0 and len(sets) == 4
 
 
 def test_protocol_runner_protects_each_identity_set_with_its_set_a(tmp_path):
