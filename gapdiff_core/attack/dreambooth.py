@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..common.progress import ProgressFn, StopFn, stop_requested
 from ..common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
+from ..diffusion.attention import cpu_has_bf16_attention
 from ..io import atomic
 from ..losses import diffusion_target
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
@@ -152,13 +153,6 @@ def instance_loss(surrogate, images, prompt: str = INSTANCE_PROMPT, *, resolutio
     return float(noise_prediction_error(surrogate, lat.to(dev), emb, noise.to(dev), t.to(dev)).mean())
 
 
-def check_bf16_attention(device: torch.device, what: str, instead: str) -> None:
-    """Refuse bf16 on a CPU without AVX-512: torch's bf16 attention fails there (``what``: the setting asked for)."""
-    if device.type == "cpu" and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
-        raise ValueError(f"{what} on this CPU ({torch.backends.cpu.get_cpu_capability()}) fails in torch's bf16 "
-                         f"attention, which needs AVX-512; {instead}")
-
-
 def _hash_tensor(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -261,8 +255,9 @@ class DreamBoothAttack:
         cfg, device = self.config, self.base.device
         if cfg.mixed_precision == "fp16" and device.type != "cuda":
             raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no'")
-        if cfg.mixed_precision == "bf16":
-            check_bf16_attention(device, "mixed_precision='bf16'", "use mixed_precision='no'")
+        if cfg.mixed_precision == "bf16" and device.type == "cpu" and not cpu_has_bf16_attention():
+            raise ValueError(f"mixed_precision='bf16' on this CPU ({torch.backends.cpu.get_cpu_capability()}) fails "
+                             "in torch's bf16 attention, which needs AVX-512; use mixed_precision='no'")
 
     def _start_training(self, model, instance: tuple, prior: tuple | None, checkpoint: Path, fingerprint: str,
                         resume: bool) -> _Training:

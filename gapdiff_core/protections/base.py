@@ -42,6 +42,7 @@ from ..common.budget import check_budget
 from ..common.progress import ProgressFn, StopFn, stop_requested
 from ..losses import denoising_error, instance_and_prior_loss
 from ..common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
+from ..diffusion.attention import cpu_has_bf16_attention, math_attention
 from ..model.protector import apply_budget
 
 GREY = 1.0 / 255.0
@@ -142,11 +143,6 @@ class IterativeProtection:
                              f"known: {', '.join(sorted(settings))}")
         settings.update(overrides)
         check_budget(settings["budget"], f"{self.name}: budget")
-        if settings.get("reference_numerics") == "released":
-            from ..attack.dreambooth import check_bf16_attention
-
-            check_bf16_attention(surrogate.device, f"{self.name}: reference_numerics='released' (bf16 weights)",
-                                 "use reference_numerics='corrected'")
         if settings.get("reference_numerics", "corrected") not in REFERENCE_NUMERICS:
             raise ValueError(f"{self.name}: reference_numerics must be one of {', '.join(REFERENCE_NUMERICS)}, not "
                              f"{settings['reference_numerics']!r}")
@@ -358,6 +354,8 @@ class IterativeProtection:
         with self.timed("clone"):  # diffusers' override warns about keeping fp32 modules, which these models have not
             unet = cast(trainable_copy(model.unet))
             te = cast(trainable_copy(model.text_encoder)) if self.settings.get("train_text_encoder") else None
+        if self.released and unet.device.type == "cpu" and not cpu_has_bf16_attention():
+            math_attention(unet, te)
         return with_models(self.surrogate, unet, te)
 
     def describe(self) -> str:
