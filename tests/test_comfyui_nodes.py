@@ -726,7 +726,8 @@ def test_save_images_node_keeps_sizes_marks_demo_and_never_overwrites(comfy):
     photo = faces(1, 48, 80)
     out = cls().save(photo, "gapdiff/protected", names="me.jpg", generator=generator)["ui"]["images"]
     again = cls().save(photo, "gapdiff/protected", names="me.jpg", generator=generator)["ui"]["images"]
-    assert [f["filename"] for f in out + again] == ["protected_me_jpg_DEMO_00001.png", "protected_me_jpg_DEMO_00002.png"]
+    assert [f["filename"] for f in out + again] == ["protected_me_jpg_DEMO_00001.png",
+                                                    "protected_me_jpg_DEMO_00002.png"]
     assert out[0]["subfolder"] == "gapdiff" and out[0]["type"] == "output"
     saved = np.asarray(Image.open(Path(fp.get_output_directory()) / "gapdiff" / out[0]["filename"]))
     assert saved.shape == (48, 80, 3) and np.array_equal(saved, (photo[0].numpy() * 255).round().astype(np.uint8))

@@ -125,7 +125,8 @@ def problems(wf: dict) -> list[str]:
         optional(wf.get("config") or {}, key, lambda v: isinstance(v, bool), "config", "a boolean")
     extra = wf.get("extra") or {}
     if "ds" in extra:
-        need(isinstance(extra["ds"], dict) and _number(extra["ds"].get("scale")) and _vector2(extra["ds"].get("offset")),
-             "extra.ds", "{scale: number, offset: [x, y]}")
+        ds = extra["ds"]
+        need(isinstance(ds, dict) and _number(ds.get("scale")) and _vector2(ds.get("offset")), "extra.ds",
+             "{scale: number, offset: [x, y]}")
     optional(extra, "frontendVersion", lambda v: isinstance(v, str), "extra", "a string")
     return out
