@@ -6,6 +6,7 @@ from .attack import DreamBoothTestAttack, Generate
 from .evaluation import EvaluateProtection
 from .host import register_generator_folder
 from .iterative import IterativeProtect
+from .photos import LoadPhotos, SaveImages
 from .protection import LoadGenerator, ProtectImage
 from .surrogate import LoadSurrogate
 from .transforms import JPEGCompress, Preprocess, Transform
@@ -23,6 +24,8 @@ NODE_CLASS_MAPPINGS = {
     "GAPDiffEvaluateProtection": EvaluateProtection,
     "GAPDiffIterativeProtect": IterativeProtect,
     "GAPDiffTransform": Transform,
+    "GAPDiffLoadPhotos": LoadPhotos,
+    "GAPDiffSaveImages": SaveImages,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -36,4 +39,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "GAPDiffEvaluateProtection": "Evaluate Protection (GAP-Diff)",
     "GAPDiffIterativeProtect": "Iterative Protection (ASPL, Mist, ...)",
     "GAPDiffTransform": "Transform (robustness)",
+    "GAPDiffLoadPhotos": "Photos of One Person (GAP-Diff)",
+    "GAPDiffSaveImages": "Save Images (GAP-Diff)",
 }

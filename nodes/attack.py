@@ -53,11 +53,14 @@ class DreamBoothTestAttack:
                    "maker would. Presets: tiny-* for the demo model, lora (rank 8, 800 steps) and paper-full (the "
                    "paper's protocol) for a real SD model; steps > 0 overrides the preset's. With lora_name set, a "
                    "LoRA attack is also saved to models/loras for ComfyUI's own LoRA loader; a different file of that "
-                   "name is replaced only with overwrite on.")
+                   "name is replaced only with overwrite on. Takes photos of any sizes (a list from Photos of One "
+                   "Person, or a batch): each is resized and centre-cropped to the training resolution, as "
+                   "DreamBooth does.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (ATTACKED, "STRING")
     RETURN_NAMES = ("attacked_model", "info")
     FUNCTION = "attack"
+    INPUT_IS_LIST = True  # the whole set of photos at once, whatever their sizes
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -85,15 +88,19 @@ class DreamBoothTestAttack:
 
     @classmethod
     def VALIDATE_INPUTS(cls, lora_name):
+        lora_name = host.the_one(lora_name)  # INPUT_IS_LIST: ComfyUI validates with lists too
         if lora_name and (os.path.basename(lora_name) != lora_name or lora_name.startswith(".")):
             return f"lora_name must be a plain file name without folders, got {lora_name!r}"
         return True
 
     def attack(self, surrogate, images, instance_prompt, class_prompt, preset, steps, resolution, seed, lora_name,
-               overwrite=False):
+               overwrite=(False,)):
         from ..gapdiff_core.attack import DreamBoothAttack
         from ..gapdiff_core.attack import preset as make_preset
 
+        surrogate, instance_prompt, class_prompt, preset, steps, resolution, seed, lora_name, overwrite = map(
+            host.the_one, (surrogate, instance_prompt, class_prompt, preset, steps, resolution, seed, lora_name,
+                           overwrite))
         overrides = {"instance_prompt": instance_prompt, "class_prompt": class_prompt, "seed": int(seed),
                      "save_model": False}
         if steps > 0:
@@ -112,7 +119,7 @@ class DreamBoothTestAttack:
         progress = host.Progress(config.max_train_steps)
         attack = DreamBoothAttack(surrogate, config, cache_dir=host.temp_folder("gapdiff_class_images"))
         with host.training_mode():
-            photos = host.image_to_core(images).clone()  # a normal tensor, not an inference-mode one
+            photos = [p.clone() for p in host.photos_to_core(images)]  # normal tensors, not inference-mode ones
             result = attack.run(photos, out_dir, progress=_progress_callback(progress), should_stop=_stop_on_cancel,
                                 resume=False)
         info = (f"{result.surrogate.name}: {config.mode} DreamBooth, preset {preset}, {result.steps_done} steps at "

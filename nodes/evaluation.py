@@ -3,8 +3,14 @@ from __future__ import annotations
 
 from ..gapdiff_core.metrics.directions import METRICS, PROTOCOL_METRICS, format_value
 from . import host
+from .attack import ATTACKED
+from .photos import is_demo
+from .protection import GENERATOR
 
 CATEGORY = "GAP-Diff"
+DEMO_LINE = ("DEMO on a toy model: the attacked model is the tiny demo model or the generator a demo one. These "
+             "numbers show how the evaluation runs, not protection: the tiny model generates no faces, from clean "
+             "or protected photos alike.")
 
 
 def _number(value) -> float:
@@ -18,12 +24,14 @@ def _line(key: str, value, details: str = "", digits: int = 3) -> str:
     return f"{m.label:<7} {format_value(value, digits)}  ({notes})"
 
 
-def summarize(metrics: dict, reference_faces: tuple[int, int] | None = None) -> str:
+def summarize(metrics: dict, reference_faces: tuple[int, int] | None = None, demo: bool = False) -> str:
     """A few readable lines: each metric, which way means stronger protection, and its backend;
-    ``reference_faces`` = (faces found, photos) among the clean references: the detector's floor."""
+    ``reference_faces`` = (faces found, photos) among the clean references: the detector's floor; ``demo`` puts
+    the DEMO line first."""
     fdfr, ism = metrics["fdfr"], metrics["ism"]
     brisque, serfiq = metrics["brisque"], metrics["serfiq"]
-    lines = [f"GAP-Diff evaluation of {metrics['n_images']} generated image(s)",
+    lines = [DEMO_LINE] if demo else []
+    lines += [f"GAP-Diff evaluation of {metrics['n_images']} generated image(s)",
              _line("fdfr", fdfr["value"], f"{fdfr['n_failed']}/{fdfr['n_images']} without a face")]
     if ism is None:
         lines.append(f"{METRICS['ism'].label:<7} n/a  (no reference photos)")
@@ -52,12 +60,15 @@ def summarize(metrics: dict, reference_faces: tuple[int, int] | None = None) -> 
 class EvaluateProtection:
     DESCRIPTION = ("Scores generated images of a person against that person's clean photos with the protocol "
                    "metrics: " + ", ".join(f"{METRICS[k].label} ({METRICS[k].direction})" for k in PROTOCOL_METRICS)
-                   + ". A metric with no face to measure is NaN and explained in the summary.")
+                   + ". A metric with no face to measure is NaN and explained in the summary, which the node "
+                   "shows. Photos of any sizes (lists or batches). Connect the attacked model (and the generator): "
+                   "on the demo model the summary starts with DEMO.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "FLOAT", "STRING")
     RETURN_NAMES = ("fdfr", "ism", "brisque", "serfiq", "summary")
     FUNCTION = "evaluate"
     OUTPUT_NODE = True
+    INPUT_IS_LIST = True  # every generated image and reference photo at once, whatever their sizes
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -66,17 +77,24 @@ class EvaluateProtection:
             "references": ("IMAGE", {"tooltip": "Clean photos of the same person (for ISM)."}),
             "serfiq_passes": ("INT", {"default": 100, "min": 2, "max": 1000, "step": 1,
                                       "tooltip": "SER-FIQ dropout passes per face (the paper uses 100)."}),
+        }, "optional": {
+            "attacked_model": (ATTACKED, {"tooltip": "The model that generated the images: an attack on the demo "
+                                                     "model marks the summary DEMO."}),
+            "generator": (GENERATOR, {"tooltip": "The generator that protected the attacked photos: a demo one "
+                                                 "marks the summary DEMO."}),
         }}
 
-    def evaluate(self, generated, references, serfiq_passes):
+    def evaluate(self, generated, references, serfiq_passes, attacked_model=(None,), generator=(None,)):
         from ..gapdiff_core.metrics import evaluate_images, fdfr
 
         progress = host.Progress(1)
-        refs = host.image_to_core(references)
-        metrics = evaluate_images(host.image_to_core(generated), refs, serfiq_T=int(serfiq_passes))
+        refs = [p[0] for p in host.photos_to_core(references)]
+        images = [p[0] for p in host.photos_to_core(generated)]
+        metrics = evaluate_images(images, refs, serfiq_T=int(host.the_one(serfiq_passes)))
         floor = fdfr(refs)
         progress.step()
         values = [_number(metrics[k]["value"]) if metrics[k] is not None else float("nan") for k in PROTOCOL_METRICS]
-        text = summarize(metrics, (floor.n_images - floor.n_failed, floor.n_images))
+        text = summarize(metrics, (floor.n_images - floor.n_failed, floor.n_images),
+                         demo=is_demo(host.the_one(generator), host.the_one(attacked_model)))
         host.log.info("%s", text)
         return {"ui": {"text": [text]}, "result": (*values, text)}

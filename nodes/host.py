@@ -81,6 +81,14 @@ def loras_folder() -> str:
     return folder_paths.get_folder_paths("loras")[0]
 
 
+def input_folder() -> str:
+    return folder_paths.get_input_directory()
+
+
+def output_folder() -> str:
+    return folder_paths.get_output_directory()
+
+
 def temp_folder(name: str) -> str:
     """A folder ``name`` in ComfyUI's temp directory (caches that may be deleted)."""
     return os.path.join(folder_paths.get_temp_directory(), name)
@@ -123,6 +131,17 @@ class training_mode:
         for m in reversed(self._modes):
             m.__exit__(*exc)
         return False
+
+
+def the_one(values: list):
+    """The value of a setting of an INPUT_IS_LIST node (ComfyUI passes every input of such a node as a list)."""
+    return values[0]
+
+
+def photos_to_core(images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A list of IMAGE batches (photos of any sizes, as an INPUT_IS_LIST node gets them) -> one 1 x 3 x H x W core
+    tensor per photo."""
+    return [photo for image in images for photo in image_to_core(image).split(1)]
 
 
 def image_to_core(image: torch.Tensor) -> torch.Tensor:

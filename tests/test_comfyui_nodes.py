@@ -39,7 +39,8 @@ INTERFACE = {
     "GAPDiffGenerate": ([("attacked_model", "GAPDIFF_ATTACKED_MODEL"), ("prompts", "STRING"), ("count", "INT"),
                          ("steps", "INT"), ("guidance", "FLOAT"), ("seed", "INT"), ("scheduler", "COMBO")],
                         [("images", "IMAGE")]),
-    "GAPDiffEvaluateProtection": ([("generated", "IMAGE"), ("references", "IMAGE"), ("serfiq_passes", "INT")],
+    "GAPDiffEvaluateProtection": ([("generated", "IMAGE"), ("references", "IMAGE"), ("serfiq_passes", "INT"),
+                                   ("attacked_model", "GAPDIFF_ATTACKED_MODEL"), ("generator", "GAPDIFF_GENERATOR")],
                                   [("fdfr", "FLOAT"), ("ism", "FLOAT"), ("brisque", "FLOAT"), ("serfiq", "FLOAT"),
                                    ("summary", "STRING")]),
     "GAPDiffIterativeProtect": ([("image", "IMAGE"), ("surrogate", "GAPDIFF_SURROGATE"), ("method", "COMBO"),
@@ -48,6 +49,9 @@ INTERFACE = {
                                 [("protected", "IMAGE"), ("info", "STRING")]),
     "GAPDiffTransform": ([("image", "IMAGE"), ("spec", "STRING"), ("seed", "INT"), ("surrogate", "GAPDIFF_SURROGATE")],
                          [("image", "IMAGE")]),
+    "GAPDiffLoadPhotos": ([("photos", "STRING")], [("photos", "IMAGE"), ("names", "STRING")]),
+    "GAPDiffSaveImages": ([("images", "IMAGE"), ("filename_prefix", "STRING"), ("names", "STRING"),
+                           ("generator", "GAPDIFF_GENERATOR"), ("attacked_model", "GAPDIFF_ATTACKED_MODEL")], []),
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -83,7 +87,10 @@ def node(pack, node_id):
 
 
 def run(pack, node_id, **inputs):
+    """Call a node as ComfyUI does: an INPUT_IS_LIST node gets every input as a list (a list given stays one)."""
     obj = node(pack, node_id)
+    if getattr(obj, "INPUT_IS_LIST", False):
+        inputs = {k: v if isinstance(v, list) else [v] for k, v in inputs.items()}
     out = getattr(obj, obj.FUNCTION)(**inputs)
     return out["result"] if isinstance(out, dict) else out
 
@@ -506,9 +513,9 @@ def test_evaluate_protection(comfy):
     obj = node(pack, "GAPDiffEvaluateProtection")
     reference = sample_photo("obama.jpg")
     generated = torch.cat([sample_photo("obama2.jpg"), faces(1, 256, 256)])
-    out = obj.evaluate(generated=generated, references=reference, serfiq_passes=4)
+    out = obj.evaluate(generated=[generated], references=[reference], serfiq_passes=[4])
     fdfr, ism, brisque, serfiq, summary = out["result"]
-    assert out["ui"]["text"] == [summary]
+    assert out["ui"]["text"] == [summary] and summary.startswith("GAP-Diff evaluation")  # no DEMO model given
     assert fdfr == 0.5  # the photo holds a face, random pixels do not
     assert 0.3 < ism <= 1 and math.isfinite(brisque) and 0 <= serfiq <= 1
     assert "FDFR    0.500" in summary and "faces found in 1/2" in summary and "higher = stronger" in summary
@@ -522,10 +529,28 @@ def test_evaluate_protection(comfy):
 
 def test_evaluate_explains_missing_faces(comfy):
     pack, *_ = comfy
-    out = node(pack, "GAPDiffEvaluateProtection").evaluate(generated=faces(2), references=sample_photo(),
-                                                           serfiq_passes=4)
-    fdfr, ism, brisque, serfiq, summary = out["result"]
+    fdfr, ism, brisque, serfiq, summary = run(pack, "GAPDiffEvaluateProtection", generated=faces(2),
+                                              references=sample_photo(), serfiq_passes=4)
     assert fdfr == 1.0 and math.isnan(ism) and "ISM     n/a" in summary
+
+
+def test_evaluate_takes_photos_of_any_sizes_and_says_demo(comfy, surrogate):
+    """References as a list of photos of different sizes (as Photos of One Person gives them) are each measured
+    at their own size; a demo generator or an attack on the demo model puts the DEMO line first."""
+    from types import SimpleNamespace
+
+    pack, *_ = comfy
+    surrogate, _ = surrogate
+    refs = [sample_photo("obama.jpg", 200), sample_photo("obama2.jpg", 160)[:, :, :120], sample_photo("obama3.jpg")]
+    demo_attack = SimpleNamespace(surrogate=surrogate)
+    with torch.inference_mode():
+        (generator, _) = run(pack, "GAPDiffLoadGenerator", generator_name="tiny.safetensors")
+    for attacked, gen, demo in ((None, None, False), (demo_attack, None, True), (None, generator, True)):
+        inputs = {k: v for k, v in (("attacked_model", attacked), ("generator", gen)) if v is not None}
+        *_, summary = run(pack, "GAPDiffEvaluateProtection", generated=faces(1), references=refs, serfiq_passes=2,
+                          **inputs)
+        assert summary.startswith("DEMO on a toy model") == demo
+        assert "faces found in 3/3 clean reference photo(s)" in summary
 
 
 @pytest.fixture
@@ -577,8 +602,9 @@ def test_dreambooth_attack_checks_its_inputs(comfy, surrogate, fast_presets):
     pack, *_ = comfy
     surrogate, _ = surrogate
     cls = pack.NODE_CLASS_MAPPINGS["GAPDiffDreamBoothAttack"]
-    assert cls.VALIDATE_INPUTS(lora_name="") is True and cls.VALIDATE_INPUTS(lora_name="me") is True
-    assert "plain file name" in cls.VALIDATE_INPUTS(lora_name="../escape")
+    # INPUT_IS_LIST: ComfyUI validates with lists too
+    assert cls.VALIDATE_INPUTS(lora_name=[""]) is True and cls.VALIDATE_INPUTS(lora_name=["me"]) is True
+    assert "plain file name" in cls.VALIDATE_INPUTS(lora_name=["../escape"])
     common = dict(surrogate=surrogate, images=faces(1), instance_prompt="a photo of sks person",
                   class_prompt="a photo of person", steps=1, seed=0)
     with pytest.raises(ValueError, match="only LoRA presets"):
@@ -654,3 +680,92 @@ def test_iterative_protection_node_protects_the_batch_as_one_set_with_its_clean_
     change = ((protected - photos) * 255).round().abs()
     assert protected.shape == photos.shape and change.max() <= 6
     assert "2 photo(s) protected as one set" in info and "clean set: 3 photo(s)" in info
+
+
+# ---------------------------------------------------------------- photos of any sizes in and out
+def test_photos_node_loads_each_photo_at_its_size_or_names_the_problem(comfy):
+    from PIL import Image
+
+    pack, fp, *_ = comfy
+    cls = pack.NODE_CLASS_MAPPINGS["GAPDiffLoadPhotos"]
+    folder = Path(fp.get_input_directory()) / "alice"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    pixels = {"a.png": rng.integers(0, 256, (50, 30, 3), dtype=np.uint8),
+              "b.png": rng.integers(0, 256, (20, 70, 3), dtype=np.uint8)}
+    for name, a in pixels.items():
+        Image.fromarray(a).save(folder / name)
+    photos, names = cls().load("alice")
+    assert names == ["a", "b"] and cls.OUTPUT_IS_LIST == (True, True)
+    for photo, a in zip(photos, pixels.values()):  # exact pixels, own size, ComfyUI's 1 x H x W x 3 layout
+        assert photo.shape == (1, *a.shape) and torch.equal((photo[0] * 255).round().byte(), torch.from_numpy(a))
+    assert cls().load("alice/b.*\n\nalice/a.png")[1] == ["b", "a"]  # one entry per line, in the order given
+    before = cls.IS_CHANGED(photos="alice")
+    Image.fromarray(pixels["a.png"][:40]).save(folder / "a.png")
+    assert cls.IS_CHANGED(photos="alice") != before  # a rewritten photo is loaded again
+    for photos_text, message in (("  \n", "photos is empty"), ("../secret", "inside ComfyUI's input folder"),
+                                 ("/etc/*.jpg", "inside ComfyUI's input folder"),
+                                 ("bob/*.jpg", "no image file matches")):
+        assert message in cls.VALIDATE_INPUTS(photos=photos_text), photos_text
+        with pytest.raises(ValueError, match=re.escape(message)):
+            cls().load(photos_text)
+    (folder / "c.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="c.jpg"):
+        cls().load("alice")
+
+
+def test_save_images_node_keeps_sizes_marks_demo_and_never_overwrites(comfy):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    pack, fp, *_ = comfy
+    cls = pack.NODE_CLASS_MAPPINGS["GAPDiffSaveImages"]
+    with torch.inference_mode():
+        (generator, _) = run(pack, "GAPDiffLoadGenerator", generator_name="tiny.safetensors")
+    photo = faces(1, 48, 80)
+    out = cls().save(photo, "gapdiff/protected", names="me.jpg", generator=generator)["ui"]["images"]
+    again = cls().save(photo, "gapdiff/protected", names="me.jpg", generator=generator)["ui"]["images"]
+    assert [f["filename"] for f in out + again] == ["protected_me_jpg_DEMO_00001.png",
+                                                    "protected_me_jpg_DEMO_00002.png"]
+    assert out[0]["subfolder"] == "gapdiff" and out[0]["type"] == "output"
+    saved = np.asarray(Image.open(Path(fp.get_output_directory()) / "gapdiff" / out[0]["filename"]))
+    assert saved.shape == (48, 80, 3) and np.array_equal(saved, (photo[0].numpy() * 255).round().astype(np.uint8))
+    real = SimpleNamespace(info=SimpleNamespace(demo=False))
+    plain = cls().save(faces(2, 16, 16), "plain", generator=real)["ui"]["images"]
+    assert [f["filename"] for f in plain] == ["plain_00001.png", "plain_00002.png"] and plain[0]["subfolder"] == ""
+    assert cls.VALIDATE_INPUTS(filename_prefix="gapdiff/x") is True
+    for bad in ("../x", "/tmp/x", " "):
+        assert "inside the output folder" in cls.VALIDATE_INPUTS(filename_prefix=bad)
+
+
+def test_dreambooth_attack_takes_photos_of_different_sizes(comfy, surrogate, fast_presets):
+    """A list of photos of any sizes (from Photos of One Person) is what the attack trains on, each photo resized
+    and centre-cropped on its own exactly as a batch of them would be."""
+    from gapdiff_core.attack.data import load_photos
+
+    pack, *_ = comfy
+    surrogate, _ = surrogate
+    tall, wide = faces(1, 96, 64), faces(1, 64, 120)
+    both = load_photos([host_core(tall), host_core(wide)], 64)
+    assert torch.equal(both, torch.cat([load_photos(host_core(tall), 64), load_photos(host_core(wide), 64)]))
+    with torch.inference_mode():
+        attacked, info = run(pack, "GAPDiffDreamBoothAttack", surrogate=surrogate, images=[tall, wide],
+                             instance_prompt="a photo of sks person", class_prompt="a photo of person",
+                             preset="tiny-lora", steps=1, resolution=64, seed=0, lora_name="")
+    assert attacked.steps_done == 1 and info.startswith("DEMO model")
+
+
+def host_core(image):
+    return image.movedim(-1, 1).contiguous()
+
+
+def test_evaluate_summary_is_shown_on_the_node_by_the_packs_web_extension(comfy):
+    """The pack declares WEB_DIRECTORY, and its script renders the Evaluate node's ui.text in a text box that is
+    not saved into workflows (the shipped workflows' widget values stay as the schema expects)."""
+    pack, *_ = comfy
+    web = comfy_pack.ROOT / pack.WEB_DIRECTORY
+    (script,) = web.glob("*.js")
+    text = script.read_text(encoding="utf-8")
+    assert '"GAPDiffEvaluateProtection"' in text and "message.text" in text and "serialize = false" in text
+    assert 'from "../../scripts/app.js"' in text  # served at /extensions/<pack>/<file>

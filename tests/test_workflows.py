@@ -1,23 +1,24 @@
-"""The shipped ComfyUI workflows: well-formed UI format 0.4, every node known, links type-correct, widget values
-valid, and each graph runs node by node (in link order, under inference mode as in ComfyUI) on the demo assets
-that `gapdiff comfyui-demo-assets` writes."""
+"""The shipped ComfyUI workflows: well-formed UI format 0.4 that the frontend's own schema accepts, every node known,
+links type-correct, widget values valid, and each graph runs as ComfyUI runs it (lists, per-photo calls, inference
+mode) on the demo models that `gapdiff comfyui-demo-assets` writes and on photos of three sizes and aspect ratios,
+each saved at its own size."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent / "stubs"))
 import comfy_pack  # noqa: E402
+import executor  # noqa: E402
+import frontend_schema  # noqa: E402
 import workflow_api  # noqa: E402
 
 sys.path.remove(str(Path(__file__).parent / "stubs"))
@@ -37,8 +38,6 @@ def comfy(tmp_path_factory):
     cmd.add_arguments(parser)
     assert cmd.run(parser.parse_args([folder_paths.models_dir, "--untrained"])) == 0
     info = workflow_api.object_info(pack.NODE_CLASS_MAPPINGS)
-    inputs = sorted(os.listdir(folder_paths.get_input_directory()))
-    info["LoadImage"]["input"]["required"]["image"] = [inputs, {"image_upload": True}]
     yield pack, folder_paths, info
     comfy_pack.unload()
 
@@ -79,22 +78,74 @@ def test_shipped_workflows_are_the_documented_pipelines():
     assert {p.name for p in WORKFLOWS} == documented == {
         "clean_vs_protected.json", "protect.json", "protect_compress_attack_evaluate.json"}
     wf = {p.name: load(p) for p in WORKFLOWS}
-    # Load Image -> Protect Image -> Save Image
-    assert wired(wf["protect.json"], "SaveImage", "GAPDiffProtectImage", "LoadImage")
+    # Photos of One Person -> Protect Image -> Save Images
+    assert wired(wf["protect.json"], "GAPDiffSaveImages", "GAPDiffProtectImage", "GAPDiffLoadPhotos")
     assert wired(wf["protect.json"], "GAPDiffProtectImage", "GAPDiffLoadGenerator")
     # photos -> Protect -> JPEG -> DreamBooth -> Generate -> Evaluate
     assert wired(wf["protect_compress_attack_evaluate.json"], "GAPDiffEvaluateProtection", "GAPDiffGenerate",
-                 "GAPDiffDreamBoothAttack", "GAPDiffJPEGCompress", "GAPDiffProtectImage", "ImageBatch", "LoadImage")
+                 "GAPDiffDreamBoothAttack", "GAPDiffJPEGCompress", "GAPDiffProtectImage", "GAPDiffLoadPhotos")
     # the same attack on clean and on protected photos, each evaluated, with identical settings
     both = wf["clean_vs_protected.json"]
     ends = [n["id"] for n in both["nodes"] if n["type"] == "GAPDiffEvaluateProtection"]
     assert len(ends) == 2
     assert sorted(wired(both, "GAPDiffProtectImage", end=e) for e in ends) == [False, True]
     for e in ends:
-        assert wired(both, "GAPDiffGenerate", "GAPDiffDreamBoothAttack", "GAPDiffJPEGCompress", "ImageBatch", end=e)
+        assert wired(both, "GAPDiffGenerate", "GAPDiffDreamBoothAttack", "GAPDiffJPEGCompress", "GAPDiffLoadPhotos",
+                     end=e)
     for node_type in ("GAPDiffJPEGCompress", "GAPDiffDreamBoothAttack", "GAPDiffGenerate", "GAPDiffEvaluateProtection"):
         settings = [n["widgets_values"] for n in both["nodes"] if n["type"] == node_type]
         assert len(settings) == 2 and settings[0] == settings[1], node_type
+
+
+def inputs_linked_from(wf: dict, node: dict) -> dict[str, str]:
+    """{input name: type of the node linked into it} of `node`."""
+    kind = {n["id"]: n["type"] for n in wf["nodes"]}
+    src = {link[0]: link[1] for link in wf["links"]}
+    return {i["name"]: kind[src[i["link"]]] for i in node.get("inputs", []) if i.get("link") is not None}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_alters_photos_only_by_the_protection_and_marks_demo_results(comfy, path):
+    """Only the pack's nodes touch a photo (no core ImageBatch, which crops and resizes to the first photo), and
+    every result a person sees is connected to what tells a demo: each save and each evaluation gets the generator
+    or attacked model that made its images."""
+    pack, _, _ = comfy
+    wf = load(path)
+    types = {n["type"] for n in wf["nodes"]}
+    assert types <= set(pack.NODE_CLASS_MAPPINGS) | {"PreviewImage", "PreviewAny", "Note"}, types
+    assert "GAPDiffLoadPhotos" in types and "ImageBatch" not in types
+    for n in wf["nodes"]:
+        linked = inputs_linked_from(wf, n)
+        if n["type"] == "GAPDiffSaveImages":
+            made_by = linked["images"]
+            assert made_by in ("GAPDiffProtectImage", "GAPDiffGenerate"), made_by
+            assert linked.get("generator" if made_by == "GAPDiffProtectImage" else "attacked_model"), n["id"]
+            if made_by == "GAPDiffProtectImage":
+                assert linked["names"] == "GAPDiffLoadPhotos"
+        if n["type"] == "GAPDiffEvaluateProtection":
+            assert linked["attacked_model"] == "GAPDiffDreamBoothAttack"
+            assert linked["references"] == "GAPDiffLoadPhotos"
+            assert ("generator" in linked) == wired(wf, "GAPDiffProtectImage", end=n["id"])
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_passes_the_frontend_schema(path):
+    assert frontend_schema.problems(load(path)) == []
+
+
+def test_frontend_schema_refuses_what_the_frontend_refuses():
+    """The checks fail where the frontend alerts: a group whose id is null (as clean_vs_protected.json had), a link
+    that is not a 6-tuple, a node without a position."""
+    wf = load(comfy_pack.ROOT / "workflows" / "clean_vs_protected.json")
+    wf["groups"][0]["id"] = None
+    assert frontend_schema.problems(wf) == ["groups[0].id: expected a number (or no id at all; null is refused)"]
+    del wf["groups"][0]["id"]  # no id at all is allowed
+    assert frontend_schema.problems(wf) == []
+    wf["links"][0] = wf["links"][0][:5]
+    del wf["nodes"][1]["pos"]
+    wf["nodes"][2]["widgets_values"] = "x"
+    assert [p.split(":")[0] for p in frontend_schema.problems(wf)] == ["links[0]", "nodes[1].pos",
+                                                                      "nodes[2].widgets_values"]
 
 
 def test_demo_assets_command_writes_labelled_demo_models(comfy):
@@ -184,60 +235,18 @@ def check_widget(node, name, spec, value):
 
 # ---------------------------------------------------------------- running the graphs
 class CoreNodes:
-    """Minimal stand-ins for the ComfyUI core nodes the workflows use (same inputs and outputs)."""
+    """Stand-ins for the ComfyUI core nodes the workflows use (same inputs), recording what they were given."""
 
-    def __init__(self, folder_paths):
-        self.fp, self.saved, self.shown = folder_paths, {}, {}
-
-    def LoadImage(self, image):
-        with Image.open(self.fp.get_annotated_filepath(image)) as im:
-            a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255
-        x = torch.from_numpy(a)[None]
-        return x, torch.zeros(1, *x.shape[1:3])
-
-    def ImageBatch(self, image1, image2):  # ComfyUI rescales image2 to image1's size
-        if image1.shape[1:] != image2.shape[1:]:
-            image2 = torch.nn.functional.interpolate(image2.movedim(-1, 1), size=image1.shape[1:3],
-                                                     mode="bilinear").movedim(1, -1)
-        return (torch.cat([image1, image2]),)
-
-    def SaveImage(self, images, filename_prefix, node_id):
-        self.saved[node_id] = (filename_prefix, images)
-        return ()
+    def __init__(self):
+        self.previews, self.shown = {}, {}
 
     def PreviewImage(self, images, node_id):
-        self.saved[node_id] = ("preview", images)
+        self.previews.setdefault(node_id, []).append(images)
         return ()
 
     def PreviewAny(self, source, node_id):
-        self.shown[node_id] = source
+        self.shown.setdefault(node_id, []).append(source)
         return ()
-
-
-def execute(prompt: dict, pack, core: CoreNodes) -> dict:
-    """Run an API prompt node by node in dependency order; returns {node id: outputs}."""
-    results, pending = {}, dict(prompt)
-    while pending:
-        ready = [k for k, v in pending.items()
-                 if all(not isinstance(x, list) or x[0] in results for x in v["inputs"].values())]
-        assert ready, f"cycle or dangling link among {sorted(pending)}"
-        for key in ready:
-            node = pending.pop(key)
-            kwargs = {k: (results[v[0]][v[1]] if isinstance(v, list) else v) for k, v in node["inputs"].items()}
-            cls = pack.NODE_CLASS_MAPPINGS.get(node["class_type"])
-            with torch.inference_mode():  # as ComfyUI's executor
-                if cls is None:
-                    fn = getattr(core, node["class_type"])
-                    if "node_id" in fn.__code__.co_varnames:
-                        kwargs["node_id"] = key
-                    out = fn(**kwargs)
-                else:
-                    obj = cls()
-                    out = getattr(obj, obj.FUNCTION)(**kwargs)
-            out = out["result"] if isinstance(out, dict) else out
-            assert isinstance(out, tuple) and len(out) == len(cls.RETURN_TYPES if cls else out)
-            results[key] = out
-    return results
 
 
 FAST = {  # widget values that keep the test quick on a CPU; everything else runs as shipped
@@ -245,33 +254,84 @@ FAST = {  # widget values that keep the test quick on a CPU; everything else run
     "GAPDiffGenerate": {"steps": 2, "count": 1},
     "GAPDiffEvaluateProtection": {"serfiq_passes": 4},
 }
+SIZES = {"portrait": (96, 160), "landscape": (200, 112), "square": (128, 128)}  # name: (width, height)
+
+
+@pytest.fixture(scope="module")
+def sized_photos(comfy):
+    """Three photos of different sizes and aspect ratios (JPEG and PNG) in input/sizes/: name -> path."""
+    _, fp, _ = comfy
+    from gapdiff_core.samples import SAMPLES_DIR
+
+    folder = Path(fp.get_input_directory()) / "sizes"
+    folder.mkdir()
+    out = {}
+    with Image.open(SAMPLES_DIR / "obama.jpg") as im:
+        for (name, size), suffix in zip(SIZES.items(), (".jpg", ".png", ".png")):
+            out[name] = folder / (name + suffix)
+            im.convert("RGB").resize(size).save(out[name])
+    return out
+
+
+def test_photos_node_default_finds_the_demo_photos(comfy):
+    pack, fp, _ = comfy
+    cls = pack.NODE_CLASS_MAPPINGS["GAPDiffLoadPhotos"]
+    default = cls.INPUT_TYPES()["required"]["photos"][1]["default"]
+    assert cls.VALIDATE_INPUTS(photos=default) is True
+    photos, names = cls().load(default)
+    assert names == ["gapdiff_sample_face_1", "gapdiff_sample_face_2", "gapdiff_sample_face_3"]
+    assert len({p.shape for p in photos}) == 3  # the demo photos differ in size, and keep it
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_workflow_runs_on_demo_assets(comfy, path, monkeypatch):
+def test_workflow_keeps_each_photo_its_size_and_marks_demo_results(comfy, sized_photos, path, monkeypatch):
+    """Each workflow as ComfyUI runs it, on photos of three sizes and aspect ratios: every saved protected photo
+    has its input's size and differs from it by at most the budget (and somewhere), its name carries the photo's
+    name and DEMO; every evaluation summary starts with DEMO and is shown on the node."""
+    from gapdiff_core.io import load_image
+
     pack, fp, info = comfy
     presets = importlib.import_module(pack.__name__ + ".gapdiff_core.attack.presets").PRESETS
     monkeypatch.setitem(presets, "tiny-lora", {**presets["tiny-lora"], "num_class_images": 1, "class_steps": 2})
     prompt = workflow_api.to_api(load(path), info)
     for node in prompt.values():
         node["inputs"].update(FAST.get(node["class_type"], {}))
-    core = CoreNodes(fp)
-    results = execute(prompt, pack, core)
-    photos = [k for k, v in prompt.items() if v["class_type"] == "LoadImage"]
-    assert photos and core.saved
-    for key, (prefix, images) in core.saved.items():
-        assert images.dim() == 4 and images.shape[-1] == 3 and images.dtype == torch.float32, prefix
-        assert 0 <= images.min() and images.max() <= 1
+        if node["class_type"] == "GAPDiffLoadPhotos":
+            node["inputs"]["photos"] = "sizes"
+    core = CoreNodes()
+    results, uis = executor.execute(prompt, pack.NODE_CLASS_MAPPINGS, core)
+
+    budgets = {k: v["inputs"]["budget"] for k, v in prompt.items() if v["class_type"] == "GAPDiffProtectImage"}
+    checked = 0
     for key, node in prompt.items():
-        if node["class_type"] == "GAPDiffProtectImage":
-            src = node["inputs"]["image"]
-            clean, protected = results[src[0]][src[1]], results[key][0]
-            change = ((protected - clean) * 255).round().abs().max()
-            assert protected.shape == clean.shape and 0 < change <= node["inputs"]["budget"]
+        if node["class_type"] != "GAPDiffSaveImages":
+            continue
+        files = [Path(fp.get_output_directory()) / f["subfolder"] / f["filename"] for f in uis[key]["images"]]
+        assert files and all(f.is_file() and "DEMO" in f.name for f in files)
+        source = node["inputs"]["images"][0]
+        if source not in budgets:
+            continue  # generated images: the attack's resolution, not a photo's
+        assert len(files) == len(SIZES)
+        for name, photo in sized_photos.items():
+            (saved,) = [f for f in files if f.name.startswith(f"protected_{name}_DEMO_")]
+            original, protected = load_image(photo).rgb.astype(int), load_image(saved).rgb.astype(int)
+            assert protected.shape == original.shape == (SIZES[name][1], SIZES[name][0], 3), saved.name
+            change = np.abs(protected - original).max()
+            assert 0 < change <= budgets[source], (saved.name, change)
+            checked += 1
+    assert checked == len(SIZES)  # every workflow saves the protected photos
+
+    summaries = []
+    for key, node in prompt.items():
         if node["class_type"] == "GAPDiffEvaluateProtection":
-            fdfr, ism, brisque, serfiq, summary = results[key]
-            assert 0 <= fdfr <= 1 and math.isfinite(brisque) and summary.startswith("GAP-Diff evaluation")
-    assert all(isinstance(v, str) for v in core.shown.values())
-    if path.name == "clean_vs_protected.json":
-        summaries = [v for v in core.shown.values() if v.startswith("GAP-Diff evaluation")]
-        assert len(summaries) == 2
+            (fdfr,), (ism,), (brisque,), (serfiq,), (summary,) = results[key]
+            assert uis[key]["text"] == [summary]  # what the node shows
+            assert summary.startswith("DEMO on a toy model") and "GAP-Diff evaluation of 1 generated" in summary
+            assert "faces found in 3/3 clean reference photo(s)" in summary  # all three photos, at their sizes
+            summaries.append((fdfr, summary))
+    assert len(summaries) == {"protect.json": 0, "protect_compress_attack_evaluate.json": 1,
+                              "clean_vs_protected.json": 2}[path.name]
+    # the note of clean_vs_protected: on the demo models both summaries find no face to compare
+    assert all(fdfr == 1.0 and "ISM     n/a" in summary for fdfr, summary in summaries)
+    for previews in core.previews.values():  # the amplified perturbation, one per photo at its size
+        assert sorted(tuple(p.shape[1:3]) for p in previews) == sorted((h, w) for w, h in SIZES.values())

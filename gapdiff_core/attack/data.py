@@ -10,14 +10,15 @@ from ..common.sizes import short_side_size
 
 
 def load_photos(images, resolution: int, center_crop: bool = True) -> torch.Tensor:
-    """Photos (a B×3×H×W [0, 1] tensor, or paths) -> B×3×R×R: short side resized to R (antialiased bilinear, as
-    torchvision's Resize), then centre-cropped (or resized to R×R with ``center_crop=False``)."""
+    """Photos (a B×3×H×W [0, 1] tensor, or a list of paths and 1×3×H×W tensors of any sizes) -> B×3×R×R: short
+    side resized to R (antialiased bilinear, as torchvision's Resize), then centre-cropped (or resized to R×R with
+    ``center_crop=False``)."""
     if isinstance(images, torch.Tensor):
         batch = [images] if images.dim() == 3 else list(images.split(1))
     else:
         from ..io import load_image
 
-        batch = [load_image(p).tensor() for p in images]
+        batch = [p if isinstance(p, torch.Tensor) else load_image(p).tensor() for p in images]
     if not batch:
         raise ValueError("no photos to attack with")
     out = []

@@ -213,7 +213,8 @@ class DreamBoothAttack:
     # -------------------------------------------------------- running
     def run(self, images, out_dir: str | Path, *, progress: ProgressFn = None, should_stop: StopFn = None,
             class_progress: ProgressFn = None, resume: bool = True) -> AttackResult:
-        """Attack with ``images`` (B×3×H×W in [0, 1] or paths) and write everything under ``out_dir``:
+        """Attack with ``images`` (B×3×H×W in [0, 1], or a list of paths and photos of any sizes: see `load_photos`)
+        and write everything under ``out_dir``:
         ``checkpoint/`` (resumable state), ``model/`` (diffusers folder) and ``lora.safetensors`` (LoRA mode,
         kohya/ComfyUI format) once finished, ``attack.json``. A finished run found in ``out_dir`` is loaded, not
         repeated; a larger ``max_train_steps`` continues it. ``progress(step, total, loss)`` after every step; ``should_stop``

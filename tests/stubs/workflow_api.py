@@ -46,11 +46,13 @@ def extra_widget_values(name: str, spec) -> int:
 
 
 def widget_inputs(info: dict) -> list[tuple[str, tuple]]:
-    """(name, spec) of the inputs that are widgets, in the order the frontend lays them out."""
+    """(name, spec) of the inputs that are widgets, in the order the frontend lays them out (an input declaring
+    `forceInput` is a socket only)."""
     out = []
     for section in ("required", "optional"):
         for name, spec in info["input"].get(section, {}).items():
-            if input_kind(spec) in WIDGET_TYPES:
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if input_kind(spec) in WIDGET_TYPES and not options.get("forceInput"):
                 out.append((name, spec))
     return out
 
