@@ -6,7 +6,7 @@ from typing import Optional
 
 from ..common.budget import DEFAULT_BUDGET, check_budget
 from ..common.prompts import PAPER_PROMPTS
-from ..metrics.faces import DEFAULT_DETECTOR
+from ..metrics.faces import DEFAULT_DETECTOR, DETECTORS, EMBEDDERS
 
 
 @dataclass
@@ -19,7 +19,10 @@ class ProtocolConfig:
     ``attack_preset``: a name of :data:`gapdiff_core.attack.PRESETS`. ``protocol``: the named protocol these
     settings started from (:data:`PROTOCOLS`, see :func:`protocol_config`), or "custom".
     ``norm``, ``official_mode`` (seeded by ``seed``): the generator's protection function (:class:`Protector`).
-    ``identity_samples``: (noise, timestep) draws per reference photo for the identity-learning gap."""
+    ``identity_samples``: (noise, timestep) draws per reference photo for the identity-learning gap.
+    ``detector``, ``embedder``: registered face backends (:mod:`gapdiff_core.metrics.faces`); ``face_models``: the
+    folder of the user-supplied weights some of them need; ``detect_upscale``: detect on photos upscaled to this
+    short side (the paper's detector: 1024), None to detect at the photos' size."""
 
     protocol: str = "custom"
     methods: list = field(default_factory=lambda: ["none"])
@@ -40,6 +43,8 @@ class ProtocolConfig:
     detector: str = DEFAULT_DETECTOR
     embedder: str = "sface"
     threshold: float = 0.9
+    face_models: Optional[str] = None
+    detect_upscale: Optional[int] = None
     serfiq_T: int = 100
     norm: str = "image"
     official_mode: bool = False
@@ -67,6 +72,11 @@ class ProtocolConfig:
             raise ValueError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         if self.protocol != "custom" and self.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        for kind, name, names in (("detector", self.detector, DETECTORS), ("embedder", self.embedder, EMBEDDERS)):
+            if name not in names:
+                raise ValueError(f"unknown face {kind} {name!r}; choose one of {', '.join(sorted(names))}")
+        if self.detect_upscale is not None and self.detect_upscale < 1:
+            raise ValueError(f"detect_upscale must be a short side in pixels (e.g. 1024), got {self.detect_upscale}")
         if self.identity_samples < 1:
             raise ValueError(f"identity_samples must be >= 1, got {self.identity_samples}")
 
