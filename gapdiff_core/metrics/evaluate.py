@@ -19,22 +19,27 @@ from .serfiq import serfiq
 def evaluate_images(generated: ImageBatch, references: Optional[ImageBatch | np.ndarray] = None, *,
                     detector: str = DEFAULT_DETECTOR, embedder: str = "sface", threshold: float = 0.9,
                     serfiq_T: int = 100, serfiq_alpha: float = 130.0, serfiq_r: float = 0.88,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, models_dir: Optional[str] = None, upscale_short_side: Optional[int] = None) -> dict:
     """FDFR, ISM, BRISQUE, SER-FIQ and face quality of ``generated`` (B×3×H×W in [0, 1] or H×W×3 uint8
     arrays).
 
     ``references``: the identity's clean photos (set_C) or their precomputed ``reference_embedding``;
     without them ISM is None. Each entry names its backend; directions: FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓
     face_quality↓ mean stronger protection. ``face_quality`` has ``value`` (undetected faces count 0)
-    and ``value_detected_only``. Faces are detected and embedded once per image.
+    and ``value_detected_only``. Faces are detected and embedded once per image. ``models_dir``: the folder of
+    user-supplied face weights; ``upscale_short_side``: detect on photos upscaled to that short side
+    (:func:`gapdiff_core.metrics.faces.get_detector`).
     """
     t0 = time.perf_counter()
     images = to_uint8_rgb(generated)
     if not images:
         raise ValueError("evaluate_images: no images given")
-    has_dropout = hasattr(get_embedder(embedder), "dropout_embeddings")  # SER-FIQ needs the dropout head
+    models_dir = None if models_dir is None else str(models_dir)
+    emb = get_embedder(embedder, models_dir)
+    det = get_detector(detector, float(threshold), models_dir, upscale_short_side)
+    has_dropout = hasattr(emb, "dropout_embeddings")  # SER-FIQ needs the dropout head
     analyses = analyze_faces(images, detector=detector, embedder=embedder, threshold=threshold,
-                             keep_trunk=has_dropout)
+                             keep_trunk=has_dropout, models_dir=models_dir, upscale_short_side=upscale_short_side)
     out = {
         "n_images": len(images),
         "fdfr": fdfr(images, analyses=analyses).to_dict(),
@@ -45,8 +50,8 @@ def evaluate_images(generated: ImageBatch, references: Optional[ImageBatch | np.
                           analyses=analyses).to_dict()
                    if has_dropout else None),
         "face_quality": face_quality(images, analyses=analyses).to_dict(),
-        "backends": {"detector": f"{detector}: {get_detector(detector, float(threshold)).description}",
-                     "embedder": f"{embedder}: {get_embedder(embedder).description}",
+        "backends": {"detector": f"{detector}: {det.description}",
+                     "embedder": f"{embedder}: {emb.description}",
                      "brisque": brisque_backend(), "face_quality": FACE_QUALITY_BACKEND},
     }
     out["seconds"] = time.perf_counter() - t0

@@ -20,9 +20,8 @@ code); ``value_detected_only`` averages the detected faces alone, so quality is 
 from __future__ import annotations
 
 import functools
-import importlib.util
+import io
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from .brisque_iqa import brisque_score
+from .face_models import model_bytes
 from .faces import DEFAULT_DETECTOR, BackendUnavailable, Face, _cv2
 from .identity import Analyses, analyze_faces
 from .images import ImageBatch, to_uint8_rgb
@@ -54,27 +54,20 @@ class QualityFaceNet(nn.Module):
         return self.classify(self.backbone(x).mean(dim=(2, 3)))[:, 0]
 
 
-def qualityface_checkpoint() -> Path:
-    """The checkpoint inside the installed qualityface wheel, found without importing the package
-    (its ``__init__`` imports torchvision and builds the model)."""
-    spec = importlib.util.find_spec("qualityface")
-    if spec is None or spec.origin is None:
-        raise BackendUnavailable("the face quality metric needs the weights shipped in qualityface: "
-                                 f"pip install --no-deps qualityface=={QUALITYFACE_VERSION}")
-    path = Path(spec.origin).parent / "checkpoints" / "last.pth"
-    if not path.is_file():
-        raise BackendUnavailable(f"{path} is missing: reinstall qualityface=={QUALITYFACE_VERSION}")
-    return path
+def qualityface_checkpoint() -> io.BytesIO:
+    """The checkpoint of the qualityface wheel, taken out of the wheel (``face_models.py``), never imported (the
+    package's ``__init__`` imports torchvision and builds the model)."""
+    return io.BytesIO(model_bytes("qualityface"))
 
 
 @functools.lru_cache(maxsize=1)
 def load_qualityface() -> QualityFaceNet:
     """QualityFaceNet with the shipped weights, in eval mode (loaded once)."""
-    path = qualityface_checkpoint()
+    checkpoint = qualityface_checkpoint()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise BackendUnavailable(f"{path}: cannot read the QualityFace checkpoint ({e})") from e
+        raise BackendUnavailable(f"cannot read the QualityFace checkpoint ({e})") from e
     # DataParallel-saved: module.backbone.backbone.features.* (IntermediateLayerGetter) and module.classify.*;
     # module.backbone.net.* holds the same tensors plus torchvision's unused classifier.
     prefix = "module.backbone.backbone."

@@ -36,17 +36,23 @@ class Analyses:
     detector: str
     embedder: Optional[str]
     threshold: float
+    models_dir: Optional[str] = None
+    upscale_short_side: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.items)
 
 
 def analyze_faces(images: ImageBatch, detector: str = DEFAULT_DETECTOR, embedder: Optional[str] = "sface",
-                  threshold: float = 0.9, keep_trunk: bool = False) -> Analyses:
+                  threshold: float = 0.9, keep_trunk: bool = False, models_dir: Optional[str] = None,
+                  upscale_short_side: Optional[int] = None) -> Analyses:
     """Detect faces (confidence >= threshold) in every image; embed the largest face's aligned crop.
-    ``embedder=None`` only detects. ``keep_trunk`` keeps SFace's pre-dropout features for SER-FIQ."""
-    det = get_detector(detector, float(threshold))
-    emb = get_embedder(embedder) if embedder else None
+    ``embedder=None`` only detects. ``keep_trunk`` keeps SFace's pre-dropout features for SER-FIQ.
+    ``models_dir``: the folder of user-supplied weights; ``upscale_short_side``: detect on the photo upscaled to
+    that short side (:func:`gapdiff_core.metrics.faces.get_detector`)."""
+    models_dir = None if models_dir is None else str(models_dir)
+    det = get_detector(detector, float(threshold), models_dir, upscale_short_side)
+    emb = get_embedder(embedder, models_dir) if embedder else None
     items = []
     for rgb in to_uint8_rgb(images):
         faces = det.detect(rgb)
@@ -61,7 +67,7 @@ def analyze_faces(images: ImageBatch, detector: str = DEFAULT_DETECTOR, embedder
                 else:
                     item.embedding = emb.embed(crop)[0]
         items.append(item)
-    return Analyses(items, detector, embedder, float(threshold))
+    return Analyses(items, detector, embedder, float(threshold), models_dir, upscale_short_side)
 
 
 @dataclass
@@ -96,26 +102,28 @@ class ISMResult:
 
 
 def fdfr(images: ImageBatch, backend: str = DEFAULT_DETECTOR, threshold: float = 0.9,
-         analyses: Optional[Analyses] = None) -> FDFRResult:
-    """Share of images in which ``backend`` finds no face with confidence >= ``threshold``."""
-    a, missed = _missed_faces(images, backend, threshold, analyses, "fdfr")
+         analyses: Optional[Analyses] = None, **detection) -> FDFRResult:
+    """Share of images in which ``backend`` finds no face with confidence >= ``threshold``; ``detection``:
+    ``models_dir``, ``upscale_short_side`` (:func:`analyze_faces`)."""
+    a, missed = _missed_faces(images, backend, threshold, analyses, "fdfr", detection)
     return FDFRResult(len(missed) / len(a), len(a), len(missed), a.detector, a.threshold)
 
 
 def _missed_faces(images: ImageBatch, backend: str, threshold: float, analyses: Optional[Analyses],
-                  caller: str) -> tuple[Analyses, list[int]]:
+                  caller: str, detection: dict) -> tuple[Analyses, list[int]]:
     """The detections (given or computed) and the indices of the images without a face."""
-    a = analyses or analyze_faces(images, detector=backend, embedder=None, threshold=threshold)
+    a = analyses or analyze_faces(images, detector=backend, embedder=None, threshold=threshold, **detection)
     if len(a) == 0:
         raise ValueError(f"{caller}: no images given")
     return a, [i for i, it in enumerate(a.items) if not it.detected]
 
 
 def reference_embedding(references: ImageBatch, backend: str = "sface", detector: str = DEFAULT_DETECTOR,
-                        threshold: float = 0.9) -> np.ndarray:
+                        threshold: float = 0.9, **detection) -> np.ndarray:
     """Mean raw embedding of the largest face of each clean reference photo (set_C in the protocol);
-    references without a detected face are skipped (that only rescales the mean)."""
-    a = analyze_faces(references, detector=detector, embedder=backend, threshold=threshold)
+    references without a detected face are skipped (that only rescales the mean). ``detection``: ``models_dir``,
+    ``upscale_short_side`` (:func:`analyze_faces`)."""
+    a = analyze_faces(references, detector=detector, embedder=backend, threshold=threshold, **detection)
     embs = [it.embedding for it in a.items if it.detected]
     if not embs:
         raise ValueError(f"ism: {detector} found no face in any of the {len(a)} reference photos")
@@ -133,7 +141,8 @@ def ism(images: ImageBatch, references: ImageBatch | np.ndarray, backend: str = 
     if isinstance(references, np.ndarray) and references.ndim == 1:
         ref = references
     else:
-        ref = reference_embedding(references, backend, a.detector, a.threshold)
+        ref = reference_embedding(references, backend, a.detector, a.threshold, models_dir=a.models_dir,
+                                  upscale_short_side=a.upscale_short_side)
     ref_unit = ref / np.linalg.norm(ref)
     sims = [None if not it.detected else float(it.embedding @ ref_unit / np.linalg.norm(it.embedding))
             for it in a.items]
@@ -159,9 +168,10 @@ class DetectionRateResult:
 
 
 def reference_detection_rate(references: ImageBatch, backend: str = DEFAULT_DETECTOR, threshold: float = 0.9,
-                             analyses: Optional[Analyses] = None) -> DetectionRateResult:
-    """Detection rate of ``backend`` on clean photos (set_C or set_A), for reports next to FDFR."""
-    a, missed = _missed_faces(references, backend, threshold, analyses, "reference_detection_rate")
+                             analyses: Optional[Analyses] = None, **detection) -> DetectionRateResult:
+    """Detection rate of ``backend`` on clean photos (set_C or set_A), for reports next to FDFR; ``detection``:
+    ``models_dir``, ``upscale_short_side`` (:func:`analyze_faces`)."""
+    a, missed = _missed_faces(references, backend, threshold, analyses, "reference_detection_rate", detection)
     return DetectionRateResult(1.0 - len(missed) / len(a), len(a), len(a) - len(missed), a.detector,
                                a.threshold, missed)
 
