@@ -448,6 +448,20 @@ def test_generation_precision_is_fp16_only_on_cuda(tmp_path, identity_folder):
         ProtocolConfig(class_images=str(tmp_path / "missing"))
 
 
+def test_face_rows_match_the_paper_only_with_its_detector_upscale_and_embedder():
+    from gapdiff_core.evaluation.components import face_rows
+
+    def matches(**kw):
+        return {r["setting"]: r["matches"] for r in face_rows(ProtocolConfig(**kw))}
+
+    assert matches()["detector"] is False and matches()["embedder"] is False
+    paper = matches(detector="retinaface-r50", embedder="arcface-r100", detect_upscale=1024)
+    assert paper["detector"] is True and paper["embedder"] is True
+    assert matches(detector="retinaface-r50", embedder="arcface-r100")["detector"] is False  # no 1024 upscaling
+    rows = {r["setting"]: r["ran"] for r in face_rows(ProtocolConfig(detect_upscale=1024))}
+    assert rows["detector"] == "retinaface-mobilenet upscaled to a 1024 px short side"
+
+
 def test_class_images_row_states_the_sampler_a_folder_records(tmp_path):
     from gapdiff_core.attack import preset
     from gapdiff_core.evaluation.components import class_images_row

@@ -18,7 +18,6 @@ PAPER = {
     "generation_precision": "fp16 (CUDA)",
     "generator_dropout": "on: the authors' generate.py (train mode, batch 1, unseeded dropout)",
 }
-PAPER_DETECTOR, PAPER_EMBEDDER = "retinaface-facexlib", "arcface"  # the registered backends of the paper's family
 COMPONENT_NAMES = {"model": "diffusion model", "detector": "face detector (FDFR, ISM)",
                    "embedder": "face embedder (ISM)",
                    "serfiq": "SER-FIQ backbone and alignment", "face_quality": "face-quality backbone",
@@ -43,9 +42,13 @@ def face_rows(config) -> list[dict]:
     """Detector, embedder, SER-FIQ and the face-quality diagnostic, as configured."""
     from ..metrics.face_iqa import BACKEND as FACE_QUALITY_BACKEND
 
-    det, emb = config.detector, config.embedder
-    return [_row("detector", f"{det} at the image's own size (no upscaling)", False),
-            _row("embedder", emb, emb.startswith(PAPER_EMBEDDER)),
+    from ..metrics.faces import closest_to_paper
+
+    det, emb, up = config.detector, config.embedder, config.detect_upscale
+    closest = closest_to_paper(det, emb, up)
+    size = f"upscaled to a {up} px short side" if up else "at the image's own size (no upscaling)"
+    return [_row("detector", f"{det} {size}", closest["detector"]),
+            _row("embedder", emb, closest["embedder"]),
             _row("serfiq", f"{emb} dropout head, aligned on {det} landmarks", False),
             _row("face_quality", FACE_QUALITY_BACKEND, None)]
 
