@@ -3,7 +3,6 @@ issue's 16 x 36 MP batch and 4 concurrent singles so it runs in seconds, keeps a
 serving.memory's formula (its peak RSS read from /proc), refuses what is over the limits, and the next request
 succeeds. bench/serve.py --memory runs the same burst at full size."""
 import io
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ httpx = pytest.importorskip("httpx")
 
 from test_serve import Server  # noqa: E402
 
-from gapdiff_core.serving.memory import peak_memory_bound, process_memory  # noqa: E402
+from gapdiff_core.serving.memory import generator_working_memory, peak_memory_bound, process_memory  # noqa: E402
 from gapdiff_core.serving.settings import load_settings  # noqa: E402
 
 SIDE = 1500  # 2.25 MP images; the issue's 6000 x 6000 (36 MP) scaled by 1/16 in pixels
@@ -36,11 +35,7 @@ def flat_png(side: int) -> bytes:
 def test_a_burst_at_the_limits_stays_under_the_memory_formula(saturated_generator_file, tmp_path):
     flags = [part for name, value in LIMITS.items() for part in (f"--{name.replace('_', '-')}", str(value))]
     settings, server_settings = load_settings({"generator": str(saturated_generator_file), **LIMITS}, environ={})
-    generator = int(subprocess.run(
-        [sys.executable, "-c", "import sys; from gapdiff_core.serving.memory import generator_working_memory; "
-                               "from gapdiff_core.serving.settings import ServiceSettings; "
-                               "print(generator_working_memory(ServiceSettings.model_validate_json(sys.argv[1])))",
-         settings.model_dump_json()], capture_output=True, text=True, check=True).stdout)
+    generator = generator_working_memory(settings)
     image = flat_png(SIDE)
     batch = [("images", (f"{i}.png", image, "image/png")) for i in range(16)]
     s = Server(saturated_generator_file, flags, tmp_path, 60, tmp_path)

@@ -41,8 +41,21 @@ def process_memory(pid: int | str = "self", field: str = "VmHWM") -> int:
 
 
 def generator_working_memory(settings: ServiceSettings, size: tuple[int, int] = (683, 512)) -> int:
-    """What a batch of `max_batch` photos at the working size (height, width) adds to this process's peak RSS in
-    the generator; run it in a fresh process (Linux: read from /proc)."""
+    """What a batch of `max_batch` photos at the working size (height, width) adds to the peak RSS of a fresh
+    Python process in the generator (Linux: read from /proc)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from gapdiff_core.serving.memory import _generator_here; "
+            "from gapdiff_core.serving.settings import ServiceSettings; "
+            "print(_generator_here(ServiceSettings.model_validate_json(sys.argv[1]), tuple(map(int, sys.argv[2:]))))")
+    run = subprocess.run([sys.executable, "-c", code, settings.model_dump_json(), *map(str, size)],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=True)
+    return int(run.stdout)
+
+
+def _generator_here(settings: ServiceSettings, size: tuple[int, int]) -> int:
     import numpy as np
 
     from ..model.protector import Protector
