@@ -256,7 +256,7 @@ def test_cpu_work_runs_off_the_event_loop(generator_path, monkeypatch, stage):
     assert health.status_code == 200 and answered_while_held and seconds < 5, seconds
 
 
-# ------------------------------------------------------------------ in a server process: disconnects, shutdown, timeouts
+# ------------------------------------------------------------------ a server process: disconnects, shutdown, timeouts
 
 def raw_request(port: int, head: bytes, body: bytes = b"") -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=30)

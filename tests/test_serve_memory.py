@@ -20,8 +20,8 @@ from gapdiff_core.serving.settings import load_settings  # noqa: E402
 
 SIDE = 1500  # 2.25 MP images; the 6000 x 6000 (36 MP) scaled by 1/16 in pixels
 LIMITS = {"max_pixels": SIDE * SIDE, "max_request_pixels": 16 * SIDE * SIDE, "max_queue_pixels": 20 * SIDE * SIDE,
-          "max_batch_pixels": 2 * SIDE * SIDE, "max_batch": 8, "max_queue": 64, "max_wait_ms": 50, "limit_concurrency": 16,
-          "max_body_mb": 1, "precision": "fp32", "timeout": 300}
+          "max_batch_pixels": 2 * SIDE * SIDE, "max_batch": 8, "max_queue": 64, "max_wait_ms": 50,
+          "limit_concurrency": 16, "max_body_mb": 1, "precision": "fp32", "timeout": 300}
 
 
 def flat_png(side: int) -> bytes:
@@ -54,10 +54,11 @@ def test_a_burst_at_the_limits_stays_under_the_memory_formula(saturated_generato
     finally:
         s.stop()
     bound = peak_memory_bound(settings, server_settings, ready, generator)
-    failures = [r["error"] for r in answers.json()["results"] if not r["ok"]] if answers.status_code == 200 else []
+    failures = [r["error"] for r in answers.json()["results"] if not r["ok"]] if answers.status_code == 200 else ""
     assert answers.status_code == 200 and answers.json()["protected"] == 16, failures or answers.text[:500]
     assert [r.status_code for r in singles] == [200] * 4
     assert second.status_code == 429 and second.json()["error"]["kind"] == "queue_full"
     assert after.status_code == 200
-    print(f"peak {peak / 2 ** 20:.0f} MiB, ready {ready / 2 ** 20:.0f} MiB, generator {generator / 2 ** 20:.0f} MiB, bound {bound / 2 ** 20:.0f} MiB")
+    print(f"peak {peak / 2 ** 20:.0f} MiB, ready {ready / 2 ** 20:.0f} MiB, generator {generator / 2 ** 20:.0f} MiB, "
+          f"bound {bound / 2 ** 20:.0f} MiB")
     assert peak <= bound, f"peak RSS {peak / 2 ** 20:.0f} MiB over the formula's {bound / 2 ** 20:.0f} MiB"

@@ -18,8 +18,9 @@ Requests of one image size that arrive within --max-wait-ms run through the gene
 --max-batch and --max-batch-pixels); each result is identical to protecting the image alone. Memory is bounded
 by the settings: images are admitted by the pixel counts their headers declare (--max-request-pixels: 413;
 --max-queue-pixels or --max-queue: 429 with Retry-After) and decoded only when their batch runs
-(docs/serving.md states the peak as a formula of the settings). Nothing is written to disk. Set the environment variable named by --api-key-env (default
-GAPDIFF_API_KEY) to require 'X-API-Key: KEY'. SIGTERM stops accepting, finishes what is in flight, then exits.
+(docs/serving.md states the peak as a formula of the settings). Nothing is written to disk. Set the
+environment variable named by --api-key-env (default GAPDIFF_API_KEY) to require 'X-API-Key: KEY'. SIGTERM
+stops accepting, finishes what is in flight (past --graceful-timeout: a JSON 503), then exits.
 
 Binds 127.0.0.1 unless --host says otherwise. --ray runs the same app on Ray Serve (`pip install gapdiff[ray]`):
 --replicas N, --num-gpus per replica, --address to join a cluster (see docs/serving.md).
