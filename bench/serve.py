@@ -87,7 +87,8 @@ def start_server(args, port: int, ray: bool, flags: list[str] | None = None) -> 
     cmd = [sys.executable, "-m", "gapdiff_core.cli", "serve", "-g", str(args.generator), "--port", str(port),
            "--host", "127.0.0.1", "--device", args.device, "--precision", args.precision]
     cmd += flags if flags is not None else ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-                                            "--max-queue", str(args.max_queue), "--timeout", "120"]
+                                            "--max-queue", str(args.max_queue), "--timeout", "120",
+                                            "--limit-concurrency", str(2 * max(args.concurrency))]  # no 503 at 64
     if ray:
         cmd += ["--ray", "--replicas", "2", "--num-cpus", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
