@@ -1,11 +1,23 @@
-"""Load test of `gapdiff serve` on loopback: throughput, latency percentiles, batch sizes and 429s at 1/4/16/64
-concurrent clients sending 683x512 photos (10% bad inputs mixed in), against the offline Protector throughput
-measured in the same run. With --ray, the same against Ray Serve (2 replicas), then one replica is killed under
-load. Bounded: --requests per level and --level-timeout seconds.
+"""Load tests of `gapdiff serve` on loopback (127.0.0.1 only).
+
+Default: throughput, latency percentiles, batch sizes and 429s at 1/4/16/64 concurrent clients sending 683x512
+photos (10% bad inputs mixed in), against the offline Protector throughput measured in the same run. With --ray,
+the same against Ray Serve (2 replicas), then one replica is killed under load. Bounded: --requests per level and
+--level-timeout seconds.
+
+--hostile: /healthz latency (p50/p99/max, polled every 20 ms) while a 40 MP photo is protected and hostile
+multipart bodies arrive (47 MB bodies of one-byte form fields, 400,000 tiny file parts); goal p99 <= 50 ms.
+Bounded: --hostile-bodies bodies, --level-timeout seconds. Needs quiet cores for its numbers.
+
+--memory: the burst of issue 23 (a 16-image batch of flat --side x --side PNGs, then 4 concurrent single
+requests of the same file) against a server with its default limits or those given after --serve; prints the
+peak RSS against serving.memory's formula and whether the next request succeeds.
 
     python bench/serve.py                    # single process, a width-16 random generator (2 shared CPU cores)
     python bench/serve.py --ngf 64 --ray     # the paper's width, and Ray Serve
     python bench/serve.py -g G.safetensors --device cuda --precision fp16   # see bench/gpu_serve.sh
+    python bench/serve.py --ngf 64 --hostile
+    python bench/serve.py --ngf 64 --memory --side 6000 [--serve --max-request-pixels 600000000 ...]
 
 Ends with key=value lines.
 """
@@ -14,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import math
 import os
 import signal
 import socket
@@ -22,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +82,13 @@ def offline_throughput(args, images: list[np.ndarray]) -> float:
     return n / (time.perf_counter() - start)
 
 
-def start_server(args, port: int, ray: bool) -> subprocess.Popen:
+def start_server(args, port: int, ray: bool, flags: list[str] | None = None) -> subprocess.Popen:
+    """`gapdiff serve` on 127.0.0.1:port with the throughput run's settings, or with `flags` (and the defaults)."""
     cmd = [sys.executable, "-m", "gapdiff_core.cli", "serve", "-g", str(args.generator), "--port", str(port),
-           "--device", args.device, "--precision", args.precision, "--max-batch", str(args.max_batch),
-           "--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(args.max_queue), "--timeout", "120"]
+           "--host", "127.0.0.1", "--device", args.device, "--precision", args.precision]
+    cmd += flags if flags is not None else ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+                                            "--max-queue", str(args.max_queue), "--timeout", "120",
+                                            "--limit-concurrency", str(2 * max(args.concurrency))]  # no 503 at 64
     if ray:
         cmd += ["--ray", "--replicas", "2", "--num-cpus", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -167,11 +184,7 @@ def bench_service(args, label: str, ray: bool, bodies, bad, offline) -> list[str
         if ray:
             lines += kill_replica_under_load(args, url, bodies[:n], bad)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     return lines
 
 
@@ -201,6 +214,156 @@ def kill_replica_under_load(args, url, bodies, bad) -> list[str]:
             f"ray_kill_all_ended_s={r['seconds']:.1f}", f"ray_kill_replica_back_s={back if back else 'never'}"]
 
 
+def hostile_bodies(count: int) -> list[tuple[str, bytes, str]]:
+    """(path, body, content type) of `count` hostile multipart bodies: 47 MB of one-byte form fields (to the batch
+    endpoint and to /v1/protect), and 400,000 tiny file parts."""
+    boundary = "hostile"
+    fields = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nx\r\n'.encode()
+                      for i in range(10_000))
+    fields = fields * (47_000_000 // len(fields)) + f"--{boundary}--\r\n".encode()
+    parts = (f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="x.png"\r\n\r\nx\r\n'
+             .encode() * 400_000) + f"--{boundary}--\r\n".encode()
+    kind = f"multipart/form-data; boundary={boundary}"
+    cycle = [("/v1/protect/batch", fields, kind), ("/v1/protect", fields, kind), ("/v1/protect/batch", parts, kind)]
+    return [cycle[i % len(cycle)] for i in range(count)]
+
+
+def forty_megapixel_photo() -> bytes:
+    """A sample face photo upscaled to 7300 x 5475 (39.97 MP), as a quality-90 JPEG."""
+    with Image.open(sorted((ROOT / "gapdiff_core" / "samples").glob("*.jpg"))[0]) as im:
+        big = im.convert("RGB").resize((5475, 7300), Image.BICUBIC)
+    buffer = io.BytesIO()
+    big.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+async def hostile(url: str, photo: bytes, bodies: list, timeout: float) -> dict:
+    """Poll /healthz every 20 ms while the photo is protected and the hostile bodies are sent, two at a time
+    (after 250 polls of the idle service, for reference)."""
+    import httpx
+
+    polls, statuses, hostile_statuses = [], {}, Counter()
+
+    async def protect(c):
+        start = time.perf_counter()
+        r = await c.post("/v1/protect", content=photo, headers={"Content-Type": "image/jpeg"})
+        statuses.update(status=r.status_code, seconds=time.perf_counter() - start, max_change=r.headers.get(
+            "x-gapdiff-max-change"), error=r.text[:200] if r.status_code != 200 else None)
+
+    async def attack(c, queue):
+        while queue:
+            path, body, kind = queue.pop()
+            try:
+                r = await c.post(path, content=body, headers={"Content-Type": kind})
+                hostile_statuses[f"{r.status_code} {r.json()['error']['kind']}"] += 1
+            except httpx.HTTPError as exc:
+                hostile_statuses[type(exc).__name__] += 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=timeout) as c, \
+            httpx.AsyncClient(base_url=url, timeout=timeout) as poller:
+        idle = []  # the same polls with nothing else to do: what the host's load alone costs
+        while len(idle) < 250:
+            start = time.perf_counter()
+            await poller.get("/healthz")
+            idle.append(time.perf_counter() - start)
+            await asyncio.sleep(0.02)
+        protecting = asyncio.create_task(protect(c))
+        queue = list(bodies)
+        attackers = [asyncio.create_task(attack(c, queue)) for _ in range(2)]
+        deadline = time.monotonic() + timeout
+        while not (protecting.done() and all(a.done() for a in attackers)) and time.monotonic() < deadline:
+            start = time.perf_counter()
+            await poller.get("/healthz")
+            polls.append(time.perf_counter() - start)
+            await asyncio.sleep(0.02)
+        unfinished = [task for task in (protecting, *attackers) if not task.done()]
+        for task in unfinished:  # past --level-timeout: what was measured is reported
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+    ms, idle_ms = np.array(polls) * 1000, np.array(idle) * 1000
+    return {"idle_p50_ms": float(np.percentile(idle_ms, 50)), "idle_p99_ms": float(np.percentile(idle_ms, 99)),
+            "polls": len(ms), "healthz_p50_ms": float(np.percentile(ms, 50)),
+            "healthz_p99_ms": float(np.percentile(ms, 99)), "healthz_max_ms": float(ms.max()),
+            "protect_status": statuses.get("status", "unfinished"),
+            "protect_seconds": statuses.get("seconds", math.nan), "protect_error": statuses.get("error"),
+            "hostile_unanswered": len(bodies) - sum(hostile_statuses.values()),
+            "hostile_answers": dict(hostile_statuses)}
+
+
+def bench_hostile(args) -> list[str]:
+    port = free_port()
+    photo = forty_megapixel_photo()
+    bodies = hostile_bodies(args.hostile_bodies)
+    proc = start_server(args, port, False, args.serve)
+    try:
+        r = asyncio.run(hostile(f"http://127.0.0.1:{port}", photo, bodies, args.level_timeout))
+    finally:
+        stop_server(proc)
+    print(f"hostile: /healthz p50/p99/max {r['healthz_p50_ms']:.1f}/{r['healthz_p99_ms']:.1f}/"
+          f"{r['healthz_max_ms']:.1f} ms over {r['polls']} polls (idle beforehand: p50/p99 {r['idle_p50_ms']:.1f}/"
+          f"{r['idle_p99_ms']:.1f} ms); the 40 MP photo: {r['protect_status']} in "
+          f"{r['protect_seconds']:.1f} s {r['protect_error'] or ''}; hostile bodies: {r['hostile_answers']}, "
+          f"{r['hostile_unanswered']} unanswered; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    return [f"hostile_{k}={v:.4g}" if isinstance(v, float) else f"hostile_{k}={v}" for k, v in r.items()
+            if k != "hostile_answers"] + [f"hostile_load_average={os.getloadavg()[0]:.1f}"]
+
+
+def bench_memory(args) -> list[str]:
+    """The issue's burst against a server process; its peak RSS (VmHWM) against serving.memory's formula."""
+    import httpx
+
+    from gapdiff_core.serving.memory import generator_working_memory, peak_memory_bound, process_memory
+    from gapdiff_core.serving.settings import load_settings
+
+    given = {"generator": args.generator, "device": args.device, "precision": args.precision}
+    flags = iter(args.serve or [])
+    given.update((flag.lstrip("-").replace("-", "_"), value) for flag, value in zip(flags, flags))
+    settings, server = load_settings(given, environ={})
+    generator = generator_working_memory(settings)
+    buffer = io.BytesIO()
+    Image.new("RGB", (args.side, args.side), (120, 130, 140)).save(buffer, "PNG")
+    image = buffer.getvalue()
+    port = free_port()
+    proc = start_server(args, port, False, args.serve or [])
+    try:
+        ready = process_memory(proc.pid, "VmRSS")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=args.level_timeout) as c, \
+                ThreadPoolExecutor(5) as pool:
+            start = time.perf_counter()
+            batch = pool.submit(c.post, "/v1/protect/batch",
+                                files=[("images", (f"{i}.png", image, "image/png")) for i in range(16)])
+            time.sleep(0.5)
+            singles = list(pool.map(lambda _: c.post("/v1/protect", content=image), range(4)))
+            batch = batch.result()
+            seconds = time.perf_counter() - start
+            peak = process_memory(proc.pid, "VmHWM")
+            after = c.post("/v1/protect", content=image)
+            rss_after = process_memory(proc.pid, "VmRSS")
+    finally:
+        stop_server(proc)
+    bound = peak_memory_bound(settings, server, ready, generator)
+    protected = batch.json().get("protected") if batch.status_code == 200 else batch.json()["error"]["kind"]
+    print(f"memory: {args.side}x{args.side} flat PNG ({len(image):,} bytes); batch of 16: {batch.status_code} "
+          f"({protected}), singles {[r.status_code for r in singles]}, in {seconds:.1f} s; ready {ready / 2**30:.2f} "
+          f"GiB, generator {generator / 2**30:.2f} GiB, peak {peak / 2**30:.2f} GiB, formula {bound / 2**30:.2f} "
+          f"GiB; after: RSS {rss_after / 2**30:.2f} GiB, next request {after.status_code}", flush=True)
+    return [f"memory_side={args.side}", f"memory_batch_status={batch.status_code}",
+            f"memory_batch_protected={protected}",
+            f"memory_singles={','.join(str(r.status_code) for r in singles)}", f"memory_ready_gib={ready / 2**30:.3f}",
+            f"memory_generator_gib={generator / 2**30:.3f}", f"memory_peak_gib={peak / 2**30:.3f}",
+            f"memory_bound_gib={bound / 2**30:.3f}", f"memory_under_bound={peak <= bound}",
+            f"memory_rss_after_gib={rss_after / 2**30:.3f}", f"memory_next_request={after.status_code}"]
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def main() -> int:
     from gapdiff_core.model.protector import PRECISION_CHOICES
 
@@ -218,6 +381,12 @@ def main() -> int:
     p.add_argument("--bad-fraction", type=float, default=0.1)
     p.add_argument("--level-timeout", type=float, default=300)
     p.add_argument("--ray", action="store_true", help="also Ray Serve with 2 replicas, and a replica kill")
+    p.add_argument("--hostile", action="store_true", help="/healthz latency under hostile multipart load instead")
+    p.add_argument("--hostile-bodies", type=int, default=12, help="--hostile: hostile bodies sent in all")
+    p.add_argument("--memory", action="store_true", help="peak memory of the issue's burst instead")
+    p.add_argument("--side", type=int, default=6000, help="--memory: side of the flat PNGs (default 6000: 36 MP)")
+    p.add_argument("--serve", nargs=argparse.REMAINDER,
+                   help="--hostile, --memory: the rest of the line are `gapdiff serve` flags (default: its defaults)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,6 +399,10 @@ def main() -> int:
             args.generator = str(Path(tmp) / f"random-ngf{args.ngf}.safetensors")
             save_generator(Generator(ngf=args.ngf).eval(), args.generator,
                            GeneratorInfo(ngf=args.ngf, demo=True, provenance="bench/serve.py, random weights"))
+        if args.hostile or args.memory:
+            lines = bench_hostile(args) if args.hostile else bench_memory(args)
+            print("\n".join([f"generator={Path(args.generator).name}", *lines]))
+            return 0
         images = photos(args.requests)
         rng = np.random.default_rng(0)
         bad = set(rng.choice(len(images), int(round(args.bad_fraction * len(images))), replace=False).tolist())

@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 
 from ..model.protector import MODES, PRECISION_CHOICES
-from . import options
 
 HELP = "serve protection over HTTP (dynamic batching; one process or Ray Serve)"
 DESCRIPTION = """Serve protection over HTTP: POST a photo, get it back protected.
@@ -16,9 +15,12 @@ DESCRIPTION = """Serve protection over HTTP: POST a photo, get it back protected
   GET  /healthz /readyz /metrics (Prometheus) /docs (OpenAPI)
 
 Requests of one image size that arrive within --max-wait-ms run through the generator together (up to
---max-batch); each result is identical to protecting the image alone. A full queue answers 429 with
-Retry-After. Nothing is written to disk. Set the environment variable named by --api-key-env (default
-GAPDIFF_API_KEY) to require 'X-API-Key: KEY'. SIGTERM stops accepting, finishes what is in flight, then exits.
+--max-batch and --max-batch-pixels); each result is identical to protecting the image alone. Memory is bounded
+by the settings: images are admitted by the pixel counts their headers declare (--max-request-pixels: 413;
+--max-queue-pixels or --max-queue: 429 with Retry-After) and decoded only when their batch runs
+(docs/serving.md states the peak as a formula of the settings). Nothing is written to disk. Set the
+environment variable named by --api-key-env (default GAPDIFF_API_KEY) to require 'X-API-Key: KEY'. SIGTERM
+stops accepting, finishes what is in flight (past --graceful-timeout: a JSON 503), then exits.
 
 Binds 127.0.0.1 unless --host says otherwise. --ray runs the same app on Ray Serve (`pip install gapdiff[ray]`):
 --replicas N, --num-gpus per replica, --address to join a cluster (see docs/serving.md).
@@ -41,10 +43,11 @@ def add_arguments(p) -> None:
                         "environment or in the config)")
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
-    p.add_argument("--budget", type=options.budget, default=None,
+    # Values are checked by serving.settings, as those from the environment and the YAML file: one-line errors.
+    p.add_argument("--budget", default=None,
                    help="default and largest budget in grey levels, 1-255 (default: the checkpoint's)")
     p.add_argument("--mode", choices=MODES, default=None, help="default mode (default working)")
-    p.add_argument("--device", type=options.device, default=None,
+    p.add_argument("--device", default=None,
                    help="auto | cpu | cuda | cuda:N | mps (default auto)")
     p.add_argument("--precision", choices=PRECISION_CHOICES, default=None, help="generator precision (default auto)")
     p.add_argument("--max-batch", type=int, default=None, help="most images in one generator batch (default 8)")
@@ -57,6 +60,21 @@ def add_arguments(p) -> None:
     p.add_argument("--max-pixels", type=int, default=None,
                    help="largest image in pixels, checked from the header before decoding (default 40 MP)")
     p.add_argument("--max-batch-images", type=int, default=None, help="most images in one batch request (default 16)")
+    p.add_argument("--max-request-pixels", type=int, default=None,
+                   help="most pixels of all images of one request, from their headers; 413 beyond (default 80 MP)")
+    p.add_argument("--max-queue-pixels", type=int, default=None,
+                   help="most pixels of all images admitted and not yet answered; 429 beyond (default 160 MP)")
+    p.add_argument("--max-batch-pixels", type=int, default=None,
+                   help="most pixels in one generator batch (one image at least; default 40 MP)")
+    p.add_argument("--body-timeout", type=float, default=None,
+                   help="seconds to receive a request's whole body; 408 beyond (default 30)")
+    p.add_argument("--header-timeout", type=float, default=None,
+                   help="seconds for a connection to send a request's headers before it is closed (default 10)")
+    p.add_argument("--keep-alive-timeout", type=int, default=None,
+                   help="seconds an idle keep-alive connection stays open (default 5)")
+    p.add_argument("--limit-concurrency", type=int, default=None,
+                   help="most connections and requests at once; 503 beyond (default 32)")
+    p.add_argument("--max-header-kb", type=int, default=None, help="largest request head in KiB (default 64)")
     p.add_argument("--api-key-env", default=None,
                    help="environment variable holding the API key (default GAPDIFF_API_KEY; no key required when "
                         "it is unset)")
@@ -75,12 +93,13 @@ def run(args) -> int:
     from pathlib import Path
 
     try:
-        from ..serving.settings import NAMES, SettingsError, load_settings
+        from ..serving.settings import NAMES, SettingsError, api_key, load_settings
     except ImportError as exc:
         print(f"gapdiff serve: {exc}; install the 'serve' extra: pip install 'gapdiff[serve]'", file=sys.stderr)
         return 2
     try:
         settings, server = load_settings({name: getattr(args, name) for name in NAMES}, config=args.config)
+        api_key(settings)
     except SettingsError as exc:
         print(f"gapdiff serve: {exc}", file=sys.stderr)
         return 2
@@ -93,7 +112,7 @@ def run(args) -> int:
             run_ray_serve(settings, server)
         else:
             from ..serving import run_uvicorn
-            run_uvicorn(settings, host=server.host, port=server.port, graceful_timeout_s=server.graceful_timeout)
+            run_uvicorn(settings, server)
     except ImportError as exc:
         extra = "ray" if server.ray else "serve"
         print(f"gapdiff serve: {exc}; install the '{extra}' extra: pip install 'gapdiff[{extra}]'", file=sys.stderr)

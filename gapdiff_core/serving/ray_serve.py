@@ -16,7 +16,7 @@ import warnings
 from typing import Any
 
 from ..common.ray_local import LOCAL_ONLY_VARIABLE
-from .settings import ServerSettings, ServiceSettings, load_settings
+from .settings import ServerSettings, ServiceSettings, api_key, load_settings
 
 APP_NAME = "gapdiff"
 #: The first Ray with `serve.ingress()` without an app and `__serve_build_asgi_app__` (pyproject's floor).
@@ -34,6 +34,7 @@ def build(args: dict[str, Any]):
     args = dict(args)
     config = args.pop("config", None)
     service, server = load_settings(args, given_as="argument", config=config)
+    api_key(service)  # a key no header can carry is refused here, not in every replica
     return protection_app(service, server)
 
 

@@ -49,6 +49,8 @@ class ProtectedImage(BaseModel):
     batch_size: int = Field(description="how many photos shared its forward pass")
     notes: list[str] = Field(description="what decoding changed, e.g. EXIF orientation applied")
     demo: bool = Field(description="a demo generator: its output is not protection")
+    warning: str | None = Field(None, description="set when the returned file breaks the budget (JPEG), as the "
+                                                  "X-Gapdiff-Warning header of /v1/protect")
 
 
 class FailedImage(BaseModel):

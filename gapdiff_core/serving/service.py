@@ -1,19 +1,19 @@
-"""The state behind the service's endpoints: settings, the engine once loaded, the batcher, the metrics, and the
-one request path every protected image goes through (`Service.protect_one`)."""
+"""The state behind the service's endpoints: settings, the engine once loaded, the batcher, the metrics, the pixel
+budgets (`Service.admit`), and the one request path every protected image goes through (`Service.protect_one`)."""
 from __future__ import annotations
 
 import asyncio
 import hmac
-import os
-from dataclasses import dataclass
 
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.requests import ClientDisconnect
 
 from .batcher import Batcher, QueueFull
-from .engine import Engine
-from .settings import ServiceSettings
+from .engine import Engine, Job, Protected
+from .settings import ServiceSettings, api_key
+
+RELEASES = "gapdiff.releases"  # the scope key of what to run once a request's answer is sent (app.py runs them)
 
 FORMATS = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
 
@@ -45,31 +45,17 @@ class Metrics:
         self.images = Counter("gapdiff_images_protected", "Images protected", registry=self.registry)
 
 
-@dataclass
-class Protected:
-    """One protected image, encoded, with what the answer reports about it."""
-
-    name: str
-    data: bytes
-    format: str
-    max_change: float
-    psnr: float
-    batch_size: int
-    budget: float
-    mode: str
-    notes: list[str]
-    demo: bool
-
-
 class Service:
     """State of one running app: settings, the engine (once loaded), the batcher and the metrics."""
 
     def __init__(self, settings: ServiceSettings, engine: Engine | None = None):
         self.settings, self.engine, self.metrics = settings, engine, Metrics()
-        self.api_key = os.environ.get(settings.api_key_env) or None
+        self.api_key = api_key(settings)
         self.batcher = Batcher(self._run_batch, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-                               max_queue=settings.max_queue, observe_batch=self._observe_batch)
+                               max_queue=settings.max_queue, max_weight=settings.max_batch_pixels,
+                               observe_batch=self._observe_batch)
         self.load_error: str | None = None
+        self.admitted_pixels = 0  # pixels of the requests admitted and not yet answered
 
     def _run_batch(self, key, images):
         return self.engine.run_batch(key, images)
@@ -93,7 +79,7 @@ class Service:
         auth = request.headers.get("authorization") or ""
         if auth.lower().startswith("bearer "):
             given = given or auth[7:].strip()
-        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+        if not hmac.compare_digest(given.encode("latin-1", "replace"), self.api_key.encode("latin-1")):
             raise ApiError(401, "unauthorized", "missing or wrong API key: send it as 'X-API-Key: KEY' or "
                                                 "'Authorization: Bearer KEY'", {"WWW-Authenticate": "Bearer"})
 
@@ -106,60 +92,94 @@ class Service:
         return self.engine
 
     async def read_body(self, request: Request) -> bytes:
-        """The whole body, refused (413) as soon as it exceeds max_body_bytes."""
+        """The whole body, refused (413) as soon as it exceeds max_body_bytes, or (408) when it takes longer than
+        body_timeout; a client that goes away mid-body ends the request without a traceback (400)."""
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(int(declared), limit)
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(size, limit)
-            chunks.append(chunk)
+
+        async def receive():
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(size, limit)
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(receive(), self.settings.body_timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(408, "body_timeout", f"the request body was not received within "
+                                                f"{self.settings.body_timeout:g} s ({size:,} bytes arrived)",
+                           {"Connection": "close"}) from None
+        except ClientDisconnect:
+            raise ApiError(400, "client_disconnected", f"the client went away after {size:,} bytes of the body") \
+                from None
         return b"".join(chunks)
 
-    async def protect_one(self, engine: Engine, name: str, data: bytes, mode: str | None, budget, fmt: str
-                          ) -> Protected:
-        """Decode, queue, protect and encode one image; raises ApiError."""
-        from ..io import ImageError, encode_image, load_image
-        from ..metrics.fidelity import change_stats
+    def admit(self, request: Request, pixels: int) -> None:
+        """Reserve `pixels` of the queue's pixel budget until the request's answer is sent: ApiError 413 over the
+        budget of one request, 429 with Retry-After while the queue's budget has no room for them."""
+        limits = self.settings
+        if pixels > limits.max_request_pixels:
+            raise ApiError(413, "too_many_pixels", f"the request's images have {pixels:,} pixels in all, over the "
+                                                   f"{limits.max_request_pixels:,} pixel budget of one request; "
+                                                   "send fewer or smaller images per request")
+        if self.admitted_pixels + pixels > limits.max_queue_pixels:
+            wait = self.batcher.retry_after()
+            raise ApiError(429, "queue_full", f"the queue holds {self.admitted_pixels:,} pixels of images; with "
+                                              f"these {pixels:,} it would be over its {limits.max_queue_pixels:,} "
+                                              f"pixel budget; retry in {wait} s", {"Retry-After": str(wait)})
+        self.admitted_pixels += pixels
+        released = []
+
+        def release():
+            if not released:
+                released.append(True)
+                self.admitted_pixels -= pixels
+
+        request.scope.setdefault(RELEASES, []).append(release)
+
+    async def protect_one(self, engine: Engine, name: str, data: bytes, size: tuple[int, int], mode: str | None,
+                          budget, fmt: str) -> Protected:
+        """Queue, protect and encode one image whose header declared `size` (width, height; its pixels admitted);
+        it is decoded when its batch runs. Raises ApiError."""
+        from ..io import ImageError
 
         try:
-            image = await run_in_threadpool(load_image, name, self.settings.max_pixels, data=data)
-        except ImageError as exc:
-            if exc.kind in ("pixel_limit", "decompression_bomb"):  # io's pixel limit, or Pillow's guard far above it
-                raise ApiError(413, "too_many_pixels", str(exc)) from exc
-            raise ApiError(422, "bad_image", str(exc)) from exc
-        try:
-            key = engine.key(image.rgb, mode, budget)
+            key = engine.key(size, mode, budget)
         except ValueError as exc:
-            raise ApiError(422, "bad_parameter", str(exc)) from exc
+            raise ApiError(422, "bad_parameter", str(exc)) from None
         try:
             engine.check_size(key, name)
         except ValueError as exc:
-            raise ApiError(422, "bad_image", str(exc)) from exc
+            raise ApiError(422, "bad_image", str(exc)) from None
         try:
-            future = self.batcher.submit(key, image.rgb)
+            future = self.batcher.submit(key, Job(name, data, fmt), weight=size[0] * size[1])
         except QueueFull as exc:
-            raise ApiError(429, "queue_full", str(exc), {"Retry-After": str(exc.retry_after)}) from exc
+            raise ApiError(429, "queue_full", str(exc), {"Retry-After": str(exc.retry_after)}) from None
         finally:
             self.metrics.queue_depth.set(self.batcher.depth)
         try:
-            protected, batch_size = await asyncio.wait_for(future, self.settings.timeout)
-        except asyncio.TimeoutError as exc:
+            protected, _ = await asyncio.wait_for(future, self.settings.timeout)
+        except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"{name}: not protected within {self.settings.timeout:g} s; the "
-                                           "service is overloaded, retry later") from exc
-        except (ValueError, RuntimeError) as exc:
-            raise ApiError(500, "protection_failed", f"{name}: {exc}") from exc
-        alpha = image.alpha if fmt != "jpg" else None
-        encoded = await run_in_threadpool(encode_image, protected, alpha, format=fmt,
-                                          metadata={"icc_profile": image.metadata.get("icc_profile")}, name=name)
-        stats = change_stats(image.rgb, protected)
+                                           "service is overloaded, retry later") from None
+        except ImageError as exc:
+            raise image_error(exc) from None
+        except (ValueError, RuntimeError, MemoryError) as exc:
+            raise ApiError(500, "protection_failed", f"{name}: {type(exc).__name__}: {exc}") from None
         self.metrics.images.inc()
-        return Protected(name=name, data=encoded, format=fmt, max_change=stats.max_change, psnr=stats.psnr,
-                         batch_size=batch_size, budget=key[2], mode=key[1], notes=image.notes,
-                         demo=bool(engine.info.demo))
+        return protected
+
+
+def image_error(exc) -> ApiError:
+    """io's ImageError as the service answers it: 413 too_many_pixels, else 422 bad_image."""
+    if exc.kind in ("pixel_limit", "decompression_bomb"):  # io's pixel limit, or Pillow's guard far above it
+        return ApiError(413, "too_many_pixels", str(exc))
+    return ApiError(422, "bad_image", str(exc))
 
 
 def _too_large(size: int, limit: int) -> ApiError:

@@ -20,13 +20,31 @@ def _budget(value: float | None) -> float | None:
     return None if value is None else check_budget(value, "budget")
 
 
+def _device(value: str) -> str:
+    """A device this machine has (commands.options' rule for the flag, here for every source)."""
+    if value == "auto" or value == "cpu":
+        return value
+    import torch
+
+    if value.startswith("cuda"):
+        index = int(value[5:] or 0)
+        if not torch.cuda.is_available():
+            raise ValueError("CUDA is not available here (no NVIDIA GPU, or PyTorch built without CUDA); use cpu or "
+                             "auto")
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"only {torch.cuda.device_count()} CUDA device(s) here")
+    elif not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ValueError("Apple MPS is not available here; use cpu or auto")
+    return value
+
+
 class ServiceSettings(BaseModel):
     """What the app runs with (the same for every replica)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     generator: str
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"), AfterValidator(_device)] = "auto"
     precision: Literal[PRECISION_CHOICES] = "auto"
     budget: Annotated[float | None, AfterValidator(_budget)] = None  # default budget: the checkpoint's
     mode: Literal[MODES] = "working"
@@ -35,7 +53,11 @@ class ServiceSettings(BaseModel):
     max_queue: int = Field(64, ge=1)
     timeout: float = Field(60.0, gt=0)  # per request, seconds
     max_body_mb: float = Field(50.0, gt=0)
-    max_pixels: int = Field(40_000_000, ge=1)
+    body_timeout: float = Field(30.0, gt=0)  # seconds to receive a whole request body (408 past it)
+    max_pixels: int = Field(40_000_000, ge=1)  # one image
+    max_request_pixels: int = Field(80_000_000, ge=1)  # all images of one request (413 over it)
+    max_queue_pixels: int = Field(160_000_000, ge=1)  # all images admitted and not yet answered (429 over it)
+    max_batch_pixels: int = Field(40_000_000, ge=1)  # all images of one generator batch (one image at least)
     max_batch_images: int = Field(16, ge=1)
     api_key_env: str = Field("GAPDIFF_API_KEY", min_length=1)
 
@@ -52,6 +74,10 @@ class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     graceful_timeout: float = Field(30.0, ge=0)
+    header_timeout: float = Field(10.0, gt=0)  # seconds from connection (or last answer) to a request's headers
+    keep_alive_timeout: int = Field(5, ge=1)  # seconds an idle keep-alive connection stays open (uvicorn's)
+    limit_concurrency: int = Field(32, ge=1)  # open connections and tasks; beyond it uvicorn answers 503
+    max_header_kb: int = Field(64, ge=1)  # largest request head (h11_max_incomplete_event_size)
     ray: bool = False
     replicas: int = Field(1, ge=1)
     num_gpus: float = Field(0.0, ge=0)
@@ -87,6 +113,23 @@ def load_settings(given: Mapping[str, Any], *, given_as: str = "flag", config: s
         raise SettingsError("no generator checkpoint: give -g/--generator, set the environment variable "
                             f"{ENV_PREFIX}GENERATOR or put 'generator: PATH' in the config file")
     return (_validated(ServiceSettings, values, sources), _validated(ServerSettings, values, sources))
+
+
+def api_key(settings: ServiceSettings, environ: Mapping[str, str] | None = None) -> str | None:
+    """The API key from the variable `settings.api_key_env` names (None when unset or empty). HTTP headers carry
+    latin-1 text without surrounding spaces, so any other key could never be sent: SettingsError."""
+    environ = os.environ if environ is None else environ
+    key = environ.get(settings.api_key_env) or None
+    if key is not None:
+        try:
+            key.encode("latin-1")
+        except UnicodeEncodeError:
+            raise SettingsError(f"environment variable {settings.api_key_env}: the API key has characters outside "
+                                "latin-1, which an HTTP header cannot carry; use ASCII letters and digits") from None
+        if key != key.strip() or not key.isprintable():
+            raise SettingsError(f"environment variable {settings.api_key_env}: the API key has surrounding spaces "
+                                "or control characters, which an HTTP header cannot carry")
+    return key
 
 
 def _validated(model: type[BaseModel], values: dict[str, Any], sources: dict[str, str]):
