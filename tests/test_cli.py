@@ -266,3 +266,34 @@ def test_convert_never_replaces_a_file_that_appears_while_it_writes(tmp_path, mo
     assert dest.read_bytes() == b"the other convert's file"
     assert f"{dest} exists" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def test_a_user_mistake_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    """A mistake that reaches the console script (here a models folder inside a file: NotADirectoryError) is one
+    line naming it and exit code 2; with --debug, before or after the command, the exception propagates whole."""
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("x")
+    target = str(not_a_folder / "models")
+    assert main(["demo-assets", target, "--untrained"]) == 2
+    err = capsys.readouterr().err
+    assert "file.txt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 2
+    assert "--debug" in err.splitlines()[1]
+    for argv in (["--debug", "demo-assets", target, "--untrained"], ["demo-assets", target, "--untrained", "--debug"]):
+        with pytest.raises(NotADirectoryError):
+            main(argv)
+
+
+def test_demo_assets_creates_its_folder_and_keeps_its_old_name(tmp_path, capsys):
+    """`demo-assets` makes a models folder that does not exist yet (the old command refused it); the ComfyUI-only
+    name still works and runs the same command, which keeps what it wrote the first time."""
+    from gapdiff_core import load_generator
+
+    models = tmp_path / "new" / "models"
+    assert main(["demo-assets", str(models), "--untrained"]) == 0
+    generator = models / "gapdiff" / "gapdiff_demo_generator.safetensors"
+    assert load_generator(generator).info.demo and (models / "checkpoints" / "gapdiff_demo_tiny_sd.safetensors").is_file()
+    assert "demo-assets --untrained" in load_generator(generator).info.provenance
+    assert build_parser().parse_args(["comfyui-demo-assets", str(models)]).command == "demo-assets"
+    capsys.readouterr()
+    assert main(["comfyui-demo-assets", str(models), "--untrained"]) == 0
+    assert capsys.readouterr().out.count("kept ") == 2
