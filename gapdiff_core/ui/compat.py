@@ -53,3 +53,4 @@ def enable_queue(blocks, concurrency: int = 1, max_size: int = 64):
 def launch(blocks, **kwargs):
     """`blocks.launch` without the options this version lacks (e.g. `max_file_size` before 4.x)."""
     return blocks.launch(**_accepted(blocks.launch, kwargs, "Blocks.launch"))
+
