@@ -367,7 +367,7 @@ def test_robustness_tab_measures_the_chosen_transforms_on_the_tiny_surrogate(mod
     robustness = _ui_fn(build_ui(settings.UISettings(models_dir=models, device="cpu", precision="fp32")),
                         "robustness")
     shown = []
-    table, clean_jpeg, prot_jpeg, pert, report = robustness(
+    table, clean_jpeg, prot_jpeg, pert, report, _ = robustness(
         [str(photo)], None, 75, "tiny built-in model (DEMO)", "", "tiny_real.safetensors", None, 8, "working",
         [robustness_tab.preset_choices(True)[0]], "webp:80", progress=lambda value, desc=None: shown.append(desc))
     assert "| `jpeg:75` | **n/a (toy model)** |" in table and "| `webp:80` | **n/a (toy model)** |" in table
@@ -733,7 +733,7 @@ def test_page_text_says_each_thing_once_and_never_contradicts_itself(models, pho
     assert uploaded.startswith("Uploaded checkpoint.") and "ngf=8" in uploaded and "No generator" not in uploaded
     bad = tmp_path / "notes.safetensors"
     bad.write_bytes(b"not a checkpoint")
-    assert "notes.safetensors" in generators.describe_choice(None, str(bad), empty)
+    assert generators.describe_choice(None, str(bad), empty).startswith("notes.safetensors: ")
 
 
 def test_protect_reports_real_progress_through_loading_and_each_photo(models, photo, tmp_path):

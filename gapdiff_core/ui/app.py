@@ -54,6 +54,7 @@ def create_app(args: argparse.Namespace):
 def serve(args: argparse.Namespace, block: bool = True):
     """Launch the app; returns the Blocks (with `.local_url`) when `block` is False. Gradio's own start-up lines
     (and its hint about share=True, an option this command spells --share) are replaced by one line."""
+    from .blocks import PAGE_CSS
     from .compat import launch
 
     port = args.port or _free_port(args.host)
@@ -61,7 +62,7 @@ def serve(args: argparse.Namespace, block: bool = True):
     blocks = create_app(args)
     launch(blocks, server_name=args.host, server_port=port, share=bool(args.share),
            max_file_size=args.max_file_size, show_error=True, inbrowser=False, prevent_thread_lock=True,
-           allowed_paths=[], quiet=True)
+           allowed_paths=[], quiet=True, css=PAGE_CSS)
     link = f" and {blocks.share_url}" if getattr(blocks, "share_url", None) else ""
     print(f"gapdiff app: open {blocks.local_url}{link} in a browser (Ctrl+C stops the app)", file=sys.stderr)
     if block:

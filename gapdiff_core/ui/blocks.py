@@ -11,12 +11,18 @@ from . import evaluate_tab, generators, protect_tab, robustness_tab, robustness_
 from ..common.budget import BUDGET_MAX, BUDGET_MIN
 from ..model.checkpoint import GENERATOR_SUFFIXES
 from ..model.protector import MODES
-from .compat import FILE_TYPE, listen, make
+from .compat import FILE_TYPE, listen, make, when_done
 from .errors import readable
 from .settings import UIError, UISettings
 from .text import ABOUT_MARKDOWN
 from .uploads import as_list, file_path, load_upload, new_output_dir
 
+# Gradio's gallery grid keeps every column at least 100 px wide, so on a phone 4 columns (8 thumbnails) run past
+# the right edge; there, the galleries take 2 (4) columns that shrink. Passed to launch() by the standalone app.
+PAGE_CSS = """@media (max-width: 640px) {
+  #gapdiff_gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+  #gapdiff_thumbs .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+}"""
 LOADING_SHARE = 0.15  # of a Protect request's progress bar: loading the generator; the photos share the rest
 SURROGATE_CHOICES = ("none", "tiny built-in model (DEMO)", "local model (path below)")
 
@@ -112,14 +118,15 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                                    label="JPEG quality of the before/after images", elem_id="gapdiff_quality")
                 rb_btn = make(gr.Button, value="Check what survives", variant="primary", elem_id="gapdiff_rb_run")
                 rb_matrix = gr.Markdown("", elem_id="gapdiff_rb_matrix")
-                with gr.Row():
-                    rb_clean_out = make(gr.Image, label="Clean after JPEG", type="filepath", interactive=False,
-                                        format="png")
-                    rb_prot_out = make(gr.Image, label="Protected after JPEG", type="filepath", interactive=False,
-                                       format="png")
-                    rb_pert_out = make(gr.Image, label="Perturbation left after JPEG, amplified", type="filepath",
-                                       interactive=False, format="png")
-                rb_report = gr.Markdown("", elem_id="gapdiff_rb_report")
+                with make(gr.Column, visible=False, elem_id="gapdiff_rb_results") as rb_results:  # once there is one
+                    with gr.Row():
+                        rb_clean_out = make(gr.Image, label="Clean after JPEG", type="filepath", interactive=False,
+                                            format="png")
+                        rb_prot_out = make(gr.Image, label="Protected after JPEG", type="filepath",
+                                           interactive=False, format="png")
+                        rb_pert_out = make(gr.Image, label="Perturbation left after JPEG, amplified",
+                                           type="filepath", interactive=False, format="png")
+                    rb_report = gr.Markdown("", elem_id="gapdiff_rb_report")
 
             with gr.Tab("Evaluate", elem_id="gapdiff_tab_evaluate"):
                 gr.Markdown("After a DreamBooth / LoRA test attack: upload the person's clean photos and the photos "
@@ -164,8 +171,8 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
         def check_request(uploads, choice, ckpt):
             generators.check_protect_request(uploads, choice, ckpt, get())
 
-        def start():
-            return "", gr.update(interactive=True), gr.update(visible=False)
+        def clear():
+            return "", gr.update(visible=False)
 
         def protect(uploads, choice, ckpt, budget_value, mode_value, progress=gr.Progress()):
             s = get()
@@ -197,19 +204,21 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
             return (items, files, state[0]["original"], state[0]["protected"], state[0]["perturbation"],
                     summary, protect_tab.photo_markdown(state[0]), state, gr.update(visible=True))
 
-        # A request that cannot start (no photo, no generator) is refused by a step without outputs: one message,
-        # and the result panes keep what they show instead of each turning into an error. One that starts clears
-        # the status and the last results, so an error never sits beside a stale step or another request's photos.
-        checked = listen(protect_btn.click, readable(check_request), inputs=[photos, generator, checkpoint],
+        # Every click first clears the status and the last results, so an error never sits beside a stale step or
+        # another request's photos. A request that cannot start (no photo, no generator) is then refused by a step
+        # without outputs: one message, and no pane turns into an error. Cancel is active only while one runs.
+        cleared = listen(protect_btn.click, clear, outputs=[status, results], queue=False, api_name=False)
+        checked = listen(cleared.success, readable(check_request), inputs=[photos, generator, checkpoint],
                          outputs=[], api_name=False, concurrency_limit=None, concurrency_id="gapdiff_check")
-        started = listen(checked.success, start, outputs=[status, cancel_btn, results], queue=False, api_name=False)
+        armed = listen(checked.success, lambda: gr.update(interactive=True), outputs=[cancel_btn], queue=False,
+                       api_name=False)
         protect_event = listen(
-            started.success, readable(protect), inputs=[photos, generator, checkpoint, budget, mode],
+            armed.success, readable(protect), inputs=[photos, generator, checkpoint, budget, mode],
             outputs=[gallery, downloads, before, after, perturbation, status, photo_stats, results_state, results],
             api_name="protect", concurrency_limit=1, concurrency_id="gapdiff_gpu", show_progress_on=[status],
             scroll_to_output=True)
-        listen(protect_event.then, lambda: gr.update(interactive=False), outputs=[cancel_btn], queue=False,
-               api_name=False)
+        when_done(protect_event, lambda: gr.update(interactive=False), outputs=[cancel_btn], queue=False,
+                  api_name=False)
         listen(cancel_btn.click, lambda: (gr.update(interactive=False), "Cancelled: no photo of that request was "
                                           "kept."), outputs=[cancel_btn, status], cancels=[protect_event],
                queue=False, api_name=False)
@@ -269,12 +278,13 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                         budget=float(budget_value), device=_device_name(s.device), progress=step)
                 table = robustness_text.survival_markdown(matrix, method, skipped)
             return (table, str(r.clean_jpeg_png), str(r.protected_jpeg_png), str(r.perturbation_png),
-                    r.markdown)
+                    r.markdown, gr.update(visible=True))
 
         listen(rb_btn.click, readable(robustness),
                inputs=[rb_clean, rb_protected, quality, surrogate, surrogate_path, generator, checkpoint, budget,
                        mode, rb_presets, rb_specs],
-               outputs=[rb_matrix, rb_clean_out, rb_prot_out, rb_pert_out, rb_report], api_name="robustness",
+               outputs=[rb_matrix, rb_clean_out, rb_prot_out, rb_pert_out, rb_report, rb_results],
+               api_name="robustness",
                concurrency_limit=1, concurrency_id="gapdiff_gpu")
 
         def offer_presets(surrogate_choice, ticked):

@@ -88,8 +88,10 @@ def describe_generator(info: GeneratorInfo) -> str:
 def describe_choice(choice: str | None, uploaded: str | None, models_dir) -> str:
     """The description under the generator picker: of the uploaded checkpoint (which wins), else of the choice."""
     if uploaded:
-        info = _info_of(Path(file_path(uploaded)))
-        return info if isinstance(info, str) else "Uploaded checkpoint. " + describe_generator(info)
+        path = Path(file_path(uploaded))
+        info = _info_of(path)  # its problem named by the file's name, not by the server's upload folder
+        return info.replace(str(path), path.name) if isinstance(info, str) else \
+            "Uploaded checkpoint. " + describe_generator(info)
     if not choice:
         return (f"No generator found in the models folder ({models_dir or 'not set'}). Put a checkpoint there "
                 "(the authors' G_per16_pretrain.pth, or one trained with `gapdiff train`) and press Refresh, or "

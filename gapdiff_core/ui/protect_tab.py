@@ -70,24 +70,24 @@ def zip_outputs(results: list[PhotoResult], out_dir: Path, demo: bool) -> Path:
     return write_file(out_dir / ("gapdiff_protected_DEMO.zip" if demo else "gapdiff_protected.zip"), write)
 
 
-def summary_markdown(results: list[PhotoResult], failures: list[str], budget: float, info: GeneratorInfo,
-                     cancelled: bool = False) -> str:
+def summary_markdown(results: list[PhotoResult], failures: list[str], budget: float, info: GeneratorInfo) -> str:
     """The request's outcome; a demo generator's results are labelled DEMO (its warning is above, once)."""
     lines = []
     if results:
         what = "with the DEMO generator (nothing real is protected), at" if info.demo else "at"
         lines += [f"Protected {len(results)} photo(s) {what} a budget of {budget:g} grey levels (0-255 scale).", "",
-                  "| photo | max change (grey levels) | PSNR (dB) | SSIM |", "|---|---|---|---|"]
+                  "| photo | change | PSNR | SSIM |", "|---|---|---|---|"]
         for r in results:
-            lines.append(f"| {r.name} | {r.max_change:.0f} | {format_value(r.psnr_db, 2)} | "
-                         f"{format_value(r.ssim, 4)} |")
+            lines.append(f"| {r.name} | {r.max_change:.0f} | {format_value(r.psnr_db, 1)} | "
+                         f"{format_value(r.ssim, 3)} |")
+        lines += ["", "*change*: the largest change of any pixel, in grey levels (never above the budget). *PSNR* "
+                      "(dB) and *SSIM*: how close the protected photo is to the original (higher = closer; above "
+                      "about 40 dB most people see no difference)."]
         notes = [f"{r.name}: {n}" for r in results for n in r.notes]
         if notes:
             lines += ["", "Notes: " + "; ".join(notes)]
     if failures:
         lines += ["", f"**{len(failures)} photo(s) failed:**"] + [f"- {f}" for f in failures]
-    if cancelled:
-        lines += ["", "**Cancelled** before every photo was protected."]
     return "\n".join(lines)
 
 
