@@ -291,7 +291,8 @@ def test_demo_assets_creates_its_folder_and_keeps_its_old_name(tmp_path, capsys)
     models = tmp_path / "new" / "models"
     assert main(["demo-assets", str(models), "--untrained"]) == 0
     generator = models / "gapdiff" / "gapdiff_demo_generator.safetensors"
-    assert load_generator(generator).info.demo and (models / "checkpoints" / "gapdiff_demo_tiny_sd.safetensors").is_file()
+    assert load_generator(generator).info.demo
+    assert (models / "checkpoints" / "gapdiff_demo_tiny_sd.safetensors").is_file()
     assert "demo-assets --untrained" in load_generator(generator).info.provenance
     assert build_parser().parse_args(["comfyui-demo-assets", str(models)]).command == "demo-assets"
     capsys.readouterr()

@@ -44,7 +44,8 @@ def create_app(args: argparse.Namespace):
         raise SystemExit(f"--max-megapixels must be above 0, not {max_mp}")
     settings = UISettings(models_dir=args.models_dir, device=args.device, precision=args.precision,
                           default_budget=args.budget, max_photos=args.max_photos, max_pixels=int(max_mp * 1e6),
-                          surrogate_dirs=(args.models_dir, surrogates_dir(args)), preferred_generator=getattr(args, "preferred_generator", None))
+                          surrogate_dirs=(args.models_dir, surrogates_dir(args)),
+                          preferred_generator=getattr(args, "preferred_generator", None))
     for entry in list_generators(args.models_dir):  # one bad file is named and skipped, not fatal
         if entry.error:
             print(f"gapdiff app: skipped {entry.path.name}: {entry.error}", file=sys.stderr)

@@ -142,7 +142,8 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
 
             with gr.Tab("About", elem_id="gapdiff_tab_about"):
                 gr.Markdown(ABOUT_MARKDOWN)
-                about_models = gr.Markdown(generators.models_markdown(initial.models_dir), elem_id="gapdiff_about_models")
+                about_models = gr.Markdown(generators.models_markdown(initial.models_dir),
+                                           elem_id="gapdiff_about_models")
 
         # ------------------------------------------------------------ events
         def refresh_generators(current):
