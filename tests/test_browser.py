@@ -214,6 +214,7 @@ def test_every_protect_error_is_one_message_and_no_stale_status(served, photo_se
             page.wait_for_timeout(300)  # anything that would still change (a late status) shows by now
             page.screenshot(path=str(ARTIFACTS / f"browser_{viewport}_error_{name}.png"), full_page=True)
             assert page.get_by_text(message).count() == 1, name
+            assert "gapdiff-gradio" not in page.locator("body").inner_text(), name  # no server-side upload path
             status = page.locator("#gapdiff_status").inner_text().strip()
             # the last results and status are gone; Gradio marks the pane that showed the progress "Error"
             assert status in ("", "Error") and not page.locator("#gapdiff_gallery").is_visible(), (name, status)

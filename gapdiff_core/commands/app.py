@@ -35,8 +35,8 @@ def add_arguments(p) -> None:
                    help="folder with surrogate models for the Robustness tab (default: checkpoints/ beside the "
                         "models folder, where --demo puts the tiny one)")
     p.add_argument("--demo", action="store_true",
-                   help="make (first time: about a minute of training) or reuse the demo generator and the tiny "
-                        "surrogate, and open the app with them (DEMO models: they protect nothing real)")
+                   help="make (first time: a minute of training plus its set-up) or reuse the demo generator and "
+                        "the tiny surrogate, and open the app with them (DEMO models: they protect nothing real)")
     p.add_argument("--budget", type=options.budget, default=8.0,
                    help="default budget in grey levels (1-255 on the 0-255 scale)")
     p.add_argument("--device", type=options.device, default="auto", help="auto | cpu | cuda | cuda:N | mps")

@@ -76,7 +76,8 @@ def write_demo_models(generator_dir: Path, surrogate_dir: Path, *, untrained: bo
     else:
         from ..training import train_demo_generator
 
-        print(f"training the demo generator for up to {train_minutes:g} min ...", file=sys.stderr)
+        print(f"training the demo generator: up to {train_minutes:g} min of training steps, after a set-up that "
+              "takes a few minutes on a busy CPU ...", file=sys.stderr)
         written.append(train_demo_generator(target, minutes=train_minutes))
     target = Path(surrogate_dir) / SURROGATE_FILE
     if target.exists() and not force:

@@ -179,7 +179,8 @@ def get_protector(path: Path, budget: float, mode: str, device: str, precision: 
         try:
             protector = Protector(load_generator(path), budget=budget, mode=mode, device=device, precision=precision)
         except (CheckpointError, ValueError, RuntimeError) as exc:
-            raise UIError(f"Could not load the generator {path.name}: {exc}") from exc
+            reason = str(exc).replace(str(path), path.name)  # an upload's server-side folder is nobody's business
+            raise UIError(f"Could not load the generator {path.name}: {reason}") from exc
         _PROTECTORS[key] = protector
         while len(_PROTECTORS) > _PROTECTORS_MAX:
             _PROTECTORS.popitem(last=False)
