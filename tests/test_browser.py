@@ -175,6 +175,7 @@ def test_the_page_as_a_person_sees_it(served, photo_set, viewport):
         for count, name in ((1, "one_photo"), (4, "four_photos")):
             _upload(page, photo_set["four"][:count])
             _wait_loaded(page, "#gapdiff_thumbs img")
+            assert len(_photos_inside(page, "#gapdiff_thumbs", smallest=40)) == count  # the uploads, whole
             page.locator("#gapdiff_protect").click()
             page.locator("#gapdiff_status").get_by_text(f"Protected {count} photo").wait_for()
             _wait_loaded(page, "#gapdiff_gallery img")
@@ -243,7 +244,7 @@ def _wait_loaded(page, selector: str) -> None:
     page.wait_for_function(f"[...document.querySelectorAll({selector!r})].every(i => i.complete && i.naturalWidth > 0)")
 
 
-def _photos_inside(page, selector: str) -> list:
+def _photos_inside(page, selector: str, smallest: int = 60) -> list:
     """The boxes of the photos shown in the gallery, each asserted to lie whole inside the gallery's box and to be
     drawn at a size a person can see (object-fit contain: the box holds the whole photo)."""
     boxes = page.evaluate("""sel => {
@@ -253,7 +254,7 @@ def _photos_inside(page, selector: str) -> list:
             return {x: r.x, y: r.y, w: r.width, h: r.height, fit: getComputedStyle(i).objectFit,
                     gx: g.x, gy: g.y, gw: g.width, gh: g.height}; }); }""", selector)
     for b in boxes:
-        assert b["fit"] == "contain" and b["w"] >= 60 and b["h"] >= 60, b
+        assert b["fit"] == "contain" and b["w"] >= smallest and b["h"] >= smallest, b
         assert b["x"] >= b["gx"] - 1 and b["y"] >= b["gy"] - 1, b
         assert b["x"] + b["w"] <= b["gx"] + b["gw"] + 1 and b["y"] + b["h"] <= b["gy"] + b["gh"] + 1, b
     return boxes

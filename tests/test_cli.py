@@ -173,7 +173,7 @@ def test_malloc_keeps_freed_memory_only_for_batch_commands(monkeypatch, tmp_path
             self.command = command
 
         def parse_args(self, argv):
-            return argparse.Namespace(command=self.command, run=lambda args: 0)
+            return argparse.Namespace(command=self.command, run=lambda args: 0, debug=False)
 
     for name in cli.COMMANDS:
         tuned.clear()
@@ -189,8 +189,11 @@ def subcommand_parsers():
     from gapdiff_core import cli
 
     sub, = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    assert set(sub.choices) == {name.replace("_", "-") for name in cli.COMMANDS}
-    return sub.choices
+    names = {name.replace("_", "-") for name in cli.COMMANDS}
+    aliases = {alias: name.replace("_", "-") for name, spelled in cli.ALIASES.items() for alias in spelled}
+    assert set(sub.choices) == names | set(aliases)
+    assert all(sub.choices[alias] is sub.choices[name] for alias, name in aliases.items())  # the same command
+    return {name: parser for name, parser in sub.choices.items() if name in names}
 
 
 def minimal_argv(parser, skip) -> list[str]:

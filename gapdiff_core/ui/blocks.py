@@ -18,10 +18,10 @@ from .text import ABOUT_MARKDOWN
 from .uploads import as_list, file_path, load_upload, new_output_dir
 
 # Gradio's gallery grid keeps every column at least 100 px wide, so on a phone 4 columns (8 thumbnails) run past
-# the right edge; there, the galleries take 2 (4) columns that shrink. Passed to launch() by the standalone app.
+# the right edge; there, the galleries take 2 (5) columns that shrink. Passed to launch() by the standalone app.
 PAGE_CSS = """@media (max-width: 640px) {
   #gapdiff_gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
-  #gapdiff_thumbs .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+  #gapdiff_thumbs .grid-container { grid-template-columns: repeat(5, minmax(0, 1fr)) !important; }
 }"""
 LOADING_SHARE = 0.15  # of a Protect request's progress bar: loading the generator; the photos share the rest
 SURROGATE_CHOICES = ("none", "tiny built-in model (DEMO)", "local model (path below)")
@@ -63,7 +63,7 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
                 photos = make(gr.File, label="Photos (one or many)", file_count="multiple", file_types=["image"],
                               type=FILE_TYPE, height=130, elem_id="gapdiff_photos")
                 # fit_columns=False: one photo takes one column, whole, not the full width cropped by the height
-                thumbs = make(gr.Gallery, label="Photos to protect", columns=8, fit_columns=False, height=150,
+                thumbs = make(gr.Gallery, label="Photos to protect", columns=10, fit_columns=False, height=150,
                               object_fit="contain", allow_preview=False, interactive=False, visible=False,
                               elem_id="gapdiff_thumbs")
                 with make(gr.Row, equal_height=True):
