@@ -2,21 +2,26 @@
 
 Each command module defines `HELP` (one line), `DESCRIPTION` (the --help text), `add_arguments(parser)` and
 `run(args) -> int` (the exit code). Heavy imports happen inside `run`, so `gapdiff --help` stays fast.
+A user mistake that reaches here (a ValueError or OSError: a bad value, a missing or unreadable file, a busy port)
+is one line on stderr and exit code 2; `--debug` shows its full traceback and the debug log instead.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from .common.allocator import keep_freed_memory
 
-COMMANDS = ("protect", "compress", "convert", "info", "demo", "comfyui_demo_assets", "app", "attack", "train", "evaluate",
+COMMANDS = ("protect", "compress", "convert", "info", "demo", "demo_assets", "app", "attack", "train", "evaluate",
             "serve", "export", "robustness")
+ALIASES = {"demo_assets": ["comfyui-demo-assets"]}  # the earlier name, kept for existing instructions
 # Short batch commands whose repeated generator passes gain from keeping freed memory (see allocator.py); long-running
 # ones (app, serve, train) keep glibc's defaults, which hand freed memory back to the system.
 KEEP_FREED_MEMORY = ("protect", "compress")
 
+DEBUG_HELP = "show the full traceback of an error and the debug log (default: one line per error)"
 BUDGET_UNITS = ("Budgets are L-infinity bounds in grey levels on the 0-255 scale: 8 means no pixel moves by more "
                 "than 8/255 (the paper's noise_budget=16 on [-1, 1]).")
 
@@ -29,13 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
     parser.add_argument("--version", action="version", version=f"gapdiff {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f".commands.{name}", __package__)
         p = sub.add_parser(name.replace("_", "-"), help=module.HELP, description=module.DESCRIPTION,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           aliases=ALIASES.get(name, []), formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
-        p.set_defaults(run=module.run)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        p.set_defaults(run=module.run, command=name.replace("_", "-"))
     return parser
 
 
@@ -48,11 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in KEEP_FREED_MEMORY:
         keep_freed_memory()
     safe_console()
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"gapdiff {args.command}: {exc}\n(gapdiff {args.command} --debug ... shows the full traceback)",
+              file=sys.stderr)
+        return 2
 
 
 def safe_console() -> None:

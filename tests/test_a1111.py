@@ -112,7 +112,7 @@ def test_tab_protects_with_host_settings(a1111, tmp_path, monkeypatch):
     (blocks, _, _), = a1111.script_callbacks.ui_tabs_callback()
     protect = next(f for f in (blocks.fns.values() if isinstance(blocks.fns, dict) else blocks.fns)
                    if f.api_name == "protect").fn
-    *_, last = protect(photos, "g.safetensors", None, 8, "working")
+    last = protect(photos, "g.safetensors", None, 8, "working")
     assert held == [True, True, True] and not call_queue.queue_lock.locked()
     assert all(p is protectors[0] for p in protectors)
     assert protectors[0].device == torch.device("cpu") and protectors[0].precision == "fp32"
@@ -148,7 +148,7 @@ script_callbacks.ui_settings_callback()
 (blocks, title, elem_id), = script_callbacks.ui_tabs_callback()
 protect = next(f for f in (blocks.fns.values() if isinstance(blocks.fns, dict) else blocks.fns)
                if f.api_name == "protect").fn
-*_, last = protect([photo], "g.safetensors", None, 8, "working")
+last = protect([photo], "g.safetensors", None, 8, "working")
 gallery, files = last[0], last[1]
 print(json.dumps({"title": title, "core": sys.modules["gapdiff_core"].__file__, "files": files}))
 """

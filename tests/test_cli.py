@@ -173,7 +173,7 @@ def test_malloc_keeps_freed_memory_only_for_batch_commands(monkeypatch, tmp_path
             self.command = command
 
         def parse_args(self, argv):
-            return argparse.Namespace(command=self.command, run=lambda args: 0)
+            return argparse.Namespace(command=self.command, run=lambda args: 0, debug=False)
 
     for name in cli.COMMANDS:
         tuned.clear()
@@ -189,8 +189,11 @@ def subcommand_parsers():
     from gapdiff_core import cli
 
     sub, = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    assert set(sub.choices) == {name.replace("_", "-") for name in cli.COMMANDS}
-    return sub.choices
+    names = {name.replace("_", "-") for name in cli.COMMANDS}
+    aliases = {alias: name.replace("_", "-") for name, spelled in cli.ALIASES.items() for alias in spelled}
+    assert set(sub.choices) == names | set(aliases)
+    assert all(sub.choices[alias] is sub.choices[name] for alias, name in aliases.items())  # the same command
+    return {name: parser for name, parser in sub.choices.items() if name in names}
 
 
 def minimal_argv(parser, skip) -> list[str]:
@@ -266,3 +269,35 @@ def test_convert_never_replaces_a_file_that_appears_while_it_writes(tmp_path, mo
     assert dest.read_bytes() == b"the other convert's file"
     assert f"{dest} exists" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def test_a_user_mistake_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    """A mistake that reaches the console script (here a models folder inside a file: NotADirectoryError) is one
+    line naming it and exit code 2; with --debug, before or after the command, the exception propagates whole."""
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("x")
+    target = str(not_a_folder / "models")
+    assert main(["demo-assets", target, "--untrained"]) == 2
+    err = capsys.readouterr().err
+    assert "file.txt" in err and "Traceback" not in err and len(err.strip().splitlines()) == 2
+    assert "--debug" in err.splitlines()[1]
+    for argv in (["--debug", "demo-assets", target, "--untrained"], ["demo-assets", target, "--untrained", "--debug"]):
+        with pytest.raises(NotADirectoryError):
+            main(argv)
+
+
+def test_demo_assets_creates_its_folder_and_keeps_its_old_name(tmp_path, capsys):
+    """`demo-assets` makes a models folder that does not exist yet (the old command refused it); the ComfyUI-only
+    name still works and runs the same command, which keeps what it wrote the first time."""
+    from gapdiff_core import load_generator
+
+    models = tmp_path / "new" / "models"
+    assert main(["demo-assets", str(models), "--untrained"]) == 0
+    generator = models / "gapdiff" / "gapdiff_demo_generator.safetensors"
+    assert load_generator(generator).info.demo
+    assert (models / "checkpoints" / "gapdiff_demo_tiny_sd.safetensors").is_file()
+    assert "demo-assets --untrained" in load_generator(generator).info.provenance
+    assert build_parser().parse_args(["comfyui-demo-assets", str(models)]).command == "demo-assets"
+    capsys.readouterr()
+    assert main(["comfyui-demo-assets", str(models), "--untrained"]) == 0
+    assert capsys.readouterr().out.count("kept ") == 2

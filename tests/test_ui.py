@@ -2,6 +2,11 @@
 Blocks builder, and the running app on loopback (downloads, errors, ten concurrent requests)."""
 import argparse
 import io
+import logging
+import os
+import stat
+import subprocess
+import sys
 import time
 import urllib.request
 import zipfile
@@ -19,7 +24,7 @@ from gapdiff_core.common.visualize import amplified_perturbation
 from gapdiff_core.io import load_image, to_uint8
 from gapdiff_core.metrics.directions import METRICS
 from gapdiff_core.metrics.robustness import denoising_effect
-from gapdiff_core.ui import evaluate_tab, generators, protect_tab, robustness_tab, settings, uploads
+from gapdiff_core.ui import evaluate_tab, generators, protect_tab, robustness_tab, robustness_text, settings, uploads
 from gapdiff_core.ui.settings import UIError
 
 SAMPLE = Path(gc.__file__).parent / "samples" / "obama.jpg"
@@ -218,8 +223,11 @@ def test_zip_is_written_atomically(models, photo, tmp_path):
 def test_robustness_measures_what_survives_jpeg(models, photo, tmp_path):
     protector = generators.get_protector(models / "tiny_real.safetensors", 16, "working", "cpu", "fp32")
     r = robustness_tab.robustness_check(str(photo), None, 50, tmp_path, protector)
-    assert "% as strong** as before" in r.markdown and "similarity of **" in r.markdown
+    assert "% as strong**: the perturbation's average size" in r.markdown and "**Similarity " in r.markdown
     assert "energy kept" not in r.markdown and "max change" not in r.markdown
+    # every number of the comparison comes with its sentence: one bullet each, none bare
+    bullets = [line for line in r.markdown.splitlines() if line.startswith("- **")]
+    assert len(bullets) == 4 and all(len(b.split("**: ", 1)[-1].split()) >= 8 for b in bullets), bullets
     assert png_pixels(r.clean_jpeg_png.read_bytes()).shape == (120, 96, 3)
     from gapdiff_core.preprocess.real import jpeg
     expected = to_uint8(jpeg(load_image(photo).tensor(), 50))
@@ -301,6 +309,7 @@ class Brighten:
 
 
 def test_survival_table_puts_the_verdict_in_words_first_then_the_matrix_numbers():
+    from gapdiff_core.evaluation.robustness_matrix import VERDICTS
     from gapdiff_core.evaluation.robustness_report import interval_text, percent_text
     from gapdiff_core.preprocess import parse
 
@@ -313,21 +322,24 @@ def test_survival_table_puts_the_verdict_in_words_first_then_the_matrix_numbers(
     assert method == "gap-diff" and steps[-1] == (24, 24)
     assert [m.name for m in matrix.methods] == ["gap-diff", "none", "random-noise"]
     assert matrix.methods[2].budget == 4.0  # the control has the protection's budget
-    text = robustness_tab.survival_markdown(matrix, method, ["diffpure:0.1,steps=10"])
+    text = robustness_text.survival_markdown(matrix, method, ["diffpure:0.1,steps=10"])
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in text.splitlines() if line.startswith("| ") and "---" not in line}
     assert list(rows)[1:] == ["no change (reference)", "`jpeg:90`", "`quantize:2`"]
     assert rows["`jpeg:90`"][0] == "**survives**"  # +4 grey levels keep their mean brightness through JPEG 90
     for spec, name in (("none", "no change (reference)"), ("jpeg:90", "`jpeg:90`"), ("quantize:2", "`quantize:2`")):
         cell = matrix.cell("gap-diff", spec)
-        word = robustness_tab.VERDICTS[cell.verdict].split(" (")[0]
+        word = VERDICTS[cell.verdict].split(" (")[0]
         assert rows[name] == [f"**{word}**", interval_text(cell.effect), percent_text(cell.share),
                               interval_text(matrix.cell("random-noise", spec).effect), rows[name][4]]
         assert rows[name][4] in ("identical", f"{cell.psnr.mean:.4g}")
-    assert "How to read this" in text and "Not measured, they need a surrogate: `diffpure:0.1,steps=10`" in text
+    header = next(line for line in text.splitlines() if line.startswith("| transform |"))
+    explained = [line for line in text.splitlines() if line.startswith("- *")]
+    assert [c.strip() for c in header.split("|")[2:-1]] == [line[3:].split("*:")[0] for line in explained]
+    assert "What each number means" in text and "Not measured, they need a surrogate: `diffpure:0.1,steps=10`" in text
     assert "survives (the effect kept is clearly above the random-noise control" in text
     matrix.toy = True
-    toy = robustness_tab.survival_markdown(matrix, method)
+    toy = robustness_text.survival_markdown(matrix, method)
     assert "| `jpeg:90` | **n/a (toy model)** |" in toy and "DEMO on a toy model" in toy
     assert "the demo readings would be `none`: survives, `jpeg:90`: survives" in toy
 
@@ -341,7 +353,7 @@ def test_survival_of_an_uploaded_pair_uses_its_own_largest_change_for_the_noise_
     matrix, method = robustness_tab.measure_survival([clean], [parse("jpeg:90")], None, protected=protected,
                                                      measure=brightness)
     assert method == "your protected photo" and matrix.methods[2].budget == 6.0
-    assert "**uncertain**" in robustness_tab.survival_markdown(matrix, method)  # one photo: no interval
+    assert "**uncertain**" in robustness_text.survival_markdown(matrix, method)  # one photo: no interval
     with pytest.raises(UIError, match="one clean photo of the same size"):
         robustness_tab.measure_survival([clean, clean], [parse("jpeg:90")], None, protected=protected,
                                         measure=brightness)
@@ -355,26 +367,32 @@ def test_robustness_tab_measures_the_chosen_transforms_on_the_tiny_surrogate(mod
     robustness = _ui_fn(build_ui(settings.UISettings(models_dir=models, device="cpu", precision="fp32")),
                         "robustness")
     shown = []
-    table, clean_jpeg, prot_jpeg, pert, report = robustness(
+    table, clean_jpeg, prot_jpeg, pert, report, _ = robustness(
         [str(photo)], None, 75, "tiny built-in model (DEMO)", "", "tiny_real.safetensors", None, 8, "working",
         [robustness_tab.preset_choices(True)[0]], "webp:80", progress=lambda value, desc=None: shown.append(desc))
     assert "| `jpeg:75` | **n/a (toy model)** |" in table and "| `webp:80` | **n/a (toy model)** |" in table
-    assert "DEMO on a toy model" in table and "How to read this" in table
+    assert "DEMO on a toy model" in table and "What each number means" in table
     assert any(d and d.startswith("Measuring: 3 of 3") for d in shown)
     assert Path(clean_jpeg).is_file() and "After JPEG at quality 75" in report
     table, *_ = robustness([str(photo)], None, 75, "none", "", "tiny_real.safetensors", None, 8, "working",
                            list(robustness_tab.DEFAULT_PRESETS), "", progress=lambda *a, **k: None)
-    assert table == robustness_tab.NO_SURROGATE
+    assert table == robustness_text.NO_SURROGATE
 
 
 def test_evaluate_tab_reports_face_quality_and_detector():
+    """A readable table (short values and backend names, no sentences in it) with each backend described once
+    below it."""
     text = evaluate_tab.evaluate_uploads([str(SAMPLE)], [str(SAMPLE.with_name("obama2.jpg"))])
-    rows = {line.split("|")[1].strip(): line.split("|")[2:] for line in text.splitlines() if line.startswith("| ")}
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
+            if line.startswith("| ") and "---" not in line}
     quality = rows[METRICS["face_quality"].label]
-    assert 0 < float(quality[0]) <= 1 and "QualityFace" in quality[2]
-    assert quality[1].strip() == METRICS["face_quality"].direction == "lower = stronger protection"
-    assert float(rows["FDFR"][0]) == 0 and "retinaface-mobilenet" in rows["FDFR"][2]
-    assert "detector: retinaface-mobilenet" in text
+    assert 0 < float(quality[0]) <= 1 and quality[1] == "lower ↓" and quality[2] == "face quality"
+    assert float(rows["FDFR"][0]) == 0 and rows["FDFR"][1] == "higher ↑" and rows["FDFR"][2] == "detector"
+    assert rows["ISM"][2] == rows["SER-FIQ"][2] == "embedder"
+    assert all(len(cell) <= 16 for name, row in rows.items() if name != "metric" for cell in row), rows
+    for name in ("retinaface-mobilenet", "QualityFace", "SFace"):
+        assert text.count(name) == 1, name
+    assert "- **detector**: retinaface-mobilenet: RetinaFace" in text
 
 
 def test_builder_builds_blocks_with_api(models):
@@ -547,15 +565,18 @@ def test_listing_generators_reads_no_weights(models, tmp_path, monkeypatch):
 def test_port_in_use_is_a_message_not_a_traceback(models, capsys):
     import socket
 
-    from gapdiff_core.commands import app as app_command
+    from gapdiff_core.cli import main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        args = argparse.Namespace(host="127.0.0.1", port=port, models_dir=str(models), budget=8.0, device="cpu",
-                                  precision="fp32", max_file_size="2mb", max_photos=8, queue_size=4, share=False)
-        assert app_command.run(args) == 2
+        mask = os.umask(0o022)
+        os.umask(mask)
+        try:
+            assert main(["app", "--port", str(port), "--models-dir", str(models), "--device", "cpu"]) == 2
+        finally:
+            os.umask(mask)  # `gapdiff app` makes its own process private; this one is pytest's
     err = capsys.readouterr().err
     assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err and "Traceback" not in err
 
@@ -565,10 +586,10 @@ def test_out_of_memory_is_recognised_by_type_and_by_text_only_for_plain_runtime_
     plain RuntimeError (Apple MPS raises one), not in any other exception's message."""
     import gradio as gr
 
-    from gapdiff_core.ui import blocks
+    from gapdiff_core.ui import errors
 
     def shown(exc: Exception) -> str:
-        @blocks._readable
+        @errors.readable
         def handler():
             raise exc
 
@@ -627,7 +648,7 @@ def test_robustness_without_diffusers_says_so_and_still_compares(models, photo, 
         robustness_tab.load_surrogate_cached("tiny")
     monkeypatch.setattr(builtins, "__import__", real_import)
     r = robustness_tab.robustness_check(str(photo), str(photo), 60, tmp_path)
-    assert "% as strong** as before" in r.markdown
+    assert "% as strong**" in r.markdown
 
 
 def test_evaluate_and_protect_limit_photos_and_pixels(models, photo, tmp_path):
@@ -685,3 +706,147 @@ def test_compat_warns_once_about_each_keyword_it_drops(monkeypatch):
     assert "gr.Button.click has no option 'no_such_listener_option'" in ours[1]
     assert "gr.Textbox has no option 'no_such_option'" in ours[2]
     assert button.value == "Go"
+
+
+# ---------------------------------------------------------------- what a person reads, and getting started
+
+
+def test_page_text_says_each_thing_once_and_never_contradicts_itself(models, photo, tmp_path):
+    """The DEMO warning is in the generator's description only (the results carry a DEMO label, not the warning
+    again); an untrained demo generator is not called trained; an uploaded checkpoint is described at once."""
+    from gapdiff_core.commands.demo_assets import untrained_generator
+
+    _, untrained = untrained_generator(ngf=8)
+    text = generators.describe_generator(untrained)
+    assert text.count(generators.DEMO_WARNING) == 1 and "untrained" in text
+    assert "trained on a toy model" not in text and "trained against a toy model" not in text
+    protector = generators.get_protector(models / "tiny_demo.safetensors", BUDGET, "working", "cpu", "fp32")
+    r = protect_tab.protect_photo(protector, str(photo), tmp_path, 0, demo=True)
+    summary = protect_tab.summary_markdown([r], [], BUDGET, protector.info)
+    details = protect_tab.photo_markdown(protect_tab.result_dict(r, True))
+    assert "DEMO" in summary and details.startswith("DEMO output")
+    assert "⚠️" not in summary + details and generators.DEMO_WARNING not in summary + details
+    empty = tmp_path / "empty_models"
+    empty.mkdir()
+    assert generators.describe_choice(None, None, empty).startswith("No generator found")
+    uploaded = generators.describe_choice(None, str(models / "tiny_real.safetensors"), empty)
+    assert uploaded.startswith("Uploaded checkpoint.") and "ngf=8" in uploaded and "No generator" not in uploaded
+    bad = tmp_path / "notes.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    assert generators.describe_choice(None, str(bad), empty).startswith("notes.safetensors: ")
+
+
+def test_protect_reports_real_progress_through_loading_and_each_photo(models, photo, tmp_path):
+    """The progress bar moves: loading the generator, then each photo's stages, always forward, ending at 1."""
+    from gapdiff_core.ui import build_ui
+
+    protect = _ui_fn(build_ui(settings.UISettings(models_dir=models, device="cpu", precision="fp32")), "protect")
+    seen = []
+    second = make_photo(tmp_path / "second.jpg", size=(64, 80))
+    out = protect([str(photo), str(second)], "tiny_real.safetensors", None, BUDGET, "working",
+                  progress=lambda value, desc=None: seen.append((value, desc)))
+    values = [v for v, _ in seen]
+    assert values == sorted(values) and values[0] == 0.0 and values[-1] == 1.0
+    descs = [d for _, d in seen]
+    assert descs[0] == "Loading the generator"
+    for i in (1, 2):
+        assert [d.split(": ", 1)[1] for d in descs if d.startswith(f"Photo {i} of 2")] == [
+            "reading", "protecting", "writing the PNGs", "measuring the change"]
+    assert len(set(values)) >= 9 and "Protected 2 photo(s) at a budget" in out[5]
+
+
+def test_a_user_mistake_logs_one_line_and_its_traceback_only_at_debug_level(caplog):
+    """A message for the user is one INFO line in the log and Gradio is told not to print its traceback; the
+    traceback is there at DEBUG level. An unexpected error still logs its traceback."""
+    import gradio as gr
+
+    from gapdiff_core.ui import errors
+
+    @errors.readable
+    def mistake():
+        raise UIError("Upload one or more photos first.")
+
+    @errors.readable
+    def bug():
+        raise KeyError("oops")
+
+    with caplog.at_level(logging.INFO, logger="gapdiff.ui"), pytest.raises(gr.Error) as err:
+        mistake()
+    assert err.value.print_exception is False and err.value.message == "Upload one or more photos first."
+    assert [r.levelno for r in caplog.records] == [logging.INFO] and not caplog.records[0].exc_info
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="gapdiff.ui"), pytest.raises(gr.Error):
+        mistake()
+    assert [r.levelno for r in caplog.records] == [logging.INFO, logging.DEBUG] and caplog.records[1].exc_info
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="gapdiff.ui"), pytest.raises(gr.Error) as err:
+        bug()
+    assert caplog.records[-1].levelno == logging.ERROR and caplog.records[-1].exc_info
+    assert err.value.print_exception is False  # logged once, by us
+
+
+def test_app_demo_makes_or_reuses_the_demo_models_and_opens_with_them(tmp_path, monkeypatch, capsys):
+    """`gapdiff app --demo`: the demo generator in the models folder, the tiny surrogate in checkpoints/ beside it
+    (where the Robustness tab looks), the page opening on the demo generator; a second start reuses both."""
+    import gapdiff_core.training as training
+    from gapdiff_core.cli import build_parser
+    from gapdiff_core.commands import app as app_command
+    from gapdiff_core.ui import app, build_ui
+
+    def fake_training(out_path, minutes=1.0, **kw):
+        fake_training.calls += 1
+        return gc.save_generator(gc.Generator(ngf=4).eval(), out_path, GeneratorInfo(ngf=4, demo=True,
+                                                                                    provenance="test"))
+    fake_training.calls = 0
+    monkeypatch.setattr(training, "train_demo_generator", fake_training)
+    models = tmp_path / "models" / "gapdiff"
+    make_models(models)  # other generators come first in the listing
+    args = build_parser().parse_args(["app", "--demo", "--models-dir", str(models), "--device", "cpu"])
+    assert app_command.prepare_demo(args) == "gapdiff_demo_generator.safetensors"
+    surrogate = tmp_path / "models" / "checkpoints" / "gapdiff_demo_tiny_sd.safetensors"
+    assert (models / "gapdiff_demo_generator.safetensors").is_file() and surrogate.is_file()
+    assert app_command.prepare_demo(args) == "gapdiff_demo_generator.safetensors"
+    assert fake_training.calls == 1 and "using" in capsys.readouterr().err
+    s = settings.UISettings(models_dir=str(models), surrogate_dirs=(str(models), str(app.surrogates_dir(args))),
+                            preferred_generator="gapdiff_demo_generator.safetensors")
+    assert robustness_tab.resolve_surrogate_path(surrogate.name, s) == surrogate.resolve()
+    blocks = build_ui(s)
+    dropdown = next(c for c in blocks.blocks.values() if getattr(c, "elem_id", None) == "gapdiff_generator")
+    assert dropdown.value.startswith("gapdiff_demo_generator.safetensors")
+
+
+def test_the_app_process_keeps_uploads_and_outputs_private_and_starts_quietly(models, photo, tmp_path):
+    """The real `gapdiff app` process: one start-up line (no Gradio show_api warning, no share=True hint);
+    the uploaded original and every output under folders 0700 and files 0600; a user's mistake leaves no
+    traceback in its log."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("GRADIO_TEMP_DIR", None)
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gapdiff_core.cli", "app", "--port", "0", "--models-dir",
+                                 str(models), "--device", "cpu", "--precision", "fp32"], stdout=out, stderr=out,
+                                env=env)
+    try:
+        deadline = time.time() + 120
+        while "gapdiff app: open " not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        url = log.read_text().split("gapdiff app: open ", 1)[1].split()[0]
+        client = Client(url, verbose=False)
+        client.predict(*_protect_args(photo, "tiny_real.safetensors"), api_name="/protect")
+        bad = tmp_path / "broken.png"
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 50)
+        with pytest.raises(AppError, match="broken.png"):
+            client.predict(*_protect_args(bad, "tiny_real.safetensors"), api_name="/protect")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "show_api" not in text and "share=True" not in text and "Traceback" not in text, text
+    written = [p for root in tmp_path.glob("gapdiff-*") for p in [root, *root.rglob("*")]]
+    assert any(p.name == photo.name for p in written) and any(p.name.endswith("_protected.png") for p in written)
+    loose = [f"{p} {stat.S_IMODE(p.stat().st_mode):o}" for p in written
+             if stat.S_IMODE(p.stat().st_mode) != (0o700 if p.is_dir() else 0o600)]
+    assert loose == []

@@ -30,7 +30,7 @@ CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
     """Pack + stand-in ComfyUI tree filled by the demo-assets command (untrained generator: fast)."""
-    from gapdiff_core.commands import comfyui_demo_assets as cmd
+    from gapdiff_core.commands import demo_assets as cmd
 
     base = tmp_path_factory.mktemp("comfyui")
     pack, folder_paths = comfy_pack.load_pack(base)

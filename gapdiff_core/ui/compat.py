@@ -53,3 +53,12 @@ def enable_queue(blocks, concurrency: int = 1, max_size: int = 64):
 def launch(blocks, **kwargs):
     """`blocks.launch` without the options this version lacks (e.g. `max_file_size` before 4.x)."""
     return blocks.launch(**_accepted(blocks.launch, kwargs, "Blocks.launch"))
+
+
+
+def when_done(event, fn, **kwargs) -> None:
+    """Run `fn` when `event` ends, whether it succeeded or failed: `.then` (which Gradio 6 skips after an error)
+    and `.failure` where the version has it (4+; in 3.x an error ends the chain)."""
+    listen(event.then, fn, **kwargs)
+    if getattr(event, "failure", None) is not None:
+        listen(event.failure, fn, **kwargs)

@@ -29,17 +29,26 @@ def evaluate_uploads(generated: list[str], references: list[str] | None, s: UISe
         result = evaluate_images(gen, refs)
     except Exception as exc:  # backends raise their own types (ONNX, OpenCV); shown as a message
         raise UIError(f"Evaluation failed: {type(exc).__name__}: {exc}") from exc
+    backends = result.get("backends", {})
     lines = [f"{result['n_images']} generated photo(s)" + (f", {len(refs)} reference photo(s)" if refs else
                                                           ", no references (ISM needs them)"), "",
-             "| metric | value | direction | backend |", "|---|---|---|---|"]
+             "| metric | value | stronger protection when | computed with |", "|---|---|---|---|"]
     for key in SHOWN_METRICS:
         metric, r = METRICS[key], result.get(key)
-        if r is None:
-            lines.append(f"| {metric.label} | n/a | {metric.direction} | — |")
-        else:
-            lines.append(f"| {metric.label} | {format_value(r.get('value'), 4)} | {metric.direction} | "
-                         f"{r.get('backend', '?')} |")
-    backends = result.get("backends", {})
+        value, backend = ("n/a", "—") if r is None else (format_value(r.get("value"), 3),
+                                                        backend_name(r.get("backend", "?"), backends))
+        better = f"{'higher' if metric.higher_is_stronger else 'lower'} {metric.arrow}"
+        lines.append(f"| {metric.label} | {value} | {better} | {backend} |")
     if backends:
-        lines += ["", "Backends: " + "; ".join(f"{k}: {v}" for k, v in backends.items())]
+        lines += ["", "**Computed with:**"] + [f"- **{name.replace('_', ' ')}**: {text}"
+                                               for name, text in backends.items()]
     return "\n".join(lines)
+
+
+def backend_name(backend: str, backends: dict[str, str]) -> str:
+    """The short name under which `backend` is described once below the table (its key there), or `backend`
+    itself when it is not described there."""
+    for name, text in backends.items():
+        if text == backend or text.startswith(f"{backend}:"):
+            return name.replace("_", " ")
+    return backend

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.budget import BudgetError, check_budget
-from ..model.checkpoint import GENERATOR_SUFFIXES, CheckpointError, GeneratorInfo, load_generator, read_info
+from ..model.checkpoint import (GENERATOR_SUFFIXES, CheckpointError, GeneratorInfo, load_generator, printable,
+                                read_info)
 from ..model.protector import MODES, Protector
 from .settings import UIError, UISettings
 from .uploads import as_list, check_count, file_path
 
 log = logging.getLogger("gapdiff.ui")
 DEMO_TAG = "  [DEMO: protects nothing real]"
-DEMO_WARNING = ("**DEMO generator**: it was trained against a toy model and protects nothing real. "
-                "Use these outputs to see how the tool works, not to protect photos.")
+DEMO_WARNING = ("**DEMO generator**: it protects nothing real (it was made to try the tool, not trained against a "
+                "real diffusion model). Use its outputs to see how the tool works, not to protect photos.")
 
 
 @dataclass
@@ -77,8 +78,49 @@ def generator_choices(models_dir) -> list[str]:
 
 
 def describe_generator(info: GeneratorInfo) -> str:
-    text = info.describe()
-    return f"⚠️ {DEMO_WARNING}\n\n{text}" if info.demo else text
+    """What the page says about a generator: the demo warning first when it is one, then its facts."""
+    facts = (f"Width ngf={info.ngf}, trained budget {info.budget:g} grey levels, working resolution "
+             f"{info.working_resolution}, surrogate {printable(info.surrogate or 'unknown')}; provenance: "
+             f"{printable(info.provenance or 'unknown')}.")
+    return f"⚠️ {DEMO_WARNING}\n\n{facts}" if info.demo else facts
+
+
+def describe_choice(choice: str | None, uploaded: str | None, models_dir) -> str:
+    """The description under the generator picker: of the uploaded checkpoint (which wins), else of the choice."""
+    if uploaded:
+        path = Path(file_path(uploaded))
+        info = _info_of(path)  # its problem named by the file's name, not by the server's upload folder
+        return info.replace(str(path), path.name) if isinstance(info, str) else \
+            "Uploaded checkpoint. " + describe_generator(info)
+    if not choice:
+        return (f"No generator found in the models folder ({models_dir or 'not set'}). Put a checkpoint there "
+                "(the authors' G_per16_pretrain.pth, or one trained with `gapdiff train`) and press Refresh, or "
+                "upload one. To try the tool first, start it with `gapdiff app --demo`.")
+    for e in list_generators(models_dir):
+        if e.choice == choice:
+            return e.error or describe_generator(e.info)
+    return "Press Refresh: the models folder changed."
+
+
+def models_markdown(models_dir) -> str:
+    """Every generator of the models folder in one list (the About tab)."""
+    entries = list_generators(models_dir)
+    if not entries:
+        return f"No generators in the models folder ({models_dir or 'not set'})."
+    lines = [f"Generators in {models_dir}:"]
+    for e in entries:
+        about = e.error or ("DEMO, protects nothing real. " if e.demo else "") + describe_generator(e.info).split(
+            "\n\n")[-1]
+        lines.append(f"- `{e.path.name}`: {about}")
+    return "\n".join(lines)
+
+
+def initial_choice(choices: list[str], models_dir, preferred: str | None) -> str | None:
+    """The generator the page opens with: the preferred file when it is listed, else the first."""
+    for e in list_generators(models_dir):
+        if preferred and e.path.name == preferred and e.choice in choices:
+            return e.choice
+    return choices[0] if choices else None
 
 
 def resolve_generator(choice: str | None, uploaded: str | None, models_dir) -> Path:
@@ -137,7 +179,8 @@ def get_protector(path: Path, budget: float, mode: str, device: str, precision: 
         try:
             protector = Protector(load_generator(path), budget=budget, mode=mode, device=device, precision=precision)
         except (CheckpointError, ValueError, RuntimeError) as exc:
-            raise UIError(f"Could not load the generator {path.name}: {exc}") from exc
+            reason = str(exc).replace(str(path), path.name)  # an upload's server-side folder is nobody's business
+            raise UIError(f"Could not load the generator {path.name}: {reason}") from exc
         _PROTECTORS[key] = protector
         while len(_PROTECTORS) > _PROTECTORS_MAX:
             _PROTECTORS.popitem(last=False)

@@ -1,7 +1,7 @@
 """The Robustness tab without Gradio: which transforms (re-encoding, platform uploads, filters, purification) the
-protection survives, measured with the robustness matrix (``evaluation.robustness_matrix``) and explained in plain
-words, and the clean and protected photo after JPEG side by side. Surrogates are read only from the folders the
-host allows."""
+protection survives, measured with the robustness matrix (``evaluation.robustness_matrix``), and the clean and
+protected photo after JPEG side by side. What the numbers say in words is `robustness_text`'s. Surrogates are read
+only from the folders the host allows."""
 from __future__ import annotations
 
 import contextlib
@@ -16,15 +16,13 @@ import torch
 
 from ..common.budget import DEFAULT_BUDGET
 from ..common.visualize import amplified_perturbation
-from ..evaluation.robustness_matrix import (TOY, VERDICTS, MatrixMethod, RobustnessMatrix, none_method,
-                                            random_noise_method, robustness_matrix)
-from ..evaluation.report.markdown import table_cell
-from ..evaluation.robustness_report import banners, interval_text, number_text, percent_text
+from ..evaluation.robustness_matrix import (MatrixMethod, RobustnessMatrix, none_method, random_noise_method,
+                                            robustness_matrix)
 from ..io import save_image
-from ..metrics.directions import format_value
 from ..metrics.robustness import jpeg_robustness
 from ..model.protector import Protector
 from ..preprocess import Transform, TransformSpecError, parse
+from .robustness_text import jpeg_markdown
 from .settings import DEFAULT_MAX_PIXELS, UIError, UISettings
 from .uploads import file_path, load_upload
 
@@ -41,17 +39,6 @@ PRESETS = {
 DEFAULT_PRESETS = ("JPEG at quality 75 (jpeg:75)", "Instagram upload, approximate (platform:instagram)",
                    "WhatsApp, approximate (platform:whatsapp)")
 SPEC_HELP = "Write transforms like jpeg:75, platform:instagram, gauss:1 or resize:1080,side=long|jpeg:75."
-NO_SURROGATE = ("Choose a surrogate model to measure how much of the protection survives each transform: the "
-                "measure asks a diffusion model how hard the photos are to learn. The tiny built-in model shows how "
-                "it works (its numbers mean nothing for real protection); a local Stable Diffusion model gives real "
-                "numbers. The photos after JPEG below need no surrogate.")
-READING = ("**How to read this.** The surrogate model tries to learn the photo, as an attacker's fine-tuning would. "
-           "*Effect kept* is how much harder the protected photo still is for it to learn than the clean one after "
-           "the transform (its denoising error, protected minus clean: above 0 the protection still works, at 0 it is "
-           "gone); *share* compares that with no transform (100% = nothing lost). *Random noise* is what plain noise "
-           "of the same strength does: a protection no better than that counts as removed. *PSNR* says how visible "
-           "the change left in the photo is (higher = less visible; above about 40 dB most people see none). Brackets "
-           "are 95% intervals over your photos: upload several photos for a verdict, one photo gives no interval.")
 
 
 @dataclass
@@ -130,36 +117,6 @@ def chosen_transforms(labels: Sequence[str] | None, text: str | None,
     return chosen, skipped
 
 
-def verdict_word(matrix: RobustnessMatrix, method: str, spec: str) -> str:
-    """The verdict in one or two words ("survives", "weakened", "removed", "n/a (toy model)", ...)."""
-    if matrix.toy:
-        return TOY
-    return VERDICTS[matrix.cell(method, spec).verdict].split(" (")[0]
-
-
-def survival_markdown(matrix: RobustnessMatrix, method: str, skipped: Sequence[str] = ()) -> str:
-    """Per transform: the verdict in words first, then the effect kept with its 95% interval and its share of the
-    untransformed effect, the random-noise control's effect and the PSNR; the reading in plain words under it."""
-    lines = [f"⚠️ {b}" for b in banners(matrix)]
-    lines += ["", "| transform | protection | effect kept [95% interval] | share kept | random noise, same "
-                  "strength | PSNR (dB) |", "|---|---|---|---|---|---|"]
-    for spec in matrix.transforms:
-        cell, control = matrix.cell(method, spec), matrix.cell("random-noise", spec)
-        name = "no change (reference)" if spec == "none" else f"`{table_cell(spec)}`"
-        lines.append(f"| {name} | **{verdict_word(matrix, method, spec)}** | {interval_text(cell.effect)} | "
-                     f"{percent_text(cell.share)} | {interval_text(control.effect)} | {number_text(cell.psnr.mean)} |")
-    words = sorted({matrix.cell(method, s).verdict for s in matrix.transforms}, key=list(VERDICTS).index)
-    lines += ["", READING, "", "Verdicts: " + "; ".join(VERDICTS[w] for w in words) + "."]
-    if matrix.toy:
-        demo = ", ".join(f"`{s}`: {VERDICTS[matrix.cell(method, s).verdict].split(' (')[0]}"
-                         for s in matrix.transforms)
-        lines.append(f"On a toy model every verdict is {TOY}; the demo readings would be {demo}.")
-    if skipped:
-        lines.append("Not measured, they need a surrogate: " + ", ".join(f"`{s}`" for s in skipped) + ".")
-    lines += [f"Photo {name} skipped: {reason}" for name, reason in matrix.skipped.items()]
-    return "\n".join(lines)
-
-
 def measure_survival(photos: Sequence[torch.Tensor], transforms: Sequence[Transform], surrogate, *,
                      protector: Protector | None = None, protected: torch.Tensor | None = None,
                      budget: float = DEFAULT_BUDGET, device: str = "cpu",
@@ -208,21 +165,8 @@ def robustness_check(clean_upload: str, protected: str | None, quality: int, out
     if not 1 <= int(quality) <= 100:
         raise UIError(f"JPEG quality must be 1..100, not {quality}.")
     r = jpeg_robustness(clean, prot, int(quality))
-    before, after = r.before, r.after
     clean_jpeg_png = save_image(out_dir / f"clean_jpeg_q{quality}.png", r.clean_jpeg)
     protected_jpeg_png = save_image(out_dir / f"protected_jpeg_q{quality}.png", r.protected_jpeg)
     vis, gain = amplified_perturbation(r.clean_jpeg, r.protected_jpeg, budget)
     pert_png = save_image(out_dir / f"perturbation_after_jpeg_x{gain:.0f}.png", vis)
-    lines = [f"**After JPEG at quality {quality}** (both photos compressed the same way, as a platform would):", "",
-             f"- The perturbation is **{100 * r.energy_kept:.0f}% as strong** as before (its average size, "
-             f"{after.rms:.2f} grey levels against {before.rms:.2f}), and what is left still follows the original "
-             f"pattern with a similarity of **{r.correlation:.2f}** (1 = the same pattern, 0 = unrelated): JPEG "
-             "keeps the coarse part of the pattern and replaces the fine part with its own errors.",
-             f"- The largest difference of any pixel between the two photos is {after.max:.0f} grey levels out of "
-             f"255 after JPEG, {before.max:.0f} before: JPEG spreads the change around, so single pixels can move "
-             "by more than the budget.",
-             f"- PSNR, how close the protected photo looks to the clean one (higher = harder to see; above about 40 "
-             f"dB most people see no difference): {format_value(before.psnr, 2)} dB before, "
-             f"{format_value(after.psnr, 2)} dB after JPEG.",
-             "", f"Perturbation shown ×{gain:.0f} in the third image; mid-grey means no difference."]
-    return RobustnessResult(clean_jpeg_png, protected_jpeg_png, pert_png, "\n".join(lines))
+    return RobustnessResult(clean_jpeg_png, protected_jpeg_png, pert_png, jpeg_markdown(r, int(quality), gain))

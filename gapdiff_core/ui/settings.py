@@ -14,6 +14,9 @@ from ..common.budget import DEFAULT_BUDGET
 # Photos of a request run one after another, so this bounds the request too.
 BYTES_PER_PIXEL = 45
 DEFAULT_MAX_PIXELS = 25_000_000
+# Local surrogates are also looked for in this folder beside the models folder (ComfyUI's name, where
+# `gapdiff demo-assets` writes the tiny one)
+SURROGATES_FOLDER = "checkpoints"
 
 
 class UIError(ValueError):
@@ -34,6 +37,7 @@ class UISettings:
     # Folders a local surrogate may be read from (default: the models folder). Paths outside them get the same
     # answer as missing ones, so the tab cannot be used to probe the server's file system.
     surrogate_dirs: tuple = ()
+    preferred_generator: str | None = None  # the file name the page opens with when it is in the models folder
 
     def surrogate_roots(self) -> list[Path]:
         return [Path(d) for d in (self.surrogate_dirs or (self.models_dir,)) if d]
