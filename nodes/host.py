@@ -48,7 +48,7 @@ def generator_path(name: str) -> str:
     if path is None:
         raise FileNotFoundError(f"GAP-Diff generator {name!r} not found in models/{GENERATOR_FOLDER} "
                                 f"(searched {folder_paths.get_folder_paths(GENERATOR_FOLDER)}); put the .safetensors "
-                                f"or official .pth file there, or run `gapdiff comfyui-demo-assets` for a demo one")
+                                f"or official .pth file there, or run `gapdiff demo-assets` for a demo one")
     return path
 
 

@@ -1,6 +1,6 @@
 """The shipped ComfyUI workflows: well-formed UI format 0.4 that the frontend's own schema accepts, every node known,
 links type-correct, widget values valid, and each graph runs as ComfyUI runs it (lists, per-photo calls, inference
-mode) on the demo models that `gapdiff comfyui-demo-assets` writes and on photos of three sizes and aspect ratios,
+mode) on the demo models that `gapdiff demo-assets` writes and on photos of three sizes and aspect ratios,
 each saved at its own size."""
 from __future__ import annotations
 
