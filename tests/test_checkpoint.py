@@ -270,3 +270,29 @@ def test_weights_the_generator_cannot_run_are_refused_by_type_everywhere(tmp_pat
         assert main(argv) != 0, argv
         err = capsys.readouterr().err
         assert f"{name} (" in err and "Traceback" not in err, (argv, err)
+
+
+def test_convert_keeps_a_gapdiff_files_metadata_unless_a_flag_sets_it(tmp_path, capsys):
+    """Converting a gapdiff .safetensors keeps its budget, resolution, surrogate, provenance, demo label and training
+    config (it used to write the official .pth defaults over them: protect then used twice the trained budget);
+    each flag overrides its own field only. An official .pth still gets the official defaults."""
+    mine = GeneratorInfo(ngf=8, budget=4, working_resolution=256, demo=True, provenance="trained by me",
+                         surrogate="my-sd15", training_config={"lr": 0.001})
+    source = save_generator(Generator(ngf=8), tmp_path / "mine.safetensors", mine)
+    assert main(["convert", str(source), str(tmp_path / "kept.safetensors")]) == 0
+    assert "kept the metadata" in capsys.readouterr().out
+    kept = read_info(tmp_path / "kept.safetensors")
+    assert (kept.budget, kept.working_resolution, kept.surrogate, kept.provenance, kept.demo, kept.training_config) \
+        == (4, 256, "my-sd15", "trained by me", True, {"lr": 0.001})
+    assert main(["convert", str(source), str(tmp_path / "set.safetensors"), "--budget", "6",
+                 "--surrogate", "sd21"]) == 0
+    assert "except --budget, --surrogate" in capsys.readouterr().out
+    changed = read_info(tmp_path / "set.safetensors")
+    assert (changed.budget, changed.working_resolution, changed.surrogate, changed.provenance) \
+        == (6, 256, "sd21", "trained by me")
+    torch.save(Generator(ngf=8).state_dict(), tmp_path / "G.pth")
+    assert main(["convert", str(tmp_path / "G.pth"), str(tmp_path / "official.safetensors"),
+                 "--working-resolution", "384"]) == 0
+    official = read_info(tmp_path / "official.safetensors")
+    assert (official.budget, official.working_resolution, official.surrogate) == (8, 384, "stable-diffusion-2-1-base")
+    assert official.provenance == "converted from G.pth (official GAP-Diff format)"
