@@ -66,6 +66,55 @@ def test_training_budget_follows_the_one_budget_rule():
     assert load_config(None, budget=1).budget == 1 and load_config(None, budget=255).budget == 255
 
 
+@pytest.mark.parametrize("item, words", [
+    ("max_steps=abc", "max_steps='abc': must be a whole number"),
+    ("max_steps=-1", "max_steps=-1: must be >= 1"),  # used to exit 0 with an untrained generator exported
+    ("max_steps=0", "max_steps=0: must be >= 1"),
+    ("lr=abc", "lr='abc': must be a number"),
+    ("lr=nan", "lr='nan': must be a number"),
+    ("augment=3", "augment=3: must be true or false"),
+    ("ngf=1000", "ngf=1000: must be 1-128"),
+    ("val_jpeg_quality=0", "val_jpeg_quality=0: must be 1-100"),
+    ("train_dir=5", "train_dir=5: must be text"),
+    ("adam_betas=[1, 2]", "adam_betas=[1, 2]: must be two numbers in [0, 1)"),
+    ("preprocess=[1,", "override 'preprocess=[1,': the value is not valid YAML (line 1, column 4"),
+    ("preprocess=sometimes", "preprocess='sometimes'; use default, official, none"),
+])
+def test_bad_set_values_are_one_line_errors_before_any_model_loads(item, words, monkeypatch, capsys):
+    """Each value is checked for its key's type and range when the config is read; `gapdiff train` exits 2 with one
+    line naming key and value (max_steps=abc used to fail in a traceback after the models had loaded)."""
+    import gapdiff_core.training as training
+    from gapdiff_core.cli import main
+
+    monkeypatch.setattr(training, "Trainer", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["train", "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_numbers_pyyaml_reads_as_text_are_numbers():
+    """PyYAML reads 5e-4 as a string (YAML 1.1 wants 5.0e-4); a number key takes it as the number it reads as."""
+    assert load_config(None, ["lr=5e-4", "alpha=1e-3"]).lr == 5e-4
+    assert load_config(None, ["alpha=1e-3"]).alpha == 1e-3
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("c.yaml", "batch_size: [1, 2\nlr: 3\n", "c.yaml: not valid YAML (line 2, column 3: expected ',' or ']'"),
+    ("c.yaml", "a: b: c\n", "c.yaml: not valid YAML (line 1, column 5: mapping values are not allowed here)"),
+    ("c.json", '{"lr": \n', "c.json: not valid JSON (Expecting value"),
+    ("c.toml", "lr = [\n", "c.toml: not valid TOML ("),
+    ("c.yaml", b"\xff\xfe\x00", "c.yaml: not a text file (UTF-8)"),
+])
+def test_malformed_config_files_are_one_line_errors(tmp_path, name, text, words, capsys):
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    from gapdiff_core.cli import main
+
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
 def test_paper_config_marks_where_each_setting_comes_from():
     """Every setting of paper.yaml says whether the paper, the official code or this project fixes it."""
     import re
