@@ -4,7 +4,9 @@ The model tests run real 512x512 steps (the generator's minimum size) with an ng
 are kept to a handful of steps; the two-process run is marked ``distributed`` (select with ``-m distributed``).
 """
 import csv
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -345,3 +347,45 @@ def test_demo_generator_is_saved_and_labelled_as_demo(tmp_path):
     g = load_generator(path)
     assert g.info.demo is True and g.info.ngf == 8 and "tiny" in g.info.surrogate
     assert g.info.training_config["max_steps"] == 2
+
+
+# ---------------------------------------------------------------- one trainer per output folder
+def _hold_run_lock(out: Path) -> subprocess.Popen:
+    """A child process that holds ``out``'s training lock until killed."""
+    code = ("import sys, time\nfrom gapdiff_core.training.lock import holding_run_lock\n"
+            "with holding_run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    assert child.stdout.readline() == "held\n"
+    return child
+
+
+@pytest.mark.slow
+def test_a_second_trainer_on_one_output_folder_is_refused_naming_the_first(tmp_path, surrogate, monkeypatch,
+                                                                            capsys):
+    """While one trainer holds the folder, `gapdiff train` (before loading models) and Trainer.run (before writing
+    anything) refuse, naming its pid, host and start time; killed with SIGKILL, it leaves nothing held, and a new
+    run starts in the folder that holds only the lock file. (Two trainers used to interleave one log.csv.)"""
+    import gapdiff_core.training as training
+    from gapdiff_core.cli import main
+    from gapdiff_core.training.lock import LOCK_FILE, RunLockedError
+
+    out = tmp_path / "run"
+    child = _hold_run_lock(out)
+    try:
+        holder = f"pid {child.pid} on {socket.gethostname()}, started 20"
+        with monkeypatch.context() as m:
+            m.setattr(training, "Trainer", lambda *a, **k: pytest.fail("a model was loaded"))
+            assert main(["train", "--set", f"output_dir={out}", "max_steps=1", "--resume", "auto"]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: another trainer is writing to this output folder ({holder}" in err, err
+        trainer = Trainer(load_config(None, **TINY, output_dir=str(out), max_steps=1), surrogate=surrogate)
+        with pytest.raises(RunLockedError, match=re.escape(holder)):
+            trainer.run(validate=False)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # the refused run wrote nothing
+    finally:
+        child.kill()
+        child.wait()
+    summary = trainer.run(validate=False)  # the dead holder's lock is gone with it; its lock file is no obstacle
+    assert summary["finished"] and (out / "generator.safetensors").is_file()
+    assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()  # the holder's record is this run's
