@@ -15,7 +15,7 @@ from ..io.atomic import write_text
 from ..metrics.directions import METRICS
 from .cache import StageCache, jsonable
 from .config import ProtocolConfig, protocol_settings
-from .inputs import Identity, find_identities
+from .inputs import Identity, find_identities, scan_inputs
 from .methods import Method, resolve_method
 from .stages import STAGES, StageRunner
 from .summary import combine_metrics
@@ -31,7 +31,7 @@ class ProtocolRunner(StageRunner):
                  cache_dir: str | Path | None = None, on_compute=None, progress: bool = True,
                  log: Callable[[str], None] = print):
         self.data, self.out_dir = Path(data), Path(out_dir)
-        cache = StageCache(Path(cache_dir) if cache_dir else self.out_dir / "cache", on_compute)
+        cache = StageCache(Path(cache_dir) if cache_dir else self.out_dir / "cache", on_compute, log)
         super().__init__(config or ProtocolConfig(), cache, progress, log)
 
     def rows(self) -> list[tuple[Identity, Method, str]]:
@@ -48,6 +48,9 @@ class ProtocolRunner(StageRunner):
 
         t_start = time.perf_counter()
         rows = self.rows()
+        warnings = scan_inputs(self.data).warnings
+        for warning in warnings:
+            self.log(f"warning: {warning}")
         runs = []
         bar = tqdm(rows, desc="protocol", unit="run", disable=not self.progress)
         for ident, method, spec in bar:
@@ -64,7 +67,7 @@ class ProtocolRunner(StageRunner):
             run["identity_learning"]["clean_error"] = c = clean[run["identity"]]
             run["identity_learning"]["gap"] = run["identity_learning"]["error"] - c
         detection = {name: self.reference_detection(i) for name, i in idents.items()}
-        results = jsonable(self._results(runs, detection, time.perf_counter() - t_start))
+        results = jsonable({**self._results(runs, detection, time.perf_counter() - t_start), "warnings": warnings})
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.out_dir / "results.json", json.dumps(results, indent=2))
         return results
