@@ -51,8 +51,7 @@ def exif_with_gps(orientation=None) -> bytes:
     exif[0x010F] = "PhoneMaker"
     if orientation:
         exif[0x0112] = orientation
-    gps = exif.get_ifd(0x8825)
-    gps[1], gps[2] = "N", (48.0, 51.0, 24.0)
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 24.0)}  # the GPS IFD (Pillow 10.0 drops edits of get_ifd's dict)
     return exif.tobytes()
 
 
@@ -95,7 +94,7 @@ def test_looping_and_dangling_symlinks_are_named_as_such(tmp_path):
         f"is a symbolic link to {tmp_path / 'gone.png'}, which does not exist", "no such file or folder"]
 
 
-def test_unrecognised_file_lists_the_formats_load_image_reads(tmp_path, monkeypatch):
+def test_unrecognised_file_lists_the_formats_load_image_reads(tmp_path):
     """The list in the message is the one load_image decodes with: AVIF is in it wherever Pillow decodes AVIF."""
     from gapdiff_core.io import decode
 
@@ -105,9 +104,7 @@ def test_unrecognised_file_lists_the_formats_load_image_reads(tmp_path, monkeypa
         load_image(p)
     listed = str(exc.value).split("supported: ")[1].split(")")[0].split(", ")
     assert listed == [{"WEBP": "WebP"}.get(f, f) for f in decode.decode_formats() if f != "DIB"]
-    monkeypatch.setattr(decode, "decode_formats", lambda: decode.DECODE_FORMATS + ("AVIF",))
-    with pytest.raises(ImageError, match=r"supported: JPEG, PNG, WebP, TIFF, BMP, GIF, AVIF\)"):
-        load_image(p)
+    assert ("AVIF" in listed) == ("AVIF" in Image.OPEN)  # listed wherever this Pillow decodes it
 
 
 def test_text_file_named_jpg(tmp_path):
