@@ -254,7 +254,7 @@ def test_install_plan_holds_the_hosts_packages_and_installs_only_what_is_missing
     # (peft 0.14) and 4.48 (diffusers 0.37)
     assert {"peft<0.15", "peft<0.14", "diffusers<0.37"} <= set(p.constraints)
     (args,) = p.pip_args("c.txt")
-    assert args[-2:] == ["-c", "c.txt"] and "diffusers>=0.30" in args and "peft>=0.12" in args
+    assert args[-2:] == ["-c", "c.txt"] and "diffusers>=0.32" in args and "peft>=0.12" in args
     assert "--no-deps" not in args
 
 
@@ -262,7 +262,7 @@ def test_install_plan_checks_versions_not_presence(install_py):
     reqs = install_py.requirements(environment=PY311)
     old = {"pillow": "9.5.0", "accelerate": "1.0.0"}
     p = install_py.plan(reqs, old, pins={})  # not pinned by a host: upgraded to the minimum
-    assert "pillow>=10.0" in [str(r) for r in p.install] and not p.kept
+    assert "pillow>=11.0" in [str(r) for r in p.install] and not p.kept
     assert not [c for c in p.constraints if c.startswith("pillow")]
     assert "accelerate==1.0.0" in p.constraints and "peft<0.15" not in p.constraints
     everything = {install_py.canonical(r.name): "99.0" for r in reqs if r.name != "opencv-python-headless"}
@@ -321,7 +321,7 @@ def test_install_py_inside_a1111_runs_the_hosts_pip_with_constraints(install_py,
     launch.calls.clear()
     assert install_py.main([]) == 0
     ((cmd, _, constraints),) = launch.calls  # one pip run: nothing is installed --no-deps any more
-    assert cmd.startswith('install "') and '"diffusers>=0.30"' in cmd and ' -c "' in cmd and "--no-deps" not in cmd
+    assert cmd.startswith('install "') and '"diffusers>=0.32"' in cmd and ' -c "' in cmd and "--no-deps" not in cmd
     assert {"gradio==3.41.2", "anyio==3.7.1", "h11==0.12.0", "peft<0.15"} <= set(constraints.splitlines())
     assert not os.path.exists(re.search(r'-c "([^"]+)"', cmd).group(1))  # the temporary file is gone
     reqs = install_py.requirements()

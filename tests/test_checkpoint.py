@@ -6,6 +6,7 @@ import stat
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from gapdiff_core import Generator, GeneratorInfo, save_generator
@@ -210,3 +211,88 @@ def test_every_generator_suffix_loads_and_lists(tmp_path, state):
         assert read_info(path).ngf == 8
         loaded = load_generator(path).state_dict()
         assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+
+
+def _as(state, dtype):
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.bfloat16, torch.float64])
+def test_float8_and_other_float_weights_run_widened_to_float32(tmp_path, state, dtype, capsys):
+    """float8 files load (widened exactly to float32: the NaN check works on them), and info, convert and protect
+    run on them."""
+    path = write_safetensors(tmp_path / "g.safetensors", _as(state, dtype))
+    generator = load_generator(path)
+    assert generator.conv1.weight.dtype == torch.float32
+    assert torch.equal(generator.conv1.weight, state["conv1.weight"].to(dtype).float())
+    assert read_info(path).ngf == 8
+    photo = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (120, 90, 60)).save(photo)
+    assert main(["info", str(path)]) == 0
+    assert main(["convert", str(path), str(tmp_path / "c.safetensors")]) == 0
+    assert main(["protect", str(photo), "-o", str(tmp_path / "out"), "-g", str(path), "--precision", "fp32"]) == 0
+    nan = _as(state, dtype)
+    nan["dconv8.weight"] = nan["dconv8.weight"].clone()
+    nan["dconv8.weight"][0, 0, 0, 0] = float("nan")
+    refused(write_safetensors(tmp_path / "nan.safetensors", nan), "dconv8.weight", "NaN or infinite")
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.int32, "int32"), (torch.int8, "int8"), (torch.uint8, "uint8"),
+                                         (torch.bool, "bool"), (torch.float8_e8m0fnu, "float8_e8m0fnu")])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_weights_the_generator_cannot_run_are_refused_by_type_everywhere(tmp_path, state, dtype, name, suffix,
+                                                                         capsys):
+    """Refused with their type named, by load_generator and read_info (so the app's listing marks the file
+    unreadable instead of usable), and by info, convert and protect without a traceback."""
+    from gapdiff_core.ui.generators import list_generators
+
+    bad = _as(state, dtype)
+    path = tmp_path / f"g{suffix}"
+    if suffix == ".pth":
+        torch.save(bad, path)
+    else:
+        try:
+            write_safetensors(path, bad)
+        except Exception:  # noqa: BLE001 - this safetensors version cannot store the type: nothing to refuse
+            pytest.skip(f"safetensors cannot write {name}")
+    words = (f"{name} (", "tensors: ", "cannot run", "floating point")
+    refused(path, *words)
+    with pytest.raises(CheckpointError) as exc:
+        read_info(path)
+    assert all(w in str(exc.value) for w in words), exc.value
+    [entry] = list_generators(tmp_path)
+    assert entry.info is None and "[unreadable]" in entry.choice and f"{name} (" in entry.error
+    photo = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (120, 90, 60)).save(photo)
+    capsys.readouterr()
+    for argv in (["info", str(path)], ["convert", str(path), str(tmp_path / "c.safetensors")],
+                 ["protect", str(photo), "-o", str(tmp_path / "out"), "-g", str(path)]):
+        assert main(argv) != 0, argv
+        err = capsys.readouterr().err
+        assert f"{name} (" in err and "Traceback" not in err, (argv, err)
+
+
+def test_convert_keeps_a_gapdiff_files_metadata_unless_a_flag_sets_it(tmp_path, capsys):
+    """Converting a gapdiff .safetensors keeps its budget, resolution, surrogate, provenance, demo label and training
+    config (it used to write the official .pth defaults over them: protect then used twice the trained budget);
+    each flag overrides its own field only. An official .pth still gets the official defaults."""
+    mine = GeneratorInfo(ngf=8, budget=4, working_resolution=256, demo=True, provenance="trained by me",
+                         surrogate="my-sd15", training_config={"lr": 0.001})
+    source = save_generator(Generator(ngf=8), tmp_path / "mine.safetensors", mine)
+    assert main(["convert", str(source), str(tmp_path / "kept.safetensors")]) == 0
+    assert "kept the metadata" in capsys.readouterr().out
+    kept = read_info(tmp_path / "kept.safetensors")
+    assert (kept.budget, kept.working_resolution, kept.surrogate, kept.provenance, kept.demo, kept.training_config) \
+        == (4, 256, "my-sd15", "trained by me", True, {"lr": 0.001})
+    assert main(["convert", str(source), str(tmp_path / "set.safetensors"), "--budget", "6",
+                 "--surrogate", "sd21"]) == 0
+    assert "except --budget, --surrogate" in capsys.readouterr().out
+    changed = read_info(tmp_path / "set.safetensors")
+    assert (changed.budget, changed.working_resolution, changed.surrogate, changed.provenance) \
+        == (6, 256, "sd21", "trained by me")
+    torch.save(Generator(ngf=8).state_dict(), tmp_path / "G.pth")
+    assert main(["convert", str(tmp_path / "G.pth"), str(tmp_path / "official.safetensors"),
+                 "--working-resolution", "384"]) == 0
+    official = read_info(tmp_path / "official.safetensors")
+    assert (official.budget, official.working_resolution, official.surrogate) == (8, 384, "stable-diffusion-2-1-base")
+    assert official.provenance == "converted from G.pth (official GAP-Diff format)"

@@ -625,3 +625,119 @@ def test_config_and_cli_take_every_registry_spec_and_name_a_bad_one(tmp_path, ca
         main(["evaluate", "--help"])
     text = capsys.readouterr().out
     assert all(i.usage in text for i in available())  # the registry's list
+
+
+def test_cached_stage_files_are_checked_against_their_recorded_hashes(tmp_path):
+    """A finished stage records a hash of each of its files; a stage whose files were replaced, truncated or
+    removed, or that records none, is not loaded: a note, its folder removed, so it is computed afresh."""
+    from gapdiff_core.evaluation.cache import StageCache
+
+    notes = []
+    cache = StageCache(tmp_path, log=notes.append)
+
+    def finished_stage(key: str) -> Path:
+        cache.start("transform", key)
+        folder = cache.folder("transform", key)
+        (folder / "sub").mkdir()
+        (folder / "a.png").write_bytes(b"protected photo")
+        (folder / "sub" / "b.png").write_bytes(b"another")
+        cache.finish("transform", key, {"k": key}, {"files": ["a.png"]})
+        return folder
+
+    folder = finished_stage("intact")
+    assert cache.load("transform", "intact")["content"].keys() == {"a.png", "sub/b.png"} and notes == []
+    damage = {"replaced": lambda f: (f / "a.png").write_bytes(b"the unprotected photo"),
+              "truncated": lambda f: (f / "sub" / "b.png").write_bytes(b"ano"),
+              "missing": lambda f: (f / "a.png").unlink()}
+    for key, harm in damage.items():
+        folder = finished_stage(key)
+        harm(folder)
+        assert cache.load("transform", key) is None
+        assert not folder.exists()  # recomputed from scratch, never on top of the damaged files
+        assert key in notes[-1] and "computing it again" in notes[-1]
+    folder = finished_stage("old")
+    record = json.loads((folder / "stage.json").read_text())
+    del record["content"]
+    (folder / "stage.json").write_text(json.dumps(record))
+    assert cache.load("transform", "old") is None and "no record of its files' content" in notes[-1]
+
+
+def test_a_tampered_or_truncated_cache_file_recomputes_its_stage_and_dependents(finished, identity_folder,
+                                                                              toy_generator_file):
+    """A cached transform PNG replaced by the unprotected photo used to be trusted (results silently differed from
+    a fresh run); a truncated protected PNG stopped the run. Both now recompute their stage and those after it."""
+    out, results, _ = finished
+    cfg = _config(toy_generator_file)
+    run = next(r for r in results["runs"] if r["transform"] == "jpeg:50" and r["method_kind"] == "gap-diff")
+    transformed = out / run["images"]["transformed"][0]
+    kept = transformed.read_bytes()
+    shutil.copyfile(identity_folder / "set_B" / "a.png", transformed)
+    counts, notes = Counter(), []
+    ProtocolRunner(identity_folder, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False,
+                   log=notes.append).run()
+    assert counts == Counter(transform=1, attack=1, identity=1, generate=1, metrics=1)
+    assert transformed.read_bytes() == kept  # the same transform, computed again
+    assert any("cached transform stage" in n and "changed or damaged file" in n for n in notes), notes
+    protected = out / run["images"]["protected"][0]
+    protected.write_bytes(protected.read_bytes()[:100])
+    counts.clear()
+    ProtocolRunner(identity_folder, out, cfg, on_compute=lambda s, k: counts.update([s]), progress=False,
+                   log=notes.append).run()
+    assert counts["protect"] == 1 and counts["metrics"] == 2  # both transforms of that method, after it
+
+
+def test_an_output_or_cache_path_that_is_a_file_is_a_clear_error(tmp_path, identity_folder, monkeypatch, capsys):
+    """It used to end in a traceback once the reports were written; now the run does not start."""
+    import gapdiff_core.evaluation as evaluation
+    from gapdiff_core.cli import main
+
+    monkeypatch.setattr(evaluation, "ProtocolRunner", lambda *a, **k: pytest.fail("the run started"))
+    (tmp_path / "taken").write_text("x")
+    for flag in ("--out", "--cache"):
+        assert main(["evaluate", str(identity_folder), flag, str(tmp_path / "taken"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {tmp_path / 'taken'} is a file; give a folder" in err and "Traceback" not in err, err
+
+
+def test_set_folders_match_ignoring_case_and_what_is_skipped_or_stands_in_is_warned(tmp_path, identity_folder):
+    """bob/Set_B used to be left out silently next to alice/set_B; now it is bob's set_B. A subfolder without
+    set_B is skipped with a warning, and so is a set_B that stands in for a missing or empty set_C."""
+    from gapdiff_core.evaluation.inputs import scan_inputs
+
+    data = tmp_path / "data"
+    shutil.copytree(identity_folder, data / "alice")
+    shutil.copytree(identity_folder / "set_B", data / "Bob" / "Set_B")
+    (data / "Bob" / "SET_C").mkdir()  # empty
+    shutil.copytree(identity_folder / "set_B", data / "carol")  # photos, but not in a set_B
+    (data / ".hidden").mkdir()
+    found = scan_inputs(data)
+    assert [(i.name, len(i.attacked), len(i.references)) for i in found.identities] == [("Bob", 2, 2),
+                                                                                      ("alice", 2, 1)]
+    bob = found.identities[0]
+    assert bob.references == bob.attacked and "set_B as reference" in bob.layout
+    assert found.warnings == [
+        "Bob: set_C holds no photos; set_B (the photos that are protected and attacked) stands in as the clean "
+        "reference, so ISM and the identity-learning gap compare the attacked model with its own training photos",
+        "carol: skipped, no set_B folder (the Anti-DreamBooth layout: carol/set_B with the photos to protect, set_C "
+        "with clean references)"]
+    assert [i.name for i in find_identities(data)] == ["Bob", "alice"]
+    (data / "Bob" / "set_b").mkdir()
+    with pytest.raises(ValueError, match="Set_B and set_b differ only in case"):
+        scan_inputs(data)
+
+
+def test_input_warnings_are_printed_and_in_the_results(finished, tmp_path, identity_folder, toy_generator_file):
+    """The runner prints each input warning and lists them under ``warnings`` in results.json (and so report.json)."""
+    out, _, _ = finished
+    data = tmp_path / "data"
+    shutil.copytree(identity_folder, data / "alice")
+    shutil.copytree(identity_folder / "set_B", data / "bob" / "set_B")
+    (data / "carol").mkdir()
+    notes = []
+    cfg = _config(toy_generator_file, methods=["none"], transforms=["none"])
+    results = ProtocolRunner(data, tmp_path / "run", cfg, cache_dir=out / "cache", progress=False,
+                             log=notes.append).run()
+    assert [w.split(":")[0] for w in results["warnings"]] == ["bob", "carol"]
+    assert [f"warning: {w}" for w in results["warnings"]] == [n for n in notes if n.startswith("warning: ")]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["warnings"] == results["warnings"]
+    assert sorted({r["identity"] for r in results["runs"]}) == ["alice", "bob"]

@@ -51,8 +51,7 @@ def exif_with_gps(orientation=None) -> bytes:
     exif[0x010F] = "PhoneMaker"
     if orientation:
         exif[0x0112] = orientation
-    gps = exif.get_ifd(0x8825)
-    gps[1], gps[2] = "N", (48.0, 51.0, 24.0)
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 24.0)}  # the GPS IFD (Pillow 10.0 drops edits of get_ifd's dict)
     return exif.tobytes()
 
 
@@ -71,10 +70,41 @@ def test_zero_bytes(tmp_path):
 
 
 def test_missing_file_and_folder(tmp_path):
-    with pytest.raises(ImageError, match="nope.png: file not found"):
+    with pytest.raises(ImageError, match="nope.png: no such file or folder"):
         load_image(tmp_path / "nope.png")
     with pytest.raises(ImageError, match="is a folder"):
         load_image(tmp_path)
+
+
+def test_looping_and_dangling_symlinks_are_named_as_such(tmp_path):
+    """A symbolic link that loops, or leads nowhere, is said to be one (both used to read "no such file")."""
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    for name in ("loop.png", "a.png"):
+        with pytest.raises(ImageError, match=f"{name}: is a symbolic link that loops") as exc:
+            load_image(tmp_path / name)
+        assert exc.value.kind == "not_found" and "no such file" not in str(exc.value)
+    with pytest.raises(ImageError, match="dangling.png: is a symbolic link to .*gone.png, which does not exist"):
+        load_image(tmp_path / "dangling.png")
+    found = iter_image_paths([tmp_path / "loop.png", tmp_path / "dangling.png", tmp_path / "missing.png"])
+    assert found.paths == [] and [p.split(": ", 1)[1].split(";")[0] for p in found.problems] == [
+        "is a symbolic link that loops (it leads back to itself)",
+        f"is a symbolic link to {tmp_path / 'gone.png'}, which does not exist", "no such file or folder"]
+
+
+def test_unrecognised_file_lists_the_formats_load_image_reads(tmp_path):
+    """The list in the message is the one load_image decodes with: AVIF is in it wherever Pillow decodes AVIF."""
+    from gapdiff_core.io import decode
+
+    p = tmp_path / "noise.png"
+    p.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ImageError) as exc:
+        load_image(p)
+    listed = str(exc.value).split("supported: ")[1].split(")")[0].split(", ")
+    assert listed == [{"WEBP": "WebP"}.get(f, f) for f in decode.decode_formats() if f != "DIB"]
+    assert ("AVIF" in listed) == ("AVIF" in Image.OPEN)  # listed wherever this Pillow decodes it
 
 
 def test_text_file_named_jpg(tmp_path):
@@ -538,7 +568,11 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
 def test_overwrite_refused_unless_asked(tmp_path):
     target = tmp_path / "a.png"
     save_image(target, pattern(seed=1))
-    with pytest.raises(ImageError, match=r"a\.png: already exists; pass overwrite=True"):
+    with pytest.raises(ImageError) as exc:  # the command-line option first: most people meet this in a shell
+        save_image(target, pattern(seed=2))
+    assert str(exc.value).endswith("a.png: already exists; choose another output, or replace it with --overwrite "
+                                   "(overwrite=True from Python)"), exc.value
+    with pytest.raises(ImageError, match="already exists"):
         save_image(target, pattern(seed=2))
     np.testing.assert_array_equal(load_image(target).rgb, pattern(seed=1))
     save_image(target, pattern(seed=2), overwrite=True)

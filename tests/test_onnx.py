@@ -63,3 +63,18 @@ def test_export_refuses_to_overwrite_and_reports_a_missing_generator(exported, c
     assert "already exists" in capsys.readouterr().err
     assert main(["export", "-g", str(folder / "missing.safetensors"), "-o", str(folder / "m.onnx")]) == 2
     assert "missing.safetensors" in capsys.readouterr().err
+
+
+def test_export_to_a_folder_fails_before_exporting_and_names_it(tmp_path, monkeypatch, capsys):
+    """An -o that is a folder (or lies under a file) is refused at once, naming the path; it used to fail only after
+    the export, naming the hidden temporary."""
+    import gapdiff_core.model.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "load_generator", lambda *a, **k: pytest.fail("the export ran"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "file").write_text("x")
+    for out, words in ((tmp_path / "out", "is a folder"), (tmp_path / "file" / "g.onnx", "is a file, not a folder")):
+        for extra in ([], ["--overwrite"]):
+            assert main(["export", "-g", "g.safetensors", "-o", str(out), *extra]) == 2
+            err = capsys.readouterr().err
+            assert str(out) in err and words in err and ".tmp" not in err, err

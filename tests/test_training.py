@@ -4,7 +4,9 @@ The model tests run real 512x512 steps (the generator's minimum size) with an ng
 are kept to a handful of steps; the two-process run is marked ``distributed`` (select with ``-m distributed``).
 """
 import csv
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -64,6 +66,55 @@ def test_training_budget_follows_the_one_budget_rule():
             load_config(None, budget=bad)
         assert str(err.value) == f"training config: budget must be {BUDGET_RULE}, not {bad!r}"
     assert load_config(None, budget=1).budget == 1 and load_config(None, budget=255).budget == 255
+
+
+@pytest.mark.parametrize("item, words", [
+    ("max_steps=abc", "max_steps='abc': must be a whole number"),
+    ("max_steps=-1", "max_steps=-1: must be >= 1"),  # used to exit 0 with an untrained generator exported
+    ("max_steps=0", "max_steps=0: must be >= 1"),
+    ("lr=abc", "lr='abc': must be a number"),
+    ("lr=nan", "lr='nan': must be a number"),
+    ("augment=3", "augment=3: must be true or false"),
+    ("ngf=1000", "ngf=1000: must be 1-128"),
+    ("val_jpeg_quality=0", "val_jpeg_quality=0: must be 1-100"),
+    ("train_dir=5", "train_dir=5: must be text"),
+    ("adam_betas=[1, 2]", "adam_betas=[1, 2]: must be two numbers in [0, 1)"),
+    ("preprocess=[1,", "override 'preprocess=[1,': the value is not valid YAML (line 1, column 4"),
+    ("preprocess=sometimes", "preprocess='sometimes'; use default, official, none"),
+])
+def test_bad_set_values_are_one_line_errors_before_any_model_loads(item, words, monkeypatch, capsys):
+    """Each value is checked for its key's type and range when the config is read; `gapdiff train` exits 2 with one
+    line naming key and value (max_steps=abc used to fail in a traceback after the models had loaded)."""
+    import gapdiff_core.training as training
+    from gapdiff_core.cli import main
+
+    monkeypatch.setattr(training, "Trainer", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["train", "--set", item]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_numbers_pyyaml_reads_as_text_are_numbers():
+    """PyYAML reads 5e-4 as a string (YAML 1.1 wants 5.0e-4); a number key takes it as the number it reads as."""
+    assert load_config(None, ["lr=5e-4", "alpha=1e-3"]).lr == 5e-4
+    assert load_config(None, ["alpha=1e-3"]).alpha == 1e-3
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("c.yaml", "batch_size: [1, 2\nlr: 3\n", "c.yaml: not valid YAML (line 2, column 3: expected ',' or ']'"),
+    ("c.yaml", "a: b: c\n", "c.yaml: not valid YAML (line 1, column 5: mapping values are not allowed here)"),
+    ("c.json", '{"lr": \n', "c.json: not valid JSON (Expecting value"),
+    ("c.toml", "lr = [\n", "c.toml: not valid TOML ("),
+    ("c.yaml", b"\xff\xfe\x00", "c.yaml: not a text file (UTF-8)"),
+])
+def test_malformed_config_files_are_one_line_errors(tmp_path, name, text, words, capsys):
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    from gapdiff_core.cli import main
+
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
 def test_paper_config_marks_where_each_setting_comes_from():
@@ -296,3 +347,45 @@ def test_demo_generator_is_saved_and_labelled_as_demo(tmp_path):
     g = load_generator(path)
     assert g.info.demo is True and g.info.ngf == 8 and "tiny" in g.info.surrogate
     assert g.info.training_config["max_steps"] == 2
+
+
+# ---------------------------------------------------------------- one trainer per output folder
+def _hold_run_lock(out: Path) -> subprocess.Popen:
+    """A child process that holds ``out``'s training lock until killed."""
+    code = ("import sys, time\nfrom gapdiff_core.training.lock import holding_run_lock\n"
+            "with holding_run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    assert child.stdout.readline() == "held\n"
+    return child
+
+
+@pytest.mark.slow
+def test_a_second_trainer_on_one_output_folder_is_refused_naming_the_first(tmp_path, surrogate, monkeypatch,
+                                                                            capsys):
+    """While one trainer holds the folder, `gapdiff train` (before loading models) and Trainer.run (before writing
+    anything) refuse, naming its pid, host and start time; killed with SIGKILL, it leaves nothing held, and a new
+    run starts in the folder that holds only the lock file. (Two trainers used to interleave one log.csv.)"""
+    import gapdiff_core.training as training
+    from gapdiff_core.cli import main
+    from gapdiff_core.training.lock import LOCK_FILE, RunLockedError
+
+    out = tmp_path / "run"
+    child = _hold_run_lock(out)
+    try:
+        holder = f"pid {child.pid} on {socket.gethostname()}, started 20"
+        with monkeypatch.context() as m:
+            m.setattr(training, "Trainer", lambda *a, **k: pytest.fail("a model was loaded"))
+            assert main(["train", "--set", f"output_dir={out}", "max_steps=1", "--resume", "auto"]) == 2
+        err = capsys.readouterr().err
+        assert f"{out}: another trainer is writing to this output folder ({holder}" in err, err
+        trainer = Trainer(load_config(None, **TINY, output_dir=str(out), max_steps=1), surrogate=surrogate)
+        with pytest.raises(RunLockedError, match=re.escape(holder)):
+            trainer.run(validate=False)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # the refused run wrote nothing
+    finally:
+        child.kill()
+        child.wait()
+    summary = trainer.run(validate=False)  # the dead holder's lock is gone with it; its lock file is no obstacle
+    assert summary["finished"] and (out / "generator.safetensors").is_file()
+    assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()  # the holder's record is this run's

@@ -157,10 +157,15 @@ def build_config(args):
 
 def run(args) -> int:
     import sys
+    from pathlib import Path
 
     from ..evaluation import ProtocolRunner
     from ..evaluation.report import markdown_report, write_reports
 
+    for flag, folder in (("--out", args.out), ("--cache", args.cache)):  # before any stage runs
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            print(f"gapdiff evaluate: {flag} {folder} is a file; give a folder (new or existing)", file=sys.stderr)
+            return 2
     try:
         config = build_config(args)
         runner = ProtocolRunner(args.data, args.out, config, cache_dir=args.cache, progress=not args.no_progress)

@@ -31,6 +31,13 @@ def run(args) -> int:
     from ..model.checkpoint import CheckpointError, load_generator
 
     out = Path(args.out)
+    if out.is_dir():  # checked before the export, which takes a while
+        print(f"gapdiff export: {out} is a folder; -o takes the file to write, e.g. {out / 'generator.onnx'}",
+              file=sys.stderr)
+        return 2
+    if out.parent.exists() and not out.parent.is_dir():
+        print(f"gapdiff export: cannot write {out}: {out.parent} is a file, not a folder", file=sys.stderr)
+        return 2
     if out.exists() and not args.overwrite:
         print(f"gapdiff export: {out} already exists; pass --overwrite to replace it", file=sys.stderr)
         return 2

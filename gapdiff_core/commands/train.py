@@ -16,7 +16,8 @@ Budgets are grey levels on the 0-255 scale (8 = the official noise_budget 16 on 
 against the tiny built-in surrogate is a DEMO: it protects nothing real and is labelled so in its metadata.
 
 A run owns its output_dir (run.json: run id and config hash, also in every checkpoint). A new run refuses a folder
-that is not empty; --resume continues only the same run with the same config; --overwrite discards the earlier run."""
+that is not empty; --resume continues only the same run with the same config; --overwrite discards the earlier run.
+One trainer at a time: a second one on the same output_dir is refused, naming the first (pid, host, start time)."""
 
 
 def add_arguments(parser) -> None:
@@ -37,6 +38,7 @@ def run(args) -> int:
     import sys
 
     from ..training import Trainer, load_config
+    from ..training.lock import RunLockedError, check_run_unlocked
     from ..training.state import ResumeError, plan_run
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -45,14 +47,15 @@ def run(args) -> int:
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=1))
             return 0
-        plan_run(cfg.output_dir, cfg.to_dict(), args.resume, args.overwrite)  # fail before loading any model
+        check_run_unlocked(cfg.output_dir)  # fail before loading any model
+        plan_run(cfg.output_dir, cfg.to_dict(), args.resume, args.overwrite)
         trainer = Trainer(cfg)
     except (ValueError, OSError) as exc:
         print(f"gapdiff train: {exc}", file=sys.stderr)
         return 2
     try:
         summary = trainer.run(resume=args.resume, overwrite=args.overwrite)
-    except (ResumeError, OSError) as exc:
+    except (ResumeError, RunLockedError, OSError) as exc:
         print(f"gapdiff train: {exc}", file=sys.stderr)
         return 2
     trainer_ok = summary.get("finished") and summary.get("in_sync", True)

@@ -2,7 +2,9 @@
 
 ``key`` hashes the stage's own settings and its parent's key, so a rerun loads finished stages, an interrupted run
 resumes, and changing one setting recomputes only what it affects. A stage computes in its folder (the attack
-resumes there from its own checkpoint); ``stage.json`` is written last and atomically (:mod:`gapdiff_core.io.atomic`).
+resumes there from its own checkpoint); ``stage.json`` is written last and atomically (:mod:`gapdiff_core.io.atomic`)
+and records a hash of every file the stage wrote. A finished stage whose files no longer match (replaced, truncated,
+missing: a shared cache folder is easy to damage) is never trusted: its folder is removed and the stage recomputed.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..io.atomic import write_text
+from ..io.atomic import remove_folder, write_text
+from .inputs import file_digest
 
 CACHE_VERSION = 1
 
@@ -30,9 +33,11 @@ class StageCache:
     (say, its cache folder deleted) no longer matches and is recomputed too.
     """
 
-    def __init__(self, root: str | Path, on_compute: Optional[Callable[[str, str], None]] = None):
+    def __init__(self, root: str | Path, on_compute: Optional[Callable[[str, str], None]] = None,
+                 log: Callable[[str], None] = print):
         self.root = Path(root)
         self.on_compute = on_compute
+        self.log = log
 
     def lookup(self, stage: str, config: dict, parent: Optional[dict] = None) -> tuple[str, Optional[dict], Path]:
         """(key, the finished record or None, folder) of ``stage`` run with ``config``."""
@@ -55,11 +60,18 @@ class StageCache:
             return None
         if parent is not None and rec.get("parent_run_id") != parent.get("run_id"):
             return None  # made from an older run of its parent
+        problem = _content_problem(f.parent, rec.get("content"))
+        if problem:
+            self.log(f"note: cached {stage} stage {f.parent} {problem}; computing it again")
+            remove_folder(f.parent)
+            return None
         return rec
 
     def finish(self, stage: str, key: str, config: dict, info: dict, parent: Optional[dict] = None) -> dict:
+        """Record a computed stage: its settings, run ids, ``info`` and the hash of every file in its folder."""
         record = {"stage": stage, "key": key, "config": config, "run_id": uuid.uuid4().hex,
-                  "parent_run_id": parent.get("run_id") if parent else None, **info}
+                  "parent_run_id": parent.get("run_id") if parent else None, **info,
+                  "content": _content(self.folder(stage, key))}
         write_text(self.folder(stage, key) / "stage.json", json.dumps(jsonable(record), indent=2))
         return record
 
@@ -68,6 +80,29 @@ class StageCache:
         if self.on_compute is not None:
             self.on_compute(stage, key)
         self.folder(stage, key).mkdir(parents=True, exist_ok=True)
+
+
+def _content(folder: Path) -> dict[str, str]:
+    """{path relative to ``folder``: hash of its bytes} of the stage's files (not stage.json, not hidden
+    temporaries)."""
+    return {f.relative_to(folder).as_posix(): file_digest(f) for f in sorted(folder.rglob("*"))
+            if f.is_file() and f.name != "stage.json" and not any(part.startswith(".")
+                                                                  for part in f.relative_to(folder).parts)}
+
+
+def _content_problem(folder: Path, content) -> str:
+    """Why the files in ``folder`` are not the ones ``content`` recorded, or "" if they are."""
+    if not isinstance(content, dict):
+        return "has no record of its files' content (written by an older gapdiff)"
+    for name, digest in content.items():
+        path = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            return f"records a file outside its folder ({name!r})"
+        if not path.is_file():
+            return f"lacks its file {name}"
+        if file_digest(path) != digest:
+            return f"has a changed or damaged file {name} (its content hash differs from the one recorded)"
+    return ""
 
 
 def jsonable(obj):

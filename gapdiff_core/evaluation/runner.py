@@ -16,7 +16,7 @@ from ..io.atomic import write_text
 from ..metrics.directions import METRICS
 from .cache import StageCache, jsonable
 from .config import ProtocolConfig, protocol_settings
-from .inputs import Identity, find_identities
+from .inputs import Identity, find_identities, scan_inputs
 from .methods import Method, method_budgets, resolve_method
 from .stages import STAGES, StageRunner
 from .summary import combine_metrics
@@ -32,7 +32,7 @@ class ProtocolRunner(StageRunner):
                  cache_dir: str | Path | None = None, on_compute=None, progress: bool = True,
                  log: Callable[[str], None] = print):
         self.data, self.out_dir = Path(data), Path(out_dir)
-        cache = StageCache(Path(cache_dir) if cache_dir else self.out_dir / "cache", on_compute)
+        cache = StageCache(Path(cache_dir) if cache_dir else self.out_dir / "cache", on_compute, log)
         super().__init__(config or ProtocolConfig(), cache, progress, log)
 
     def methods(self) -> list[Method]:
@@ -57,6 +57,9 @@ class ProtocolRunner(StageRunner):
 
         t_start = time.perf_counter()
         rows = self.rows()
+        warnings = scan_inputs(self.data).warnings
+        for warning in warnings:
+            self.log(f"warning: {warning}")
         runs = []
         bar = tqdm(rows, desc="protocol", unit="run", disable=not self.progress)
         for ident, method, spec in bar:
@@ -75,7 +78,8 @@ class ProtocolRunner(StageRunner):
             run["identity_gain"]["relative"] = relative_gain(run["identity_gain"]["gain"], c)
         detection = {name: self.reference_detection(i) for name, i in idents.items()}
         methods = list({r[1].label: r[1] for r in rows}.values())
-        results = jsonable(self._results(runs, detection, methods, time.perf_counter() - t_start))
+        results = jsonable({**self._results(runs, detection, methods, time.perf_counter() - t_start),
+                            "warnings": warnings})
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.out_dir / "results.json", json.dumps(results, indent=2))
         return results

@@ -7,7 +7,9 @@ image (EXIF orientation, 16-bit reduction, CMYK, palettes, animation) is listed 
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +74,8 @@ class LoadedImage:
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, data: bytes | None = None) -> LoadedImage:
-    """Decode a JPEG/PNG/WebP/TIFF/BMP/GIF file into 8-bit RGB (+ alpha), or raise ImageError.
+    """Decode a JPEG/PNG/WebP/TIFF/BMP/GIF (and AVIF: see `decode_formats`) file into 8-bit RGB (+ alpha), or raise
+    ImageError.
 
     With `data`, the image is decoded from those bytes (an upload) and `path` only names it in messages;
     nothing is read from or written to disk. Pillow's own bomb guard (2 x Image.MAX_IMAGE_PIXELS) still
@@ -144,9 +147,24 @@ def image_extensions() -> frozenset[str]:
     return IMAGE_EXTENSIONS | ({".avif"} if "AVIF" in decode_formats() else set())
 
 
+def missing_reason(path: Path) -> str:
+    """Why `path`, which does not exist as far as `Path.exists` can tell, cannot be opened: not found, a symbolic
+    link that loops or leads nowhere, or a folder on the way that cannot be searched."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link that loops (it leads back to itself); point it at a real file"
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist; point it at a real file"
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return f"cannot be looked up ({exc.strerror}); check the permissions of its folders"
+    return "no such file or folder; check the path"
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise ImageError(path, "file not found; check the path", "not_found")
+        raise ImageError(path, missing_reason(path), "not_found")
     if path.is_dir():
         raise ImageError(path, "is a folder, not an image file; pass the files inside it", "is_folder")
     if path.stat().st_size == 0:
@@ -181,8 +199,13 @@ def _describe_unreadable(path: Path, data: bytes | None = None) -> tuple[str, st
             return "is a text file, not an image; check that the right file was given", "not_an_image"
         except UnicodeDecodeError:
             pass
-    return ("not a recognised image (supported: JPEG, PNG, WebP, TIFF, BMP, GIF); "
+    return (f"not a recognised image (supported: {supported_formats()}); "
             "the file may be damaged or in another format", "not_an_image")
+
+
+def supported_formats() -> str:
+    """The formats load_image reads, for messages: "JPEG, PNG, WebP, TIFF, BMP, GIF" and AVIF where decodable."""
+    return ", ".join({"WEBP": "WebP"}.get(f, f) for f in decode_formats() if f != "DIB")
 
 
 def _metadata_of(im: Image.Image, exif: Image.Exif) -> dict:

@@ -180,7 +180,8 @@ def _check_destination(path: Path, overwrite: bool, guard: InputGuard) -> None:
 
 
 def _exists(path: Path) -> ImageError:
-    return ImageError(path, "already exists; pass overwrite=True (--overwrite) to replace it", "exists")
+    return ImageError(path, "already exists; choose another output, or replace it with --overwrite "
+                      "(overwrite=True from Python)", "exists")
 
 
 def prepare_output_folder(folder: str | Path) -> Path:

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from .decode import NAME_MAX, UNDECODABLE_PHOTOS, image_extensions
+from .decode import NAME_MAX, UNDECODABLE_PHOTOS, image_extensions, missing_reason
 
 
 
@@ -80,7 +80,7 @@ def iter_image_paths(inputs: Iterable[str | Path], recursive: bool = False, *, o
                 problems.append(f"{entry}: no image file matches this pattern")
             add(found, _glob_root(p), scanned=True)
         else:
-            problems.append(f"{entry}: no such file or folder")
+            problems.append(f"{entry}: {missing_reason(p)}")
     return ExpandedInputs(paths, problems, output_root(bases))
 
 

@@ -29,6 +29,19 @@ GENERATOR_SUFFIXES = (".safetensors", ".pth", ".pt")
 MAX_NGF = 128  # twice the official width (ngf=64): 293 M parameters
 WORKING_RESOLUTIONS = (64, 2048)  # up to twice SDXL's 1024; generator memory grows with its square
 _UNPACK_RATIO = 4  # a .pth archive may unpack to at most this many times its own size (torch.save stores, never deflates)
+#: Weight types the generator runs: each is widened to float32, exactly (float64 is rounded). Integer, boolean and
+#: complex weights, and float8_e8m0fnu (scales: powers of two only), are refused by name.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.float8_e4m3fn, torch.float8_e5m2,
+                 torch.float8_e4m3fnuz, torch.float8_e5m2fnuz)
+#: Counter types (BatchNorm's num_batches_tracked).
+COUNTER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+#: The dtype names of a .safetensors header (safetensors' own table), so a listing can check types unread.
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+                       "F8_E4M3FNUZ": torch.float8_e4m3fnuz, "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+                       "F8_E8M0": torch.float8_e8m0fnu, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+                       "I8": torch.int8, "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8,
+                       "BOOL": torch.bool, "C64": torch.complex64}
 
 
 class CheckpointError(ValueError):
@@ -117,8 +130,9 @@ def read_info(path: str | os.PathLike) -> GeneratorInfo:
     """What a checkpoint says about its generator, without reading its weights (for listing a models folder).
 
     `.safetensors`: the header only (metadata, and the width from conv1.weight's shape); `.pth`: the state dict
-    memory-mapped, so its tensors are not read. The metadata is checked as `load_generator` checks it; the weights
-    are checked only when the generator is loaded."""
+    memory-mapped, so its tensors are not read. The metadata and every tensor's number type are checked as
+    `load_generator` checks them (a file of integer weights is not listed as usable); the values are checked only
+    when the generator is loaded."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such generator checkpoint")
@@ -130,6 +144,8 @@ def read_info(path: str | os.PathLike) -> GeneratorInfo:
                 meta = dict(f.metadata() or {})
                 names = {k.removeprefix(OFFICIAL_PREFIX): k for k in f.keys()}
                 shape = tuple(f.get_slice(names["conv1.weight"]).get_shape()) if "conv1.weight" in names else None
+                dtypes = {k: _SAFETENSORS_DTYPES.get(f.get_slice(key).get_dtype(), f.get_slice(key).get_dtype())
+                          for k, key in names.items()}
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable .safetensors file ({exc})") from None
         info = _info_from_metadata(path, meta)
@@ -137,7 +153,9 @@ def read_info(path: str | os.PathLike) -> GeneratorInfo:
         state = _strip_prefix(_read_pth(path, mmap=zipfile.is_zipfile(path)), path)
         shape = tuple(state["conv1.weight"].shape) if "conv1.weight" in state else None
         info, names = GeneratorInfo(provenance=f"official-format state dict ({path.name})"), state
+        dtypes = {k: v.dtype for k, v in state.items()}
     info.ngf = _width(path, shape, names)
+    _check_dtypes(path, dtypes)
     info.source = str(path)
     return info
 
@@ -264,26 +282,48 @@ def _load_strict(generator: Generator, state: dict, path: Path) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    types = sorted(k for k in set(expected) & set(state) if not _dtype_fits(state[k].dtype, expected[k].dtype))
-    if missing or unexpected or wrong or types:
-        parts = []
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong),
-                            ("wrong number types (weights must be floating point)", types)):
-            if keys:
-                shown = ", ".join(map(printable, keys[:8])) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-                parts.append(f"{label}: {shown}")
+    if missing or unexpected or wrong:
+        parts = [f"{label}: {_listed(keys)}" for label, keys in
+                 (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if keys]
         raise CheckpointError(f"{path}: does not match the GAP-Diff generator (ngf={generator.ngf}); "
                               + "; ".join(parts))
+    _check_dtypes(path, {k: v.dtype for k, v in state.items()})
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     broken = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
     if broken:
-        raise CheckpointError(f"{path}: {len(broken)} tensors hold NaN or infinite values ({', '.join(broken[:8])}); "
+        raise CheckpointError(f"{path}: {len(broken)} tensors hold NaN or infinite values ({_listed(broken)}); "
                               "the generator is broken (a diverged training run?): use an earlier checkpoint")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     generator.load_state_dict(state, strict=True, assign=True)
 
 
-def _dtype_fits(found: torch.dtype, expected: torch.dtype) -> bool:
-    """Floating weights for floating parameters; integers for counters (BatchNorm's num_batches_tracked)."""
-    if expected.is_floating_point:
-        return found.is_floating_point
-    return not found.is_floating_point and not found.is_complex and found != torch.bool
+def _check_dtypes(path: Path, dtypes: dict[str, torch.dtype | str]) -> None:
+    """Refuse tensors of a number type the generator cannot run, grouped by type: weights must be one of
+    WEIGHT_DTYPES, counters (num_batches_tracked) whole numbers. `dtypes` maps names to torch dtypes, or to the
+    header's name of a type torch has no counterpart for here."""
+    weights: dict[str, list[str]] = {}
+    counters: dict[str, list[str]] = {}
+    for key, dtype in sorted(dtypes.items()):
+        counter = key.endswith("num_batches_tracked")
+        if dtype not in (COUNTER_DTYPES if counter else WEIGHT_DTYPES):
+            (counters if counter else weights).setdefault(_dtype_name(dtype), []).append(key)
+    parts = []
+    if weights:
+        parts.append("weights of a number type the generator cannot run: " + _by_type(weights) + "; weights must "
+                     f"be floating point: {', '.join(map(_dtype_name, WEIGHT_DTYPES))}")
+    if counters:
+        parts.append("counters that are not whole numbers: " + _by_type(counters))
+    if parts:
+        raise CheckpointError(f"{path}: " + "; ".join(parts))
+
+
+def _by_type(groups: dict[str, list[str]]) -> str:
+    return "; ".join(f"{name} ({len(keys)} tensors: {_listed(keys)})" for name, keys in groups.items())
+
+
+def _dtype_name(dtype: torch.dtype | str) -> str:
+    return printable(str(dtype).removeprefix("torch."))
+
+
+def _listed(keys: list[str]) -> str:
+    """At most 8 names, escaped, and how many there are in all."""
+    return ", ".join(map(printable, keys[:8])) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -14,6 +16,16 @@ from ..common.budget import check_budget
 from ..common.prompts import CLASS_PROMPT, INSTANCE_PROMPT
 
 FINETUNE_ON = ("protected", "clean", "both")
+#: Numeric keys and their allowed ranges (low, high; None: unbounded), checked before anything loads.
+RANGES = {"val_count": (0, None), "min_side_fraction": (0, 1), "max_aspect": (1, None),
+          "num_workers": (0, None), "surrogate_warmup_steps": (0, None), "surrogate_warmup_lr": (0, None),
+          "ngf": (1, 128), "disc_ngf": (1, None), "disc_blocks": (1, None), "snr_gamma": (0, None),
+          "noise_samples": (1, None), "alpha": (0, None), "beta": (0, None), "gamma": (0, None),
+          "schedule_switch": (0, 1), "finetune_every": (1, None), "finetune_steps": (0, None), "finetune_lr": (0, None),
+          "prior_weight": (0, None), "batch_size": (1, None), "lr": (0, None), "disc_lr": (0, None),
+          "epochs": (1, None), "max_steps": (1, None), "checkpoint_every": (1, None), "keep_checkpoints": (0, None),
+          "log_every": (1, None), "val_every": (1, None), "val_jpeg_quality": (1, 100), "val_timesteps": (1, None)}
+_KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text", list: "a list"}
 
 
 @dataclass
@@ -87,8 +99,25 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> "TrainConfig":
+        """Check every key's type and range (one-line ValueError naming the key and value), before any model
+        loads; numbers written as text (PyYAML reads ``5e-4`` as a string) become numbers."""
         def bad(msg):
             raise ValueError(f"training config: {msg}")
+        for name, kind in _field_kinds().items():
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            if kind is float and isinstance(value, str):
+                value = _number(value)
+                setattr(self, name, value)
+            if not _is_kind(value, kind):
+                bad(f"{name}={value!r}: must be {_KINDS[kind]}")
+            low, high = RANGES.get(name, (None, None))
+            if (low is not None and value < low) or (high is not None and value > high):
+                bad(f"{name}={value!r}: must be " + (f"{low}-{high}" if high is not None else f">= {low}"))
+        if len(self.adam_betas) != 2 or not all(_is_kind(b, float) and 0 <= b < 1 for b in self.adam_betas):
+            bad(f"adam_betas={self.adam_betas!r}: must be two numbers in [0, 1)")
+        preprocess_config(self.preprocess)
         if self.weighting not in TIMESTEP_WEIGHTINGS:
             bad(f"weighting={self.weighting!r}; choose one of {', '.join(TIMESTEP_WEIGHTINGS)}")
         if self.distance not in DISTANCES:
@@ -105,16 +134,45 @@ class TrainConfig:
             bad(f"finetune_on={self.finetune_on!r}; choose one of {', '.join(FINETUNE_ON)}")
         if self.lr_schedule not in ("constant", "cosine"):
             bad(f"lr_schedule={self.lr_schedule!r}; choose constant or cosine")
-        for name in ("batch_size", "checkpoint_every", "log_every", "val_every", "finetune_every", "val_timesteps"):
-            if getattr(self, name) < 1:
-                bad(f"{name} must be >= 1")
-        if self.finetune_steps < 0:
-            bad("finetune_steps must be >= 0")
         check_budget(self.budget, "training config: budget")
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _field_kinds() -> dict[str, type]:
+    """Each typed key's kind (int, float, bool, str or list); keys typed Any, and the budget (common.budget's
+    rule), are checked by their own rule."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        if name == "budget":
+            continue
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        kind = args[0] if typing.get_origin(hint) is Union else hint
+        if kind in _KINDS:
+            kinds[name] = kind
+    return kinds
+
+
+_OPTIONAL = {f.name for f in dataclasses.fields(TrainConfig) if f.default is None}
+
+
+def _number(text: str):
+    """``text`` as a float when it reads as a finite one (``5e-4``), else unchanged (refused by the type check)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return value if math.isfinite(value) else text
+
+
+def _is_kind(value, kind: type) -> bool:
+    if isinstance(value, bool) and kind is not bool:
+        return False
+    if kind is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, kind)
 
 
 def preprocess_config(spec: Any) -> list[dict]:
@@ -134,20 +192,36 @@ def preprocess_config(spec: Any) -> list[dict]:
 
 
 def _read_file(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
-            import tomli as tomllib
-        data = tomllib.loads(text)
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        data = yaml.safe_load(text) or {}
+    """The mapping in a YAML/TOML/JSON config file; a file that does not parse is a one-line ValueError naming it,
+    and where."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (UTF-8); give a YAML, TOML or JSON training config") from None
+    except ValueError as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError
+        raise ValueError(f"{path}: not valid {path.suffix[1:].upper()} ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a training config must be a mapping of keys to values")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What PyYAML found wrong and where, on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(getattr(exc, "problem", None) or exc).split())
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -155,7 +229,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ValueError(f"override {item!r}: expected key=value")
     key, value = item.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
 
 
 def load_config(path: Union[str, Path, None] = None, overrides: Optional[list[str]] = None,

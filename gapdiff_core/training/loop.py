@@ -27,6 +27,7 @@ from . import state as ckpt
 from .config import TrainConfig, preprocess_config
 from .data import EpochSampler, ImageFolderDataset, split_train_val
 from .finetune import SurrogateFinetuner
+from .lock import holding_run_lock
 from .validation import evaluate_generator, protect_batch, save_grid, validation_images
 from .warmup import warm_up_surrogate
 
@@ -275,7 +276,14 @@ class Trainer:
         ``resume``: None (``output_dir`` must be empty unless ``overwrite``), ``"auto"`` or a checkpoint folder; see
         :func:`state.plan_run`, which raises :class:`state.ResumeError` for any folder it cannot use as asked.
         ``stop_after``: stop after that many steps without exporting (as if killed). ``time_limit_s``: end training
-        early when the time is up, then validate and export as if finished (used by the demo)."""
+        early when the time is up, then validate and export as if finished (used by the demo). The main process
+        holds the output folder's lock (:mod:`.lock`) throughout: a second trainer there gets RunLockedError."""
+        if not self.acc.is_main_process:
+            return self._run(resume, overwrite, stop_after, validate, time_limit_s)
+        with holding_run_lock(self.out):
+            return self._run(resume, overwrite, stop_after, validate, time_limit_s)
+
+    def _run(self, resume, overwrite, stop_after, validate, time_limit_s) -> dict:
         from tqdm.auto import tqdm
 
         cfg = self.cfg

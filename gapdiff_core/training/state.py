@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..io import atomic
+from .lock import LOCK_FILE
 
 log = logging.getLogger("gapdiff.train")
 TENSORS, META, RUN_FILE, CHECKPOINTS = "state.safetensors", "state.json", "run.json", "checkpoints"
@@ -196,7 +197,7 @@ def plan_run(out: Path, config: dict, resume: Optional[str] = None, overwrite: b
                           f"{out}, overwrite discards it")
     if out.exists() and not out.is_dir():
         raise ResumeError(f"{out}: the output_dir is a file; choose a folder")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if out.is_dir() else []
     if not resume:
         if entries and not overwrite:
             record = read_run(out) if (out / RUN_FILE).is_file() else None
