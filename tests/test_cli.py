@@ -218,6 +218,11 @@ def test_every_budget_option_of_every_command_follows_the_one_budget_rule(capsys
                 for good in ("1", "255"):  # accepted: so a refusal below is the budget's
                     build_parser().parse_args(argv + [flag, good])
                 for bad in ("0.5", "256", "nan"):
+                    if command == "serve":  # checked with the environment's and the YAML's, in one line at start-up
+                        assert main(["serve", "-g", "missing.safetensors", flag, bad]) == 2
+                        err = capsys.readouterr().err
+                        assert f"flag {flag} = '{bad}': budget must be 1-255 grey levels" in err, (command, bad)
+                        continue
                     with pytest.raises(SystemExit) as refused:
                         build_parser().parse_args(argv + [flag, bad])
                     assert refused.value.code == 2, (command, flag, bad)
