@@ -367,12 +367,13 @@ def test_robustness_tab_measures_the_chosen_transforms_on_the_tiny_surrogate(mod
     assert table == robustness_tab.NO_SURROGATE
 
 
-def test_evaluate_tab_reports_face_quality_and_detector():
+def test_evaluate_tab_reports_the_face_diagnostics_and_detector():
     text = evaluate_tab.evaluate_uploads([str(SAMPLE)], [str(SAMPLE.with_name("obama2.jpg"))])
     rows = {line.split("|")[1].strip(): line.split("|")[2:] for line in text.splitlines() if line.startswith("| ")}
-    quality = rows[METRICS["face_quality"].label]
-    assert 0 < float(quality[0]) <= 1 and "QualityFace" in quality[2]
-    assert quality[1].strip() == METRICS["face_quality"].direction == "lower = stronger protection"
+    quality, box = rows[METRICS["qualityface"].label], rows[METRICS["face_brisque"].label]
+    assert 0 < float(quality[0]) <= 1 and "QualityFace" in quality[2] and "BRISQUE" in box[2]
+    assert quality[1].strip() == METRICS["qualityface"].direction == "lower = stronger protection"
+    assert box[1].strip() == METRICS["face_brisque"].direction == "higher = stronger protection"
     assert float(rows["FDFR"][0]) == 0 and "retinaface-mobilenet" in rows["FDFR"][2]
     assert "detector: retinaface-mobilenet" in text
 

@@ -32,7 +32,8 @@ METRICS = {m.key: m for m in (
     Metric("ism", "ISM", False, "identity similarity of the generated faces to the clean photos"),
     Metric("brisque", "BRISQUE", True, "no-reference image quality (higher = worse images)"),
     Metric("serfiq", "SER-FIQ", False, "face image quality of the generated faces"),
-    Metric("face_quality", "face quality", False, "QualityFace fused with the face's naturalness"),
+    Metric("qualityface", "QualityFace", False, "learned quality of the detected faces (a diagnostic)"),
+    Metric("face_brisque", "face-box BRISQUE", True, "BRISQUE of the detected face boxes (a diagnostic)"),
     Metric("identity_gap", "identity gap", True, "how much less the attacked model learned the identity than "
            "after the clean-photo attack"),
 )}
