@@ -17,6 +17,7 @@ from .cache import StageCache, jsonable
 from .config import ProtocolConfig, protocol_settings
 from .inputs import Identity, find_identities
 from .methods import Method, resolve_method
+from .report.rows import statistics_table
 from .stages import STAGES, StageRunner
 from .summary import combine_metrics
 
@@ -65,6 +66,7 @@ class ProtocolRunner(StageRunner):
             run["identity_learning"]["gap"] = run["identity_learning"]["error"] - c
         detection = {name: self.reference_detection(i) for name, i in idents.items()}
         results = jsonable(self._results(runs, detection, time.perf_counter() - t_start))
+        results["statistics"] = jsonable(statistics_table(results))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.out_dir / "results.json", json.dumps(results, indent=2))
         return results
