@@ -304,7 +304,7 @@ def test_combine_metrics_averages_as_the_official_scripts():
     from gapdiff_core.evaluation import combine_metrics
 
     def entry(found, ism, q):  # found: a face in each image?; ism, q: every found face's values
-        per_image = {"fdfr": [0.0 if f else 1.0 for f in found], "ism": [ism if f else None for f in found],
+        per_image = {"fdfr": [0.0 if f else 1.0 for f in found], "ism": None if ism is None else [ism if f else None for f in found],
                      "brisque": [30.0] * len(found), "serfiq": [q if f else None for f in found],
                      "serfiq_q": [None] * len(found), "qualityface": [None] * len(found),
                      "face_brisque": [None] * len(found)}
