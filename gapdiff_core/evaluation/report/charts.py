@@ -40,7 +40,7 @@ def svg_line_chart(series: dict, title: str, xlabel: str, ylabel: str, *, width:
                    xtick_labels: Optional[dict] = None, empty_note: str = "no data") -> str:
     """An inline SVG line chart: ``series`` maps a label to [(x, y), ...] (points with y None are skipped)."""
     pts = [(x, y) for s in series.values() for x, y in s if y is not None and math.isfinite(y)]
-    ml, mr, mt, mb = 52, 12, 26, 58
+    ml, mr, mt, mb = 52, 12, 26, 58 + 13 * max(0, (len(series) + 1) // 2 - 2)  # room for every legend row
     pw, ph = width - ml - mr, height - mt - mb
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
