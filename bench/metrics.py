@@ -7,9 +7,9 @@ side) and wide (≈ 29 %).
 Conditions: clean, JPEG q90/70/50/30/10/5, Gaussian blur σ 1/2/4 px, Gaussian noise σ 10/30 grey levels.
 Metrics (detector threshold 0.9): FDFR with YuNet and with RetinaFace-MobileNet; on the faces --detector finds
 (default RetinaFace-MobileNet, which still finds faces YuNet loses): ISM (SFace, reference = each identity's
-clean photos; official mean, identities without a face count 0, and the mean over detected faces), face quality
-(min of QualityFace and the face box's 1 - BRISQUE/100; detected-only and protocol mean, undetected = 0, and each
-part's detected-only mean), SER-FIQ on SFace (as is); BRISQUE (whole image).
+clean photos; official mean, identities without a face count 0, and the mean over detected faces), the two face
+diagnostics (QualityFace, the face box's BRISQUE; over detected faces); SER-FIQ on SFace with its own MTCNN faces
+(detected-only and protocol mean, and the raw q); BRISQUE (whole image).
 Also the detection rate on the clean photos (the detector's floor) and seconds per image of each metric.
 
 Prints one table per framing, then `key=value` lines. Usage: python bench/metrics.py [--size 512] [--T 100]
@@ -40,10 +40,9 @@ CONDITIONS = (["clean"] + [f"jpeg{q}" for q in (90, 70, 50, 30, 10, 5)] + [f"blu
 # name, the protocol metric it measures (its arrow, from metrics.directions, is the direction of stronger
 # protection, i.e. of worse faces), format
 ROWS = [("fdfr_yunet", "fdfr", ".2f"), ("fdfr_retinaface", "fdfr", ".2f"), ("ism_official", "ism", ".3f"),
-        ("ism_detected", "ism", ".3f"), ("brisque", "brisque", ".1f"), ("quality_detected", "face_quality", ".3f"),
-        ("quality_protocol", "face_quality", ".3f"), ("quality_learned", "face_quality", ".3f"),
-        ("quality_natural", "face_quality", ".3f"), ("serfiq_detected", "serfiq", ".3f"),
-        ("serfiq_protocol", "serfiq", ".3f")]
+        ("ism_detected", "ism", ".3f"), ("brisque", "brisque", ".1f"), ("qualityface", "qualityface", ".3f"),
+        ("face_brisque", "face_brisque", ".1f"), ("serfiq_detected", "serfiq", ".3f"),
+        ("serfiq_protocol", "serfiq", ".3f"), ("serfiq_raw_q", "serfiq", ".4f")]
 
 
 def framed(name: str, size: int, margin: float) -> np.ndarray:
@@ -92,25 +91,24 @@ def score_condition(photos: dict[str, list[np.ndarray]], refs: dict[str, np.ndar
     yunet = timer("detect (yunet)", n, lambda: M.fdfr(imgs, backend="yunet"))
     retina = timer("detect (retinaface-mobilenet)", n, lambda: M.fdfr(imgs, backend="retinaface-mobilenet"))
     a = timer(f"detect+embed ({detector}, sface)", n,
-              lambda: M.analyze_faces(imgs, detector=detector, embedder="sface", keep_trunk=True))
+              lambda: M.analyze_faces(imgs, detector=detector, embedder="sface"))
     per_ident = []
     for ident in photos:
         idx = [k for k, (name, _) in enumerate(names) if name == ident]
         sub = M.Analyses([a.items[k] for k in idx], a.detector, a.embedder, a.threshold)
         per_ident.append(M.ism([imgs[k] for k in idx], refs[ident], analyses=sub))
     ism = M.ism_across_identities(per_ident)
-    q = timer("face quality", n, lambda: M.face_quality(imgs, analyses=a))
-    s = timer(f"ser-fiq T={T}", n, lambda: M.serfiq(imgs, T=T, analyses=a))
+    q = timer("qualityface", n, lambda: M.qualityface(imgs, analyses=a))
+    fb = timer("face-box brisque", n, lambda: M.face_brisque(imgs, analyses=a))
+    s = timer(f"ser-fiq T={T} (mtcnn)", n, lambda: M.serfiq(imgs, T=T))
     b = timer("brisque", n, lambda: M.brisque(imgs))
     nan = float("nan")
     return {"fdfr_yunet": yunet.value, "fdfr_retinaface": retina.value,
             "ism_official": ism.value, "ism_detected": nan if ism.value_detected_faces is None else ism.value_detected_faces,
-            "brisque": b.value, "quality_detected": nan if q.value_detected_only is None else q.value_detected_only,
-            "quality_protocol": q.value,
-            "quality_learned": nan if q.learned_detected_only is None else q.learned_detected_only,
-            "quality_natural": nan if q.naturalness_detected_only is None else q.naturalness_detected_only,
+            "brisque": b.value, "qualityface": nan if q.value is None else q.value,
+            "face_brisque": nan if fb.value is None else fb.value,
             "serfiq_detected": nan if s.value_detected_only is None else s.value_detected_only,
-            "serfiq_protocol": s.value}
+            "serfiq_protocol": s.value, "serfiq_raw_q": nan if s.raw_q_detected_only is None else s.raw_q_detected_only}
 
 
 def print_table(framing: str, table: dict[str, dict[str, float]], n: int) -> None:
@@ -129,7 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--T", type=int, default=100, help="SER-FIQ stochastic passes")
     ap.add_argument("--framings", nargs="+", default=list(FRAMINGS), choices=list(FRAMINGS))
-    ap.add_argument("--detector", default="retinaface-mobilenet", help="detector for ISM, quality and SER-FIQ")
+    ap.add_argument("--detector", default="retinaface-mobilenet", help="detector for ISM and the face diagnostics")
     args = ap.parse_args(argv)
     timer = Timer()
     kv: dict[str, float] = {}
@@ -149,7 +147,7 @@ def main(argv=None) -> int:
             kv[f"{framing}_{name}_drop_jpeg5"] = table["clean"][name] - table["jpeg5"][name]
             kv[f"{framing}_{name}_drop_blur4"] = table["clean"][name] - table["blur4"][name]
             kv[f"{framing}_{name}_drop_noise30"] = table["clean"][name] - table["noise30"][name]
-    print(f"\nface quality: {M.face_iqa.BACKEND}; ISM, quality and SER-FIQ on {args.detector} detections")
+    print(f"\nISM and the face diagnostics on {args.detector} detections; {M.serfiq_backend()}")
     print("seconds per image: " + ", ".join(f"{k} {timer.seconds[k] / timer.images[k]:.3f}" for k in timer.seconds))
     for k, v in kv.items():
         print(f"{k}={v:.4f}")

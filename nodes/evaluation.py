@@ -44,11 +44,11 @@ def summarize(metrics: dict, reference_faces: tuple[int, int] | None = None, dem
         lines.append(_line("serfiq", serfiq["value"], f"0 where no face; "
                            f"{format_value(serfiq.get('value_detected_only'))} over the {serfiq['n_detected']} "
                            "detected face(s)"))
-    quality = metrics.get("face_quality")
-    if quality is not None:
-        lines.append(_line("face_quality", quality["value"], "the lower of QualityFace and the face's 1 - BRISQUE/100; "
-                           f"0 where no face; {format_value(quality.get('value_detected_only'))} over the "
-                           f"{quality['n_detected']} detected face(s)"))
+    for key in ("qualityface", "face_brisque"):
+        diagnostic = metrics.get(key)
+        if diagnostic is not None:
+            lines.append(_line(key, diagnostic["value"], f"a diagnostic over the {diagnostic['n_detected']} "
+                               "detected face(s)", digits=2 if key == "face_brisque" else 3))
     if reference_faces is not None:
         found, n = reference_faces
         lines.append(f"faces found in {found}/{n} clean reference photo(s) (the detector's floor: FDFR of clean "

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gapdiff_core.evaluation import (PROTECTIONS, ProtocolConfig, ProtocolRunner, find_identities,
+from gapdiff_core.evaluation import (PROTECTIONS, STATISTICS, ProtocolConfig, ProtocolRunner, find_identities,
                                      register_protection, resolve_method)
 
 PROMPTS = ("a photo of sks person", "a dslr portrait of sks person")
@@ -65,8 +65,7 @@ def test_results_hold_protocol_metrics_per_prompt(finished):
         for m in run["metrics"].values():
             assert 0.0 <= m["fdfr"] <= 1.0 and m["n_images"] == 1
             assert m["brisque"] is not None
-        assert set(run["mean"]) == {"fdfr", "ism", "brisque", "serfiq", "ism_detected", "serfiq_detected",
-                                    "face_quality", "face_quality_detected"}
+        assert set(run["mean"]) == set(STATISTICS)
         assert "detector" in run["backends"] and "embedder" in run["backends"]
         assert all((out / p).is_file() for ps in run["images"]["generated"].values() for p in ps)
     by = {(r["method_kind"], r["transform"]): r for r in on_disk["runs"]}
@@ -82,6 +81,14 @@ def test_results_hold_protocol_metrics_per_prompt(finished):
     assert on_disk["directions"]["ism"] == on_disk["directions"]["serfiq"] == "lower = stronger protection"
     assert on_disk["directions"]["fdfr"] == "higher = stronger protection"
     assert on_disk["directions"]["identity_gain"] == "lower = stronger protection"
+    # every statistic with its 95% interval; every method its paired difference against none at the same transform
+    stats = {(s["method"], s["transform"]): s for s in on_disk["statistics"]}
+    assert set(stats) == {(r["method"], r["transform"]) for r in on_disk["runs"]}
+    for (method, _), s in stats.items():
+        assert set(s["interval"]) == set(STATISTICS)
+        assert all(set(v) == {"value", "lo", "hi"} for v in s["interval"].values())
+        assert s["interval"]["fdfr"]["lo"] is not None and s["per_prompt_interval"].keys() == set(PROMPTS)
+        assert (s["vs_none"] is None) == (method == "none") and (method == "none" or "fdfr" in s["vs_none"])
 
 
 def test_recorded_fidelity_is_change_stats_of_the_saved_pngs(tmp_path, identity_folder, toy_generator_file):
@@ -300,20 +307,24 @@ def test_iterative_protection_is_a_method_against_the_protocol_model(tmp_path, i
 def test_combine_metrics_averages_as_the_official_scripts():
     from gapdiff_core.evaluation import combine_metrics
 
-    def entry(fdfr, ism, q, q_det, n_faces, n=4):
-        return {"fdfr": fdfr, "ism": ism, "brisque": 30.0, "serfiq": q, "serfiq_detected": q_det,
-                "has_reference": True, "n_images": n, "n_faces": n_faces}
+    def entry(found, ism, q):  # found: a face in each image?; ism, q: every found face's values
+        per_image = {"fdfr": [0.0 if f else 1.0 for f in found], "ism": None if ism is None else [ism if f else None for f in found],
+                     "brisque": [30.0] * len(found), "serfiq": [q if f else None for f in found],
+                     "serfiq_q": [None] * len(found), "qualityface": [None] * len(found),
+                     "face_brisque": [None] * len(found)}
+        return {"per_image": per_image, "has_reference": ism is not None, "n_images": len(found),
+                "n_faces": sum(found)}
 
     # identity 1: 3 of 4 faces found, ISM 0.6; identity 2: no face found
-    m = combine_metrics([entry(0.25, 0.6, 0.45, 0.6, 3), entry(1.0, None, 0.0, None, 0)])
+    m = combine_metrics([entry([True, True, True, False], 0.6, 0.6), entry([False] * 4, 0.0, 0.0)])
     assert m["fdfr"] == pytest.approx(0.625)
     assert m["ism"] == pytest.approx(0.3)  # the faceless identity counts 0 and still counts (full_ism_fdfr.py)
     assert m["ism_detected"] == pytest.approx(0.6) and m["serfiq_detected"] == pytest.approx(0.6)
     assert m["serfiq"] == pytest.approx(0.225)
     # detected-face means are pooled over faces, not over entries
-    m = combine_metrics([entry(0.0, 0.2, 0.2, 0.2, 4), entry(0.75, 0.8, 0.2, 0.8, 1)])
+    m = combine_metrics([entry([True] * 4, 0.2, 0.2), entry([True, False, False, False], 0.8, 0.8)])
     assert m["ism_detected"] == pytest.approx((0.2 * 4 + 0.8) / 5) and m["ism"] == pytest.approx(0.5)
-    assert combine_metrics([dict(entry(1.0, None, 0.0, None, 0), has_reference=False)])["ism"] is None
+    assert combine_metrics([entry([False] * 4, None, 0.0)])["ism"] is None  # no reference: no ISM
 
 
 def test_paper_protocol_holds_the_papers_settings(tmp_path, identity_folder):
@@ -559,8 +570,8 @@ def test_every_registry_transform_runs_the_full_protocol(per_transform):
     for run in results["runs"]:
         assert set(run["metrics"]) == set(PROMPTS)
         for m in run["metrics"].values():
-            assert 0.0 <= m["fdfr"] <= 1.0 and m["brisque"] is not None and "ism" in m and "face_quality" in m
-        assert {"fdfr", "ism", "brisque", "face_quality"} <= set(run["mean"]) and run["mean"]["brisque"] is not None
+            assert 0.0 <= m["fdfr"] <= 1.0 and m["brisque"] is not None and "ism" in m and "qualityface" in m
+        assert {"fdfr", "ism", "brisque", "qualityface"} <= set(run["mean"]) and run["mean"]["brisque"] is not None
     chain = next(r for r in results["runs"] if r["transform"] == CHAIN)
     sizes = [Image.open(out / p).size for p in chain["images"]["transformed"]]
     assert [min(s) for s in sizes] == [64, 64]  # resize:64 ran (the short side), then JPEG 75

@@ -9,10 +9,27 @@ import pytest
 from PIL import Image
 
 from gapdiff_core.common.visualize import amplified_perturbation
+from gapdiff_core.evaluation import STATISTICS, combine_metrics
 from gapdiff_core.evaluation.report import (aggregate, html_report, jpeg_quality, markdown_report, svg_line_chart,
                                             write_reports)
+from gapdiff_core.evaluation.report.rows import statistics_table
 
 PROMPTS = ["a photo of sks person", "a dslr portrait of sks person"]
+N_IMAGES = 40
+
+
+def _entry(fdfr: float, ism: float, brisque: float) -> dict:
+    """One prompt's summary (evaluation.summarize_metrics) of N_IMAGES images with these means: the first
+    fdfr × N_IMAGES images have no face; BRISQUE alternates ±1 around its mean."""
+    failed = round(fdfr * N_IMAGES)
+    assert failed == pytest.approx(fdfr * N_IMAGES)
+    face = [i >= failed for i in range(N_IMAGES)]
+    per_image = {"fdfr": [0.0 if f else 1.0 for f in face], "ism": [ism if f else None for f in face],
+                 "brisque": [brisque + (-1) ** i for i in range(N_IMAGES)],
+                 "serfiq": [0.7 if f else None for f in face], "serfiq_q": [0.91 if f else None for f in face],
+                 "qualityface": [0.8 if f else None for f in face], "face_brisque": [40.0 if f else None for f in face]}
+    entry = {"per_image": per_image, "has_reference": True, "n_images": N_IMAGES, "n_faces": sum(face)}
+    return {**combine_metrics([entry]), **entry}
 
 
 def _results(tmp_path, budgets=(8.0,), transforms=("none", "jpeg:70", "jpeg:30"), demo=True) -> dict:
@@ -29,9 +46,7 @@ def _results(tmp_path, budgets=(8.0,), transforms=("none", "jpeg:70", "jpeg:30")
             q = jpeg_quality(t)
             gname = f"gen_{delta}_{q}.png"
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / gname)
-            score = {"fdfr": 0.1 + delta / 100 + (100 - q) / 1000, "ism": 0.6 - delta / 100, "brisque": 20 + delta,
-                     "serfiq": 0.7, "serfiq_detected": 0.7, "face_quality": 0.4, "face_quality_detected": 0.8,
-                     "has_reference": True, "n_images": 1, "n_faces": 1}
+            score = _entry(0.1 + delta / 80 + (100 - q) / 400, 0.6 - delta / 100, 20.0 + delta)
             runs.append({
                 "identity": "p1", "method": method, "method_spec": "none" if budget is None else "G.safetensors",
                 "method_kind": "none" if budget is None else "generator", "budget": budget, "transform": t,
@@ -39,7 +54,7 @@ def _results(tmp_path, budgets=(8.0,), transforms=("none", "jpeg:70", "jpeg:30")
                 "fidelity": {"psnr_db": None if budget is None else 40 - delta, "ssim": 0.99,
                              "linf_grey_levels": float(delta), "backend": "torch"},
                 "fidelity_after_transform": {"psnr_db": 30 + q / 10},
-                "metrics": {p: dict(score) for p in PROMPTS}, "mean": dict(score),
+                "metrics": {p: json.loads(json.dumps(score)) for p in PROMPTS}, "mean": combine_metrics([score]),
                 "identity_gain": {"gain": 0.5 - delta / 100, "clean_gain": 0.5, "relative": 1 - delta / 50},
                 "backends": {"detector": "yunet", "embedder": "sface", "brisque": "brisque 0.0.x"},
                 "images": {"clean": ["clean.png"], "protected": [pname], "transformed": [pname],
@@ -66,16 +81,27 @@ def test_markdown_has_paper_layout_and_demo_label(tmp_path):
     assert cols[:6] == ["Method", "Transform", "P1 FDFR↑", "P1 ISM↓", "P1 BRISQUE↑", "P1 SER-FIQ↓"]
     assert len(cols) == 2 + 4 * (len(PROMPTS) + 1)
     rows = [line for line in md.splitlines() if line.startswith("| G @8 |")]
-    assert len(rows) == 9 and "| G @8 | jpeg:30 | 0.250 | 0.520 | 28.000 | 0.700 |" in md  # per prompt, summary, PSNR
-    # the summary: protocol ISM, ISM over detected faces, BRISQUE, SER-FIQ both ways, the identity gain (n/a on a
-    # toy model, the relative gain on a real one)
-    assert "| G @8 | jpeg:30 | 0.250 | 0.520 | 0.520 | 28.000 | 0.700 | 0.700 | 0.400 | 0.800 | n/a (toy model) |" in md
-    assert "| none | none | 0.100 | 0.600 | 0.600 | 20.000 | 0.700 | 0.700 | 0.400 | 0.800 | n/a (toy model) |" in md
+    assert len(rows) == 12  # per prompt, summary, paired differences, PSNR
+    iv = r"\[(-?\d+\.\d+), (-?\d+\.\d+)\]"  # every number with its 95% interval
+    per_prompt = re.search(rf"\| G @8 \| jpeg:30 \| 0\.375 {iv} \| 0\.520 \[0\.520, 0\.520\] \| 28\.000 {iv} \| "
+                           rf"0\.437 {iv} \|", md)  # SER-FIQ 0.7 on 25 of 40 images, 0 on the rest
+    lo, hi = map(float, per_prompt.groups()[:2])
+    assert 0.2 < lo < 0.375 < hi < 0.55, per_prompt.group(0)
+    # the summary: protocol ISM, ISM over detected faces, BRISQUE, SER-FIQ both ways and its raw q, the two face
+    # diagnostics, the identity gain (n/a on a toy model, the relative gain on a real one)
+    assert re.search(rf"\| none \| none \| 0\.100 {iv} \| 0\.600 \[0\.600, 0\.600\] \| 0\.600 \[0\.600, 0\.600\] \| "
+                     rf"20\.000 {iv} \| 0\.630 {iv} \| 0\.700 \[0\.700, 0\.700\] \| 0\.9100 \[0\.9100, 0\.9100\] \| "
+                     rf"0\.800 \[0\.800, 0\.800\] \| 40\.000 \[40\.000, 40\.000\] \| n/a \(toy model\) \|", md)
+    # paired against none at the same transform: BRISQUE is +8 on every image, so its interval is exactly [+8, +8]
+    assert "## Paired differences against none (same transform)" in md
+    assert re.search(r"\| G @8 \| jpeg:30 \| \+0\.100 \[\+0\.\d{3}, \+0\.\d{3}\] \| -0\.080 \[-0\.080, -0\.080\] \| "
+                     r"-0\.080 \[-0\.080, -0\.080\] \| \+8\.000 \[\+8\.000, \+8\.000\] \|", md)
+    assert not re.search(r"^\| none \| [^|]+ \| [+-]", md, re.M)  # none has no difference against itself
     assert "DEMO ON A TOY MODEL" in md
     real = markdown_report(_results(tmp_path, demo=False))
     assert "DEMO" not in real and "n/a (toy model)" not in real
-    assert "| G @8 | jpeg:30 | 0.250 | 0.520 | 0.520 | 28.000 | 0.700 | 0.700 | 0.400 | 0.800 | 0.840 |" in real
-    assert "| none | none | 0.100 | 0.600 | 0.600 | 20.000 | 0.700 | 0.700 | 0.400 | 0.800 | 1.000 |" in real
+    assert re.search(r"^\| G @8 \| jpeg:30 \| .*\| 0\.840 \|$", real, re.M)  # the summary's last column: the gain
+    assert re.search(r"^\| none \| none \| .*\| 1\.000 \|$", real, re.M)
 
 
 def test_html_is_self_contained_with_images_and_plots(tmp_path):
@@ -108,8 +134,8 @@ def test_aggregate_averages_identities(tmp_path):
     results = _results(tmp_path)
     twin = json.loads(json.dumps(results["runs"][0]))
     twin["identity"] = "p2"
-    for m in list(twin["metrics"].values()) + [twin["mean"]]:
-        m["ism"] = 0.2
+    for p in PROMPTS:
+        twin["metrics"][p] = _entry(0.1, 0.2, 20.0)
     results["runs"].append(twin)
     row = next(r for r in aggregate(results) if r["method"] == "none" and r["transform"] == "none")
     assert row["identities"] == ["p1", "p2"] and row["mean"]["ism"] == pytest.approx(0.4)
@@ -173,16 +199,16 @@ def test_ism_across_identities_counts_a_faceless_identity_as_zero(tmp_path):
     results = _results(tmp_path)
     twin = json.loads(json.dumps(results["runs"][0]))
     twin["identity"] = "p2"
-    for m in twin["metrics"].values():
-        m.update(fdfr=1.0, ism=None, serfiq=0.0, serfiq_detected=None, face_quality=0.0, face_quality_detected=None,
-                 n_faces=0)
+    for p in PROMPTS:
+        twin["metrics"][p] = _entry(1.0, 0.0, 20.0)  # no face in any image
     results["runs"].append(twin)
     row = next(r for r in aggregate(results) if r["method"] == "none" and r["transform"] == "none")
     assert row["mean"]["ism"] == pytest.approx(0.3)  # (0.6 + 0) / 2 identities, as full_ism_fdfr.py
     assert row["mean"]["ism_detected"] == pytest.approx(0.6) and row["mean"]["serfiq_detected"] == pytest.approx(0.7)
-    assert row["mean"]["serfiq"] == pytest.approx(0.35) and row["per_prompt"][PROMPTS[0]]["ism"] == pytest.approx(0.3)
-    assert row["mean"]["face_quality"] == pytest.approx(0.2)
-    assert row["mean"]["face_quality_detected"] == pytest.approx(0.8)
+    assert row["mean"]["serfiq"] == pytest.approx(0.63 / 2) and row["per_prompt"][PROMPTS[0]]["ism"] == pytest.approx(0.3)
+    assert row["mean"]["qualityface"] == pytest.approx(0.8)  # a diagnostic: over the detected faces only
+    # two identities, one without faces: resampling identities spans [0, 0.6] for ISM
+    assert row["interval"]["ism"]["lo"] == 0.0 and row["interval"]["ism"]["hi"] == pytest.approx(0.6)
 
 
 def test_every_report_states_protocol_norm_and_detector_floor(tmp_path):
@@ -220,10 +246,29 @@ def test_headings_arrows_and_missing_values_are_the_directions_modules(tmp_path)
         run["identity_gain"]["relative"] = None
     md = markdown_report(results)
     summary = next(line for line in md.splitlines() if line.startswith("| Method | Transform | FDFR↑ | ISM↓ |"))
-    assert summary.endswith("| face quality↓ (detected faces) | identity gain↓ |")
-    assert "| none | none | 0.100 | 0.600 | 0.600 | 20.000 | 0.700 | 0.700 | 0.400 | 0.800 | n/a |" in md
+    assert summary.endswith("| QualityFace↓ | face-box BRISQUE↑ | identity gain↓ |")
+    assert re.search(r"^\| none \| none \| 0\.100 \[[^|]+\] \|.* \| 40\.000 \[40\.000, 40\.000\] \| n/a \|$", md, re.M)
     assert "–" not in md.replace("0–255", "") and "<td><b>n/a</b></td>" in html_report(results, tmp_path)
     lines = summary_lines(results)
-    assert lines[0].startswith("mean over prompts (FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓ face quality↓: ")
+    assert lines[0].startswith("mean over prompts (FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓ QualityFace↓ face-box BRISQUE↑: ")
     assert all(f"{METRICS['identity_gain'].label} n/a |" in line for line in lines[1:7])
-    assert "| FDFR 0.250 ISM 0.520 BRISQUE 28.00 SER-FIQ 0.700 face quality 0.400 |" in lines[6]
+    assert "| FDFR 0.375 ISM 0.520 BRISQUE 28.00 SER-FIQ 0.437 QualityFace 0.800 face-box BRISQUE 40.00 |" in lines[6]
+
+
+def test_every_metric_has_an_interval_and_every_method_its_paired_difference(tmp_path):
+    """What results.json keeps (statistics_table) and the reports print: each statistic with its 95% interval,
+    overall and per prompt; each method but none its difference against none at the same transform."""
+    results = _results(tmp_path, budgets=(4.0, 8.0))
+    table = statistics_table(results)
+    assert len(table) == 9 and json.loads(json.dumps(table)) == table
+    for row in table:
+        for stats in [row["interval"], *row["per_prompt_interval"].values()]:
+            assert set(stats) == set(STATISTICS)
+            assert all(v["lo"] is not None and v["lo"] <= v["value"] <= v["hi"] for v in stats.values()), row
+        if row["method"] == "none":
+            assert row["vs_none"] is None
+        else:
+            assert set(row["vs_none"]) == set(STATISTICS) and row["vs_none"]["brisque"]["value"] == row["budget"]
+    assert statistics_table(results) == table  # seeded: the same intervals every time
+    page = html_report(results, tmp_path)
+    assert "Paired differences against none (same transform)" in page and "+4.000 [+4.000, +4.000]" in page

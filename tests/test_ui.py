@@ -379,18 +379,19 @@ def test_robustness_tab_measures_the_chosen_transforms_on_the_tiny_surrogate(mod
     assert table == robustness_text.NO_SURROGATE
 
 
-def test_evaluate_tab_reports_face_quality_and_detector():
+def test_evaluate_tab_reports_the_face_diagnostics_and_detector():
     """A readable table (short values and backend names, no sentences in it) with each backend described once
-    below it."""
+    below it; QualityFace and the face-box BRISQUE as two separate diagnostics."""
     text = evaluate_tab.evaluate_uploads([str(SAMPLE)], [str(SAMPLE.with_name("obama2.jpg"))])
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
             if line.startswith("| ") and "---" not in line}
-    quality = rows[METRICS["face_quality"].label]
-    assert 0 < float(quality[0]) <= 1 and quality[1] == "lower ↓" and quality[2] == "face quality"
+    quality, box = rows[METRICS["qualityface"].label], rows[METRICS["face_brisque"].label]
+    assert 0 < float(quality[0]) <= 1 and quality[1] == "lower ↓" and quality[2] == "qualityface"
+    assert box[1] == "higher ↑" and box[2] == "face brisque"
     assert float(rows["FDFR"][0]) == 0 and rows["FDFR"][1] == "higher ↑" and rows["FDFR"][2] == "detector"
-    assert rows["ISM"][2] == rows["SER-FIQ"][2] == "embedder"
+    assert rows["ISM"][2] == "embedder" and rows["SER-FIQ"][2] == "serfiq"
     assert all(len(cell) <= 16 for name, row in rows.items() if name != "metric" for cell in row), rows
-    for name in ("retinaface-mobilenet", "QualityFace", "SFace"):
+    for name in ("retinaface-mobilenet", "QualityFace MobileNetV2"):
         assert text.count(name) == 1, name
     assert "- **detector**: retinaface-mobilenet: RetinaFace" in text
 

@@ -123,12 +123,12 @@ def summary_lines(results: dict) -> list[str]:
 
     rows = aggregate(results)
     width = max(len(r["method"]) for r in rows)
-    shown = (*PROTOCOL_METRICS, "face_quality")
+    shown = (*PROTOCOL_METRICS, "qualityface", "face_brisque")
     gain = METRICS["identity_gain"]
     out = [f"mean over prompts ({' '.join(METRICS[k].heading for k in shown)}: arrows point to stronger protection; "
            f"{gain.heading}: the identity the attacked model learnt, over that of the clean-photo attack)"]
     for r in rows:
-        means = " ".join(f"{METRICS[k].label} {format_value(r['mean'][k], 2 if k == 'brisque' else 3)}" for k in shown)
+        means = " ".join(f"{METRICS[k].label} {format_value(r['mean'][k], 2 if 'brisque' in k else 3)}" for k in shown)
         out.append(f"{r['method']:<{width}} | {r['transform']:<8} | {means} | {gain.label} "
                    f"{gain_text(r, results)} | PSNR of photos vs clean "
                    f"{format_value(r['psnr_after_transform_db'], 2)} dB")

@@ -19,7 +19,7 @@ Modules: :mod:`.config` (what to run, named protocols), :mod:`.components` (the 
 :mod:`.inputs` (identities and their photos), :mod:`.methods` (``--method`` specs against
 :data:`gapdiff_core.protections.PROTECTIONS`, and their budgets), :mod:`.cache` (the stage cache), :mod:`.stages`
 (each stage, computed or loaded), :mod:`.runner` (the grid of runs and the results), :mod:`.summary` (metric
-means), :mod:`.report` (JSON, Markdown and HTML reports), :mod:`.on_ray` (the stage graph as Ray tasks).
+means, bootstrap intervals, paired differences), :mod:`.report` (JSON, Markdown and HTML reports), :mod:`.on_ray` (the stage graph as Ray tasks).
 """
 from ..protections import PROTECTIONS, ProtectFn, register_protection
 from .cache import CACHE_VERSION, StageCache, config_key, jsonable
@@ -28,10 +28,11 @@ from .inputs import Identity, file_digest, find_identities, list_photos
 from .methods import Method, resolve_method
 from .runner import ProtocolRunner, environment, run_protocol
 from .stages import STAGES, StageRunner
-from .summary import METRIC_KEYS, QUALITY_KEYS, SUMMARY_VERSION, combine_metrics, summarize_metrics
+from .summary import (METRIC_KEYS, STATISTICS, SUMMARY_VERSION, combine_metrics, metric_intervals,
+                      paired_differences, summarize_metrics)
 
-__all__ = ["CACHE_VERSION", "METRIC_KEYS", "PROTECTIONS", "PROTOCOLS", "PROTOCOL_ATTACK_FIELDS", "QUALITY_KEYS",
+__all__ = ["CACHE_VERSION", "METRIC_KEYS", "PROTECTIONS", "PROTOCOLS", "PROTOCOL_ATTACK_FIELDS", "STATISTICS",
            "STAGES", "SUMMARY_VERSION", "Identity", "Method", "ProtectFn", "ProtocolConfig", "ProtocolRunner",
            "StageCache", "StageRunner", "combine_metrics", "config_key", "environment", "file_digest",
-           "find_identities", "jsonable", "list_photos", "protocol_config", "protocol_settings", "register_protection",
-           "resolve_method", "run_protocol", "summarize_metrics"]
+           "find_identities", "jsonable", "list_photos", "metric_intervals", "paired_differences", "protocol_config",
+           "protocol_settings", "register_protection", "resolve_method", "run_protocol", "summarize_metrics"]

@@ -18,6 +18,7 @@ from .cache import StageCache, jsonable
 from .config import ProtocolConfig, protocol_settings
 from .inputs import Identity, find_identities, scan_inputs
 from .methods import Method, method_budgets, resolve_method
+from .report.rows import statistics_table
 from .stages import STAGES, StageRunner
 from .summary import combine_metrics
 
@@ -80,6 +81,7 @@ class ProtocolRunner(StageRunner):
         methods = list({r[1].label: r[1] for r in rows}.values())
         results = jsonable({**self._results(runs, detection, methods, time.perf_counter() - t_start),
                             "warnings": warnings})
+        results["statistics"] = jsonable(statistics_table(results))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.out_dir / "results.json", json.dumps(results, indent=2))
         return results

@@ -32,7 +32,8 @@ METRICS = {m.key: m for m in (
     Metric("ism", "ISM", False, "identity similarity of the generated faces to the clean photos"),
     Metric("brisque", "BRISQUE", True, "no-reference image quality (higher = worse images)"),
     Metric("serfiq", "SER-FIQ", False, "face image quality of the generated faces"),
-    Metric("face_quality", "face quality", False, "QualityFace fused with the face's naturalness"),
+    Metric("qualityface", "QualityFace", False, "learned quality of the detected faces (a diagnostic)"),
+    Metric("face_brisque", "face-box BRISQUE", True, "BRISQUE of the detected face boxes (a diagnostic)"),
     Metric("identity_gain", "identity gain", False, "the attacked model's identity gain on the clean reference "
            "photos (class-prompt minus instance-prompt denoising error) over the clean-photo attack's at the same "
            "transform (1 = the identity learnt as well as from clean photos)"),

@@ -8,27 +8,27 @@ from typing import Optional
 import numpy as np
 
 from .brisque_iqa import brisque, brisque_backend
-from .face_iqa import BACKEND as FACE_QUALITY_BACKEND, face_quality
+from .face_iqa import FACE_BRISQUE_BACKEND, QUALITYFACE_BACKEND, face_brisque, qualityface
 from .faces import DEFAULT_DETECTOR, get_detector, get_embedder
 from .fidelity import change_stats, ssim_uint8
 from .identity import analyze_faces, fdfr, ism
 from .images import ImageBatch, to_uint8_rgb
-from .serfiq import serfiq
+from .serfiq import serfiq, serfiq_backend
 
 
 def evaluate_images(generated: ImageBatch, references: Optional[ImageBatch | np.ndarray] = None, *,
                     detector: str = DEFAULT_DETECTOR, embedder: str = "sface", threshold: float = 0.9,
-                    serfiq_T: int = 100, serfiq_alpha: float = 130.0, serfiq_r: float = 0.88,
-                    seed: int = 0, models_dir: Optional[str] = None, upscale_short_side: Optional[int] = None) -> dict:
-    """FDFR, ISM, BRISQUE, SER-FIQ and face quality of ``generated`` (B×3×H×W in [0, 1] or H×W×3 uint8
-    arrays).
+                    serfiq_T: int = 100, seed: int = 0, models_dir: Optional[str] = None,
+                    upscale_short_side: Optional[int] = None) -> dict:
+    """FDFR, ISM, BRISQUE, SER-FIQ and the two face diagnostics (QualityFace, face-box BRISQUE) of ``generated``
+    (B×3×H×W in [0, 1] or H×W×3 uint8 arrays), each with its per-image values.
 
     ``references``: the identity's clean photos (set_C) or their precomputed ``reference_embedding``;
-    without them ISM is None. Each entry names its backend; directions: FDFR↑ ISM↓ BRISQUE↑ SER-FIQ↓
-    face_quality↓ mean stronger protection. ``face_quality`` has ``value`` (undetected faces count 0)
-    and ``value_detected_only``. Faces are detected and embedded once per image. ``models_dir``: the folder of
-    user-supplied face weights; ``upscale_short_side``: detect on photos upscaled to that short side
-    (:func:`gapdiff_core.metrics.faces.get_detector`).
+    without them ISM is None. SER-FIQ runs on ``embedder`` when it has a dropout head (else None), on MTCNN's faces;
+    the other face metrics share one detection per image. Each entry names its backend; directions: FDFR↑ ISM↓
+    BRISQUE↑ SER-FIQ↓ QualityFace↓ face-box BRISQUE↑ mean stronger protection. ``fdfr.per_image``: 1 where no face
+    was found. ``models_dir``: the folder of user-supplied face weights; ``upscale_short_side``: detect on photos
+    upscaled to that short side (:func:`gapdiff_core.metrics.faces.get_detector`).
     """
     t0 = time.perf_counter()
     images = to_uint8_rgb(generated)
@@ -39,21 +39,24 @@ def evaluate_images(generated: ImageBatch, references: Optional[ImageBatch | np.
     det = get_detector(detector, float(threshold), models_dir, upscale_short_side)
     has_dropout = hasattr(emb, "dropout_embeddings")  # SER-FIQ needs the dropout head
     analyses = analyze_faces(images, detector=detector, embedder=embedder, threshold=threshold,
-                             keep_trunk=has_dropout, models_dir=models_dir, upscale_short_side=upscale_short_side)
+                             models_dir=models_dir, upscale_short_side=upscale_short_side)
     out = {
         "n_images": len(images),
-        "fdfr": fdfr(images, analyses=analyses).to_dict(),
+        "fdfr": {**fdfr(images, analyses=analyses).to_dict(),
+                 "per_image": [0.0 if it.detected else 1.0 for it in analyses.items]},
         "ism": (ism(images, references, backend=embedder, analyses=analyses).to_dict()
                 if references is not None else None),
         "brisque": brisque(images).to_dict(),
-        "serfiq": (serfiq(images, T=serfiq_T, alpha=serfiq_alpha, r=serfiq_r, seed=seed,
-                          analyses=analyses).to_dict()
-                   if has_dropout else None),
-        "face_quality": face_quality(images, analyses=analyses).to_dict(),
+        "serfiq": serfiq(images, T=serfiq_T, backend=embedder, seed=seed).to_dict() if has_dropout else None,
+        "qualityface": qualityface(images, analyses=analyses).to_dict(),
+        "face_brisque": face_brisque(images, analyses=analyses).to_dict(),
         "backends": {"detector": f"{detector}: {det.description}",
                      "embedder": f"{embedder}: {emb.description}",
-                     "brisque": brisque_backend(), "face_quality": FACE_QUALITY_BACKEND},
+                     "brisque": brisque_backend(), "qualityface": QUALITYFACE_BACKEND,
+                     "face_brisque": FACE_BRISQUE_BACKEND},
     }
+    if has_dropout:
+        out["backends"]["serfiq"] = serfiq_backend(embedder)
     out["seconds"] = time.perf_counter() - t0
     return out
 

@@ -1,4 +1,4 @@
-"""Face image quality on detected faces: the worse of a learned face-scale score and a native-resolution one.
+"""Two face-level diagnostics of detected faces, reported separately (no composite: nothing validates one).
 
 * **QualityFace** (the ``qualityface`` wheel, MIT; github.com/siriusdemon/pytorch-QualityFace): torchvision's
   MobileNetV2 ``features`` -> global mean -> Linear(1280, 1), trained on WIDER FACE crops at 128×128 with inputs
@@ -6,16 +6,13 @@
   so only its checkpoint is used: the weights load (``weights_only``, no pickled code runs) into this project's
   MobileNetV2 (``mobilenet_v2.py``). The face is the detector's box made square (side = the longer side, centred),
   border pixels replicated where it leaves the image, resized to 128×128.
-* **Face naturalness**: ``1 - BRISQUE/100`` (clipped to [0, 1]) of the detector's face box at the image's own
-  resolution (the box clipped to the image).
+  An unpublished model with no stated labels: at 128 px a large face is shrunk several times, which hides JPEG
+  blocking (bench/metrics.py: 0.909 clean, 0.912 after JPEG q5 with the face filling a 512² frame).
+* **Face-box BRISQUE**: BRISQUE of the detector's face box at the image's own resolution (the box clipped to the
+  image); it sees JPEG blocks on a large face, and knows nothing of faces.
 
-Why both: at 128 px a large face is shrunk several times, which hides JPEG blocking. Measured on the sample faces
-at 512² (``bench/metrics.py``): with the face filling the frame, QualityFace reads 0.909 clean and 0.912 after
-JPEG q5, while the face's BRISQUE rises from 49 to 83. BRISQUE alone knows nothing of faces (pose, occlusion,
-a face-like blur), which QualityFace was trained on. A face's score is the lower of the two; both are reported.
-
-Scores are in [0, 1]. Protocol mean: images without a detected face score 0 and count (as SER-FIQ in GAP-Diff's
-code); ``value_detected_only`` averages the detected faces alone, so quality is not confused with FDFR.
+Each is the mean over the images with a detected face (None without any): a diagnostic, not a protocol metric, so
+an image without a face does not count (FDFR counts it). docs/quality.md has their error-versus-discard curves.
 """
 from __future__ import annotations
 
@@ -37,9 +34,10 @@ from .mobilenet_v2 import MobileNetV2Features
 
 QUALITYFACE_VERSION = "1.0.3"
 QUALITYFACE_INPUT = 128
-BACKEND = (f"min(QualityFace MobileNetV2 regressor (qualityface {QUALITYFACE_VERSION} checkpoint, WIDER FACE, MIT) "
-           f"on the detector's square face box at {QUALITYFACE_INPUT}×{QUALITYFACE_INPUT}, "
-           "1 - BRISQUE/100 of the face box at the image's resolution)")
+QUALITYFACE_BACKEND = (f"QualityFace MobileNetV2 regressor (qualityface {QUALITYFACE_VERSION} checkpoint, WIDER FACE, "
+                       f"MIT) on the detector's square face box at {QUALITYFACE_INPUT}×{QUALITYFACE_INPUT}, clipped to "
+                       "[0, 1]")
+FACE_BRISQUE_BACKEND = "BRISQUE of the detector's face box at the image's resolution (the brisque package)"
 
 
 class QualityFaceNet(nn.Module):
@@ -101,64 +99,59 @@ def qualityface_scores(crops: np.ndarray) -> np.ndarray:
         return load_qualityface()(x).double().numpy()
 
 
-def face_naturalness(rgb: np.ndarray, face: Face) -> float:
-    """``1 - BRISQUE/100`` of the face box (clipped to the image) at the image's resolution, clipped to [0, 1]."""
+def qualityface_of(rgb: np.ndarray, face: Face) -> float:
+    """QualityFace of one face, clipped to [0, 1]."""
+    return float(np.clip(qualityface_scores(face_crop(rgb, face)[None])[0], 0.0, 1.0))
+
+
+def face_box_brisque(rgb: np.ndarray, face: Face) -> float:
+    """BRISQUE of the face box (clipped to the image) at the image's resolution."""
     x, y, w, h = face.box
     H, W = rgb.shape[:2]
     x0, y0 = min(max(int(round(x)), 0), W - 1), min(max(int(round(y)), 0), H - 1)
     x1, y1 = max(min(int(round(x + w)), W), x0 + 1), max(min(int(round(y + h)), H), y0 + 1)
-    return float(np.clip(1.0 - brisque_score(np.ascontiguousarray(rgb[y0:y1, x0:x1])) / 100.0, 0.0, 1.0))
-
-
-def _mean(values: list) -> Optional[float]:
-    return float(np.mean(values)) if values else None
+    return brisque_score(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
 
 
 @dataclass
-class FaceQualityResult:
-    """Mean face quality in [0, 1] (lower = worse faces = stronger protection).
+class FaceScoreResult:
+    """One face-level diagnostic: ``value`` is the mean over the images with a detected face (None if none);
+    ``per_image`` holds None where no face was found."""
 
-    ``value``: protocol mean, undetected faces count as 0. ``value_detected_only``: mean over the images with a
-    detected face (None if none). ``per_image`` is min(``per_image_learned``, ``per_image_naturalness``), None where
-    no face was found; ``learned_detected_only`` / ``naturalness_detected_only`` are the two parts' means."""
-
-    value: float
-    value_detected_only: Optional[float]
-    learned_detected_only: Optional[float]
-    naturalness_detected_only: Optional[float]
+    value: Optional[float]
     n_images: int
     n_detected: int
     backend: str
     detector: str
-    threshold: float
     per_image: list = field(default_factory=list)
-    per_image_learned: list = field(default_factory=list)  # QualityFace, clipped to [0, 1]
-    per_image_naturalness: list = field(default_factory=list)  # 1 - BRISQUE/100 of the face box
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def face_quality(images: ImageBatch, detector: str = DEFAULT_DETECTOR, threshold: float = 0.9,
-                 analyses: Optional[Analyses] = None) -> FaceQualityResult:
-    """Quality of each image's largest detected face: the lower of QualityFace and the face's naturalness.
-    ``analyses`` (from ``analyze_faces`` on the same images) reuses their detections."""
+def _face_scores(images: ImageBatch, score, backend: str, name: str, detector: str, threshold: float,
+                 analyses: Optional[Analyses]) -> FaceScoreResult:
     rgbs = to_uint8_rgb(images)
     if not rgbs:
-        raise ValueError("face_quality: no images given")
+        raise ValueError(f"{name}: no images given")
     a = analyses or analyze_faces(rgbs, detector=detector, embedder=None, threshold=threshold)
     if len(a) != len(rgbs):
-        raise ValueError(f"face_quality: {len(a)} analyses for {len(rgbs)} images")
-    found = [i for i, it in enumerate(a.items) if it.detected]
-    learned: list = [None] * len(rgbs)
-    natural: list = [None] * len(rgbs)
-    if found:
-        raw = qualityface_scores(np.stack([face_crop(rgbs[i], a.items[i].largest) for i in found]))
-        for i, s in zip(found, np.clip(raw, 0.0, 1.0)):
-            learned[i] = float(s)
-            natural[i] = face_naturalness(rgbs[i], a.items[i].largest)
-    per_image = [None if q is None else min(q, n) for q, n in zip(learned, natural)]
-    detected = [s for s in per_image if s is not None]
-    return FaceQualityResult(float(sum(detected) / len(rgbs)), _mean(detected),
-                             _mean([s for s in learned if s is not None]), _mean([s for s in natural if s is not None]),
-                             len(rgbs), len(detected), BACKEND, a.detector, a.threshold, per_image, learned, natural)
+        raise ValueError(f"{name}: {len(a)} analyses for {len(rgbs)} images")
+    per_image = [score(x, it.largest) if it.detected else None for x, it in zip(rgbs, a.items)]
+    found = [v for v in per_image if v is not None]
+    return FaceScoreResult(float(np.mean(found)) if found else None, len(rgbs), len(found), backend, a.detector,
+                           per_image)
+
+
+def qualityface(images: ImageBatch, detector: str = DEFAULT_DETECTOR, threshold: float = 0.9,
+                analyses: Optional[Analyses] = None) -> FaceScoreResult:
+    """QualityFace of each image's largest detected face (lower = worse faces = stronger protection).
+    ``analyses`` (from ``analyze_faces`` on the same images) reuses their detections."""
+    return _face_scores(images, qualityface_of, QUALITYFACE_BACKEND, "qualityface", detector, threshold, analyses)
+
+
+def face_brisque(images: ImageBatch, detector: str = DEFAULT_DETECTOR, threshold: float = 0.9,
+                 analyses: Optional[Analyses] = None) -> FaceScoreResult:
+    """BRISQUE of each image's largest detected face box (higher = worse faces = stronger protection)."""
+    return _face_scores(images, face_box_brisque, FACE_BRISQUE_BACKEND, "face_brisque", detector, threshold,
+                        analyses)

@@ -63,6 +63,15 @@ WEIGHT_FILES = {
                                        python_literal=True),
     "qualityface": WeightFile("qualityface_1.0.3_last.pth", "qualityface==1.0.3", "qualityface/checkpoints/last.pth",
                               "95a14bfeb706b4919eed7a035c2380cafbb548e590770968af5be0321ae190b7"),
+    "mtcnn-pnet": WeightFile("mtcnn_pnet_facenet_pytorch_2.6.0.pt", "facenet-pytorch==2.6.0",
+                             "facenet_pytorch/data/pnet.pt",
+                             "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
+    "mtcnn-rnet": WeightFile("mtcnn_rnet_facenet_pytorch_2.6.0.pt", "facenet-pytorch==2.6.0",
+                             "facenet_pytorch/data/rnet.pt",
+                             "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
+    "mtcnn-onet": WeightFile("mtcnn_onet_facenet_pytorch_2.6.0.pt", "facenet-pytorch==2.6.0",
+                             "facenet_pytorch/data/onet.pt",
+                             "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
 }
 FETCH_COMMAND = "python -m gapdiff_core.metrics.fetch_weights"
 

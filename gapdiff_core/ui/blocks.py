@@ -131,7 +131,8 @@ def build_ui(settings: UISettings | Callable[[], UISettings] | None = None) -> g
             with gr.Tab("Evaluate", elem_id="gapdiff_tab_evaluate"):
                 gr.Markdown("After a DreamBooth / LoRA test attack: upload the person's clean photos and the photos "
                             "the fine-tuned model generated, and get the protocol metrics (FDFR, ISM, BRISQUE, "
-                            "SER-FIQ, face quality) with the backend that computed each.")
+                            "SER-FIQ, and the QualityFace and face-box BRISQUE diagnostics) with the backend "
+                            "that computed each.")
                 with gr.Row():
                     ev_refs = make(gr.File, label="Clean reference photos", file_count="multiple",
                                    file_types=["image"], type=FILE_TYPE, elem_id="gapdiff_ev_refs")

@@ -40,7 +40,7 @@ def svg_line_chart(series: dict, title: str, xlabel: str, ylabel: str, *, width:
                    xtick_labels: Optional[dict] = None, empty_note: str = "no data") -> str:
     """An inline SVG line chart: ``series`` maps a label to [(x, y), ...] (points with y None are skipped)."""
     pts = [(x, y) for s in series.values() for x, y in s if y is not None and math.isfinite(y)]
-    ml, mr, mt, mb = 52, 12, 26, 58
+    ml, mr, mt, mb = 52, 12, 26, 58 + 13 * max(0, (len(series) + 1) // 2 - 2)  # room for every legend row
     pw, ph = width - ml - mr, height - mt - mb
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
@@ -51,7 +51,8 @@ def svg_line_chart(series: dict, title: str, xlabel: str, ylabel: str, *, width:
     xs = sorted({x for x, _ in pts})
     x0, x1 = (xs[0] - 1, xs[0] + 1) if len(xs) == 1 else (xs[0], xs[-1])
     y0, y1 = min(y for _, y in pts), max(y for _, y in pts)
-    pad = (y1 - y0) * 0.1 or max(abs(y0) * 0.1, 0.05)
+    flat = y1 - y0 <= 1e-9 * max(1.0, abs(y1))  # equal up to rounding noise: a range around the value
+    pad = max(abs(y0) * 0.1, 0.05) if flat else (y1 - y0) * 0.1
     y0, y1 = y0 - pad, y1 + pad
 
     def px(x):
@@ -96,7 +97,8 @@ def robustness_plots(rows: list[dict]) -> list[str]:
         return []
     labels = {100: "none"} if any(r["transform"] == "none" for r in jrows) else {}
     plots = []
-    extra = (("face_quality", METRICS["face_quality"].heading), ("identity_gain", GAIN_HEADING),
+    extra = (("qualityface", METRICS["qualityface"].heading), ("face_brisque", METRICS["face_brisque"].heading),
+             ("identity_gain", GAIN_HEADING),
              ("psnr_after_transform_db", "PSNR vs clean (dB)"))
     for key, name in PROTOCOL_COLUMNS + extra:
         series: dict = {}

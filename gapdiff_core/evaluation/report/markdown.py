@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ...metrics.directions import format_value
 from .facts import DEMO_BANNER, MARKS, backends, protocol_summary, run_facts, setup_items
-from .rows import GAIN_HEADING, PROTOCOL_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NOTE, aggregate, gain_text, no_face_note
+from .rows import (GAIN_HEADING, PAIRED_NOTE, PROTOCOL_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NOTE, aggregate,
+                   format_difference, format_interval, gain_text, no_face_note)
 
 
 def table_cell(value) -> str:
@@ -19,7 +20,8 @@ def _cells(r: dict) -> list[str]:
 
 def markdown_report(results: dict) -> str:
     """The protocol that ran, then the paper's layout (rows method × transform, column groups per prompt: FDFR↑ ISM↓
-    BRISQUE↑ SER-FIQ↓), then the summary over prompts with the detected-face means and the identity gain."""
+    BRISQUE↑ SER-FIQ↓), then the summary over prompts with the detected-face means and the identity gain, then the
+    paired differences against `none`; every metric with its bootstrap 95% interval."""
     rows = aggregate(results)
     prompts = results["prompts"]
     lines = [f"# {results.get('title', 'gapdiff evaluation')}"
@@ -38,14 +40,15 @@ def markdown_report(results: dict) -> str:
               "Prompts: " + "; ".join(f"P{i + 1} = “{p}”" for i, p in enumerate(prompts)), "",
               "Arrows point to stronger protection. Values are averaged over identities"
               f" ({', '.join(sorted({r['identity'] for r in results['runs']}))}) as the official scripts do "
-              "(ISM: an identity without a detected face counts 0).", ""]
+              "(ISM: an identity without a detected face counts 0); [lo, hi] is the bootstrap 95% interval over "
+              "identities and images.", ""]
     head = (["Method", "Transform"] + [f"P{i + 1} {name}" for i in range(len(prompts)) for _, name in PROTOCOL_COLUMNS]
             + [f"mean {name}" for _, name in PROTOCOL_COLUMNS])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = _cells(r)
-        cells += [format_value(r["per_prompt"][p][k]) for p in prompts for k, _ in PROTOCOL_COLUMNS]
-        cells += [format_value(r["mean"][k]) for k, _ in PROTOCOL_COLUMNS]
+        cells += [format_interval(r["per_prompt_interval"][p][k]) for p in prompts for k, _ in PROTOCOL_COLUMNS]
+        cells += [format_interval(r["interval"][k]) for k, _ in PROTOCOL_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     if no_face_note(rows):
         lines += ["", f"*{no_face_note(rows)}*"]
@@ -53,8 +56,15 @@ def markdown_report(results: dict) -> str:
               "| " + " | ".join(["Method", "Transform"] + [n for _, n in SUMMARY_COLUMNS] + [GAIN_HEADING]) + " |",
               "|" + "---|" * (len(SUMMARY_COLUMNS) + 3)]
     for r in rows:
-        cells = _cells(r) + [format_value(r["mean"][k]) for k, _ in SUMMARY_COLUMNS]
+        cells = _cells(r) + [format_interval(r["interval"][k], k) for k, _ in SUMMARY_COLUMNS]
         lines.append("| " + " | ".join(cells + [gain_text(r, results)]) + " |")
+    paired = [r for r in rows if r["vs_none"] is not None]
+    if paired:
+        lines += ["", "## Paired differences against none (same transform)", "", PAIRED_NOTE, "",
+                  "| " + " | ".join(["Method", "Transform"] + [f"Δ {n}" for _, n in SUMMARY_COLUMNS]) + " |",
+                  "|" + "---|" * (len(SUMMARY_COLUMNS) + 2)]
+        lines += ["| " + " | ".join(_cells(r) + [format_difference(r["vs_none"][k], k) for k, _ in SUMMARY_COLUMNS])
+                  + " |" for r in paired]
     lines += ["", "## Visibility of the protection (protected vs clean photos)", "",
               "| Method | Transform | PSNR (dB) | SSIM | L∞ (grey levels) | PSNR after transform (dB) |",
               "|---|---|---|---|---|---|"]

@@ -9,7 +9,8 @@ from ...metrics.directions import format_value
 from .charts import budget_plots, robustness_plots
 from .facts import DEMO_BANNER, MARKS, backends, protocol_summary, run_facts, setup_items
 from .images import image_grids
-from .rows import GAIN_HEADING, PROTOCOL_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NOTE, aggregate, gain_text, no_face_note
+from .rows import (GAIN_HEADING, PAIRED_NOTE, PROTOCOL_COLUMNS, SUMMARY_COLUMNS, SUMMARY_NOTE, aggregate,
+                   format_difference, format_interval, gain_text, no_face_note)
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1240px;color:#222}
 .demo{background:#fff3cd;border:2px solid #e0a800;padding:10px 14px;font-weight:bold;margin:12px 0}
@@ -33,7 +34,8 @@ def html_report(results: dict, base_dir: str | Path) -> str:
          f"<style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>", banner,
          "<p>Anti-DreamBooth protocol: protect set_B → transform → DreamBooth attack → generate → metrics against "
          "the clean set_C. Arrows point to stronger protection; values are averaged over identities as the official "
-         "scripts do (ISM: an identity without a detected face counts 0).</p>"]
+         "scripts do (ISM: an identity without a detected face counts 0); [lo, hi] is the bootstrap 95% interval over "
+         "identities and images.</p>"]
     ptitle, pnote, settings = protocol_summary(results)
     h.append(f"<h2>{e(ptitle)}</h2><p>{e(pnote).replace('**', '')}</p>")
     if settings:
@@ -51,18 +53,19 @@ def html_report(results: dict, base_dir: str | Path) -> str:
              (len(prompts) + 1) + "</tr>")
     for r in rows:
         h.append(f"<tr><td class='l'>{e(r['method'])}</td><td class='l'>{e(r['transform'])}</td>" +
-                 "".join(f"<td>{format_value(r['per_prompt'][p][k])}</td>"
+                 "".join(f"<td>{format_interval(r['per_prompt_interval'][p][k])}</td>"
                          for p in prompts for k, _ in PROTOCOL_COLUMNS) +
-                 "".join(f"<td><b>{format_value(r['mean'][k])}</b></td>" for k, _ in PROTOCOL_COLUMNS) + "</tr>")
+                 "".join(f"<td><b>{format_interval(r['interval'][k])}</b></td>" for k, _ in PROTOCOL_COLUMNS)
+                 + "</tr>")
     h.append("</table></div><p class='cap'>" + "; ".join(f"P{i + 1} = “{e(p)}”" for i, p in enumerate(prompts))
              + "</p>" + (f"<p class='cap'><b>{e(no_face_note(rows))}</b></p>" if no_face_note(rows) else "")
              + "<h2>Summary (mean over prompts and identities)</h2><table><tr><th class='l'>Method</th>"
              "<th class='l'>Transform</th>" + "".join(f"<th>{e(n)}</th>" for _, n in SUMMARY_COLUMNS)
              + f"<th>{GAIN_HEADING}</th>"
              "</tr>" + "".join(f"<tr><td class='l'>{e(r['method'])}</td><td class='l'>{e(r['transform'])}</td>"
-                               + "".join(f"<td>{format_value(r['mean'][k])}</td>" for k, _ in SUMMARY_COLUMNS)
+                               + "".join(f"<td>{format_interval(r['interval'][k], k)}</td>" for k, _ in SUMMARY_COLUMNS)
                                + f"<td><b>{e(gain_text(r, results))}</b></td></tr>" for r in rows)
-             + f"</table><p class='cap'>{e(SUMMARY_NOTE)}</p>"
+             + f"</table><p class='cap'>{e(SUMMARY_NOTE)}</p>" + _paired_table(rows)
              + "<h2>Visibility of the protection</h2><table><tr><th class='l'>Method</th>"
              "<th class='l'>Transform</th><th>PSNR (dB)</th><th>SSIM</th><th>L∞ (grey levels)</th>"
              "<th>PSNR after transform (dB)</th></tr>")
@@ -87,3 +90,16 @@ def html_report(results: dict, base_dir: str | Path) -> str:
         f"{k} {v}" for k, v in env["packages"].items() if v)) + "</code></p>")
     h.append(banner + "</body></html>")
     return "\n".join(h)
+
+
+def _paired_table(rows: list[dict]) -> str:
+    """Each method minus `none` at the same transform, with intervals (empty without such rows)."""
+    paired = [r for r in rows if r["vs_none"] is not None]
+    if not paired:
+        return ""
+    e = html.escape
+    return ("<h2>Paired differences against none (same transform)</h2><table><tr><th class='l'>Method</th>"
+            "<th class='l'>Transform</th>" + "".join(f"<th>Δ {e(n)}</th>" for _, n in SUMMARY_COLUMNS) + "</tr>"
+            + "".join(f"<tr><td class='l'>{e(r['method'])}</td><td class='l'>{e(r['transform'])}</td>"
+                      + "".join(f"<td>{e(format_difference(r['vs_none'][k], k))}</td>" for k, _ in SUMMARY_COLUMNS)
+                      + "</tr>" for r in paired) + f"</table><p class='cap'>{e(PAIRED_NOTE)}</p>")
