@@ -39,18 +39,20 @@ def model_row(base) -> dict:
 
 
 def face_rows(config) -> list[dict]:
-    """Detector, embedder, SER-FIQ and the face-quality diagnostic, as configured."""
-    from ..metrics.face_iqa import BACKEND as FACE_QUALITY_BACKEND
-
+    """Detector, embedder, SER-FIQ and the two face diagnostics, as configured."""
+    from ..metrics.face_iqa import FACE_BRISQUE_BACKEND, QUALITYFACE_BACKEND
     from ..metrics.faces import closest_to_paper
+    from ..metrics.serfiq import serfiq_backend
 
     det, emb, up = config.detector, config.embedder, config.detect_upscale
     closest = closest_to_paper(det, emb, up)
     size = f"upscaled to a {up} px short side" if up else "at the image's own size (no upscaling)"
+    has_dropout = emb == "sface"  # the only registered embedder with a dropout head
+    serfiq = serfiq_backend(emb) if has_dropout else f"not measured ({emb} has no dropout head)"
     return [_row("detector", f"{det} {size}", closest["detector"]),
             _row("embedder", emb, closest["embedder"]),
-            _row("serfiq", f"{emb} dropout head, aligned on {det} landmarks", False),
-            _row("face_quality", FACE_QUALITY_BACKEND, None)]
+            _row("serfiq", serfiq, False),
+            _row("face_quality", f"{QUALITYFACE_BACKEND}; {FACE_BRISQUE_BACKEND}", None)]
 
 
 def class_images_row(config, attack) -> dict:

@@ -16,12 +16,11 @@ from .images import ImageBatch, to_uint8_rgb
 
 @dataclass
 class FaceAnalysis:
-    """One image: all faces above the threshold, the largest one, its embedding and (SFace) trunk features."""
+    """One image: all faces above the threshold, the largest one and its embedding."""
 
     faces: list[Face]
     largest: Optional[Face] = None
     embedding: Optional[np.ndarray] = None
-    trunk: Optional[np.ndarray] = None
 
     @property
     def detected(self) -> bool:
@@ -44,10 +43,10 @@ class Analyses:
 
 
 def analyze_faces(images: ImageBatch, detector: str = DEFAULT_DETECTOR, embedder: Optional[str] = "sface",
-                  threshold: float = 0.9, keep_trunk: bool = False, models_dir: Optional[str] = None,
+                  threshold: float = 0.9, models_dir: Optional[str] = None,
                   upscale_short_side: Optional[int] = None) -> Analyses:
     """Detect faces (confidence >= threshold) in every image; embed the largest face's aligned crop.
-    ``embedder=None`` only detects. ``keep_trunk`` keeps SFace's pre-dropout features for SER-FIQ.
+    ``embedder=None`` only detects.
     ``models_dir``: the folder of user-supplied weights; ``upscale_short_side``: detect on the photo upscaled to
     that short side (:func:`gapdiff_core.metrics.faces.get_detector`)."""
     models_dir = None if models_dir is None else str(models_dir)
@@ -60,12 +59,7 @@ def analyze_faces(images: ImageBatch, detector: str = DEFAULT_DETECTOR, embedder
         if faces:
             item.largest = max(faces, key=lambda f: f.area)
             if emb is not None:
-                crop = align_face(rgb, item.largest)[None]
-                if keep_trunk and hasattr(emb, "forward"):
-                    e, t = emb.forward(crop)
-                    item.embedding, item.trunk = e[0], t[0]
-                else:
-                    item.embedding = emb.embed(crop)[0]
+                item.embedding = emb.embed(align_face(rgb, item.largest)[None])[0]
         items.append(item)
     return Analyses(items, detector, embedder, float(threshold), models_dir, upscale_short_side)
 
