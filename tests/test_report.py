@@ -272,3 +272,18 @@ def test_every_metric_has_an_interval_and_every_method_its_paired_difference(tmp
     assert statistics_table(results) == table  # seeded: the same intervals every time
     page = html_report(results, tmp_path)
     assert "Paired differences against none (same transform)" in page and "+4.000 [+4.000, +4.000]" in page
+
+
+def test_identity_gain_interval_is_over_identities_and_their_photos():
+    from gapdiff_core.evaluation.report.rows import gain_interval
+
+    def run(name, photos, clean):
+        return {"identity": name, "identity_gain": {"per_photo_gain": photos, "clean_gain": clean}}
+
+    # two identities whose photos agree: the resamples are all-a (0.5), all-b (1.0) or mixed (0.75)
+    assert gain_interval([run("b", [2.0, 2.0], 2.0), run("a", [0.5, 0.5], 1.0)]) == {"value": 0.75, "lo": 0.5,
+                                                                                      "hi": 1.0}
+    spread = gain_interval([run("a", [0.2, 1.8], 2.0)])  # one identity: only its photos vary (0.1 or 0.9 each)
+    assert spread["value"] == pytest.approx(0.5) and spread["lo"] == pytest.approx(0.1) and spread["hi"] == \
+        pytest.approx(0.9)
+    assert gain_interval([run("a", [0.5], 0.0)]) is None  # the clean attack learnt nothing: no ratio

@@ -8,7 +8,8 @@ from typing import Optional
 
 from ...metrics.directions import METRICS, PROTOCOL_METRICS, format_value
 from ...metrics.serfiq import NOT_COMPARABLE, SERFIQ_RESPONSE, SERFIQ_RESPONSIVE
-from ..summary import metric_intervals, paired_differences
+from ...metrics.statistics import HierarchicalBootstrap
+from ..summary import N_BOOT, metric_intervals, paired_differences
 
 #: next to SER-FIQ's values when it did not fall by 0.1 from clean to JPEG q5 and to blur σ 4 (metrics/serfiq.py)
 SERFIQ_LABEL = "" if SERFIQ_RESPONSIVE else " (unresponsive on this backbone)"
@@ -110,6 +111,7 @@ def aggregate(results: dict) -> list[dict]:
             "per_prompt_interval": per_prompt,
             "mean": {k: v["value"] for k, v in overall.items()}, "interval": overall, "vs_none": paired,
             "identity_gain": None if toy_model(results) else _mean(x.get("relative") for x in gains),
+            "identity_gain_interval": None if toy_model(results) else gain_interval(runs, seed),
             "identity_gain_raw": _mean(x.get("gain") for x in gains),
             "psnr_db": _psnr(r["fidelity"] for r in runs),
             "ssim": _mean(r["fidelity"].get("ssim") for r in runs),
@@ -119,10 +121,23 @@ def aggregate(results: dict) -> list[dict]:
     return rows
 
 
+def gain_interval(runs: list[dict], seed: int = 0) -> Optional[dict]:
+    """The relative identity gain's mean over identities with its bootstrap 95% interval over identities and their
+    reference photos (each photo's gain over its identity's clean-attack gain); None where a gain is undefined."""
+    values = []
+    for r in sorted(runs, key=lambda r: r["identity"]):
+        g = r.get("identity_gain") or {}
+        photos, clean = g.get("per_photo_gain"), g.get("clean_gain")
+        if not photos or clean is None or clean <= 0:
+            return None
+        values.append([[p / clean for p in photos]])
+    return HierarchicalBootstrap([[len(v[0])] for v in values], N_BOOT, seed).interval(values, "mean").to_dict()
+
+
 def statistics_table(results: dict) -> list[dict]:
     """What results.json keeps of :func:`aggregate`: per method × transform, every metric with its 95% interval
     (overall and per prompt) and its paired difference against `none`."""
-    keys = ("method", "transform", "budget", "interval", "per_prompt_interval", "vs_none")
+    keys = ("method", "transform", "budget", "interval", "per_prompt_interval", "vs_none", "identity_gain_interval")
     return [{k: r[k] for k in keys} for r in aggregate(results)]
 
 
@@ -142,7 +157,10 @@ def toy_model(results: dict) -> bool:
 
 def gain_text(row: dict, results: dict) -> str:
     """A row's identity gain for a table: n/a (toy model) on a toy model, where it cannot mean anything."""
-    return TOY_GAIN if toy_model(results) else format_value(row["identity_gain"])
+    if toy_model(results):
+        return TOY_GAIN
+    return format_interval(row["identity_gain_interval"]) if row["identity_gain_interval"] else format_value(
+        row["identity_gain"])
 
 
 def no_face_note(rows: list[dict]) -> str:
