@@ -83,7 +83,8 @@ BATCHES = {"cpu": (1, 4), "cuda": (1, 8, 32, 64)}
 def onednn_isa() -> str:
     """The instruction set oneDNN runs on here (its verbose line from one small convolution in a fresh process,
     so ONEDNN_MAX_CPU_ISA, e.g. AVX512_CORE_BF16 as a no-AMX stand-in for AMD Zen 4, is honoured as set)."""
-    code = "import torch; torch.nn.functional.conv2d(torch.rand(1, 8, 16, 16), torch.rand(8, 8, 3, 3))"
+    code = ("import torch; torch.nn.functional.conv2d(torch.rand(1, 64, 64, 64).bfloat16(), "
+            "torch.rand(64, 64, 3, 3).bfloat16())")  # small fp32 convolutions do not reach oneDNN
     env = dict(os.environ, ONEDNN_VERBOSE="1")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout
     isa = next((line.split("isa:", 1)[1].strip() for line in out.splitlines() if "isa:" in line), "unknown")
