@@ -35,6 +35,9 @@ from gapdiff_core.model.generator import generator_flops  # noqa: E402
 from gapdiff_core.model.protector import default_precision, resolve_device  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: The clock of the latency table and the matmul peak: wall time, or with --cpu-time this process's CPU time (on a
+#: host loaded by others, one thread's CPU time counts the work done, not the waits for a descheduled thread).
+clock = time.perf_counter
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048):
@@ -47,10 +50,10 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def measure() -> float:
-        t = time.perf_counter()
+        t = clock()
         a @ b
         sync()
-        return 2 * n ** 3 / (time.perf_counter() - t) / 1e9
+        return 2 * n ** 3 / (clock() - t) / 1e9
     measure()
     return measure
 
@@ -107,9 +110,9 @@ def latency(generator, precision: str, device, repeats: int) -> dict:
             p(x)  # warm-up
         for _ in range(repeats):
             for norm, p in protectors.items():
-                t = time.perf_counter()
+                t = clock()
                 p(x)
-                timings[norm].append(((time.perf_counter() - t) / batch, peak_now()))
+                timings[norm].append(((clock() - t) / batch, peak_now()))
         for norm in NORMS:
             best, peak = min(timings[norm])
             r = {"seconds": best, "median": statistics.median(s for s, _ in timings[norm]), "peak": peak,
@@ -174,14 +177,23 @@ def main() -> None:
     parser.add_argument("--latency-only", action="store_true",
                         help="only the 512x512 table and the distances from fp32 (e.g. to rerun them with "
                              "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, oneDNN without AMX, as on AMD Zen 4)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time the latency table in CPU time (use with --threads 1 on a host loaded by others)")
     args = parser.parse_args()
+    global clock
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        clock = time.process_time
     keep_freed_memory()
     device = resolve_device(args.device)
     repeats = 5 if args.quick else 11
     torch.manual_seed(0)
     generator = Generator(ngf=64).eval()
     default = default_precision(device)
-    print(f"device {device}, default precision {default}, torch threads {torch.get_num_threads()}")
+    print(f"device {device}, default precision {default}, torch threads {torch.get_num_threads()}, latency clock: "
+          + ("CPU time" if args.cpu_time else "wall"))
     if device.type == "cpu":
         print(f"CPU: {cpu_name()}; ATen kernels {torch.backends.cpu.get_cpu_capability()}; oneDNN {onednn_isa()}")
     flops = generator_flops(512, 512)
