@@ -278,3 +278,24 @@ def test_with_options_reuses_the_model_and_equals_a_fresh_protector(generator):
             base.with_options(budget=bad)
     with pytest.raises(ValueError, match="mode"):
         base.with_options(mode="tiled")
+
+
+def test_auto_probe_shares_the_generators_weights_and_reports_its_time(generator):
+    """`auto`'s fp32 side is an unpacked model on the generator's own weights (no second copy of them), computing
+    what the fp32 Protector computes; the probe's time is reported."""
+    fp32 = Protector(generator, precision="fp32")
+    reference = fp32._fp32_model(generator)
+    assert reference.weights[0].data_ptr() == generator.conv1.weight.data_ptr()
+    x = photo(512, 512)
+    with torch.inference_mode():
+        assert (reference(x * 2 - 1) - fp32.perturbation(x)).abs().max() * 8 < 0.01
+    auto = Protector(generator)
+    assert auto.probe_seconds > 0 and f"(probe {auto.probe_seconds:.2f} s)" in auto.precision_note
+
+
+def test_native_tiles_go_through_the_generator_in_batches_with_the_same_result(generator):
+    x = torch.cat([photo(700, 900, seed=1), photo(700, 900, seed=2)])
+    options = dict(mode="native", precision="fp32", tile_size=512, tile_overlap=128)
+    one_by_one = Protector(generator, batch_size=1, **options).perturbation(x)
+    batched = Protector(generator, batch_size=8, **options).perturbation(x)  # 4 tiles of both photos at once
+    assert (batched - one_by_one).abs().max() * 8 < 1e-3

@@ -71,6 +71,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     from tqdm import tqdm
 
@@ -113,43 +115,64 @@ def run(args) -> int:
           f"\nnormalisation: {NORM_DESCRIPTIONS[protector.norm]}")
 
     paths, root, suffix, inputs, log = _batch(args, out_dir, tag)
-    done = 0
     bar = tqdm(total=len(paths), desc="protecting", unit="photo", disable=not paths)
+    todo = []
+    for path in paths:
+        if args.skip_existing and output_path_for(path, out_dir, suffix=suffix, tag=tag, root=root).exists():
+            log.skip()
+            bar.update(1)
+        else:
+            todo.append(path)
 
-    def fail(path, exc):
-        log.fail(path, exc)
-        bar.update(1)
+    def load(path):  # on an I/O thread: (path, image, None) or (path, None, the error)
+        try:
+            image = load_image(path)
+            protector.check_size(image.rgb.shape[0], image.rgb.shape[1], name=path)
+            return path, image, None
+        except (ValueError, OSError) as exc:  # ImageError is a ValueError
+            return path, None, exc
 
-    for start in range(0, len(paths), protector.batch_size):
-        loaded = []
-        for path in paths[start:start + protector.batch_size]:
-            if args.skip_existing and output_path_for(path, out_dir, suffix=suffix, tag=tag, root=root).exists():
-                log.skip()
-                bar.update(1)
-                continue
+    def save(path, image, protected):  # on an I/O thread: the line that reports the photo
+        dest = output_path_for(path, out_dir, suffix=suffix, tag=tag, root=root)
+        return _save_and_describe(path, dest, image, protected, args, inputs, protector.budget)
+
+    def finish(saves) -> int:  # the number written
+        written = 0
+        for path, future in saves:
             try:
-                image = load_image(path)
-                protector.check_size(image.rgb.shape[0], image.rgb.shape[1], name=path)
-                loaded.append((path, image))
-            except (ValueError, OSError) as exc:  # ImageError is a ValueError
-                fail(path, exc)
-        for group in _same_size_groups(loaded):  # one generator call per group of equal-size photos
-            try:
-                rgb = np.stack([image.rgb for _, image in group]) if len(group) > 1 else group[0][1].rgb[None]
-                out = protector.protect_uint8(rgb)
-            except (ValueError, RuntimeError) as exc:
-                for path, _ in group:
-                    fail(path, exc)
-                continue
-            for i, (path, image) in enumerate(group):
-                try:
-                    dest = output_path_for(path, out_dir, suffix=suffix, tag=tag, root=root)
-                    tqdm.write(_save_and_describe(path, dest, image, out[i], args, inputs, protector.budget))
-                except (ImageError, OSError, ValueError) as exc:
-                    fail(path, exc)
+                tqdm.write(future.result())
+                written += 1
+            except (ImageError, OSError, ValueError) as exc:
+                log.fail(path, exc)
+            bar.update(1)
+        return written
+
+    # Decoding the next photos and encoding the last ones run on two I/O threads while the generator runs: the
+    # codecs release the GIL, so the cores are not left waiting for files.
+    chunks = [todo[i:i + protector.batch_size] for i in range(0, len(todo), protector.batch_size)]
+    done, saves = 0, []
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gapdiff-io") as io:
+        loads = [io.submit(load, path) for path in chunks[0]] if chunks else []
+        for k in range(len(chunks)):
+            loaded = [future.result() for future in loads]
+            loads = [io.submit(load, path) for path in chunks[k + 1]] if k + 1 < len(chunks) else []
+            for path, _, exc in loaded:
+                if exc is not None:
+                    log.fail(path, exc)
+                    bar.update(1)
+            previous, saves = saves, []
+            for group in _same_size_groups([(path, image) for path, image, exc in loaded if exc is None]):
+                try:  # one generator call per group of equal-size photos
+                    rgb = np.stack([image.rgb for _, image in group]) if len(group) > 1 else group[0][1].rgb[None]
+                    out = protector.protect_uint8(rgb)
+                except (ValueError, RuntimeError) as exc:
+                    for path, _ in group:
+                        log.fail(path, exc)
+                        bar.update(1)
                     continue
-                done += 1
-                bar.update(1)
+                saves += [(path, io.submit(save, path, image, out[i])) for i, (path, image) in enumerate(group)]
+            done += finish(previous)
+        done += finish(saves)
     bar.close()
     return log.finish(done, "protected", demo=info.demo)
 

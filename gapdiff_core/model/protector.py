@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -32,6 +33,9 @@ NORM_DESCRIPTIONS = {
     "running": "running statistics (eval-mode BatchNorm, folded; not the function the authors ran)",
     "official": "the authors' generate.py (train mode, dropout on, one image per batch, seeded)",
 }
+#: Devices whose convolution and normalisation kernels are fastest on channels-last activations (oneDNN; cuDNN's
+#: tensor-core kernels in fp16), so the generator runs in that layout there.
+CHANNELS_LAST_DEVICES = ("cpu", "cuda")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: The precision a user may ask for: auto (the fastest within 1 grey level of fp32, see default_precision) or one of
 #: PRECISIONS. The CLI, the service and the hosts offer these.
@@ -134,6 +138,7 @@ class Protector:
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
         self._build(generator, default_precision(self.device) if precision == "auto" else precision)
         self.precision_note = "" if precision != "auto" else "auto"
+        self.probe_seconds: float | None = None  # how long `auto`'s probe took
         if precision == "auto" and self.precision != "fp32":
             self._keep_reduced_precision_only_if_close(generator)
 
@@ -143,25 +148,44 @@ class Protector:
             self.model = copy.deepcopy(generator).train().to(self.device, self.dtype)
         else:  # the inference form sets each layer's dtype itself
             self.model = InferenceGenerator(generator, self.norm, self.dtype).to(self.device)
-        if self.device.type == "cpu":
-            if not self.official_mode:
-                self.model = pack_for_cpu(self.model)
-            if not isinstance(self.model, OneDNNGenerator):  # packed weights have oneDNN's own layout
-                self.model = self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cpu" and not self.official_mode:
+            self.model = pack_for_cpu(self.model)
+        if self.device.type in CHANNELS_LAST_DEVICES and not isinstance(self.model, OneDNNGenerator):
+            self.model = self.model.to(memory_format=torch.channels_last)  # packed weights have oneDNN's own layout
 
     def _keep_reduced_precision_only_if_close(self, generator: Generator) -> None:
         """`auto`: keep the device's reduced precision only if, on a probe photo, its step stays within half a grey
         level of fp32's (so the 8-bit outputs differ by at most 1). Per-image statistics over the few pixels of
         the deepest layers can be ill-conditioned (an untrained generator's are: 1.7-3.4 grey levels off in bf16),
-        and then fp32 is used."""
+        and then fp32 is used. The fp32 side runs on an unpacked model that shares the generator's weights (no
+        second copy of them) unless the chosen function needs its own (folded or official mode)."""
+        start = time.perf_counter()
         probe = _probe_photo()
-        reduced, fast = self.perturbation(probe), (self.precision, self.dtype, self.model)
-        self._build(generator, "fp32")
-        deviation = (reduced - self.perturbation(probe)).abs().max().item() * self.budget
-        if deviation <= 0.5:
-            self.precision, self.dtype, self.model = fast
-        self.precision_note = (f"auto: {fast[0]} is {deviation:.2f} grey levels from fp32 on a probe photo, "
-                               + ("kept" if deviation <= 0.5 else "too far: fp32 used"))
+        reduced = self.perturbation(probe)
+        with torch.inference_mode():
+            reference = self._fp32_model(generator)
+            if self.official_mode:
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                    torch.manual_seed(self.seed)
+                    exact = reference(probe.to(self.device) * 2 - 1)
+            else:
+                exact = reference(probe.to(self.device) * 2 - 1)
+        del reference
+        deviation = (reduced - exact.float()).abs().max().item() * self.budget
+        note = f"auto: {self.precision} is {deviation:.2f} grey levels from fp32 on a probe photo"
+        if deviation > 0.5:
+            self.model = None  # freed before the fp32 model is built
+            self._build(generator, "fp32")
+        self.probe_seconds = time.perf_counter() - start
+        self.precision_note = (f"{note}, {'kept' if deviation <= 0.5 else 'too far: fp32 used'} "
+                               f"(probe {self.probe_seconds:.2f} s)")
+
+    def _fp32_model(self, generator: Generator) -> torch.nn.Module:
+        """The function of this Protector in fp32, for the probe: per-image statistics run unpacked on the
+        generator's own fp32 weights (shared, not copied, on a CPU)."""
+        if self.official_mode:
+            return copy.deepcopy(generator).train().to(self.device, torch.float32)
+        return InferenceGenerator(generator, self.norm, torch.float32).to(self.device)
 
     def with_options(self, *, budget: float | None = None, mode: str | None = None) -> "Protector":
         """This Protector at another budget or mode, sharing the loaded model (nothing is reloaded or re-probed):
@@ -254,17 +278,20 @@ class Protector:
         acc = torch.zeros(x.shape[0], 3, ph, pw, device=x.device)
         weight = torch.zeros(1, 1, ph, pw, device=x.device)
         ramp = _feather(th, tw, self.tile_overlap, x.device)
-        for y0 in _tile_starts(ph, th, stride):
-            for x0 in _tile_starts(pw, tw, stride):
-                tile = xp[..., y0:y0 + th, x0:x0 + tw]
-                acc[..., y0:y0 + th, x0:x0 + tw] += self._run(tile).float() * ramp
+        starts = [(y0, x0) for y0 in _tile_starts(ph, th, stride) for x0 in _tile_starts(pw, tw, stride)]
+        per_call = max(1, self.batch_size // x.shape[0])  # tiles through the generator together (each normalised
+        for i in range(0, len(starts), per_call):          # with its own statistics: batching changes nothing)
+            group = starts[i:i + per_call]
+            raw = self._run(torch.cat([xp[..., y0:y0 + th, x0:x0 + tw] for y0, x0 in group])).float()
+            for (y0, x0), tile in zip(group, raw.split(x.shape[0])):
+                acc[..., y0:y0 + th, x0:x0 + tw] += tile * ramp
                 weight[..., y0:y0 + th, x0:x0 + tw] += ramp
         return (acc / weight)[..., :h, :w]
 
     def _run(self, x: torch.Tensor, valid: tuple[int, int] | None = None) -> torch.Tensor:
         """The generator's raw output for x (B x 3 x H x W in [0, 1], a valid generator size)."""
         x = (x * 2 - 1).to(self.dtype)
-        if self.device.type == "cpu":
+        if self.device.type in CHANNELS_LAST_DEVICES:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.official_mode:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
