@@ -389,3 +389,20 @@ def test_a_second_trainer_on_one_output_folder_is_refused_naming_the_first(tmp_p
     summary = trainer.run(validate=False)  # the dead holder's lock is gone with it; its lock file is no obstacle
     assert summary["finished"] and (out / "generator.safetensors").is_file()
     assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()  # the holder's record is this run's
+
+
+def test_the_lock_module_works_without_fcntl(tmp_path, monkeypatch):
+    """Windows has no fcntl: the training package (imported by the app and the nodes) still imports and runs, the
+    folder unlocked there."""
+    import importlib
+    import sys
+
+    import gapdiff_core.training.lock as lock
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError
+    importlib.reload(lock)
+    with lock.holding_run_lock(tmp_path / "out"):
+        with lock.holding_run_lock(tmp_path / "out"):  # no advisory lock without fcntl: not refused
+            lock.check_run_unlocked(tmp_path / "out")
+    monkeypatch.undo()
+    importlib.reload(lock)

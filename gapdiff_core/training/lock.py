@@ -2,12 +2,12 @@
 
 An advisory ``fcntl.flock`` on ``OUTPUT_DIR/train.lock``, held by the main process for the whole run. The operating
 system releases it when that process ends, however it ends, so a crashed trainer leaves nothing held; the file's
-text (pid, host, start time) only names the holder in the refusal.
+text (pid, host, start time) only names the holder in the refusal. Windows has no ``fcntl``: there the folder is
+not locked (importing this module must not fail there: the app and the nodes import the training package).
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -31,7 +31,7 @@ def holding_run_lock(out: Path) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _lock(fd, out, fcntl.LOCK_EX)
+        _lock(fd, out, exclusive=True)
         # Written in place, not through io.atomic: a rename would put a new, unlocked file under the name.
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -51,14 +51,18 @@ def check_run_unlocked(out: Path) -> None:
     except (FileNotFoundError, NotADirectoryError):  # no lock, or no folder (plan_run says what is wrong)
         return
     try:
-        _lock(fd, Path(out), fcntl.LOCK_SH)
+        _lock(fd, Path(out), exclusive=False)
     finally:
         os.close(fd)
 
 
-def _lock(fd: int, out: Path, kind: int) -> None:
+def _lock(fd: int, out: Path, exclusive: bool) -> None:
     try:
-        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+        import fcntl
+    except ImportError:  # Windows: no advisory lock (see the module docstring)
+        return
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
         raise RunLockedError(f"{out}: another trainer is writing to this output folder ({_holder(fd)}); wait for it "
                              "to finish, or choose another output_dir") from None
