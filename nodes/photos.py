@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from ..gapdiff_core.io import batch_to_uint8, iter_image_paths, load_image, save_image
+from ..gapdiff_core.io import batch_to_uint8, iter_image_paths, load_image, safe_name, save_image
 from . import host
 from .attack import ATTACKED
 from .protection import GENERATOR
@@ -141,7 +141,3 @@ class SaveImages:
             saved.append({"filename": path.name, "subfolder": subfolder, "type": "output"})
         return {"ui": {"images": saved}}
 
-
-def safe_name(name: str) -> str:
-    """`name` with only letters, digits, '-' and '_' (others become '_'), at most 60 characters."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:60]

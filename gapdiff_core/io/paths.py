@@ -202,3 +202,9 @@ def _fit_name(base: str, ending: str) -> str:
     while len(os.fsencode(base)) > room:
         base = base[:-1]
     return f"{base}~{digest}{ending}"
+
+
+def safe_name(name: str) -> str:
+    """`name` with only letters, digits, '-' and '_' (others become '_'), at most 60 characters: a file-name part
+    that no photo's name can turn into a path."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:60]

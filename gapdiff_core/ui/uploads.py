@@ -10,7 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..io import ImageError, LoadedImage, load_image
+from ..io import ImageError, LoadedImage, load_image, safe_name
 from .settings import DEFAULT_MAX_PIXELS, UIError, UISettings
 
 # One private folder per user (0700): photos and their protected versions are nobody else's business.
@@ -35,8 +35,7 @@ def file_path(upload) -> str:
 
 
 def safe_stem(path: Path) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)[:60]
-    return stem or "photo"
+    return safe_name(path.stem) or "photo"
 
 
 def load_upload(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, label: str | None = None) -> LoadedImage:
