@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..common.budget import BudgetError, check_budget
+from ..common.devices import NotADevice, check_device
 
 
 def budget(text: str) -> float:
@@ -27,27 +28,13 @@ def quality(text: str) -> int:
 
 
 def device(text: str) -> str:
-    """auto, cpu, cuda, cuda:N or mps, refused when this machine lacks it."""
-    if text == "auto":
-        return text
-    import torch
-
+    """auto, cpu, cuda, cuda:N or mps, refused when this machine lacks it (:func:`common.devices.check_device`)."""
     try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available here (no NVIDIA GPU, or PyTorch built "
-                                             "without CUDA); use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise argparse.ArgumentTypeError(f"{text}: Apple MPS is not available here; use --device cpu or auto")
-    elif dev.type != "cpu":
-        raise argparse.ArgumentTypeError(f"{text}: unsupported device; use auto, cpu, cuda, cuda:N or mps")
-    return text
+        return check_device(text)
+    except NotADevice as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text}: {e}") from None
 
 
 def file_size(text: str) -> str:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Mapping
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from ..common.budget import check_budget
+from ..common.devices import check_device
 from ..model.protector import MODES, PRECISION_CHOICES
 
 ENV_PREFIX = "GAPDIFF_SERVE_"
@@ -20,31 +21,13 @@ def _budget(value: float | None) -> float | None:
     return None if value is None else check_budget(value, "budget")
 
 
-def _device(value: str) -> str:
-    """A device this machine has (commands.options' rule for the flag, here for every source)."""
-    if value == "auto" or value == "cpu":
-        return value
-    import torch
-
-    if value.startswith("cuda"):
-        index = int(value[5:] or 0)
-        if not torch.cuda.is_available():
-            raise ValueError("CUDA is not available here (no NVIDIA GPU, or PyTorch built without CUDA); use cpu or "
-                             "auto")
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"only {torch.cuda.device_count()} CUDA device(s) here")
-    elif not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise ValueError("Apple MPS is not available here; use cpu or auto")
-    return value
-
-
 class ServiceSettings(BaseModel):
     """What the app runs with (the same for every replica)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     generator: str
-    device: Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"), AfterValidator(_device)] = "auto"
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"), AfterValidator(check_device)] = "auto"
     precision: Literal[PRECISION_CHOICES] = "auto"
     budget: Annotated[float | None, AfterValidator(_budget)] = None  # default budget: the checkpoint's
     mode: Literal[MODES] = "working"
