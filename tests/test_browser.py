@@ -164,7 +164,7 @@ def test_the_page_as_a_person_sees_it(served, photo_set, viewport):
     url, *_ = served
     ARTIFACTS.mkdir(exist_ok=True)
     with _app_page(url, VIEWPORTS[viewport]) as page:
-        cancel_disabled = "document.querySelector('#gapdiff_cancel').disabled"
+        cancel_disabled = "document.querySelector('#gapdiff_cancel')?.disabled === true"  # null until Gradio renders it
         page.wait_for_function(cancel_disabled, timeout=5000)
         assert not page.locator("#gapdiff_gallery").is_visible() and not page.locator("#gapdiff_before").is_visible()
         height = page.evaluate("document.documentElement.scrollHeight")
@@ -219,7 +219,7 @@ def test_every_protect_error_is_one_message_and_no_stale_status(served, photo_se
             status = page.locator("#gapdiff_status").inner_text().strip()
             # the last results and status are gone; Gradio marks the pane that showed the progress "Error"
             assert status in ("", "Error") and not page.locator("#gapdiff_gallery").is_visible(), (name, status)
-            page.wait_for_function("document.querySelector('#gapdiff_cancel').disabled", timeout=5000)
+            page.wait_for_function("document.querySelector('#gapdiff_cancel')?.disabled === true", timeout=5000)
             _assert_one_warning(page, 0 if name == "bad_checkpoint" else 1)  # the upload is no demo generator
             _close_toasts(page)
 
