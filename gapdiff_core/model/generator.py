@@ -164,7 +164,8 @@ class InferenceGenerator(nn.Module):
 
 class _Normaliser:
     """Per-image normalisation of one forward pass: the BatchNorms in call order, with statistics computed over
-    the valid region of each level, followed by the layer's activation."""
+    the valid region of each level (`_statistics`), applied to the whole map (`_normalise`), followed by the
+    layer's activation."""
 
     def __init__(self, model: InferenceGenerator, valid, record):
         self.model, self.valid, self.record = model, valid, record
@@ -180,17 +181,50 @@ class _Normaliser:
             return y
         i, self.index = self.index, self.index + 1
         region = y if self.valid is None else y[..., :-(-self.valid[0] >> level), :-(-self.valid[1] >> level)]
-        var, mean = torch.var_mean(region.float(), dim=(2, 3), keepdim=True, correction=0)
+        mean, var = _statistics(region)
         if self.record is not None:
             self.record.append((mean, var))
-        scale = self.model.gammas[i].view(1, -1, 1, 1) * torch.rsqrt(var + self.model.eps[i])
-        shift = self.model.betas[i].view(1, -1, 1, 1) - mean * scale
-        return _act(torch.addcmul(shift, y, scale, out=y), act)
+        return _act(_normalise(y, mean, var, self.model.gammas[i], self.model.betas[i], self.model.eps[i]), act)
 
     def residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The second convolution of a residual block, normalised and added to the block's input (folded: the
         convolution added it already)."""
         return self(y, 8, "none").add_(x) if self.active else y
+
+
+#: Elements per image of one block of the variance pass: its fp32 deviations (1 MB an image) stay in the cache.
+_BLOCK = 1 << 18
+
+
+def _statistics(region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image, per-channel mean and biased variance of `region` (N x C x h x w, any float dtype), in fp32:
+    two passes (the mean, then the squared deviations from it), with no fp32 copy of the whole map.
+
+    The mean is one fp32-accumulated sum of the map as it is (bf16 included). The squared deviations are summed
+    over blocks of rows, each turned into fp32 deviations that fit in the cache, and the block sums are added in
+    order. Each sum runs over a channel in a fixed order, whatever the number of threads (PyTorch splits such
+    reductions between threads by channel), so the result does not depend on it: through the generator's deep,
+    nearly constant levels, a 4e-6 difference in one mean became 13 grey levels (a kernel that split each
+    channel's pixels between threads)."""
+    c, h, w = region.shape[1:]
+    mean = region.sum((2, 3), dtype=torch.float32, keepdim=True).div_(h * w)
+    squares = torch.zeros_like(mean)
+    for rows in region.split(max(1, _BLOCK // (c * w)), dim=2):  # the same blocks whatever the batch size
+        squares += torch.sub(rows, mean).square_().sum((2, 3), keepdim=True)
+    return mean, squares.div_(h * w)
+
+
+def _normalise(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+               eps: float) -> torch.Tensor:
+    """(y - mean) / sqrt(var + eps) * gamma + beta for each image of y with its own statistics (N x C x 1 x 1,
+    fp32), in y's dtype: eval-mode batch norm given those statistics, one image at a time (its channels-last
+    CPU kernel computes in fp32 from bf16 and writes bf16 in one pass)."""
+    out = torch.empty_like(y)
+    unused = mean.new_empty(0)
+    for k in range(y.shape[0]):
+        torch.ops.aten.native_batch_norm.out(y[k:k + 1], gamma, beta, mean[k].view(-1), var[k].view(-1), False, 0.0,
+                                             eps, out=out[k:k + 1], save_mean=unused, save_invstd=unused)
+    return out
 
 
 def _act(y: torch.Tensor, act: str) -> torch.Tensor:
