@@ -247,7 +247,9 @@ def _fold(conv: nn.Module, bn: nn.BatchNorm2d | None, out_dim: int, dtype: torch
         shape[out_dim] = -1
         w = w * scale.view(shape)
         b = (b - bn.running_mean.float()) * scale + bn.bias.detach().float()
-    return [nn.Parameter(w.to(dtype).contiguous()), nn.Parameter(b.to(dtype))]
+    # The bias is copied (it is small): a tensor read from a .safetensors file keeps the whole file's buffer alive,
+    # so a shared bias kept every fp32 weight in memory after packing (`OneDNNGenerator` keeps the biases).
+    return [nn.Parameter(w.to(dtype).contiguous()), nn.Parameter(b.to(dtype, copy=True))]
 
 
 class Discriminator(nn.Module):

@@ -28,28 +28,35 @@ _PHASE_TAPS = {(0, 0): 3, (0, 1): 1, (1, 1): 2, (1, 2): 0}
 
 def pack_for_cpu(model: InferenceGenerator) -> nn.Module:
     """`model` with its weights packed for oneDNN (fp32 / bf16 on a CPU), or `model` itself where oneDNN or
-    its packing ops are unavailable or turned off (`torch.backends.mkldnn.flags(enabled=False)`), or for fp16."""
+    its packing ops are unavailable or turned off (`torch.backends.mkldnn.flags(enabled=False)`), or for fp16.
+
+    The packed model runs one 512 x 512 pass at once: if its ops fail then (an op this CPU or torch build lacks),
+    `model` is returned, with one warning (slower, same function). So the caller can drop `model`, and its
+    weights are freed before any photo is protected."""
     dtype = model.weights[0].dtype
     if model.weights[0].device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16) \
             or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return model
     try:
-        return OneDNNGenerator(model)
+        packed = OneDNNGenerator(model)
     except (RuntimeError, AttributeError, NotImplementedError):
         return model
+    try:
+        with torch.inference_mode():
+            packed(torch.zeros(1, 3, 512, 512, dtype=dtype).contiguous(memory_format=torch.channels_last))
+    except (RuntimeError, NotImplementedError) as exc:
+        warnings.warn(f"gapdiff: the packed oneDNN generator failed on its first pass ({type(exc).__name__}: "
+                      f"{exc}); using the plain CPU path (slower, same function)", RuntimeWarning, stacklevel=2)
+        return model
+    return packed
 
 
 class OneDNNGenerator(InferenceGenerator):
     """The function of a CPU `InferenceGenerator`, with packed weights (inference only; inputs in the weights'
-    dtype, fastest channels-last, as `Protector` passes them).
-
-    The plain model is kept until the first forward pass succeeds: if the packed ops fail then (an op this CPU
-    or torch build lacks), that pass and all later ones run on the plain model, with one warning."""
+    dtype, fastest channels-last, as `Protector` passes them). Build it with `pack_for_cpu`, which checks it."""
 
     def __init__(self, model: InferenceGenerator):
         nn.Module.__init__(self)
-        self._plain = [model, False]  # [plain model, fell back]; a list: not a submodule (no copy in state_dict)
-        self._verified = False
         self.ngf, self.norm, self.eps = model.ngf, model.norm, model.eps
         self.gammas, self.betas, self.biases = model.gammas, model.betas, model.biases
         # Packing picks the blocked layout for a 512x512 input; other sizes use the same layout.
@@ -67,25 +74,6 @@ class OneDNNGenerator(InferenceGenerator):
         w, b = _transposed_as_subpixel(model.weights[23], model.biases[23])
         self.packed.append(_pack_conv(w, _ONE, _ONE, [1, w.shape[1], size, size]))
         self.last_bias = b
-
-    def forward(self, x: torch.Tensor, valid: tuple[int, int] | None = None,
-                record: list | None = None) -> torch.Tensor:
-        if self._verified:
-            return super().forward(x, valid, record)
-        plain = self._plain[0]
-        if plain is not None and self._plain[1]:  # fell back before
-            return plain(x, valid, record)
-        try:
-            y = super().forward(x, valid, record)
-        except (RuntimeError, NotImplementedError) as exc:
-            warnings.warn(f"gapdiff: the packed oneDNN generator failed on its first pass ({type(exc).__name__}: "
-                          f"{exc}); using the plain CPU path (slower, same function)", RuntimeWarning, stacklevel=2)
-            self._plain[:] = [plain.to(memory_format=torch.channels_last), True]
-            if record is not None:
-                record.clear()
-            return plain(x, valid, record)
-        self._verified, self._plain[0] = True, None  # the plain weights are no longer needed
-        return y
 
     def conv(self, k: int, x: torch.Tensor, act: str) -> torch.Tensor:
         return _MK._convolution_pointwise(x.to(self.biases[k].dtype), self.packed[k], self.biases[k], _ONE, _TWO, _ONE, 1, act,

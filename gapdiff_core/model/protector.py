@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..common.allocator import release_freed_memory
 from ..common.budget import check_budget
 from ..common.sizes import short_side_size
 from .checkpoint import GeneratorInfo, load_generator
@@ -78,10 +79,10 @@ def pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-def budget_step(delta: torch.Tensor, budget: float) -> torch.Tensor:
-    """`delta` (in [0,1] units) as whole grey levels, clipped to +-floor(budget)."""
+def budget_step(delta: torch.Tensor, budget: float, *, in_place: bool = False) -> torch.Tensor:
+    """`delta` (in [0,1] units) as whole grey levels, clipped to +-floor(budget) (in_place: overwriting delta)."""
     limit = math.floor(budget + 1e-6)
-    return (delta * 255).round_().clamp_(-limit, limit)
+    return (delta.mul_(255) if in_place else delta * 255).round_().clamp_(-limit, limit)
 
 
 def apply_budget(x: torch.Tensor, delta: torch.Tensor, budget: float) -> torch.Tensor:
@@ -141,6 +142,8 @@ class Protector:
         self.probe_seconds: float | None = None  # how long `auto`'s probe took
         if precision == "auto" and self.precision != "fp32":
             self._keep_reduced_precision_only_if_close(generator)
+        if self.device.type == "cpu":
+            release_freed_memory()
 
     def _build(self, generator: Generator, precision: str) -> None:
         self.precision, self.dtype = precision, PRECISIONS[precision]
@@ -222,10 +225,9 @@ class Protector:
         with torch.inference_mode():
             for chunk, dest in zip(batch.split(self.batch_size), out.split(self.batch_size)):
                 x8 = chunk.to(self.device)
-                x = x8.permute(0, 3, 1, 2).float().div_(255)
-                step = budget_step(self._raw(x).float().mul_(self.budget / 255), self.budget)
-                y8 = step.to(torch.int16).permute(0, 2, 3, 1).add_(x8).clamp_(0, 255)
-                dest.copy_(y8)
+                raw = self._raw(x8.permute(0, 3, 1, 2).float().div_(255))  # its float input: freed once resized
+                step = budget_step(raw.float().mul_(self.budget / 255), self.budget, in_place=True)
+                dest.copy_(step.add_(x8.permute(0, 3, 1, 2)).clamp_(0, 255).permute(0, 2, 3, 1))  # whole numbers
         result = out.numpy()
         return result if arr.ndim == 4 else result[0]
 
@@ -260,6 +262,7 @@ class Protector:
         wh, ww = short_side_size(h, w, self.working_resolution)
         small = x if (wh, ww) == (h, w) else F.interpolate(x, (wh, ww), mode="bilinear", antialias=True,
                                                             align_corners=False)
+        del x  # where the caller keeps no reference (protect_uint8), a full-size float photo less in memory
         raw = self._run(pad_to(small, padded_size(wh), padded_size(ww)), valid=(wh, ww))[..., :wh, :ww]
         if (wh, ww) != (h, w):
             raw = F.interpolate(raw.float(), (h, w), mode="bilinear", antialias=True, align_corners=False)
