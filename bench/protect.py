@@ -12,6 +12,8 @@ Usage: python bench/protect.py [--quick] [--latency-only]. Ends with key=value l
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import os
 import resource
@@ -170,6 +172,41 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "startup": t - t0, "rss_m
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def authors_forward_seconds(generator: Generator, repeats: int) -> float:
+    """Best seconds of one 512x512 fp32 forward of the authors' module as their generate.py runs it (train mode,
+    batch 1, channels-first), on the same weights."""
+    model = copy.deepcopy(generator).train().float()
+    x = torch.rand(1, 3, 512, 512) * 2 - 1
+    with torch.no_grad():
+        model(x)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def marginal_cli_seconds(gpath: str, precision: str, tmp: str, counts=(8, 24)) -> float:
+    """Seconds per extra 512x512 photo of `gapdiff protect` (decode, protect, PNG encode; start-up and model
+    loading cancel out): two runs on `counts` photos, the difference in time over the difference in photos."""
+    from gapdiff_core.cli import main as cli_main
+
+    rng = np.random.default_rng(1)
+    seconds = []
+    for count in counts:
+        folder = Path(tmp) / f"marginal{count}"
+        folder.mkdir()
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            t = time.perf_counter()
+            code = cli_main(["protect", str(folder), "-o", str(folder / "out"), "-g", gpath, "--precision", precision])
+            seconds.append(time.perf_counter() - t)
+        assert code == 0
+    return (seconds[1] - seconds[0]) / (counts[1] - counts[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 16 photos instead of 64")
@@ -254,6 +291,14 @@ def main() -> None:
               f"{seconds:.1f} s, {count / seconds:.2f} photos/s")
         kv["folder_photos"] = count
         kv["folder_photos_per_sec"] = count / seconds
+
+        if device.type == "cpu":
+            authors = authors_forward_seconds(generator, repeats)
+            marginal = marginal_cli_seconds(gpath, default, tmp)
+            print(f"`gapdiff protect --precision {default}`, per extra 512x512 photo: {marginal:.3f} s; the authors' "
+                  f"module, fp32 forward alone: {authors:.3f} s; ratio {marginal / authors:.2f}")
+            kv.update(marginal_cli_sec_512=marginal, authors_fp32_forward_sec_512=authors,
+                      ratio_marginal_cli_over_authors_forward=marginal / authors)
 
     kv["peak_rss_mb_this_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print_kv(kv)
