@@ -200,17 +200,15 @@ def _statistics(region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image, per-channel mean and biased variance of `region` (N x C x h x w, any float dtype), in fp32:
     two passes (the mean, then the squared deviations from it), with no fp32 copy of the whole map.
 
-    The mean is one fp32-accumulated sum of the map as it is (bf16 included). The squared deviations are summed
-    over blocks of rows, each turned into fp32 deviations that fit in the cache, and the block sums are added in
-    order. Each sum runs over a channel in a fixed order, whatever the number of threads (PyTorch splits such
+    Both passes go over the same blocks of rows, each turned into fp32 (values, then deviations) that fit in the
+    cache, and add the block sums in order. Each sum runs over a channel in a fixed order, whatever the number of threads (PyTorch splits such
     reductions between threads by channel), so the result does not depend on it: through the generator's deep,
     nearly constant levels, a 4e-6 difference in one mean became 13 grey levels (a kernel that split each
     channel's pixels between threads)."""
     c, h, w = region.shape[1:]
-    mean = region.sum((2, 3), dtype=torch.float32, keepdim=True).div_(h * w)
-    squares = torch.zeros_like(mean)
-    for rows in region.split(max(1, _BLOCK // (c * w)), dim=2):  # the same blocks whatever the batch size
-        squares += torch.sub(rows, mean).square_().sum((2, 3), keepdim=True)
+    blocks = region.split(max(1, _BLOCK // (c * w)), dim=2)  # the same blocks whatever the batch size
+    mean = sum(rows.sum((2, 3), dtype=torch.float32, keepdim=True) for rows in blocks).div_(h * w)
+    squares = sum(torch.sub(rows, mean).square_().sum((2, 3), keepdim=True) for rows in blocks)
     return mean, squares.div_(h * w)
 
 
