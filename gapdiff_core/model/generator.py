@@ -218,7 +218,7 @@ def _normalise(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, gamma: to
     fp32), in y's dtype: eval-mode batch norm given those statistics, one image at a time (its channels-last
     CPU kernel computes in fp32 from bf16 and writes bf16 in one pass)."""
     out = torch.empty_like(y)
-    unused = mean.new_empty(0)
+    unused = mean.new_empty(y.shape[1])  # what the kernel would save for training (sized as PyTorch allocates it)
     for k in range(y.shape[0]):
         torch.ops.aten.native_batch_norm.out(y[k:k + 1], gamma, beta, mean[k].view(-1), var[k].view(-1), False, 0.0,
                                              eps, out=out[k:k + 1], save_mean=unused, save_invstd=unused)
