@@ -34,6 +34,7 @@ class ProtectionFunction(nn.Module):
     def __init__(self, generator: Generator):
         super().__init__()
         self.model = InferenceGenerator(generator, norm="image", dtype=torch.float32)
+        self.model.traceable = True
 
     def forward(self, images: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2], images.shape[-1]
