@@ -6,7 +6,8 @@ the same against Ray Serve (2 replicas), then one replica is killed under load. 
 --level-timeout seconds.
 
 --hostile: /healthz latency (p50/p99/max, polled every 20 ms from a process of its own) while a 40 MP photo is
-protected and hostile multipart bodies arrive (47 MB bodies of one-byte form fields, 400,000 tiny file parts); goal p99 <= 50 ms.
+protected and hostile multipart bodies arrive (47 MB bodies of one-byte form fields, 400,000 tiny file parts);
+goal p99 <= 50 ms.
 Bounded: --hostile-bodies bodies, --level-timeout seconds. Needs quiet cores for its numbers.
 
 --memory: the burst of issue 23 (a 16-image batch of flat --side x --side PNGs, then 4 concurrent single

@@ -213,10 +213,10 @@ def _statistics(region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     two passes (the mean, then the squared deviations from it), with no fp32 copy of the whole map.
 
     Both passes go over the same blocks of rows, each turned into fp32 (values, then deviations) that fit in the
-    cache, and add the block sums in order. Each sum runs over a channel in a fixed order, whatever the number of threads (PyTorch splits such
-    reductions between threads by channel), so the result does not depend on it: through the generator's deep,
-    nearly constant levels, a 4e-6 difference in one mean became 13 grey levels (a kernel that split each
-    channel's pixels between threads)."""
+    cache, and add the block sums in order. Each sum runs over a channel in a fixed order whatever the number of
+    threads (PyTorch splits such reductions between threads by channel), so the result does not depend on it:
+    through the generator's deep, nearly constant levels, a 4e-6 difference in one mean became 13 grey levels
+    (a kernel that split each channel's pixels between threads)."""
     c, h, w = region.shape[1:]
     blocks = region.split(max(1, _BLOCK // (c * w)), dim=2)  # the same blocks whatever the batch size
     mean = sum(rows.sum((2, 3), dtype=torch.float32, keepdim=True) for rows in blocks).div_(h * w)

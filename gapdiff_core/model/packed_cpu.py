@@ -76,8 +76,8 @@ class OneDNNGenerator(InferenceGenerator):
         self.last_bias = b
 
     def conv(self, k: int, x: torch.Tensor, act: str) -> torch.Tensor:
-        return _MK._convolution_pointwise(x.to(self.biases[k].dtype), self.packed[k], self.biases[k], _ONE, _TWO, _ONE, 1, act,
-                                          _ACT_ARGS[act], "")
+        return _MK._convolution_pointwise(x.to(self.biases[k].dtype), self.packed[k], self.biases[k], _ONE, _TWO,
+                                          _ONE, 1, act, _ACT_ARGS[act], "")
 
     def res_conv(self, k: int, x: torch.Tensor, act: str, other: torch.Tensor | None = None) -> torch.Tensor:
         if act == "add":
@@ -87,8 +87,8 @@ class OneDNNGenerator(InferenceGenerator):
                                           _ACT_ARGS[act], "")
 
     def dconv(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        return _MK._convolution_transpose_pointwise(x.to(self.biases[k].dtype), self.packed[k], self.biases[k], _ONE, _ZERO, _TWO, _ONE, 1,
-                                                    "none", [], "")
+        return _MK._convolution_transpose_pointwise(x.to(self.biases[k].dtype), self.packed[k], self.biases[k], _ONE,
+                                                    _ZERO, _TWO, _ONE, 1, "none", [], "")
 
     def last(self, x: torch.Tensor) -> torch.Tensor:
         y = _MK._convolution_pointwise(x, self.packed[23], self.last_bias, _ONE, _ONE, _ONE, 1, "tanh", [], "")
