@@ -15,21 +15,24 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 
 def keep_freed_memory() -> None:
     """Keep freed memory for reuse instead of returning it to the kernel; a no-op outside glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, 512 << 20)
-    libc.mallopt(_M_TOP_PAD, 64 << 20)
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 512 << 20)
+        libc.mallopt(_M_TOP_PAD, 64 << 20)
 
 
 def release_freed_memory() -> None:
     """Hand the memory freed so far back to the kernel (glibc's `malloc_trim`): what building a model leaves
     behind (the checkpoint's tensors, the plain weights once packed, `auto`'s probe), so the work that follows
     starts from what is in use. A no-op outside glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc():
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        return ctypes.CDLL("libc.so.6")
     except OSError:
-        return
-    libc.malloc_trim(0)
+        return None

@@ -118,8 +118,8 @@ class Service:
                                                 f"{self.settings.body_timeout:g} s ({len(body):,} bytes arrived)",
                            {"Connection": "close"}) from None
         except ClientDisconnect:
-            raise ApiError(400, "client_disconnected", f"the client went away after {len(body):,} bytes of the body") \
-                from None
+            raise ApiError(400, "client_disconnected",
+                           f"the client went away after {len(body):,} bytes of the body") from None
         return body
 
     def admit(self, request: Request, pixels: int) -> None:
@@ -190,16 +190,12 @@ def _too_large(size: int, limit: int) -> ApiError:
                                            "send a smaller image")
 
 
-_frozen = []
-
-
 def _freeze_startup_objects() -> None:
-    """Once per process, once the generator is loaded: move every object alive then (the imported modules, the
-    model) out of the cyclic garbage collector's reach. Its full collections, which run on whichever thread
-    allocates, the event loop's included, then scan only what requests created: under the hostile load of
-    `bench/serve.py --hostile` they paused the loop 30-80 ms (measured), the /healthz p99. Garbage that requests
-    create is still collected."""
-    if not _frozen:
-        _frozen.append(True)
+    """Once the generator is loaded, and only if nothing in the process froze objects before: move every object
+    alive then (the imported modules, the model) out of the cyclic garbage collector's reach. Its full
+    collections, which run on whichever thread allocates, the event loop's included, then scan only what requests
+    created: under the hostile load of `bench/serve.py --hostile` they paused the loop 30-80 ms (measured), the
+    /healthz p99. Garbage that requests create is still collected."""
+    if gc.get_freeze_count() == 0:
         gc.collect()
         gc.freeze()
