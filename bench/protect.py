@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from gapdiff_core import Generator, GeneratorInfo, Protector, save_generator  # noqa: E402
 from gapdiff_core.common.allocator import keep_freed_memory  # noqa: E402
+from gapdiff_core.model import native_kernels  # noqa: E402
 from gapdiff_core.model.generator import generator_flops  # noqa: E402
 from gapdiff_core.model.protector import default_precision, resolve_device  # noqa: E402
 
@@ -233,6 +234,9 @@ def main() -> None:
           + ("CPU time" if args.cpu_time else "wall"))
     if device.type == "cpu":
         print(f"CPU: {cpu_name()}; ATen kernels {torch.backends.cpu.get_cpu_capability()}; oneDNN {onednn_isa()}")
+        lib = native_kernels.kernels()
+        print("per-image normalisation: " + (f"compiled kernels ({lib._name})" if lib else
+                                             "PyTorch ops (the kernels could not be built here, or are turned off)"))
     flops = generator_flops(512, 512)
     print(f"generator: {flops / 1e9:.1f} GFLOP per 512x512 image")
 

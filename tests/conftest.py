@@ -3,6 +3,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from PIL import Image
 
 from gapdiff_core import Generator, GeneratorInfo, save_generator
 from gapdiff_core.samples import SAMPLES_DIR
+
+# The normalisation kernels are built once per test session in a folder of their own, not the user's cache.
+os.environ.setdefault("GAPDIFF_KERNEL_CACHE", tempfile.mkdtemp(prefix="gapdiff-kernels-"))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native_kernels
+
 #: The generator downsamples 8 times to a 2x2 bottleneck that is reflect-padded: sides must be multiples of 256, >= 512.
 SIZE_MULTIPLE = 256
 MIN_SIZE = 512
@@ -80,9 +82,12 @@ class Generator(nn.Module):
 NORMS = ("image", "running")
 _ENC_NORMS = [None, "norm2", "norm4", "norm8", "norm8", "norm8", "norm8", None]
 _DEC_NORMS = ["norm8"] * 4 + ["norm4", "norm2", "norm", None]
-#: Convolutions that always run in fp32 (conv7, conv8, the bottleneck, dconv1): at 512 px their outputs have
-#: 4 x 4 or 2 x 2 pixels, so per-image statistics over so few values are ill-conditioned in bf16/fp16 (measured:
-#: up to 2 grey levels off fp32 at budget 8); they hold 43% of the weights but under 1% of the FLOPs.
+#: Convolutions whose activations stay in fp32 whatever the precision (conv7, conv8, the bottleneck, dconv1): at
+#: 512 px their outputs have 4 x 4 or 2 x 2 pixels, and per-image statistics over so few values amplify the
+#: rounding of the activations (their means reach 18 standard deviations; rounded to bf16, an error of 2^-9 of
+#: the mean becomes 3.5% of the normalised value). Their weights are rounded to the model's precision, as the
+#: others': with the activations in fp32 that rounding only perturbs the function as any other layer's does, and
+#: these layers hold 43% of the weights but under 1% of the FLOPs, so reading them is what they cost.
 FP32_CONVS = range(6, 17)
 
 
@@ -122,7 +127,7 @@ class InferenceGenerator(nn.Module):
             bn = getattr(g, bn) if isinstance(bn, str) else bn
             out_dim = 1 if isinstance(conv, nn.ConvTranspose2d) else 0
             layer_dtype = torch.float32 if len(self.weights) in FP32_CONVS and norm == "image" else dtype
-            w, b = _fold(conv, bn if norm == "running" else None, out_dim, layer_dtype)
+            w, b = _fold(conv, bn if norm == "running" else None, out_dim, dtype, layer_dtype)
             self.weights.append(w)
             self.biases.append(b)
             if norm == "image" and bn is not None:
@@ -146,8 +151,7 @@ class InferenceGenerator(nn.Module):
             x = norm.residual(self.res_conv(k + 1, r, norm.fused("add"), x), x)
         x = F.selu(x, inplace=True)
         for i in range(7):
-            up = norm(self.dconv(16 + i, x), 7 - i, "none")
-            x = F.selu(torch.cat((up, skips[6 - i]), 1), inplace=True)
+            x = norm.decoder_input(self.dconv(16 + i, x), 7 - i, skips[6 - i])
         return self.last(x)
 
     # The convolutions, with an optional activation fused after them ("none", "relu", "leaky_relu"; "add" adds
@@ -169,39 +173,64 @@ class InferenceGenerator(nn.Module):
 
 class _Normaliser:
     """Per-image normalisation of one forward pass: the BatchNorms in call order, with statistics computed over
-    the valid region of each level (`_statistics`), applied to the whole map (`_normalise`), followed by the
-    layer's activation."""
+    the valid region of each level, applied to the whole map, followed by the layer's activation. On the CPU
+    both run on the compiled kernels where they are available (`native_kernels`: one pass each, in place),
+    otherwise on PyTorch ops (`_statistics`, `_normalise`)."""
 
     def __init__(self, model: InferenceGenerator, valid, record):
         self.model, self.valid, self.record = model, valid, record
         self.active = model.norm == "image"
+        self.lib = None if model.traceable else native_kernels.kernels()
         self.index = 0
 
     def fused(self, act: str) -> str:
         """The activation to fuse into the convolution before a BatchNorm: none where the normalisation runs."""
         return "none" if self.active else act
 
-    def __call__(self, y: torch.Tensor, level: int, act: str) -> torch.Tensor:
+    def __call__(self, y: torch.Tensor, level: int, act: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """act(normalised y). With the kernels, in place or into `out` (a map of y's shape and dtype, e.g. a channel
+        slice of a wider one; the kernels only); else a new map."""
         if not self.active:
             return y
         i, self.index = self.index, self.index + 1
-        region = y if self.valid is None else y[..., :-(-self.valid[0] >> level), :-(-self.valid[1] >> level)]
+        h, w = y.shape[2:] if self.valid is None else (-(-self.valid[0] >> level), -(-self.valid[1] >> level))
         gamma, beta, eps = self.model.gammas[i], self.model.betas[i], self.model.eps[i]
+        if self.lib is not None and native_kernels.supports(y):
+            out = y if out is None else out
+            self._record(*native_kernels.normalise(self.lib, y, (h, w), gamma, beta, eps, act, out))
+            return out
+        region = y[..., :h, :w]
         if self.model.traceable:
             var, mean = torch.var_mean(region.float(), dim=(2, 3), keepdim=True, correction=0)
             scale = gamma.view(1, -1, 1, 1) * torch.rsqrt(var + eps)
-            out = torch.addcmul(beta.view(1, -1, 1, 1) - mean * scale, y, scale).to(y.dtype)
+            normalised = torch.addcmul(beta.view(1, -1, 1, 1) - mean * scale, y, scale).to(y.dtype)
         else:
             mean, var = _statistics(region)
-            out = _normalise(y, mean, var, gamma, beta, eps)
-        if self.record is not None:
-            self.record.append((mean, var))
-        return _act(out, act)
+            normalised = _normalise(y, mean, var, gamma, beta, eps)
+        self._record(mean, var)
+        return _act(normalised, act)
 
     def residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The second convolution of a residual block, normalised and added to the block's input (folded: the
         convolution added it already)."""
         return self(y, 8, "none").add_(x) if self.active else y
+
+    def decoder_input(self, up: torch.Tensor, level: int, skip: torch.Tensor) -> torch.Tensor:
+        """selu(cat((normalised up, skip), 1)); with the kernels, each half is written into place in one pass."""
+        if self.lib is None or up.dtype != skip.dtype or not native_kernels.supports(up, skip):
+            return F.selu(torch.cat((self(up, level, "none"), skip), 1), inplace=True)
+        both = torch.empty(up.shape[0], up.shape[1] + skip.shape[1], *up.shape[2:], dtype=up.dtype,
+                           memory_format=torch.channels_last)
+        native_kernels.activate(self.lib, skip, "selu", both[:, up.shape[1]:])
+        if self.active:
+            self(up, level, "selu", out=both[:, :up.shape[1]])
+        else:
+            native_kernels.activate(self.lib, up, "selu", both[:, :up.shape[1]])
+        return both
+
+    def _record(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        if self.record is not None:
+            self.record.append((mean, var))
 
 
 #: Elements per image of one block of the variance pass: its fp32 deviations (1 MB an image) stay in the cache.
@@ -245,10 +274,11 @@ def _act(y: torch.Tensor, act: str) -> torch.Tensor:
     return y
 
 
-def _fold(conv: nn.Module, bn: nn.BatchNorm2d | None, out_dim: int, dtype: torch.dtype) -> list[nn.Parameter]:
+def _fold(conv: nn.Module, bn: nn.BatchNorm2d | None, out_dim: int, precision: torch.dtype,
+          dtype: torch.dtype) -> list[nn.Parameter]:
     """Weight and bias of `bn(conv(x))` in eval mode as one convolution (out_dim: 0 for Conv2d, 1 for
-    ConvTranspose2d; `bn=None`: the convolution alone), computed in fp32 and stored in `dtype` (layer by layer,
-    so memory never holds two fp32 copies)."""
+    ConvTranspose2d; `bn=None`: the convolution alone), computed in fp32, the weight rounded to `precision`, both
+    stored in `dtype` (layer by layer, so memory never holds two fp32 copies)."""
     w = conv.weight.detach().float()
     b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(w.shape[out_dim])
     if bn is not None:
@@ -259,7 +289,7 @@ def _fold(conv: nn.Module, bn: nn.BatchNorm2d | None, out_dim: int, dtype: torch
         b = (b - bn.running_mean.float()) * scale + bn.bias.detach().float()
     # The bias is copied (it is small): a tensor read from a .safetensors file keeps the whole file's buffer alive,
     # so a shared bias kept every fp32 weight in memory after packing (`OneDNNGenerator` keeps the biases).
-    return [nn.Parameter(w.to(dtype).contiguous()), nn.Parameter(b.to(dtype, copy=True))]
+    return [nn.Parameter(w.to(precision).to(dtype).contiguous()), nn.Parameter(b.to(dtype, copy=True))]
 
 
 class Discriminator(nn.Module):

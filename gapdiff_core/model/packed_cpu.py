@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native_kernels
 from .generator import InferenceGenerator
 
 _MK = torch.ops.mkldnn
@@ -59,27 +60,38 @@ class OneDNNGenerator(InferenceGenerator):
         nn.Module.__init__(self)
         self.ngf, self.norm, self.eps = model.ngf, model.norm, model.eps
         self.gammas, self.betas, self.biases = model.gammas, model.betas, model.biases
+        self.kernels, self.matrices = native_kernels.kernels(), _small_map_matrices(model)
         # Packing picks the blocked layout for a 512x512 input; other sizes use the same layout.
         size, channels = 512, 3
         self.packed = []
-        for w in model.weights[:8]:
-            self.packed.append(_pack_conv(w, _ONE, _TWO, [1, channels, size, size]))
-            channels, size = w.shape[0], size // 2
-        for w in model.weights[8:16]:
-            self.packed.append(_pack_conv(w, _ZERO, _ONE, [1, channels, size + 2, size + 2]))
-        for w in model.weights[16:23]:
-            self.packed.append(_MK._reorder_convolution_transpose_weight(w, _ONE, _ZERO, _TWO, _ONE, 1,
-                                                                          [1, w.shape[0], size, size]))
-            size *= 2
+        for k, w in enumerate(model.weights[:23]):
+            if k in self.matrices:
+                packed = None
+            elif k < 8:
+                packed = _pack_conv(w, _ONE, _TWO, [1, channels, size, size])
+            elif k < 16:
+                packed = _pack_conv(w, _ZERO, _ONE, [1, channels, size + 2, size + 2])
+            else:
+                packed = _MK._reorder_convolution_transpose_weight(w, _ONE, _ZERO, _TWO, _ONE, 1,
+                                                                   [1, w.shape[0], size, size])
+            self.packed.append(packed)
+            if k < 8:
+                channels, size = w.shape[0], size // 2
+            elif k >= 16:
+                size *= 2
         w, b = _transposed_as_subpixel(model.weights[23], model.biases[23])
         self.packed.append(_pack_conv(w, _ONE, _ONE, [1, w.shape[1], size, size]))
         self.last_bias = b
 
     def conv(self, k: int, x: torch.Tensor, act: str) -> torch.Tensor:
+        if k in self.matrices:
+            return self._linear(k, x, 4, 2, False, act)
         return _MK._convolution_pointwise(x.to(self.biases[k].dtype), self.packed[k], self.biases[k], _ONE, _TWO,
                                           _ONE, 1, act, _ACT_ARGS[act], "")
 
     def res_conv(self, k: int, x: torch.Tensor, act: str, other: torch.Tensor | None = None) -> torch.Tensor:
+        if k in self.matrices:
+            return self._linear(k, x, 3, 1, True, act)
         if act == "add":
             return _MK._convolution_pointwise.binary(_reflect(x), other, self.packed[k], self.biases[k], _ZERO,
                                                      _ONE, _ONE, 1, "add", 1.0, None, [], "")
@@ -87,12 +99,50 @@ class OneDNNGenerator(InferenceGenerator):
                                           _ACT_ARGS[act], "")
 
     def dconv(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        if k in self.matrices:  # each input pixel's contributions (a matrix product), summed where they overlap
+            n, _, h, w = x.shape
+            pixels = x.float().permute(0, 2, 3, 1).reshape(n * h * w, -1)
+            columns = native_kernels.linear_bf16_weights(self.kernels, pixels, self.matrices[k])
+            columns = columns.view(n, h * w, -1).transpose(1, 2)
+            y = F.fold(columns, (2 * h, 2 * w), 4, padding=1, stride=2)
+            return y.add_(self.biases[k].view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
         return _MK._convolution_transpose_pointwise(x.to(self.biases[k].dtype), self.packed[k], self.biases[k], _ONE,
                                                     _ZERO, _TWO, _ONE, 1, "none", [], "")
 
     def last(self, x: torch.Tensor) -> torch.Tensor:
         y = _MK._convolution_pointwise(x, self.packed[23], self.last_bias, _ONE, _ONE, _ONE, 1, "tanh", [], "")
         return F.pixel_shuffle(y, 2)
+
+    def _linear(self, k: int, x: torch.Tensor, kernel: int, stride: int, reflect: bool, act: str) -> torch.Tensor:
+        """Convolution k (padding 1) of a small map as a matrix product of its columns, in fp32, channels-last."""
+        assert act == "none", act  # these layers are followed by a per-image normalisation
+        n, h, w = x.shape[0], (x.shape[2] + 2 - kernel) // stride + 1, (x.shape[3] + 2 - kernel) // stride + 1
+        columns = native_kernels.im2col(self.kernels, x, kernel, stride, reflect)
+        y = native_kernels.linear_bf16_weights(self.kernels, columns, self.matrices[k], self.biases[k])
+        return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+#: The fp32-activation layers (`FP32_CONVS`) a bf16 model computes as matrix products with bf16 weights: conv8, the
+#: bottleneck and dconv1, whose maps have 4 pixels an image at 512 px, so that reading the weights is their cost
+#: (measured, AMX: 0.12 ms for a bottleneck convolution, oneDNN fp32 0.29, bf16 0.13). conv7 has 16 pixels an
+#: image: there oneDNN's fp32 kernel is faster than this one (0.65 vs 0.74 ms).
+BF16_WEIGHT_PRODUCTS = range(7, 17)
+
+
+def _small_map_matrices(model: InferenceGenerator) -> dict[int, torch.Tensor]:
+    """The weights of a bf16 model's `BF16_WEIGHT_PRODUCTS` as bf16 matrices for `native_kernels.linear_bf16_weights`
+    (out x (tap row, tap column, in); for the transposed convolution, (out, tap row, tap column) x in): the values
+    they hold (rounded to bf16 already) in half the bytes. Empty where the kernels are unavailable."""
+    lib = native_kernels.kernels()
+    if lib is None or model.norm != "image" or model.weights[0].dtype != torch.bfloat16:
+        return {}
+    matrices = {}
+    for k in BF16_WEIGHT_PRODUCTS:
+        w = model.weights[k]
+        matrix = w.permute(1, 2, 3, 0).flatten(0, 2) if k == 16 else w.permute(0, 2, 3, 1).flatten(1)
+        if matrix.shape[0] % 4 == 0 and matrix.shape[1] % 16 == 0:
+            matrices[k] = matrix.bfloat16().contiguous()
+    return matrices
 
 
 def _pack_conv(w: torch.Tensor, padding, stride, input_size) -> torch.Tensor:
