@@ -1,12 +1,18 @@
-"""The per-image normalisation's CPU kernels (`norm_kernels.cpp`): statistics and affine map + activation of a
-channels-last fp32 / bf16 map, each in one pass over it, built on first use with the system's C++ compiler.
+"""The generator's CPU kernels (`norm_kernels.cpp`), built on first use with the system's C++ compiler:
 
-PyTorch has no CPU kernel that computes these statistics from bf16 in fp32 without a full fp32 copy and whose
-result does not depend on the number of threads (see `generator._statistics`). The library is compiled against
-the torch in use (its headers, its OpenMP thread pool), for this CPU, in under a second, and cached in
-`$GAPDIFF_KERNEL_CACHE` (default `~/.cache/gapdiff/kernels`) under a key of the source, torch version, compiler and
-CPU. Where no compiler is found or the build fails (the reason is kept next to the cache key and not retried), or
-`GAPDIFF_NATIVE_KERNELS=0`, `kernels()` returns None and the generator uses PyTorch ops: the same function, slower.
+- `normalise`: per-image statistics of a channels-last fp32 / bf16 map (in fp32, over its valid region, the same
+  whatever the number of threads or the batch), then the affine map and the activation, in place or into a channel
+  slice of a wider map: two passes over the map, where the PyTorch ops (`generator._statistics`, `_normalise`)
+  make seven, through fp32 copies of each block;
+- `activate`: an activation into a channel slice (the decoder's cat + SELU in one pass);
+- `im2col` + `linear_bf16_weights`: the convolutions on the smallest maps as fp32 matrix products with bf16
+  weights (`packed_cpu.BF16_WEIGHT_PRODUCTS`).
+
+The library is compiled against the torch in use (its headers, its OpenMP threads), for this CPU, in about a
+second, and cached in `$GAPDIFF_KERNEL_CACHE` (default `~/.cache/gapdiff/kernels`) under a key of the source, the
+torch version, the compiler and the CPU. Where no compiler is found or the build fails (the compiler's messages are
+kept next to the cache key, and it is not retried), or with `GAPDIFF_NATIVE_KERNELS=0`, `kernels()` returns None
+and the generator runs on PyTorch ops: the same function (fp32 within 0.01 grey levels at budget 8), slower.
 """
 from __future__ import annotations
 
@@ -37,6 +43,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GAPDIFF_KERNEL_CACHE") or Path.home() / ".cache" / "gapdiff" / "kernels")
 
 
+#: -march=native: the library is built for the CPU it runs on (the cache key names it); contraction into FMA and no
+#: floating-point traps let the loops vectorise; -fopenmp runs `at::parallel_for` on torch's own OpenMP threads.
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast", "-fno-trapping-math",
+         "-std=c++17", "-fopenmp", "-shared", "-fPIC"]
+
+
 @lru_cache(maxsize=1)
 def kernels() -> ctypes.CDLL | None:
     """The compiled kernels, or None where they cannot be built here (see the module docstring)."""
@@ -46,27 +58,21 @@ def kernels() -> ctypes.CDLL | None:
     if compiler is None:
         return None
     torch_dir = Path(torch.__file__).parent
-    flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-trapping-math", "-ffp-contract=fast", "-std=c++17", "-fopenmp", "-shared", "-fPIC",
-             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", f"-I{torch_dir / 'include'}"]
+    flags = [*FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", f"-I{torch_dir / 'include'}"]
     libs = [f"-L{torch_dir / 'lib'}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_dir / 'lib'}"]
     key = hashlib.sha256("\n".join([SOURCE.read_text(), torch.__version__, compiler, *flags, *libs,
                                     _cpu_fingerprint()]).encode()).hexdigest()[:20]
     library, failed = cache_dir() / f"norm_kernels-{key}.so", cache_dir() / f"norm_kernels-{key}.failed"
-    if failed.exists():
-        return None
-    if not library.exists():
-        library.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
-        os.close(fd)
-        result = subprocess.run([compiler, *flags, str(SOURCE), "-o", partial, *libs], capture_output=True, text=True)
-        if result.returncode != 0:
-            os.unlink(partial)
-            failed.write_text(result.stderr)
-            warnings.warn(f"gapdiff: could not build the normalisation kernels ({failed} says why); using PyTorch "
-                          "ops (the same function, slower)", RuntimeWarning, stacklevel=2)
+    try:
+        if failed.exists():
             return None
-        os.replace(partial, library)
-    lib = ctypes.CDLL(str(library))
+        if not library.exists():
+            _build(compiler, flags, libs, library, failed)
+        lib = ctypes.CDLL(str(library))
+    except OSError as exc:
+        warnings.warn(f"gapdiff: could not build or load the normalisation kernels ({exc}); using PyTorch ops (the "
+                      "same function, slower)", RuntimeWarning, stacklevel=2)
+        return None
     i64, ptr, f32p = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float)
     lib.gapdiff_normalise.argtypes = [ptr, ptr, ctypes.c_int] + [i64] * 13 + [f32p, f32p, ctypes.c_float,
                                                                              ctypes.c_int, f32p, f32p]
@@ -74,6 +80,20 @@ def kernels() -> ctypes.CDLL | None:
     lib.gapdiff_im2col.argtypes = [ptr, f32p, ctypes.c_int] + [i64] * 9 + [ctypes.c_int]
     lib.gapdiff_linear_bf16_weights.argtypes = [f32p, ptr, f32p, f32p, i64, i64, i64]
     return lib
+
+
+def _build(compiler: str, flags: list[str], libs: list[str], library: Path, failed: Path) -> None:
+    """Compile to a temporary file next to `library`, then move it there (processes building at once each write
+    their own); on failure, write the compiler's messages to `failed` and raise OSError."""
+    library.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
+    os.close(fd)
+    result = subprocess.run([compiler, *flags, str(SOURCE), "-o", partial, *libs], capture_output=True, text=True)
+    if result.returncode != 0:
+        os.unlink(partial)
+        failed.write_text(result.stderr)
+        raise OSError(f"{compiler} failed; its messages are in {failed}")
+    os.replace(partial, library)
 
 
 def supports(*maps: torch.Tensor) -> bool:

@@ -32,36 +32,55 @@ inline void store(uint16_t* p, int64_t i, float v) {
 
 // Mean and biased variance of each image and channel over the top-left h x w pixels. The rows are cut into
 // blocks of `rows` rows (the caller picks them from the map's width and channels only, so an image's blocks are
-// the same alone or in a batch); each block's mean and squared deviations from it are summed in double while the
-// block is in the cache; the blocks are then merged in order (Chan, Golub and LeVeque's pairwise update).
+// the same alone or in a batch). While a block is in the cache, its mean, then the squared deviations from that
+// mean, are summed: in fp32 over runs of `kRun` pixels, the runs in double. The blocks are then merged in order
+// (Chan, Golub and LeVeque's pairwise update).
+// Mean and biased variance of each image and channel over the top-left h x w pixels. The rows are cut into
+// blocks of `rows` rows (the caller picks them from the map's width and channels only, so an image's blocks are
+// the same alone or in a batch). While a block is in the cache, its mean, then the squared deviations from that
+// mean, are summed: in fp32 over runs of `kRun` pixels, the runs in double. The blocks are then merged in order
+// (Chan, Golub and LeVeque's pairwise update).
+constexpr int64_t kRun = 64;
+
 template <typename T>
 void moments(const T* y, int64_t n, int64_t c, int64_t sn, int64_t sh, int64_t sw, int64_t h, int64_t w,
              int64_t rows, float* mean, float* var) {
   const int64_t blocks = (h + rows - 1) / rows;
   std::vector<double> block_mean(n * blocks * c), block_m2(n * blocks * c);
   at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> run(c), shift(c);
     for (int64_t item = begin; item < end; ++item) {
       const T* image = y + (item / blocks) * sn;
-      const int64_t r0 = (item % blocks) * rows, r1 = std::min(h, r0 + rows);
+      const int64_t r0 = (item % blocks) * rows, r1 = std::min(h, r0 + rows), count = (r1 - r0) * w;
       double* m = block_mean.data() + item * c;
       double* q = block_m2.data() + item * c;
       std::fill(m, m + c, 0.0);
       std::fill(q, q + c, 0.0);
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t x = 0; x < w; ++x) {
-          const T* p = image + r * sh + x * sw;
-          for (int64_t k = 0; k < c; ++k) m[k] += load(p, k);
+      for (int64_t start = 0; start < count; start += kRun) {  // runs of pixels in row-major order
+        std::fill(run.begin(), run.end(), 0.f);
+        for (int64_t pixel = start; pixel < std::min(count, start + kRun); ++pixel) {
+          const T* p = image + (r0 + pixel / w) * sh + (pixel % w) * sw;
+          for (int64_t k = 0; k < c; ++k) run[k] += load(p, k);
         }
-      const double count = double((r1 - r0) * w);
-      for (int64_t k = 0; k < c; ++k) m[k] /= count;
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t x = 0; x < w; ++x) {
-          const T* p = image + r * sh + x * sw;
+        for (int64_t k = 0; k < c; ++k) m[k] += run[k];
+      }
+      for (int64_t k = 0; k < c; ++k) {
+        m[k] /= double(count);
+        shift[k] = float(m[k]);
+      }
+      for (int64_t start = 0; start < count; start += kRun) {
+        std::fill(run.begin(), run.end(), 0.f);
+        for (int64_t pixel = start; pixel < std::min(count, start + kRun); ++pixel) {
+          const T* p = image + (r0 + pixel / w) * sh + (pixel % w) * sw;
           for (int64_t k = 0; k < c; ++k) {
-            const double d = load(p, k) - m[k];
-            q[k] += d * d;
+            const float d = load(p, k) - shift[k];
+            run[k] += d * d;
           }
         }
+        for (int64_t k = 0; k < c; ++k) q[k] += run[k];
+      }
+      // q holds the squared deviations from the fp32-rounded mean: remove what that rounding added
+      for (int64_t k = 0; k < c; ++k) q[k] -= double(count) * (m[k] - shift[k]) * (m[k] - shift[k]);
     }
   });
   for (int64_t i = 0; i < n; ++i)
