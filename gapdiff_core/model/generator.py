@@ -84,8 +84,8 @@ _ENC_NORMS = [None, "norm2", "norm4", "norm8", "norm8", "norm8", "norm8", None]
 _DEC_NORMS = ["norm8"] * 4 + ["norm4", "norm2", "norm", None]
 #: Convolutions whose activations stay in fp32 whatever the precision (conv7, conv8, the bottleneck, dconv1): at
 #: 512 px their outputs have 4 x 4 or 2 x 2 pixels, and per-image statistics over so few values amplify the
-#: rounding of the activations (their means reach 18 standard deviations; rounded to bf16, an error of 2^-9 of
-#: the mean becomes 3.5% of the normalised value). Their weights are rounded to the model's precision, as the
+#: rounding of the activations (measured on untrained generators: means up to 18 standard deviations, so that
+#: bf16's 2^-9 of the mean becomes 3.5% of the normalised value). Their weights are rounded to the model's precision, as the
 #: others': with the activations in fp32 that rounding only perturbs the function as any other layer's does, and
 #: these layers hold 43% of the weights but under 1% of the FLOPs, so reading them is what they cost.
 FP32_CONVS = range(6, 17)
@@ -98,7 +98,7 @@ class InferenceGenerator(nn.Module):
     valid region and applies its affine parameters: train-mode BatchNorm at batch size 1, for every image of a
     batch independently; the running statistics are neither used nor updated. norm="running": eval mode, with
     every BatchNorm folded into the convolution before it. With norm="image", `FP32_CONVS` run in fp32 whatever
-    `dtype` is; each convolution takes its input in its own weights' dtype.
+    `dtype` is, on weights rounded to `dtype`; each convolution takes its input in its own weights' dtype.
 
     `forward(x, valid=None, record=None)`: x is B x 3 x H x W in [-1, 1]; `valid` = (h, w) restricts the
     statistics to the top-left h x w of the input (the photo, not the padding `Protector` adds; at each level the
