@@ -85,9 +85,9 @@ _DEC_NORMS = ["norm8"] * 4 + ["norm4", "norm2", "norm", None]
 #: Convolutions whose activations stay in fp32 whatever the precision (conv7, conv8, the bottleneck, dconv1): at
 #: 512 px their outputs have 4 x 4 or 2 x 2 pixels, and per-image statistics over so few values amplify the
 #: rounding of the activations (measured on untrained generators: means up to 18 standard deviations, so that
-#: bf16's 2^-9 of the mean becomes 3.5% of the normalised value). Their weights are rounded to the model's precision, as the
-#: others': with the activations in fp32 that rounding only perturbs the function as any other layer's does, and
-#: these layers hold 43% of the weights but under 1% of the FLOPs, so reading them is what they cost.
+#: bf16's 2^-9 of the mean becomes 3.5% of the normalised value). Their weights are rounded to the model's
+#: precision, as the others': with the activations in fp32 that rounding only perturbs the function as any other
+#: layer's does, and these layers hold 43% of the weights but under 1% of the FLOPs, so reading them is their cost.
 FP32_CONVS = range(6, 17)
 
 

@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("norm_kernels.cpp")
-#: Activations `affine_act` applies after the affine map (the codes of norm_kernels.cpp).
+#: The activations `normalise` and `activate` apply (their codes in norm_kernels.cpp).
 ACTS = {"none": 0, "relu": 1, "leaky_relu": 2, "selu": 3}
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-#: Elements of one statistics block (the rows of a block are this divided by width x channels): 256 KB of fp32
-#: deviations stay in the core's cache. Fixed, so an image's blocks are the same alone or in a batch.
+#: Elements of one statistics block (its rows: this over the valid width x the channels, at least one), read twice
+#: while in the core's cache (128 KB in bf16). Fixed, so an image's blocks are the same alone or in a batch.
 BLOCK = 1 << 16
 
 
@@ -43,10 +43,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GAPDIFF_KERNEL_CACHE") or Path.home() / ".cache" / "gapdiff" / "kernels")
 
 
-#: -march=native: the library is built for the CPU it runs on (the cache key names it); contraction into FMA and no
-#: floating-point traps let the loops vectorise; -fopenmp runs `at::parallel_for` on torch's own OpenMP threads.
-FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast", "-fno-trapping-math",
-         "-std=c++17", "-fopenmp", "-shared", "-fPIC"]
+#: -march=native: the library is built for the CPU it runs on (the cache key names it), with AVX-512's full width on
+#: x86 where the CPU has it; contraction into FMA and no floating-point traps let the loops vectorise; -fopenmp runs
+#: `at::parallel_for` on torch's own OpenMP threads.
+FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-trapping-math", "-std=c++17", "-fopenmp", "-shared",
+         "-fPIC"] + (["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else [])
 
 
 @lru_cache(maxsize=1)
@@ -109,7 +110,7 @@ def normalise(lib: ctypes.CDLL, y: torch.Tensor, valid: tuple[int, int], gamma: 
     n, c, h, w = y.shape
     _check(y, out)
     mean, var = (torch.empty(n, c, 1, 1) for _ in range(2))
-    gamma, beta = gamma.float().contiguous(), beta.float().contiguous()
+    gamma, beta = gamma.float().contiguous(), beta.float().contiguous()  # fp32 already: no copies
     lib.gapdiff_normalise(y.data_ptr(), out.data_ptr(), _DTYPES[y.dtype], n, c, h, w, *_strides(y), *_strides(out),
                           *valid, max(1, BLOCK // (c * valid[1])), _floats(gamma), _floats(beta), eps, ACTS[act],
                           _floats(mean), _floats(var))

@@ -1,4 +1,5 @@
-// Per-image normalisation of channels-last CPU activations (fp32 or bf16), built by native_kernels.py on first use.
+// The generator's CPU kernels, built by native_kernels.py on first use: per-image normalisation and activations of
+// channels-last maps (fp32 or bf16), and the smallest maps' convolutions as fp32 matrix products with bf16 weights.
 // Channels are the innermost, contiguous dimension: every loop over them vectorises, and each channel's sums run
 // over the pixels in one fixed order, so the results do not depend on the number of threads.
 #include <ATen/Parallel.h>
@@ -30,11 +31,6 @@ inline void store(uint16_t* p, int64_t i, float v) {
   p[i] = uint16_t((bits & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
 }
 
-// Mean and biased variance of each image and channel over the top-left h x w pixels. The rows are cut into
-// blocks of `rows` rows (the caller picks them from the map's width and channels only, so an image's blocks are
-// the same alone or in a batch). While a block is in the cache, its mean, then the squared deviations from that
-// mean, are summed: in fp32 over runs of `kRun` pixels, the runs in double. The blocks are then merged in order
-// (Chan, Golub and LeVeque's pairwise update).
 // Mean and biased variance of each image and channel over the top-left h x w pixels. The rows are cut into
 // blocks of `rows` rows (the caller picks them from the map's width and channels only, so an image's blocks are
 // the same alone or in a batch). While a block is in the cache, its mean, then the squared deviations from that
@@ -212,11 +208,7 @@ void im2col(const T* x, float* cols, int64_t n, int64_t c, int64_t h, int64_t w,
   });
 }
 
-// y = x w^T + bias with x (m x k) and y (m x n) in fp32 and w (n x k) in bf16, accumulated in fp32: the
-// convolutions on the generator's smallest maps, whose activations stay in fp32 (im2col'ed by the caller). On
-// those maps the convolutions are matrix-vector products bound by reading the weights, which bf16 halves.
-// Blocks of 4 rows of x by 4 rows of w, 16 lanes along k (the lanes are added in order at the end): m and n are
-// multiples of 4 and k of 16.
+// 16 lanes of fp32 (GCC vector extensions: one AVX-512 register, two AVX2 ones), loaded from fp32 or bf16.
 typedef float f32x16 __attribute__((vector_size(64)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
@@ -236,6 +228,11 @@ inline f32x16 load16(const uint16_t* p) {
   return v;
 }
 
+// y = x w^T + bias with x (m x k) and y (m x n) in fp32 and w (n x k) in bf16, accumulated in fp32: the
+// convolutions on the generator's smallest maps, whose activations stay in fp32 (im2col'ed by the caller). On
+// those maps the convolutions are matrix-vector products bound by reading the weights, which bf16 halves.
+// Blocks of 4 rows of x by 4 rows of w, 16 lanes along k (the lanes are added in order at the end): m and n are
+// multiples of 4 and k of 16.
 void linear_bf16_weights(const float* x, const uint16_t* w, const float* bias, float* y, int64_t m, int64_t n,
                          int64_t k) {
   at::parallel_for(0, n / 4, 1, [&](int64_t begin, int64_t end) {

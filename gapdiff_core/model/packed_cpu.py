@@ -5,7 +5,8 @@ parameters, most of them in layers with tiny feature maps, that reorder was abou
 `OneDNNGenerator` packs the weights once, with the same private oneDNN ops PyTorch's own compiler uses when it
 freezes a model, and fuses LeakyReLU, ReLU, the residual add and tanh into the convolutions. The last transposed
 convolution (to 3 channels) runs as a 3x3 convolution to 12 channels plus pixel shuffle: the same function, and
-faster at that width.
+faster at that width. In a bf16 model with the compiled kernels (`native_kernels`), the layers on the smallest maps,
+whose activations stay in fp32, run as fp32 matrix products with bf16 weights (`BF16_WEIGHT_PRODUCTS`).
 """
 from __future__ import annotations
 
