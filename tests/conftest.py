@@ -31,6 +31,18 @@ def saturated_generator_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def trained_stats_generator():
+    """An ngf=16 generator (seed 1) whose BatchNorm running statistics come from two train-mode passes over random
+    photos, in eval mode."""
+    torch.manual_seed(1)
+    g = Generator(ngf=16).train()
+    with torch.no_grad():
+        for _ in range(2):
+            g(torch.rand(2, 3, 512, 512) * 2 - 1)
+    return g.eval()
+
+
+@pytest.fixture(scope="module")
 def identity_folder(tmp_path_factory):
     """One identity in the Anti-DreamBooth layout, small: set_B two sample photos (160 px wide), set_C a third
     (320 px wide)."""

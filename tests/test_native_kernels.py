@@ -1,6 +1,6 @@
-"""The compiled CPU kernels of the per-image normalisation (gapdiff_core/model/norm_kernels.cpp): they compute what
-the PyTorch ops compute, from the statistics to the whole generator, and are built, cached and refused as the
-module says."""
+"""The compiled CPU kernels (gapdiff_core/model/norm_kernels.cpp) compute what the PyTorch ops compute, from one map
+to the whole generator, and are built, cached and refused as the module says. Their statistics' accuracy and
+independence of the thread count are tested with the PyTorch ops' in test_normalisation.py."""
 from __future__ import annotations
 
 import shutil
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gapdiff_core import Generator, Protector
+from gapdiff_core import Protector
 from gapdiff_core.model import native_kernels
 from gapdiff_core.model.generator import InferenceGenerator, _normalise, _statistics
 from gapdiff_core.model.packed_cpu import BF16_WEIGHT_PRODUCTS, pack_for_cpu
@@ -27,52 +27,6 @@ def lib():
 
 def channels_last(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype).contiguous(memory_format=torch.channels_last)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n,c,hw", [(1, 64, 64), (3, 32, 16), (2, 16, 4), (1, 8, 256)])
-def test_statistics_and_output_match_float64(lib, dtype, n, c, hw):
-    """Maps 80 standard deviations from zero (8 x 256 x 256: several blocks merged): fp32-accurate statistics
-    and an output within one rounding of the exact normalised map."""
-    g = torch.Generator().manual_seed(hw)
-    y = channels_last(torch.randn(n, c, hw, hw, generator=g) * 0.5 + 40, dtype)
-    gamma, beta = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
-    out = torch.empty_like(y)
-    mean, var = native_kernels.normalise(lib, y, (hw, hw), gamma, beta, 1e-5, "none", out)
-    var64, mean64 = torch.var_mean(y.double(), dim=(2, 3), keepdim=True, correction=0)
-    assert mean.dtype == var.dtype == torch.float32 and mean.shape == (n, c, 1, 1)
-    assert torch.allclose(mean.double(), mean64, rtol=0, atol=1e-4) and torch.allclose(var.double(), var64, rtol=1e-4)
-    exact = (y.double() - mean64) * (var64 + 1e-5).rsqrt() * gamma.double().view(1, -1, 1, 1) \
-        + beta.double().view(1, -1, 1, 1)
-    tolerance = 1e-4 if dtype == torch.float32 else 2 ** -7 * exact.abs().max().item()
-    assert (out.double() - exact).abs().max().item() <= tolerance
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_statistics_do_not_depend_on_threads_or_batch_and_cover_the_valid_crop(lib, dtype):
-    """Bit for bit the same at 1, 2 and 3 threads and for an image alone or in a batch; the statistics of a crop
-    are those of the cropped pixels only (the rest of the map is far from them)."""
-    g = torch.Generator().manual_seed(0)
-    y = channels_last(torch.randn(3, 64, 192, 160, generator=g) * 3 + 7, dtype)
-    y[..., 181:, :] = 1000
-    y[..., 150:] = -1000
-    gamma, beta = torch.ones(64), torch.zeros(64)
-    threads = torch.get_num_threads()
-    try:
-        runs = []
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            out = torch.empty_like(y)
-            runs.append((*native_kernels.normalise(lib, y, (181, 150), gamma, beta, 1e-5, "none", out), out))
-    finally:
-        torch.set_num_threads(threads)
-    for run in runs[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
-    alone = native_kernels.normalise(lib, y[1:2], (181, 150), gamma, beta, 1e-5, "none", torch.empty_like(y[1:2]))
-    assert torch.equal(alone[0], runs[0][0][1:2]) and torch.equal(alone[1], runs[0][1][1:2])
-    var64, mean64 = torch.var_mean(y[..., :181, :150].double(), dim=(2, 3), keepdim=True, correction=0)
-    assert torch.allclose(runs[0][0].double(), mean64, atol=1e-5)
-    assert torch.allclose(runs[0][1].double(), var64, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -123,16 +77,6 @@ def test_small_map_convolutions_equal_fp32_convolutions_on_bf16_weights(lib, ker
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect" if reflect else "constant")
     expected = F.conv2d(padded, w.float(), bias, stride)
     assert torch.allclose(y.view(3, *expected.shape[2:], 32).permute(0, 3, 1, 2), expected, atol=2e-5)
-
-
-@pytest.fixture(scope="module")
-def trained_stats_generator():
-    torch.manual_seed(1)
-    g = Generator(ngf=16).train()
-    with torch.no_grad():
-        for _ in range(2):
-            g(torch.rand(2, 3, 512, 512) * 2 - 1)
-    return g.eval()
 
 
 def test_the_generator_on_kernels_equals_it_on_pytorch_ops(lib, trained_stats_generator, monkeypatch):

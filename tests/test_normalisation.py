@@ -1,12 +1,16 @@
-"""The per-image normalisation of #21 (sums in a fixed order, the variance over cache-sized blocks, the affine map
-on the batch-norm kernel) computes what the statistics computed before it: an fp32 copy of each map and var_mean."""
+"""The per-image normalisation of #21, on PyTorch ops (sums in a fixed order, the variance over cache-sized blocks,
+the affine map on the batch-norm kernel) and on the compiled kernels (native_kernels), computes what the
+statistics computed before it: an fp32 copy of each map and var_mean."""
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gapdiff_core import Generator, Protector
+from gapdiff_core import Protector
+from gapdiff_core.model import native_kernels
 from gapdiff_core.model.generator import InferenceGenerator, _normalise, _statistics
 
 
@@ -39,16 +43,6 @@ def reference_forward(model, x: torch.Tensor, valid: tuple[int, int] | None = No
         up = norm(model.dconv(16 + i, x), 7 - i)
         x = F.selu(torch.cat((up, skips[6 - i]), 1), inplace=True)
     return model.last(x)
-
-
-@pytest.fixture(scope="module")
-def trained_stats_generator():
-    torch.manual_seed(1)
-    g = Generator(ngf=16).train()
-    with torch.no_grad():
-        for _ in range(2):
-            g(torch.rand(2, 3, 512, 512) * 2 - 1)
-    return g.eval()
 
 
 def prepared(p: Protector, x01: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -84,17 +78,30 @@ def test_bf16_statistics_are_accumulated_in_fp32(trained_stats_generator, shape,
     assert (ours.float() - ref.float()).abs().max().item() * 8 < 1.0
 
 
+def normalised(implementation: str, y: torch.Tensor, valid: tuple[int, int], gamma: torch.Tensor,
+               beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, variance, normalised map) of y, the statistics over its top-left `valid` pixels, by the PyTorch ops
+    or by the compiled kernels (which must build wherever a C++ compiler is)."""
+    if implementation == "ops":
+        mean, var = _statistics(y[..., :valid[0], :valid[1]])
+        return mean, var, _normalise(y, mean, var, gamma, beta, 1e-5)
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler on this machine")
+    out = torch.empty_like(y)
+    return (*native_kernels.normalise(native_kernels.kernels(), y, valid, gamma, beta, 1e-5, "none", out), out)
+
+
+@pytest.mark.parametrize("implementation", ["ops", "kernels"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n,c,hw", [(1, 64, 64), (3, 32, 16), (2, 16, 4), (1, 8, 256)])
-def test_normalise_matches_float64_statistics(dtype, n, c, hw):
+def test_normalise_matches_float64_statistics(implementation, dtype, n, c, hw):
     """Activations whose mean is 80 standard deviations from zero, where statistics rounded to bf16, or computed
     in one pass as E[x^2] - E[x]^2 (group_norm's CPU kernel: 4% off), would be far off: fp32-accurate statistics
-    (over several variance blocks at 8 x 256 x 256), and an output within one rounding of the exact map."""
+    (over several blocks at 8 x 256 x 256), and an output within one rounding of the exact map."""
     g = torch.Generator().manual_seed(hw)
     y = (torch.randn(n, c, hw, hw, generator=g) * 0.5 + 40).to(dtype).contiguous(memory_format=torch.channels_last)
     gamma, beta = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
-    mean, var = _statistics(y)
-    out = _normalise(y, mean, var, gamma, beta, 1e-5)
+    mean, var, out = normalised(implementation, y, (hw, hw), gamma, beta)
     var64, mean64 = torch.var_mean(y.double(), dim=(2, 3), keepdim=True, correction=0)
     assert mean.dtype == var.dtype == torch.float32 and out.dtype == dtype and mean.shape == (n, c, 1, 1)
     assert torch.allclose(mean.double(), mean64, rtol=0, atol=1e-4) and torch.allclose(var.double(), var64, rtol=1e-4)
@@ -104,24 +111,32 @@ def test_normalise_matches_float64_statistics(dtype, n, c, hw):
     assert (out.double() - exact).abs().max().item() <= tolerance
 
 
+@pytest.mark.parametrize("implementation", ["ops", "kernels"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_statistics_do_not_depend_on_threads_or_batch(dtype):
-    """Bit for bit the same statistics at 1, 2 and 3 threads, and for an image alone or inside a batch of 3 (a
-    cropped one, as padding makes it): 4e-6 in one mean became 13 grey levels through the generator."""
+def test_statistics_do_not_depend_on_threads_or_batch(implementation, dtype):
+    """Bit for bit the same statistics and output at 1, 2 and 3 threads, and for an image alone or inside a batch
+    of 3, over a crop (as padding makes it; the rest of the map is far from it): 4e-6 in one mean became 13 grey
+    levels through the generator. The crop's statistics are those of its pixels."""
     g = torch.Generator().manual_seed(0)
     y = (torch.randn(3, 64, 192, 160, generator=g) * 3 + 7).to(dtype).contiguous(memory_format=torch.channels_last)
+    y[..., 181:, :] = 1000
+    y[..., 150:] = -1000
+    gamma, beta = torch.ones(64), torch.zeros(64)
     threads = torch.get_num_threads()
     try:
         runs = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            runs.append(_statistics(y[..., :181, :150]))
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            runs.append(normalised(implementation, y, (181, 150), gamma, beta))
     finally:
         torch.set_num_threads(threads)
-    alone = _statistics(y[1:2, :, :181, :150])
-    for mean, var in runs[1:]:
-        assert torch.equal(mean, runs[0][0]) and torch.equal(var, runs[0][1])
-    assert torch.equal(alone[0], runs[0][0][1:2]) and torch.equal(alone[1], runs[0][1][1:2])
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
+    alone = normalised(implementation, y[1:2], (181, 150), gamma, beta)
+    assert all(torch.equal(a, b[1:2]) for a, b in zip(alone, runs[0]))
+    var64, mean64 = torch.var_mean(y[..., :181, :150].double(), dim=(2, 3), keepdim=True, correction=0)
+    assert torch.allclose(runs[0][0].double(), mean64, atol=1e-5)
+    assert torch.allclose(runs[0][1].double(), var64, rtol=1e-4)
 
 
 def test_statistics_cover_the_valid_crop_only(trained_stats_generator):

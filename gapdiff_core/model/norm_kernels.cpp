@@ -97,31 +97,28 @@ void moments(const T* y, int64_t n, int64_t c, int64_t sn, int64_t sh, int64_t s
 
 enum Act { kNone = 0, kRelu = 1, kLeakyRelu = 2, kSelu = 3 };
 
-// exp(x) - 1 for x <= 0, within a few fp32 ulps of 1 (and of x near 0): branch-free, so the loops calling it
-// vectorise (glibc's vector expm1f needs -ffast-math, which would also let the compiler drop NaN checks).
-inline float expm1_negative(float x) {
-  x = std::max(x, -87.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);  // x = n ln 2 + r, |r| <= ln 2 / 2
-  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
-  float p = 1.f / 5040;  // Taylor series of exp(r) to r^7 (error below 1e-8 for |r| <= 0.35)
-  p = p * r + 1.f / 720;
-  p = p * r + 1.f / 120;
-  p = p * r + 1.f / 24;
-  p = p * r + 1.f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  const uint32_t bits = uint32_t(int32_t(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &bits, 4);
-  float q = 1.f / 5040;  // near 0, exp(x) - 1 from its own series (no cancellation)
+// (exp(x) - 1) / x from its Taylor series to x^6, in Horner form (error below 1e-8 for |x| <= 0.35).
+inline float expm1_over_x(float x) {
+  float q = 1.f / 5040;
   q = q * x + 1.f / 720;
   q = q * x + 1.f / 120;
   q = q * x + 1.f / 24;
   q = q * x + 1.f / 6;
   q = q * x + 0.5f;
-  q = q * x + 1.f;
-  return x > -0.35f ? q * x : p * two_n - 1.f;
+  return q * x + 1.f;
+}
+
+// exp(x) - 1 for x <= 0, within a few fp32 ulps of 1 (and of x near 0, from the series itself: no cancellation):
+// branch-free, so the loops calling it vectorise (glibc's vector expm1f needs -ffast-math, which would also let
+// the compiler drop NaN checks).
+inline float expm1_negative(float x) {
+  x = std::max(x, -87.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);  // x = n ln 2 + r, |r| <= ln 2 / 2
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
+  const uint32_t bits = uint32_t(int32_t(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, 4);
+  return x > -0.35f ? x * expm1_over_x(x) : (1.f + r * expm1_over_x(r)) * two_n - 1.f;
 }
 
 // out = act(y * scale + shift) (Affine) or act(y), scale and shift per image and channel (fp32), computed in fp32
