@@ -61,7 +61,8 @@ class OneDNNGenerator(InferenceGenerator):
         nn.Module.__init__(self)
         self.ngf, self.norm, self.eps = model.ngf, model.norm, model.eps
         self.gammas, self.betas, self.biases = model.gammas, model.betas, model.biases
-        self.kernels, self.matrices = native_kernels.kernels(), _small_map_matrices(model)
+        self.kernels = native_kernels.kernels()
+        self.matrices = _small_map_matrices(model) if self.kernels is not None else {}
         # Packing picks the blocked layout for a 512x512 input; other sizes use the same layout.
         size, channels = 512, 3
         self.packed = []
@@ -133,9 +134,8 @@ BF16_WEIGHT_PRODUCTS = range(7, 17)
 def _small_map_matrices(model: InferenceGenerator) -> dict[int, torch.Tensor]:
     """The weights of a bf16 model's `BF16_WEIGHT_PRODUCTS` as bf16 matrices for `native_kernels.linear_bf16_weights`
     (out x (tap row, tap column, in); for the transposed convolution, (out, tap row, tap column) x in): the values
-    they hold (rounded to bf16 already) in half the bytes. Empty where the kernels are unavailable."""
-    lib = native_kernels.kernels()
-    if lib is None or model.norm != "image" or model.weights[0].dtype != torch.bfloat16:
+    they hold (rounded to bf16 already) in half the bytes."""
+    if model.norm != "image" or model.weights[0].dtype != torch.bfloat16:
         return {}
     matrices = {}
     for k in BF16_WEIGHT_PRODUCTS:
